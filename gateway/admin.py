@@ -1,0 +1,101 @@
+"""The admin listener: health, readiness, metrics and the operator API.
+
+Handlers live here once. With several workers, each worker serves this app on a private unix
+socket and the supervisor's admin listener forwards to them (see `gateway.supervisor`), so
+every call acts on every worker through this same code.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from gateway import metrics
+from gateway.problem import problem
+
+if TYPE_CHECKING:
+    from gateway.server import GatewayProcess
+
+PROCESS: web.AppKey[GatewayProcess] = web.AppKey("process")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def authorize(request: web.Request) -> web.Response | None:
+    """None when a mutating call may go ahead, else the 401/403 answer.
+
+    With `admin.token_env` naming a set variable, the call needs that bearer token (compared
+    in constant time, never logged). With no token configured, only a loopback admin
+    listener accepts changes.
+    """
+    config = request.app[PROCESS].pipeline.runtime.config
+    token_env = config.admin.token_env
+    token = os.environ.get(token_env) if token_env else None
+    if not token:
+        if _loopback(config.admin.host):
+            return None
+        return problem(403, "no admin token is configured (admin.token_env), so changes are "
+                       "accepted only on a loopback admin listener")
+    sent = request.headers.get("Authorization", "")
+    scheme, _, credentials = sent.partition(" ")
+    if scheme.lower() != "bearer" or not credentials:
+        return problem(401, "this call needs 'Authorization: Bearer <token>'",
+                       headers={"WWW-Authenticate": 'Bearer realm="gateway-admin"'})
+    if not hmac.compare_digest(credentials.strip().encode(), token.encode()):
+        return problem(403, "the bearer token is not valid")
+    return None
+
+
+def mutating(handler: Handler) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        refused = authorize(request)
+        return refused if refused is not None else await handler(request)
+
+    guarded.__name__ = handler.__name__
+    guarded.__doc__ = handler.__doc__
+    return guarded
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    process = request.app[PROCESS]
+    ready, why = await process.readiness()
+    status = 200 if ready else 503
+    return web.json_response({"status": "ready" if ready else "not ready", "detail": why},
+                             status=status)
+
+
+async def metrics_text(request: web.Request) -> web.Response:
+    return web.Response(body=metrics.render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def build_admin_app(process: GatewayProcess) -> web.Application:
+    app = web.Application(client_max_size=1024**2)
+    app[PROCESS] = process
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_text)
+    for register in ADMIN_ROUTES:
+        register(app)
+    return app
+
+
+# Later stages add their admin endpoints here: each entry registers routes on the app.
+ADMIN_ROUTES: list[Callable[[web.Application], None]] = []

@@ -1,0 +1,316 @@
+"""The parsed configuration: frozen records built once at load and shared read-only.
+
+Nothing here parses or validates: `gateway.config.parse` builds these records and reports
+every problem with its file line, so the rest of the gateway can trust them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class FailureMode(enum.StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+    LOCAL = "local"
+
+
+class Algorithm(enum.StrEnum):
+    TOKEN_BUCKET = "token_bucket"
+    LEAKY_BUCKET = "leaky_bucket"
+    SLIDING_WINDOW = "sliding_window"
+    FIXED_WINDOW = "fixed_window"
+
+
+class Action(enum.StrEnum):
+    REJECT = "reject"
+    DELAY = "delay"
+    QUEUE = "queue"
+    DEGRADE = "degrade"
+
+
+class HeaderStyle(enum.StrEnum):
+    IETF = "ietf"
+    LEGACY = "legacy"
+    BOTH = "both"
+    NONE = "none"
+
+
+class FlagStatus(enum.StrEnum):
+    DRAFT = "draft"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    ARCHIVED = "archived"
+    DEPRECATED = "deprecated"
+
+
+class FlagType(enum.StrEnum):
+    BOOLEAN = "boolean"
+    PERCENTAGE = "percentage"
+    MULTIVARIATE = "multivariate"
+    OPERATIONAL = "operational"
+
+
+class Operator(enum.StrEnum):
+    EQUALS = "equals"
+    NOT_EQUALS = "not_equals"
+    IN = "in"
+    NOT_IN = "not_in"
+    CONTAINS = "contains"
+    STARTS_WITH = "starts_with"
+    ENDS_WITH = "ends_with"
+    REGEX = "regex"
+    SEMVER_EQ = "semver_eq"
+    SEMVER_LT = "semver_lt"
+    SEMVER_LTE = "semver_lte"
+    SEMVER_GT = "semver_gt"
+    SEMVER_GTE = "semver_gte"
+    LT = "lt"
+    LTE = "lte"
+    GT = "gt"
+    GTE = "gte"
+    CIDR = "cidr"
+
+
+# Context fields a rule scope, a flag's bucket_by or a targeting attribute may name.
+CONTEXT_FIELDS = (
+    "client_ip", "user_id", "tenant_id", "role", "subscription_tier",
+    "region", "segment", "device", "api_key",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    max_header_size: int = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Logging:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    host: str = "127.0.0.1"
+    port: int = 9901
+    token_env: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False
+    key_prefix: str = "gw:"
+    timeout: float = 0.05
+    failure_mode: FailureMode = FailureMode.OPEN
+    max_connections: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderSource:
+    header: str
+    default: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContextSettings:
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    client_ip: HeaderSource = HeaderSource("X-Forwarded-For")
+    # Every identity field, keyed by context field name (user_id, tenant_id, ...).
+    fields: dict[str, HeaderSource] = field(default_factory=dict)
+    attributes: dict[str, HeaderSource] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    url: str
+    connect_timeout: float = 2.0
+    timeout: float = 30.0
+    max_connections: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class TierOverride:
+    limit: int | None = None
+    burst: int | None = None
+    window: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a rule counts per: `kind` is global|tenant|user|ip|api_key|attribute."""
+
+    kind: Literal["global", "tenant", "user", "ip", "api_key", "attribute"]
+    attribute: str | None = None
+
+    def __str__(self) -> str:
+        return f"attribute:{self.attribute}" if self.kind == "attribute" else self.kind
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitRule:
+    name: str
+    algorithm: Algorithm
+    scope: Scope
+    limit: int
+    window: float
+    burst: int = 0
+    action: Action = Action.REJECT
+    max_wait: float = 0.0
+    queue_size: int = 1000
+    tiers: dict[str, TierOverride] = field(default_factory=dict)
+    degrade_upstream: str | None = None
+    shadow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    memory_max: int = 64 * 1024**2
+    max_object_size: int = 8 * 1024**2
+    redis: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteCache:
+    ttl: float | None = None
+    override: bool = False
+    browser_ttl: float | None = None
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
+    ignore_query: tuple[str, ...] = ()
+    tags_header: str | None = None
+    store_set_cookie: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FlagHeaders:
+    prefix: str = "X-Flag-"
+    summary: str | None = "X-Feature-Flags"
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    value: Any
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRule:
+    attribute: str
+    operator: Operator
+    values: tuple[Any, ...]
+    # Parsed forms of `values`, ready for the operator (compiled regexes, networks, semvers).
+    compiled: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    key: str
+    type: FlagType = FlagType.BOOLEAN
+    default: Any = False
+    status: FlagStatus = FlagStatus.ACTIVE
+    description: str = ""
+    owner: str = ""
+    rollout: float | None = None
+    bucket_by: str | None = None
+    environments: dict[str, Any] = field(default_factory=dict)
+    tiers: tuple[str, ...] | None = None
+    expires: dt.date | None = None
+    variants: tuple[Variant, ...] = ()
+    prerequisites: tuple[str, ...] = ()
+    targeting: tuple[TargetRule, ...] = ()
+    kill_switch: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentMetric:
+    name: str
+    primary: bool = False
+    guardrail: bool = False
+    baseline_rate: float | None = None
+    minimum_detectable_effect: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    name: str
+    flag: str
+    control: str
+    significance: float = 0.05
+    power: float = 0.8
+    metrics: tuple[ExperimentMetric, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    path: str | None = None
+    path_prefix: str | None = None
+    path_regex: re.Pattern[str] | None = None
+    methods: frozenset[str] | None = None
+    host: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRef:
+    """Which upstream serves a route; `read` takes GET/HEAD/OPTIONS, `write` the rest."""
+
+    read: str
+    write: str
+
+    def for_method(self, method: str) -> str:
+        return self.read if method in ("GET", "HEAD", "OPTIONS") else self.write
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    match: Match
+    upstream: UpstreamRef
+    strip_prefix: str | None = None
+    rate_limits: tuple[str, ...] = ()
+    cost: int = 1
+    max_body: int | None = None
+    cache: RouteCache | None = None
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    environment: str = "production"
+    listen: Listen = Listen()
+    workers: int = 1
+    drain_timeout: float = 15.0
+    logging: Logging = Logging()
+    admin: Admin = Admin()
+    redis: RedisSettings | None = None
+    context: ContextSettings = ContextSettings()
+    upstreams: dict[str, Upstream] = field(default_factory=dict)
+    rate_limit_headers: HeaderStyle = HeaderStyle.IETF
+    rate_limits: dict[str, RateLimitRule] = field(default_factory=dict)
+    cache: CacheSettings = CacheSettings()
+    flag_headers: FlagHeaders = FlagHeaders()
+    flags: dict[str, Flag] = field(default_factory=dict)
+    experiments: dict[str, Experiment] = field(default_factory=dict)
+    routes: tuple[Route, ...] = ()
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.routes)} routes, {len(self.upstreams)} upstreams, "
+            f"{len(self.rate_limits)} rate-limit rules, {len(self.flags)} flags, "
+            f"{len(self.experiments)} experiments, workers={self.workers}, "
+            f"redis={'on' if self.redis else 'off'}"
+        )

@@ -1,0 +1,721 @@
+"""From YAML to `Config`: every key checked, every reference resolved, every error reported.
+
+Flag definitions are parsed by `parse_flag`, which the admin API calls too, so a flag changed
+at run time passes exactly the checks a flag in the file does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from gateway.config import model as m
+from gateway.config.reader import (
+    ConfigError,
+    ConfigIssue,
+    Reader,
+    Section,
+    any_value,
+    boolean,
+    choice,
+    integer,
+    number,
+    string,
+    string_list,
+)
+from gateway.config.yamlsrc import load_yaml
+from gateway.semver import parse_semver
+from gateway.units import parse_duration, parse_size
+
+TOP_KEYS = (
+    "environment", "listen", "workers", "drain_timeout", "logging", "admin", "redis",
+    "context", "upstreams", "rate_limit_headers", "rate_limits", "cache", "flag_headers",
+    "flags", "experiments", "routes",
+)
+RULE_KEYS = (
+    "algorithm", "scope", "limit", "window", "burst", "action", "max_wait", "queue_size",
+    "tiers", "degrade_upstream", "shadow",
+)
+FLAG_KEYS = (
+    "description", "owner", "status", "type", "default", "rollout", "bucket_by",
+    "environments", "tiers", "expires", "variants", "prerequisites", "targeting", "kill_switch",
+)
+ROUTE_CACHE_KEYS = (
+    "ttl", "override", "browser_ttl", "stale_while_revalidate", "stale_if_error",
+    "ignore_query", "tags_header", "store_set_cookie",
+)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+def duration(value: object) -> float:
+    return parse_duration(value)
+
+
+def positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be longer than 0, got {value!r}")
+    return seconds
+
+
+def size(value: object) -> int:
+    return parse_size(value)
+
+
+def header_name(value: object) -> str:
+    text = string(value)
+    if not _HEADER_NAME.match(text):
+        raise ValueError(f"not a valid header field name: {text!r}")
+    return text
+
+
+def name_token(value: object) -> str:
+    text = string(value)
+    if not _NAME.match(text):
+        raise ValueError(f"names may use letters, digits, '_', '-' and '.', got {text!r}")
+    return text
+
+
+def network(value: object) -> m.IPNetwork:
+    try:
+        return ipaddress.ip_network(string(value), strict=False)
+    except ValueError:
+        raise ValueError(f"not an IP network in CIDR form: {value!r}") from None
+
+
+def redis_url(value: object) -> str:
+    text = string(value)
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return text
+
+
+def http_url(value: object) -> str:
+    text = string(value)
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
+        raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
+    return text.rstrip("/")
+
+
+def date(value: object) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError(f"expected a date as YYYY-MM-DD, got {value!r}")
+
+
+# ---------------------------------------------------------------- sections
+
+def parse_listen(s: Section | None) -> m.Listen:
+    if s is None:
+        return m.Listen()
+    return m.Listen(
+        host=s.get("host", string, "0.0.0.0"),
+        port=s.get("port", integer(0, 65535), 8080),
+        max_header_size=s.get("max_header_size", size, 16 * 1024),
+    )
+
+
+def parse_logging(s: Section | None) -> m.Logging:
+    if s is None:
+        return m.Logging()
+    return m.Logging(
+        level=s.get("level", choice(("debug", "info", "warning", "error")), "info"),
+        access_log=s.get("access_log", boolean, True),
+    )
+
+
+def parse_admin(s: Section | None) -> m.Admin:
+    if s is None:
+        return m.Admin()
+    return m.Admin(
+        host=s.get("host", string, "127.0.0.1"),
+        port=s.get("port", integer(0, 65535), 9901),
+        token_env=s.get("token_env", string, None),
+    )
+
+
+def parse_redis(s: Section | None) -> m.RedisSettings | None:
+    if s is None:
+        return None
+    return m.RedisSettings(
+        url=s.get("url", redis_url, "redis://127.0.0.1:6379/0"),
+        cluster=s.get("cluster", boolean, False),
+        key_prefix=s.get("key_prefix", any_value, "gw:"),
+        timeout=s.get("timeout", positive_duration, 0.05),
+        failure_mode=m.FailureMode(s.get("failure_mode", choice(list(m.FailureMode)), "open")
+                                   or "open"),
+        max_connections=s.get("max_connections", integer(1, 100_000), 64),
+    )
+
+
+def _header_source(r: Reader, value: object, path: str, line: int) -> m.HeaderSource | None:
+    s = r.section(value, path, line, ("header", "default"))
+    if s is None:
+        return None
+    default = s.get("default", any_value, None)
+    return m.HeaderSource(
+        header=s.get("header", header_name),
+        default=None if default is None else str(default),
+    )
+
+
+def parse_context(r: Reader, s: Section | None) -> m.ContextSettings:
+    if s is None:
+        return m.ContextSettings()
+    trusted: list[m.IPNetwork] = []
+    for _, value, path, line in s.elements("trusted_proxies"):
+        try:
+            trusted.append(network(value))
+        except ValueError as exc:
+            r.error(line, path, str(exc))
+    client_ip = m.HeaderSource("X-Forwarded-For")
+    fields: dict[str, m.HeaderSource] = {}
+    for key in m.CONTEXT_FIELDS:
+        if key in s:
+            source = _header_source(r, s.data[key], s.child(key), s.line_of(key))
+            if source is None:
+                continue
+            if key == "client_ip":
+                client_ip = source
+            else:
+                fields[key] = source
+    attributes: dict[str, m.HeaderSource] = {}
+    for name, value, path, line in s.items("attributes"):
+        source = _header_source(r, value, path, line)
+        if source is not None:
+            attributes[name] = source
+    return m.ContextSettings(tuple(trusted), client_ip, fields, attributes)
+
+
+def parse_upstream(r: Reader, name: str, value: object, path: str, line: int) -> m.Upstream:
+    s = r.section(value, path, line, ("url", "connect_timeout", "timeout", "max_connections"))
+    if s is None:
+        return m.Upstream(name, "")
+    return m.Upstream(
+        name=name,
+        url=s.get("url", http_url),
+        connect_timeout=s.get("connect_timeout", positive_duration, 2.0),
+        timeout=s.get("timeout", positive_duration, 30.0),
+        max_connections=s.get("max_connections", integer(1, 100_000), 256),
+    )
+
+
+def scope(value: object) -> m.Scope:
+    text = string(value)
+    if text in ("global", "tenant", "user", "ip", "api_key"):
+        return m.Scope(text)  # type: ignore[arg-type]
+    if text.startswith("attribute:") and len(text) > len("attribute:"):
+        return m.Scope("attribute", text.removeprefix("attribute:"))
+    raise ValueError(
+        f"must be one of global, tenant, user, ip, api_key, attribute:<name>; got {text!r}"
+    )
+
+
+def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.RateLimitRule:
+    s = r.section(value, path, line, RULE_KEYS)
+    if s is None:
+        return m.RateLimitRule(name, m.Algorithm.TOKEN_BUCKET, m.Scope("global"), 1, 1.0)
+    algorithm = s.get("algorithm", choice(list(m.Algorithm)))
+    action = s.get("action", choice(list(m.Action)), "reject")
+    tiers: dict[str, m.TierOverride] = {}
+    for tier, tvalue, tpath, tline in s.items("tiers"):
+        t = r.section(tvalue, tpath, tline, ("limit", "burst", "window"))
+        if t is None:
+            continue
+        if not t.data:
+            t.error(None, "a tier override must change limit, burst or window")
+        tiers[tier] = m.TierOverride(
+            limit=t.get("limit", integer(1), None),
+            burst=t.get("burst", integer(0), None),
+            window=t.get("window", positive_duration, None),
+        )
+    max_wait = s.get("max_wait", duration, None)
+    if max_wait is not None and action not in ("delay", "queue"):
+        s.error("max_wait", f"applies only to action delay or queue, not {action}")
+    if action in ("delay", "queue") and max_wait is None:
+        max_wait = 1.0
+    if "queue_size" in s and action != "queue":
+        s.error("queue_size", "applies only to action queue")
+    degrade = s.get("degrade_upstream", string, None)
+    if degrade is not None and action != "degrade":
+        s.error("degrade_upstream", f"applies only to action degrade, not {action}")
+    return m.RateLimitRule(
+        name=name,
+        algorithm=m.Algorithm(algorithm) if algorithm else m.Algorithm.TOKEN_BUCKET,
+        scope=s.get("scope", scope),
+        limit=s.get("limit", integer(1)),
+        window=s.get("window", positive_duration),
+        burst=s.get("burst", integer(0), 0),
+        action=m.Action(action or "reject"),
+        max_wait=max_wait or 0.0,
+        queue_size=s.get("queue_size", integer(1, 1_000_000), 1000),
+        tiers=tiers,
+        degrade_upstream=degrade,
+        shadow=s.get("shadow", boolean, False),
+    )
+
+
+def parse_cache(s: Section | None) -> m.CacheSettings:
+    if s is None:
+        return m.CacheSettings()
+    return m.CacheSettings(
+        memory_max=s.get("memory_max", size, 64 * 1024**2),
+        max_object_size=s.get("max_object_size", size, 8 * 1024**2),
+        redis=s.get("redis", boolean, False),
+    )
+
+
+def parse_route_cache(s: Section | None) -> m.RouteCache | None:
+    if s is None:
+        return None
+    return m.RouteCache(
+        ttl=s.get("ttl", duration, None),
+        override=s.get("override", boolean, False),
+        browser_ttl=s.get("browser_ttl", duration, None),
+        stale_while_revalidate=s.get("stale_while_revalidate", duration, 0.0),
+        stale_if_error=s.get("stale_if_error", duration, 0.0),
+        ignore_query=s.get("ignore_query", string_list, ()),
+        tags_header=s.get("tags_header", header_name, None),
+        store_set_cookie=s.get("store_set_cookie", boolean, False),
+    )
+
+
+# ---------------------------------------------------------------- flags
+
+_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}]\)[+*{]")
+
+
+def safe_regex(pattern: object) -> re.Pattern[str]:
+    """Compile a targeting regex, refusing patterns that can backtrack catastrophically."""
+    text = string(pattern)
+    if len(text) > 512:
+        raise ValueError("regex longer than 512 characters")
+    try:
+        compiled = re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"invalid regex {text!r}: {exc}") from None
+    if _NESTED_QUANTIFIER.search(text) or re.search(r"\\[1-9]", text):
+        raise ValueError(
+            f"unsafe regex {text!r}: nested quantifiers or backreferences can take "
+            "exponential time"
+        )
+    return compiled
+
+
+def _compile_values(operator: m.Operator, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    if operator is m.Operator.REGEX:
+        return tuple(safe_regex(v) for v in values)
+    if operator is m.Operator.CIDR:
+        return tuple(network(v) for v in values)
+    if operator.value.startswith("semver_"):
+        return tuple(parse_semver(str(v)) for v in values)
+    if operator in (m.Operator.LT, m.Operator.LTE, m.Operator.GT, m.Operator.GTE):
+        return tuple(number()(v) for v in values)
+    return tuple(str(v) if not isinstance(v, bool) else str(v).lower() for v in values)
+
+
+def attribute_name(value: object, attributes: Mapping[str, object] | None = None) -> str:
+    text = string(value)
+    if text in m.CONTEXT_FIELDS or text == "environment":
+        return text
+    if text.startswith("attributes.") and len(text) > len("attributes."):
+        name = text.removeprefix("attributes.")
+        if attributes is not None and name not in attributes:
+            raise ValueError(f"context has no custom attribute {name!r} (context.attributes)")
+        return text
+    raise ValueError(
+        f"unknown attribute {text!r}: use one of {', '.join(m.CONTEXT_FIELDS)} "
+        "or attributes.<name>"
+    )
+
+
+def parse_flag(
+    r: Reader, key: str, value: object, path: str, line: int,
+    attributes: Mapping[str, object] | None = None,
+) -> m.Flag:
+    """One flag definition, from the config file or from an admin PUT body."""
+    s = r.section(value, path, line, FLAG_KEYS)
+    if s is None:
+        return m.Flag(key)
+    ftype = m.FlagType(s.get("type", choice(list(m.FlagType)), "boolean") or "boolean")
+    variants: list[m.Variant] = []
+    for _, vvalue, vpath, vline in s.elements("variants"):
+        v = r.section(vvalue, vpath, vline, ("name", "value", "weight"))
+        if v is not None:
+            variants.append(m.Variant(
+                name=v.get("name", string),
+                value=v.get("value", any_value),
+                weight=v.get("weight", integer(0)),
+            ))
+    if ftype is m.FlagType.MULTIVARIATE:
+        if not variants:
+            s.error("variants" if "variants" in s else None,
+                    "a multivariate flag needs at least one variant")
+        elif sum(v.weight or 0 for v in variants) <= 0:
+            s.error("variants", "variant weights must add up to more than 0")
+        names = [v.name for v in variants]
+        if len(set(names)) != len(names):
+            s.error("variants", "variant names must be unique")
+    elif variants:
+        s.error("variants", f"applies only to multivariate flags, not {ftype}")
+    default = s.get("default", any_value, None)
+    if default is None:
+        default = variants[0].value if variants else False
+    if ftype in (m.FlagType.BOOLEAN, m.FlagType.OPERATIONAL) and not isinstance(default, bool):
+        s.error("default", f"a {ftype} flag's default must be true or false, got {default!r}")
+    rollout = s.get("rollout", number(0, 100), None)
+    if rollout is not None and ftype is m.FlagType.MULTIVARIATE:
+        s.error("rollout", "a multivariate flag splits by variant weights, not rollout")
+    targeting: list[m.TargetRule] = []
+    for _, tvalue, tpath, tline in s.elements("targeting"):
+        t = r.section(tvalue, tpath, tline, ("attribute", "operator", "values", "value"))
+        if t is None:
+            continue
+        attr = t.get("attribute", lambda v: attribute_name(v, attributes))
+        op = t.get("operator", choice(list(m.Operator)))
+        if "values" in t and "value" in t:
+            t.error("value", "give either value or values, not both")
+        raw = t.data.get("values", [t.data["value"]] if "value" in t else None)
+        if raw is None:
+            t.error(None, "needs values (a list) or value")
+            continue
+        if not isinstance(raw, list) or not raw:
+            t.error("values", "expected a non-empty list")
+            continue
+        values = tuple(raw)
+        compiled: tuple[Any, ...] = ()
+        if op is not None:
+            try:
+                compiled = _compile_values(m.Operator(op), values)
+            except ValueError as exc:
+                t.error("values" if "values" in t else "value", str(exc))
+        if attr and op:
+            targeting.append(m.TargetRule(attr, m.Operator(op), values, compiled))
+    environments: dict[str, Any] = {}
+    for env, evalue, _, _ in s.items("environments"):
+        environments[env] = evalue
+    bucket_by = s.get("bucket_by", lambda v: attribute_name(v, attributes), None)
+    return m.Flag(
+        key=key,
+        type=ftype,
+        default=default,
+        status=m.FlagStatus(s.get("status", choice(list(m.FlagStatus)), "active") or "active"),
+        description=s.get("description", any_value, "") or "",
+        owner=s.get("owner", any_value, "") or "",
+        rollout=rollout,
+        bucket_by=bucket_by,
+        environments=environments,
+        tiers=s.get("tiers", string_list, None),
+        expires=s.get("expires", date, None),
+        variants=tuple(variants),
+        prerequisites=s.get("prerequisites", string_list, ()),
+        targeting=tuple(targeting),
+        kill_switch=s.get("kill_switch", boolean, False),
+    )
+
+
+def check_flag_graph(r: Reader, flags: Mapping[str, m.Flag], where: Mapping[str, tuple[int, str]]
+                     ) -> None:
+    """Prerequisites must name existing flags and form no cycle."""
+    for key, flag in flags.items():
+        line, path = where[key]
+        for prereq in flag.prerequisites:
+            if prereq not in flags:
+                r.error(line, f"{path}.prerequisites", f"unknown flag {prereq!r}"
+                        + _hint(prereq, flags))
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(key: str, trail: list[str]) -> None:
+        state[key] = 1
+        for prereq in flags[key].prerequisites:
+            if prereq not in flags:
+                continue
+            if state.get(prereq) == 1:
+                cycle = trail[trail.index(prereq):] + [prereq]
+                line, path = where[key]
+                r.error(line, f"{path}.prerequisites",
+                        "prerequisite cycle: " + " -> ".join(cycle))
+            elif prereq not in state:
+                visit(prereq, trail + [prereq])
+        state[key] = 2
+
+    for key in flags:
+        if key not in state:
+            visit(key, [key])
+
+
+def _hint(word: str, choices: Mapping[str, object]) -> str:
+    from gateway.config.reader import nearest
+
+    found = nearest(word, list(choices))
+    return f" (did you mean {found!r}?)" if found else ""
+
+
+# ---------------------------------------------------------------- experiments and routes
+
+def parse_experiment(r: Reader, name: str, value: object, path: str, line: int
+                     ) -> m.Experiment:
+    s = r.section(value, path, line, ("flag", "control", "significance", "power", "metrics"))
+    if s is None:
+        return m.Experiment(name, "", "")
+    metrics: list[m.ExperimentMetric] = []
+    for _, mvalue, mpath, mline in s.elements("metrics"):
+        ms = r.section(mvalue, mpath, mline, (
+            "name", "primary", "guardrail", "baseline_rate", "minimum_detectable_effect"))
+        if ms is not None:
+            metrics.append(m.ExperimentMetric(
+                name=ms.get("name", string),
+                primary=ms.get("primary", boolean, False),
+                guardrail=ms.get("guardrail", boolean, False),
+                baseline_rate=ms.get("baseline_rate", number(0, 1, exclusive_minimum=True), None),
+                minimum_detectable_effect=ms.get(
+                    "minimum_detectable_effect", number(0, 1, exclusive_minimum=True), None),
+            ))
+    return m.Experiment(
+        name=name,
+        flag=s.get("flag", string),
+        control=s.get("control", string),
+        significance=s.get("significance", number(0, 1, exclusive_minimum=True), 0.05),
+        power=s.get("power", number(0, 1, exclusive_minimum=True), 0.8),
+        metrics=tuple(metrics),
+    )
+
+
+def parse_match(r: Reader, s: Section | None) -> m.Match:
+    if s is None:
+        return m.Match()
+    kinds = [k for k in ("path", "path_prefix", "path_regex") if k in s]
+    if len(kinds) != 1:
+        s.error(None, "needs exactly one of path, path_prefix, path_regex"
+                + (f" (found {', '.join(kinds)})" if kinds else ""))
+    regex = None
+    if "path_regex" in s:
+        def compile_(value: object) -> re.Pattern[str]:
+            try:
+                return re.compile(string(value))
+            except re.error as exc:
+                raise ValueError(f"invalid regex: {exc}") from None
+        regex = s.get("path_regex", compile_)
+    methods = s.get("methods", string_list, None)
+    headers: list[tuple[str, str]] = []
+    for name, value, path, line in s.items("headers"):
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            r.error(line, path, "expected the header's exact value as a string")
+            continue
+        headers.append((name, str(value)))
+
+    def path_text(value: object) -> str:
+        text = string(value)
+        if not text.startswith("/"):
+            raise ValueError(f"must start with '/', got {text!r}")
+        return text
+
+    return m.Match(
+        path=s.get("path", path_text, None),
+        path_prefix=s.get("path_prefix", path_text, None),
+        path_regex=regex,
+        methods=frozenset(x.upper() for x in methods) if methods else None,
+        host=s.get("host", string, None),
+        headers=tuple(headers),
+    )
+
+
+def parse_route(r: Reader, index: int, value: object, path: str, line: int) -> m.Route:
+    s = r.section(value, path, line, (
+        "name", "match", "upstream", "strip_prefix", "rate_limits", "cost", "max_body",
+        "cache", "flags"))
+    if s is None:
+        return m.Route(f"#{index}", m.Match(), m.UpstreamRef("", ""))
+    up = s.data.get("upstream")
+    if isinstance(up, str):
+        ref = m.UpstreamRef(up, up)
+    elif isinstance(up, Mapping):
+        u = s.section("upstream", ("read", "write"))
+        read = u.get("read", string) if u else None
+        write = u.get("write", string) if u else None
+        ref = m.UpstreamRef(read or "", write or "")
+    else:
+        s.error("upstream" if "upstream" in s else None,
+                "needs an upstream name, or {read: NAME, write: NAME}")
+        ref = m.UpstreamRef("", "")
+    flags_value = s.data.get("flags")
+    flags: tuple[str, ...] | None = ()
+    if flags_value == "all":
+        flags = None  # resolved to every flag once flags are known
+    elif flags_value is not None:
+        flags = s.get("flags", string_list, ())
+    route = m.Route(
+        name=s.get("name", name_token, f"#{index}") or f"#{index}",
+        match=parse_match(r, s.section("match", (
+            "path", "path_prefix", "path_regex", "methods", "host", "headers"))),
+        upstream=ref,
+        strip_prefix=s.get("strip_prefix", string, None),
+        rate_limits=s.get("rate_limits", string_list, ()),
+        cost=s.get("cost", integer(1), 1),
+        max_body=s.get("max_body", size, None),
+        cache=parse_route_cache(s.section("cache", ROUTE_CACHE_KEYS)) if "cache" in s else None,
+        flags=flags if flags is not None else ("*all*",),
+    )
+    return route
+
+
+# ---------------------------------------------------------------- the whole file
+
+def parse_document(data: object, file: str, env: Mapping[str, str] | None = None) -> m.Config:
+    r = Reader(file)
+    top = r.section(data, "", 1, TOP_KEYS)
+    if top is None:
+        r.raise_if_any()
+        raise AssertionError("unreachable")
+
+    redis_settings = parse_redis(top.section("redis", (
+        "url", "cluster", "key_prefix", "timeout", "failure_mode", "max_connections",
+    )) if top.data.get("redis") is not None else None)
+    if redis_settings is not None and env and env.get("REDIS_URL"):
+        try:
+            redis_settings = _replace(redis_settings, url=redis_url(env["REDIS_URL"]))
+        except ValueError as exc:
+            r.error(0, "REDIS_URL", f"{exc} (from the environment)")
+    context = parse_context(r, top.section("context", (*m.CONTEXT_FIELDS, "trusted_proxies",
+                                                       "attributes")))
+    upstreams = {name: parse_upstream(r, name, value, path, line)
+                 for name, value, path, line in top.items("upstreams")}
+    rules = {name: parse_rule(r, name, value, path, line)
+             for name, value, path, line in top.items("rate_limits")}
+    flag_where: dict[str, tuple[int, str]] = {}
+    flags: dict[str, m.Flag] = {}
+    for key, value, path, line in top.items("flags"):
+        flags[key] = parse_flag(r, key, value, path, line, context.attributes)
+        flag_where[key] = (line, path)
+    check_flag_graph(r, flags, flag_where)
+    experiments = {name: parse_experiment(r, name, value, path, line)
+                   for name, value, path, line in top.items("experiments")}
+    cache = parse_cache(top.section("cache", ("memory_max", "max_object_size", "redis")))
+    fh = top.section("flag_headers", ("prefix", "summary"))
+    flag_headers = m.FlagHeaders(
+        prefix=fh.get("prefix", header_name, "X-Flag-") if fh else "X-Flag-",
+        summary=fh.get("summary", header_name, "X-Feature-Flags") if fh else "X-Feature-Flags",
+    )
+
+    routes: list[m.Route] = []
+    route_where: list[tuple[int, str]] = []
+    for index, value, path, line in top.elements("routes"):
+        routes.append(parse_route(r, index, value, path, line))
+        route_where.append((line, path))
+    if "routes" in top and not routes and isinstance(top.data.get("routes"), list):
+        top.error("routes", "needs at least one route")
+
+    # ---- references between sections
+    for (name, rule), (_, _, path, line) in zip(rules.items(), top.items("rate_limits")):
+        if rule.scope and rule.scope.kind == "attribute" and \
+                rule.scope.attribute not in context.attributes:
+            r.error(line, f"{path}.scope", f"context has no custom attribute "
+                    f"{rule.scope.attribute!r} (context.attributes)")
+        if rule.degrade_upstream and rule.degrade_upstream not in upstreams:
+            r.error(line, f"{path}.degrade_upstream",
+                    f"unknown upstream {rule.degrade_upstream!r}" + _hint(rule.degrade_upstream,
+                                                                          upstreams))
+    for exp, (_, _, path, line) in zip(experiments.values(), top.items("experiments")):
+        flag = flags.get(exp.flag) if exp.flag else None
+        if exp.flag and flag is None:
+            r.error(line, f"{path}.flag", f"unknown flag {exp.flag!r}" + _hint(exp.flag, flags))
+        elif flag is not None and exp.control and exp.control not in {v.name for v in
+                                                                      flag.variants}:
+            r.error(line, f"{path}.control",
+                    f"flag {exp.flag!r} has no variant named {exp.control!r}")
+    names: set[str] = set()
+    resolved: list[m.Route] = []
+    raw_routes = top.data.get("routes") or []
+    for route, (line, path), raw in zip(routes, route_where, raw_routes):
+        def line_of(key: str, raw: object = raw, line: int = line) -> int:
+            return raw.line_of(key) if hasattr(raw, "line_of") else line
+
+        if route.name in names:
+            r.error(line_of("name"), f"{path}.name", f"duplicate route name {route.name!r}")
+        names.add(route.name)
+        for up in {route.upstream.read, route.upstream.write} - {""}:
+            if up not in upstreams:
+                r.error(line_of("upstream"), f"{path}.upstream", f"unknown upstream {up!r}"
+                        + _hint(up, upstreams))
+        for rule in route.rate_limits:
+            if rule not in rules:
+                r.error(line_of("rate_limits"), f"{path}.rate_limits", f"unknown rate-limit rule {rule!r}"
+                        + _hint(rule, rules))
+        route_flags = route.flags
+        if route_flags == ("*all*",):
+            route_flags = tuple(flags)
+        for flag_key in route_flags:
+            if flag_key not in flags:
+                r.error(line_of("flags"), f"{path}.flags", f"unknown flag {flag_key!r}"
+                        + _hint(flag_key, flags))
+        if route.cache is not None and route.match.methods and \
+                not route.match.methods & {"GET", "HEAD"}:
+            r.error(line_of("cache"), f"{path}.cache", "a cache policy on a route without GET or HEAD "
+                    "never applies")
+        resolved.append(_replace(route, flags=route_flags))
+    if cache.redis and redis_settings is None:
+        top.error("cache", "cache.redis: true needs a redis block")
+
+    workers = top.get("workers", integer(1, 64), 1)
+    environment = top.get("environment", string, "production")
+    config = m.Config(
+        source=file,
+        environment=environment or "production",
+        listen=parse_listen(top.section("listen", ("host", "port", "max_header_size"))),
+        workers=workers or 1,
+        drain_timeout=top.get("drain_timeout", duration, 15.0),
+        logging=parse_logging(top.section("logging", ("level", "access_log"))),
+        admin=parse_admin(top.section("admin", ("host", "port", "token_env"))),
+        redis=redis_settings,
+        context=context,
+        upstreams=upstreams,
+        rate_limit_headers=m.HeaderStyle(
+            top.get("rate_limit_headers", choice(list(m.HeaderStyle)), "ietf") or "ietf"),
+        rate_limits=rules,
+        cache=cache,
+        flag_headers=flag_headers,
+        flags=flags,
+        experiments=experiments,
+        routes=tuple(resolved),
+    )
+    r.raise_if_any()
+    return config
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def load_config(path: str, env: Mapping[str, str] | None = None) -> m.Config:
+    """Read and validate a config file. Raises ConfigError listing every problem."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(path, 0, "(file)", f"cannot read: {exc.strerror}")])
+    try:
+        data = load_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([ConfigIssue(path, line, "(yaml)", f"invalid YAML: {problem}")])
+    return parse_document(data, path, env)
+
+
+__all__ = ["ConfigError", "load_config", "parse_document", "parse_flag"]

@@ -1,0 +1,141 @@
+"""The request context every later stage reads: who is calling, from where, on what plan.
+
+`build_context` is a pure function of the settings, the peer address and the request headers.
+Identity headers are believed only from trusted proxies; from anyone else they are dropped
+before anything reads or forwards them, so a client cannot claim another user's identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gateway.config.model import ContextSettings, IPNetwork
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    client_ip: str
+    user_id: str | None = None
+    tenant_id: str | None = None
+    role: str | None = None
+    subscription_tier: str | None = None
+    region: str | None = None
+    segment: str | None = None
+    device: str | None = None
+    api_key: str | None = None  # a hash of the key, never the key itself
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    environment: str = ""
+
+    def get(self, name: str) -> str | None:
+        """A field by the name flag targeting and rule scopes use: `user_id`, `attributes.x`."""
+        if name.startswith("attributes."):
+            return self.attributes.get(name[11:])
+        value = getattr(self, name, None)
+        return value if isinstance(value, str) else None
+
+
+def hash_api_key(key: str) -> str:
+    """Keys and logs carry this instead of the API key (sha256, 128 bits, hex)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # [2001:db8::1]:443
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:  # 203.0.113.7:5000
+        text = text.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def is_trusted(address: IPAddress | None, trusted: Sequence[IPNetwork]) -> bool:
+    return address is not None and any(address in net for net in trusted)
+
+
+def resolve_client_ip(peer: str, hops: Iterable[str], trusted: Sequence[IPNetwork]) -> str:
+    """The right-most hop that is not a trusted proxy; the peer when every hop is trusted.
+
+    `hops` are the X-Forwarded-For entries, left to right. The walk starts at the peer and
+    goes left only through trusted proxies: anything left of the first untrusted hop was
+    written by a party we cannot believe. An unparsable hop ends the walk; the last address
+    seen (a trusted proxy) is then the best we know.
+    """
+    current = peer
+    if not is_trusted(parse_ip(peer), trusted):
+        return peer
+    for hop in reversed(list(hops)):
+        address = parse_ip(hop)
+        if address is None:
+            return current
+        current = str(address)
+        if not is_trusted(address, trusted):
+            return current
+    return current
+
+
+def split_forwarded_for(values: Iterable[str]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def identity_headers(settings: ContextSettings) -> tuple[str, ...]:
+    """Every header the context reads, lower-cased: dropped from untrusted peers."""
+    names = [settings.client_ip.header]
+    names += [s.header for s in settings.fields.values()]
+    names += [s.header for s in settings.attributes.values()]
+    return tuple(dict.fromkeys(n.lower() for n in names))
+
+
+def build_context(
+    settings: ContextSettings,
+    peer: str,
+    headers: Mapping[str, str],
+    forwarded_for: Sequence[str] = (),
+    environment: str = "",
+) -> tuple[RequestContext, bool]:
+    """(context, peer_trusted). Headers are read only when the peer is a trusted proxy.
+
+    `headers` is case-insensitive (aiohttp's CIMultiDict); `forwarded_for` all values of the
+    client-IP header, since a proxy chain may send it more than once.
+    """
+    trusted = is_trusted(parse_ip(peer), settings.trusted_proxies)
+    client_ip = peer
+    if trusted:
+        client_ip = resolve_client_ip(peer, split_forwarded_for(forwarded_for),
+                                      settings.trusted_proxies)
+
+    def read(name: str) -> str | None:
+        source = settings.fields.get(name)
+        if source is None:
+            return None
+        value = headers.get(source.header) if trusted else None
+        return value.strip() or source.default if value is not None else source.default
+
+    api_key = read("api_key")
+    attributes = {}
+    for name, source in settings.attributes.items():
+        value = headers.get(source.header) if trusted else None
+        value = value.strip() if value is not None else source.default
+        if value:
+            attributes[name] = value
+    context = RequestContext(
+        client_ip=client_ip,
+        user_id=read("user_id"),
+        tenant_id=read("tenant_id"),
+        role=read("role"),
+        subscription_tier=read("subscription_tier"),
+        region=read("region"),
+        segment=read("segment"),
+        device=read("device"),
+        api_key=hash_api_key(api_key) if api_key else None,
+        attributes=attributes,
+        environment=environment,
+    )
+    return context, trusted

@@ -1,0 +1,71 @@
+"""Prometheus families, defined once. Children for routes and rules are made at config load.
+
+With several workers the supervisor sets PROMETHEUS_MULTIPROC_DIR before any worker starts,
+and prometheus-client then writes every worker's numbers to files that `/metrics` sums.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+
+# From half a millisecond (a cache hit) to 30 s (the default upstream timeout).
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+REQUESTS = Counter(
+    "gateway_requests", "Requests answered, by route, method and status.",
+    ("route", "method", "status"),
+)
+REQUEST_DURATION = Histogram(
+    "gateway_request_duration_seconds", "Time from request to response headers and body sent.",
+    ("route",), buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_DURATION = Histogram(
+    "gateway_upstream_duration_seconds", "Time until the upstream's response headers arrived.",
+    ("route", "upstream"), buckets=LATENCY_BUCKETS,
+)
+RATELIMIT_DECISIONS = Counter(
+    "gateway_ratelimit_decisions", "Rate-limit decisions by rule and outcome.",
+    ("rule", "outcome"),
+)
+CACHE_LOOKUPS = Counter(
+    "gateway_cache_lookups", "Cache lookups by route and result.", ("route", "result"),
+)
+FLAG_EVALUATIONS = Counter(
+    "gateway_flag_evaluations", "Flag evaluations by flag, variant and reason.",
+    ("flag", "variant", "reason"),
+)
+REDIS_ERRORS = Counter("gateway_redis_errors", "Redis calls that failed or timed out.")
+INFLIGHT = Gauge(
+    "gateway_inflight_requests", "Requests being handled right now.",
+    multiprocess_mode="livesum",
+)
+CONFIG_RELOADS = Counter(
+    "gateway_config_reloads", "Configuration reloads by result.", ("result",),
+)
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER")
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "OTHER"
+
+
+def render() -> bytes:
+    """The text exposition; summed over every worker in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(DEFAULT_REGISTRY)

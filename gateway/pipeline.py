@@ -1,0 +1,233 @@
+"""The one walk every request takes: route -> context -> limits -> flags -> cache -> upstream.
+
+The pipeline owns the order and the error answers; each stage is a separate module reached
+through the small interfaces in `gateway.stages`. Flags are evaluated before the cache lookup
+(the order is otherwise the contract's) because the flag headers are part of the request
+the upstream sees, and a response that varies on them (`Vary: X-Flag-...`) must be looked up
+with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway import metrics
+from gateway.accesslog import AccessRecord
+from gateway.config.model import Config
+from gateway.context import RequestContext, build_context, identity_headers
+from gateway.problem import problem
+from gateway.proxy import (
+    BodyTooLarge,
+    Exchange,
+    Outgoing,
+    UpstreamError,
+    UpstreamPool,
+    end_to_end,
+    limited_body,
+    relay,
+)
+from gateway.routing import MethodNotAllowed, Router, strip
+from gateway.stages import CacheStage, FlagStage, NoCache, NoFlags, NoLimits, RateLimitStage
+
+log = logging.getLogger("gateway")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def new_request_id() -> str:
+    return os.urandom(16).hex()
+
+
+@dataclass
+class Runtime:
+    """Everything one configuration needs to serve; replaced whole on reload."""
+
+    config: Config
+    router: Router
+    upstreams: UpstreamPool
+    limiter: RateLimitStage = field(default_factory=NoLimits)
+    cache: CacheStage = field(default_factory=NoCache)
+    flags: FlagStage = field(default_factory=NoFlags)
+    identity: tuple[str, ...] = ()
+    flag_prefix: str = "x-flag-"
+    flag_summary: str | None = "x-feature-flags"
+
+    @classmethod
+    def build(cls, config: Config, upstreams: UpstreamPool, **stages: object) -> Runtime:
+        for route in config.routes:  # children at load, not per request (STYLE)
+            metrics.REQUEST_DURATION.labels(route.name)
+        return cls(
+            config=config,
+            router=Router(config.routes),
+            upstreams=upstreams,
+            identity=identity_headers(config.context),
+            flag_prefix=config.flag_headers.prefix.lower(),
+            flag_summary=(config.flag_headers.summary or "").lower() or None,
+            **stages,  # type: ignore[arg-type]
+        )
+
+
+def _header_bytes(request: web.BaseRequest) -> int:
+    return sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+
+
+def _is_websocket(request: web.BaseRequest) -> bool:
+    return (request.headers.get("Upgrade", "").lower() == "websocket"
+            and "upgrade" in request.headers.get("Connection", "").lower())
+
+
+class Pipeline:
+    def __init__(self, runtime: Runtime, access_log: logging.Logger | None = None) -> None:
+        self.runtime = runtime
+        self.access_log = access_log
+        self.draining = False
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        rt = self.runtime  # one config for the whole request, whatever a reload does meanwhile
+        started = time.perf_counter()
+        sent_id = request.headers.get("X-Request-Id")
+        request_id = sent_id if sent_id and _REQUEST_ID.match(sent_id) else new_request_id()
+        record = AccessRecord(request_id=request_id, method=request.method,
+                              path=request.path, client_ip=request.remote or "")
+        metrics.INFLIGHT.inc()
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._walk(rt, request, request_id, record)
+            return response
+        except asyncio.CancelledError:
+            record.status = 499  # the client went away (nginx's convention)
+            raise
+        finally:
+            metrics.INFLIGHT.dec()
+            if response is not None:
+                record.status = response.status
+                record.bytes_sent = response.body_length
+            duration = time.perf_counter() - started
+            record.duration = duration
+            route_label = record.route or "(none)"
+            metrics.REQUESTS.labels(route_label, metrics.method_label(request.method),
+                                    str(record.status)).inc()
+            metrics.REQUEST_DURATION.labels(route_label).observe(duration)
+            if self.access_log is not None:
+                self.access_log.info(record.to_json())
+
+    async def _walk(self, rt: Runtime, request: web.BaseRequest, request_id: str,
+                    record: AccessRecord) -> web.StreamResponse:
+        config = rt.config
+        if _header_bytes(request) > config.listen.max_header_size:
+            return problem(431, f"the request header section is larger than "
+                           f"{config.listen.max_header_size} bytes", request_id)
+        found = rt.router.match(request.method, request.path, request.host, request.headers)
+        if found is None:
+            return problem(404, f"no route matches {request.method} {request.path}", request_id)
+        if isinstance(found, MethodNotAllowed):
+            return problem(405, f"{request.method} is not allowed here", request_id,
+                           headers={"Allow": ", ".join(found.allow)})
+        route = found.route
+        record.route = route.name
+
+        peer = request.remote or ""
+        ctx, trusted = build_context(config.context, peer, request.headers,
+                                     request.headers.getall(config.context.client_ip.header, ()),
+                                     config.environment)
+        record.client_ip = ctx.client_ip
+        websocket = _is_websocket(request)
+        headers = self._upstream_headers(rt, request, trusted, request_id, websocket)
+
+        length = request.content_length
+        if route.max_body is not None and length is not None and length > route.max_body:
+            return problem(413, f"the request body ({length} bytes) is larger than this "
+                           f"route's limit of {route.max_body} bytes", request_id)
+
+        verdict = await rt.limiter.check(route, ctx, request, request_id)
+        record.ratelimit = verdict.outcome
+        if verdict.refusal is not None:
+            verdict.refusal.headers["X-Request-Id"] = request_id
+            for name, value in verdict.response_headers:
+                verdict.refusal.headers[name] = value
+            return verdict.refusal
+        for name, value in verdict.upstream_headers:
+            headers[name] = value
+        for name, value in rt.flags.headers(route, ctx):
+            headers[name] = value
+
+        upstream = verdict.upstream or route.upstream.for_method(request.method)
+        record.upstream = upstream
+        response_headers = [*verdict.response_headers, ("X-Request-Id", request_id)]
+        if websocket:
+            from gateway.websocket import proxy_websocket
+
+            return await proxy_websocket(request, rt.upstreams, upstream,
+                                         request.raw_path, headers, response_headers, request_id)
+
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            # Only now, with the route, the size and the limits passed, ask for the body.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            headers.pop("Expect", None)
+        body = limited_body(request.content, route.max_body) if request.body_exists else None
+        out = Outgoing(
+            method=request.method,
+            path_qs=strip(request.raw_path, route.strip_prefix),
+            headers=headers,
+            body=body,
+            upstream=upstream,
+            client_url=f"{request.scheme}://{request.host}{request.raw_path}",
+        )
+
+        async def fetch(out: Outgoing) -> Exchange:
+            began = time.perf_counter()
+            try:
+                return await rt.upstreams.send(out)
+            finally:
+                spent = time.perf_counter() - began
+                record.upstream_duration = spent
+                metrics.UPSTREAM_DURATION.labels(route.name, out.upstream).observe(spent)
+
+        try:
+            exchange = await rt.cache.serve(route, out, fetch)
+        except BodyTooLarge as exc:
+            return problem(413, f"the request body is larger than this route's limit of "
+                           f"{exc.limit} bytes", request_id, headers={"Connection": "close"})
+        except UpstreamError as exc:
+            return problem(exc.status, exc.detail, request_id)
+        record.cache = exchange.cache_status
+        try:
+            return await relay(request, exchange, response_headers)
+        except UpstreamError as exc:
+            # Headers are out already: all we can do is cut the connection, so the client
+            # sees a truncated body rather than a complete-looking wrong one.
+            log.warning("request %s: %s", request_id, exc.detail)
+            record.error = exc.detail
+            raise
+
+    def _upstream_headers(self, rt: Runtime, request: web.BaseRequest, trusted: bool,
+                          request_id: str, websocket: bool) -> CIMultiDict[str]:
+        headers = end_to_end(request.headers, keep_upgrade=websocket)
+        if not trusted:
+            for name in rt.identity:
+                headers.popall(name, None)
+        # A client never chooses its own flags: drop anything in the flag header namespace.
+        prefix, summary = rt.flag_prefix, rt.flag_summary
+        for name in [n for n in headers if n.lower().startswith(prefix) or n.lower() == summary]:
+            headers.popall(name, None)
+        peer = request.remote or ""
+        xff = rt.config.context.client_ip.header
+        prior = ", ".join(headers.popall(xff, ())) if trusted else ""
+        headers[xff] = f"{prior}, {peer}" if prior else peer
+        if not (trusted and "X-Forwarded-Proto" in headers):
+            headers["X-Forwarded-Proto"] = request.scheme
+        if not (trusted and "X-Forwarded-Host" in headers) and request.host:
+            headers["X-Forwarded-Host"] = request.host
+        headers["X-Request-Id"] = request_id
+        return headers
+
+
+__all__ = ["Pipeline", "Runtime", "RequestContext"]

@@ -1,0 +1,222 @@
+"""Talking to upstreams: one long-lived client session per upstream, bodies streamed both ways.
+
+`UpstreamPool.send` turns an `Outgoing` request into an `Exchange` (status, headers and a body
+iterator) without writing anything to the client, so the cache can sit between the two and
+the pipeline stays the only place that answers. `relay` then writes an exchange out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from gateway.config.model import Upstream
+
+CHUNK = 64 * 1024
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus the proxy credentials that belong to this hop.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "proxy-authorization", "proxy-authenticate",
+})
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke the exchange: 502, or 504 for timeouts."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds {limit} bytes")
+        self.limit = limit
+
+
+def end_to_end(headers: Mapping[str, str] | CIMultiDictProxy[str],
+               keep_upgrade: bool = False) -> CIMultiDict[str]:
+    """A copy without hop-by-hop fields, including every field that Connection names."""
+    named = {
+        token.strip().lower()
+        for value in headers.getall("Connection", ())  # type: ignore[union-attr]
+        for token in value.split(",") if token.strip()
+    } if "Connection" in headers else set()
+    drop = HOP_BY_HOP | named
+    if keep_upgrade:
+        drop = drop - {"upgrade", "connection"}
+    result: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        if name.lower() not in drop:
+            result.add(name, value)
+    return result
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """The request as it will leave for the upstream."""
+
+    method: str
+    path_qs: str  # raw path and query, after strip_prefix
+    headers: CIMultiDict[str]
+    body: AsyncIterator[bytes] | bytes | None
+    upstream: str
+    # The URL the client asked for (scheme://host/path?query): what the cache keys on.
+    client_url: str = ""
+    extra_response_headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """An upstream response (or a stored one) ready to be relayed to the client."""
+
+    status: int
+    reason: str | None
+    headers: CIMultiDict[str]
+    body: AsyncIterator[bytes] | bytes
+    release: Callable[[], None] = lambda: None
+    # Set by stages to say what they did, for headers, logs and metrics.
+    cache_status: str | None = None
+
+
+Fetch = Callable[[Outgoing], Awaitable[Exchange]]
+
+
+async def limited_body(stream: aiohttp.StreamReader, limit: int | None) -> AsyncIterator[bytes]:
+    """The request body as it arrives, raising BodyTooLarge once it passes `limit`."""
+    seen = 0
+    async for chunk in stream.iter_any():
+        seen += len(chunk)
+        if limit is not None and seen > limit:
+            raise BodyTooLarge(limit)
+        yield chunk
+
+
+class UpstreamPool:
+    """One ClientSession per upstream: keep-alive pool, no cookie jar, no decompression."""
+
+    def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
+        self.upstreams = dict(upstreams)
+        self.sessions: dict[str, aiohttp.ClientSession] = {}
+        for name, up in self.upstreams.items():
+            self.sessions[name] = self._session(up)
+
+    @staticmethod
+    def _session(up: Upstream) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=up.max_connections, limit_per_host=0, ttl_dns_cache=300,
+            enable_cleanup_closed=False,
+        )
+        return aiohttp.ClientSession(
+            base_url=None,
+            connector=connector,
+            # One user's cookies must never reach another user's request.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=up.timeout, sock_connect=up.connect_timeout),
+            # Send what the client sent, nothing the client library would add on its own.
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            raise_for_status=False,
+        )
+
+    def adopt(self, upstreams: Mapping[str, Upstream]) -> list[aiohttp.ClientSession]:
+        """Take a reloaded upstream set; unchanged upstreams keep their warm pools.
+
+        Returns the sessions that are no longer used, for the caller to close once the
+        requests still using them are done.
+        """
+        retired: list[aiohttp.ClientSession] = []
+        sessions: dict[str, aiohttp.ClientSession] = {}
+        for name, up in upstreams.items():
+            if self.upstreams.get(name) == up and name in self.sessions:
+                sessions[name] = self.sessions.pop(name)
+            else:
+                sessions[name] = self._session(up)
+        retired.extend(self.sessions.values())
+        self.sessions, self.upstreams = sessions, dict(upstreams)
+        return retired
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self.sessions.values()))
+
+    def url(self, upstream: str, path_qs: str) -> URL:
+        return URL(self.upstreams[upstream].url + path_qs, encoded=True)
+
+    async def send(self, out: Outgoing) -> Exchange:
+        session = self.sessions[out.upstream]
+        try:
+            response = await session.request(
+                out.method, self.url(out.upstream, out.path_qs), headers=out.headers,
+                data=out.body, allow_redirects=False, compress=None,
+            )
+        except BodyTooLarge:
+            raise
+        except asyncio.TimeoutError:
+            raise UpstreamError(504, f"upstream {out.upstream!r} did not answer in time")
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(502, f"upstream {out.upstream!r} is unreachable: "
+                                f"{exc.os_error.strerror or exc.os_error}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(502, f"upstream {out.upstream!r} broke the exchange: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        return Exchange(
+            status=response.status,
+            reason=response.reason,
+            headers=end_to_end(response.headers),
+            body=_iterate(response, out.upstream),
+            release=response.release,
+        )
+
+
+async def _iterate(response: aiohttp.ClientResponse, upstream: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in response.content.iter_any():
+            yield chunk
+    except asyncio.TimeoutError:
+        raise UpstreamError(504, f"upstream {upstream!r} timed out sending the body")
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(502, f"upstream {upstream!r} broke off the body: {exc}") from exc
+    finally:
+        response.release()
+
+
+BODILESS_STATUSES = frozenset({204, 304})
+
+
+async def relay(request: web.BaseRequest, exchange: Exchange,
+                extra: Iterable[tuple[str, str]] = ()) -> web.StreamResponse:
+    """Write an exchange to the client, streaming the body; returns the prepared response."""
+    response = web.StreamResponse(status=exchange.status, reason=exchange.reason)
+    headers = response.headers
+    for name, value in exchange.headers.items():
+        headers.add(name, value)
+    for name, value in extra:
+        headers[name] = value
+    bodiless = exchange.status in BODILESS_STATUSES or 100 <= exchange.status < 200
+    if bodiless:
+        headers.pop("Content-Length", None) if exchange.status == 204 else None
+    length = headers.get("Content-Length")
+    if length is not None and length.isdigit():
+        response.content_length = int(length)
+    elif "Content-Length" in headers:
+        del headers["Content-Length"]
+    try:
+        await response.prepare(request)
+        if isinstance(exchange.body, bytes):
+            if exchange.body and not bodiless and request.method != "HEAD":
+                await response.write(exchange.body)
+        elif not bodiless and request.method != "HEAD":
+            async for chunk in exchange.body:
+                await response.write(chunk)
+        await response.write_eof()
+    finally:
+        exchange.release()
+    return response

@@ -1,0 +1,191 @@
+"""One gateway process: the proxy listener, the admin listener, reload and graceful drain.
+
+`Services` are the long-lived parts (upstream pools, Redis, stores) that survive a reload;
+`build_runtime` turns a Config plus services into a Runtime, which a reload swaps whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway import metrics
+from gateway.accesslog import access_logger
+from gateway.admin import build_admin_app
+from gateway.config import Config, ConfigError, load_config
+from gateway.pipeline import Pipeline, Runtime
+from gateway.proxy import UpstreamPool
+
+log = logging.getLogger("gateway")
+
+
+@dataclass
+class Services:
+    """Parts that outlive a configuration: pools, connections, stored state."""
+
+    pool: UpstreamPool
+    closers: list[object] = field(default_factory=list)
+
+    @classmethod
+    async def create(cls, config: Config) -> Services:
+        return cls(pool=UpstreamPool(config.upstreams))
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+def build_runtime(config: Config, services: Services) -> Runtime:
+    """The stages this config asks for, wired to the long-lived services."""
+    return Runtime.build(config, services.pool)
+
+
+class GatewayProcess:
+    """Serves one config in this process. `control_path` set: a worker under a supervisor."""
+
+    def __init__(self, config_path: str, config: Config, control_path: str | None = None,
+                 reuse_port: bool = False) -> None:
+        self.config_path = config_path
+        self.control_path = control_path
+        self.reuse_port = reuse_port
+        self.services: Services | None = None
+        self.pipeline = Pipeline(Runtime.build(config, UpstreamPool({})),
+                                 access_logger(config.logging.access_log))
+        self._initial = config
+        self._runners: list[web.BaseRunner] = []
+        self.stopping = asyncio.Event()
+        self.draining = False
+        self.ready = False
+        self._reload_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        config = self._initial
+        self.services = await Services.create(config)
+        self.pipeline.runtime = build_runtime(config, self.services)
+        server = web.Server(
+            self.pipeline.handle,
+            handler_cancellation=True,  # a client that goes away cancels its upstream exchange
+            max_line_size=max(8190, config.listen.max_header_size),
+            max_field_size=max(8190, 4 * config.listen.max_header_size),
+            access_log=None,
+        )
+        proxy_runner = web.ServerRunner(server, shutdown_timeout=config.drain_timeout,
+                                        handle_signals=False)
+        await proxy_runner.setup()
+        proxy_site = web.TCPSite(proxy_runner, config.listen.host, config.listen.port,
+                                 reuse_port=self.reuse_port, backlog=1024)
+        await proxy_site.start()
+        self._runners.append(proxy_runner)
+
+        admin_runner = web.AppRunner(build_admin_app(self), handle_signals=False,
+                                     access_log=None, shutdown_timeout=1.0)
+        await admin_runner.setup()
+        if self.control_path:
+            await web.UnixSite(admin_runner, self.control_path).start()
+        else:
+            await web.TCPSite(admin_runner, config.admin.host, config.admin.port,
+                              reuse_address=True).start()
+        self._runners.append(admin_runner)
+        self.ready = True
+        log.info("gateway serving on %s:%s (admin %s), %s", config.listen.host,
+                 config.listen.port, self.control_path or
+                 f"{config.admin.host}:{config.admin.port}", config.summary())
+
+    async def drain_and_stop(self) -> None:
+        """SIGTERM: readiness goes 503, listeners close, in-flight requests get drain_timeout."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining: no new connections, in-flight requests have %.1fs",
+                 self.pipeline.runtime.config.drain_timeout)
+        proxy_runner, admin_runner = self._runners
+        await proxy_runner.cleanup()  # stops accepting, waits for handlers up to drain_timeout
+        await admin_runner.cleanup()
+        if self.services is not None:
+            await self.services.close()
+        self.stopping.set()
+
+    async def readiness(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining"
+        if not self.ready:
+            return False, "starting"
+        return True, "serving"
+
+    # ------------------------------------------------------------------ reload
+    async def reload(self) -> tuple[bool, str | list[str]]:
+        """Re-read the config file; on errors keep the running config and say why."""
+        async with self._reload_lock:
+            try:
+                config = load_config(self.config_path, os.environ)
+            except ConfigError as exc:
+                errors = [str(i) for i in exc.issues]
+                metrics.CONFIG_RELOADS.labels("rejected").inc()
+                log.error("reload rejected, keeping the running config:\n%s", "\n".join(errors))
+                return False, errors
+            assert self.services is not None
+            retired = self.services.pool.adopt(config.upstreams)
+            self.pipeline.runtime = build_runtime(config, self.services)
+            metrics.CONFIG_RELOADS.labels("applied").inc()
+            log.info("config reloaded: %s", config.summary())
+            if retired:
+                # Requests that started before the swap may still use the old pools.
+                async def close_later() -> None:
+                    await asyncio.sleep(config.drain_timeout + 1)
+                    await asyncio.gather(*(s.close() for s in retired))
+
+                asyncio.get_running_loop().create_task(close_later())
+            return True, config.summary()
+
+
+def install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we ship
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+
+
+async def serve(config_path: str, config: Config, control_path: str | None = None,
+                reuse_port: bool = False) -> int:
+    process = GatewayProcess(config_path, config, control_path, reuse_port)
+    loop = asyncio.get_running_loop()
+    try:
+        await process.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: loop.create_task(process.drain_and_stop()))
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(process.reload()))
+    await process.stopping.wait()
+    return 0
+
+
+def run_process(config_path: str, config: Config, control_path: str | None = None,
+                reuse_port: bool = False) -> int:
+    install_uvloop()
+    configure_logging(config.logging.level)
+    return asyncio.run(serve(config_path, config, control_path, reuse_port))
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True

@@ -1,0 +1,61 @@
+"""The seams of the request pipeline: what each stage is given and what it returns.
+
+The pipeline calls these and nothing else of a stage, so a stage can be replaced (a real
+rate limiter for the pass-through one, say) without the pipeline changing. Each has a
+pass-through implementation used when a config has nothing for that stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiohttp import web
+
+from gateway.config.model import Route
+from gateway.context import RequestContext
+from gateway.proxy import Exchange, Fetch, Outgoing
+
+
+@dataclass(frozen=True, slots=True)
+class LimitVerdict:
+    """What the rate limiter decided for one request."""
+
+    # Answer this instead of forwarding (429, or 503 when Redis is down and failure_mode closed).
+    refusal: web.StreamResponse | None = None
+    response_headers: tuple[tuple[str, str], ...] = ()
+    upstream_headers: tuple[tuple[str, str], ...] = ()
+    upstream: str | None = None  # `degrade` may send the request to a cheaper upstream
+    outcome: str = "allowed"  # for the access log
+
+
+ADMIT = LimitVerdict()
+
+
+class RateLimitStage(Protocol):
+    async def check(self, route: Route, ctx: RequestContext, request: web.BaseRequest,
+                    request_id: str) -> LimitVerdict: ...
+
+
+class CacheStage(Protocol):
+    async def serve(self, route: Route, out: Outgoing, fetch: Fetch) -> Exchange: ...
+
+
+class FlagStage(Protocol):
+    def headers(self, route: Route, ctx: RequestContext) -> list[tuple[str, str]]: ...
+
+
+class NoLimits:
+    async def check(self, route: Route, ctx: RequestContext, request: web.BaseRequest,
+                    request_id: str) -> LimitVerdict:
+        return ADMIT
+
+
+class NoCache:
+    async def serve(self, route: Route, out: Outgoing, fetch: Fetch) -> Exchange:
+        return await fetch(out)
+
+
+class NoFlags:
+    def headers(self, route: Route, ctx: RequestContext) -> list[tuple[str, str]]:
+        return []

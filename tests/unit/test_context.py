@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import ipaddress
+
+from multidict import CIMultiDict
+
+from gateway.config.model import ContextSettings, HeaderSource
+from gateway.context import build_context, hash_api_key, resolve_client_ip
+
+TRUSTED = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8"))
+SETTINGS = ContextSettings(
+    trusted_proxies=TRUSTED,
+    fields={"user_id": HeaderSource("X-User-Id"), "tenant_id": HeaderSource("X-Tenant-Id"),
+            "subscription_tier": HeaderSource("X-Tier", default="free"),
+            "api_key": HeaderSource("X-Api-Key")},
+    attributes={"app_version": HeaderSource("X-App-Version")},
+)
+
+
+def test_client_ip_is_rightmost_untrusted_hop() -> None:
+    assert resolve_client_ip("127.0.0.1", ["203.0.113.5", "198.51.100.7", "10.0.0.3"],
+                             TRUSTED) == "198.51.100.7"
+
+
+def test_client_ip_from_untrusted_peer_is_the_peer() -> None:
+    assert resolve_client_ip("198.51.100.1", ["203.0.113.5"], TRUSTED) == "198.51.100.1"
+
+
+def test_all_hops_trusted_gives_leftmost_trusted() -> None:
+    assert resolve_client_ip("127.0.0.1", ["10.0.0.9"], TRUSTED) == "10.0.0.9"
+    assert resolve_client_ip("127.0.0.1", [], TRUSTED) == "127.0.0.1"
+
+
+def test_garbage_hop_stops_the_walk() -> None:
+    assert resolve_client_ip("127.0.0.1", ["1.2.3.4", "not-an-ip", "10.0.0.2"],
+                             TRUSTED) == "10.0.0.2"
+
+
+def test_ipv6_and_ports() -> None:
+    assert resolve_client_ip("127.0.0.1", ["[2001:db8::1]:443"], TRUSTED) == "2001:db8::1"
+    assert resolve_client_ip("127.0.0.1", ["203.0.113.5:5000"], TRUSTED) == "203.0.113.5"
+
+
+def test_identity_from_trusted_peer() -> None:
+    headers = CIMultiDict({"x-user-id": "u1", "X-Tenant-Id": "acme", "X-Api-Key": "secret",
+                           "X-App-Version": "2.7.1"})
+    ctx, trusted = build_context(SETTINGS, "127.0.0.1", headers, ["203.0.113.5"])
+    assert trusted
+    assert (ctx.client_ip, ctx.user_id, ctx.tenant_id) == ("203.0.113.5", "u1", "acme")
+    assert ctx.subscription_tier == "free"  # the default
+    assert ctx.api_key == hash_api_key("secret") and "secret" not in ctx.api_key
+    assert ctx.get("attributes.app_version") == "2.7.1"
+    assert ctx.get("user_id") == "u1" and ctx.get("attributes.nope") is None
+
+
+def test_identity_from_untrusted_peer_is_ignored() -> None:
+    headers = CIMultiDict({"X-User-Id": "admin", "X-Tier": "enterprise"})
+    ctx, trusted = build_context(SETTINGS, "198.51.100.1", headers, ["1.1.1.1"])
+    assert not trusted
+    assert ctx.user_id is None and ctx.subscription_tier == "free"
+    assert ctx.client_ip == "198.51.100.1"
