@@ -10,8 +10,7 @@ import asyncio
 import logging
 import os
 import signal
-import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -21,6 +20,7 @@ from gateway.admin import build_admin_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.pipeline import Pipeline, Runtime
 from gateway.proxy import UpstreamPool
+from gateway.redisconn import RedisLink
 
 log = logging.getLogger("gateway")
 
@@ -30,14 +30,17 @@ class Services:
     """Parts that outlive a configuration: pools, connections, stored state."""
 
     pool: UpstreamPool
-    closers: list[object] = field(default_factory=list)
+    redis: RedisLink | None = None
 
     @classmethod
     async def create(cls, config: Config) -> Services:
-        return cls(pool=UpstreamPool(config.upstreams))
+        redis = RedisLink(config.redis) if config.redis is not None else None
+        return cls(pool=UpstreamPool(config.upstreams), redis=redis)
 
     async def close(self) -> None:
         await self.pool.close()
+        if self.redis is not None:
+            await self.redis.close()
 
 
 def build_runtime(config: Config, services: Services) -> Runtime:
@@ -181,11 +184,3 @@ def run_process(config_path: str, config: Config, control_path: str | None = Non
     configure_logging(config.logging.level)
     return asyncio.run(serve(config_path, config, control_path, reuse_port))
 
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
