@@ -109,7 +109,7 @@ class Pipeline:
             metrics.INFLIGHT.dec()
             if response is not None:
                 record.status = response.status
-                record.bytes_sent = response.body_length
+                record.bytes = response.body_length
             duration = time.perf_counter() - started
             record.duration = duration
             route_label = record.route or "(none)"

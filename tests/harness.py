@@ -185,7 +185,8 @@ class Upstream:
         self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self.runner.setup()
         self.port = port or self.port or free_port()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True).start()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True,
+                          backlog=2048).start()
         return self
 
     async def stop(self) -> None:
