@@ -650,10 +650,10 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
             if up not in upstreams:
                 r.error(line_of("upstream"), f"{path}.upstream", f"unknown upstream {up!r}"
                         + _hint(up, upstreams))
-        for rule in route.rate_limits:
-            if rule not in rules:
-                r.error(line_of("rate_limits"), f"{path}.rate_limits", f"unknown rate-limit rule {rule!r}"
-                        + _hint(rule, rules))
+        for rule_name in route.rate_limits:
+            if rule_name not in rules:
+                r.error(line_of("rate_limits"), f"{path}.rate_limits",
+                        f"unknown rate-limit rule {rule_name!r}" + _hint(rule_name, rules))
         route_flags = route.flags
         if route_flags == ("*all*",):
             route_flags = tuple(flags)
