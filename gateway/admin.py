@@ -136,8 +136,22 @@ async def reload_config(request: web.Request) -> web.Response:
                    errors=outcome)
 
 
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Admin errors speak problem+json too, including unknown paths and wrong methods."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        return problem(405, f"{request.method} is not allowed on {request.path}",
+                       headers={"Allow": ", ".join(sorted(exc.allowed_methods))})
+    except web.HTTPNotFound:
+        return problem(404, f"no admin endpoint at {request.path}")
+    except web.HTTPRequestEntityTooLarge:
+        return problem(413, "admin request bodies are limited to 1 MiB")
+
+
 def build_admin_app(process: GatewayProcess) -> web.Application:
-    app = web.Application(client_max_size=1024**2)
+    app = web.Application(client_max_size=1024**2, middlewares=[problems])
     app[PROCESS] = process
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -223,3 +223,13 @@ def test_readyz_follows_redis_with_failure_mode_closed(
     while status() != 200:
         assert time.monotonic() < deadline, "readiness did not recover with Redis"
         time.sleep(0.2)
+
+
+async def test_admin_unknown_path_and_method_are_problems(gateway: InProcessGateway) -> None:
+    async with client_session() as s:
+        async with s.get(f"{gateway.admin_url}/admin/nothing") as r:
+            assert r.status == 404
+            assert r.headers["Content-Type"] == "application/problem+json"
+            assert "/admin/nothing" in (await r.json(content_type=None))["detail"]
+        async with s.delete(f"{gateway.admin_url}/admin/reload") as r:
+            assert r.status == 405 and "POST" in r.headers["Allow"]
