@@ -157,30 +157,30 @@ async def get_flag(request: web.Request) -> web.StreamResponse:
                               "reason": result.reason.value})
 
 
-async def put_flag(request: web.Request) -> web.StreamResponse:
+async def _change(request: web.Request, merge: bool) -> web.StreamResponse:
+    """PUT (`merge` False: the body is the whole definition) or PATCH (RFC 7396 merge)."""
     key = request.match_info["key"]
     try:
         engine, overrides = _engine(request)
-        body = await _json_object(request, "a flag definition")
+        body = await _json_object(request, "a patch" if merge else "a flag definition")
     except _Refused as refused:
         return refused.response
     async with overrides.lock:
-        return await _replace(engine, key, body)
-
-
-async def patch_flag(request: web.Request) -> web.StreamResponse:
-    key = request.match_info["key"]
-    try:
-        engine, overrides = _engine(request)
-        body = await _json_object(request, "a patch")
-    except _Refused as refused:
-        return refused.response
-    async with overrides.lock:
+        if not merge:
+            return await _replace(engine, key, body)
         engine.refresh()
         current = engine.flags.get(key)
         if current is None:
             return problem(404, f"no flag named {key!r} (PUT creates one)")
         return await _replace(engine, key, merge_patch(flag_to_json(current), body))
+
+
+async def put_flag(request: web.Request) -> web.StreamResponse:
+    return await _change(request, merge=False)
+
+
+async def patch_flag(request: web.Request) -> web.StreamResponse:
+    return await _change(request, merge=True)
 
 
 async def delete_flag(request: web.Request) -> web.StreamResponse:

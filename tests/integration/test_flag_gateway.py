@@ -222,6 +222,13 @@ def redis_config(upstream: Upstream, redis: RedisServer) -> dict[str, Any]:
                                         "key_prefix": "flagtest:"})
 
 
+async def two_gateways(gateway_factory: Callable[..., Any], upstream: Upstream,
+                       redis: RedisServer) -> tuple[InProcessGateway, InProcessGateway]:
+    """Two gateways (each its own Services and subscriber) sharing one redis-server."""
+    return (await gateway_factory(redis_config(upstream, redis), name="first.yaml"),
+            await gateway_factory(redis_config(upstream, redis), name="second.yaml"))
+
+
 async def wait_for_header(session: aiohttp.ClientSession, url: str, name: str, value: str,
                           within: float) -> float:
     started = time.monotonic()
@@ -237,10 +244,7 @@ async def wait_for_header(session: aiohttp.ClientSession, url: str, name: str, v
 async def test_kill_switch_flipped_on_one_gateway_reaches_another_within_a_second(
         gateway_factory: Callable[..., Any], upstream: Upstream,
         redis_server: RedisServer) -> None:
-    first: InProcessGateway = await gateway_factory(redis_config(upstream, redis_server),
-                                                    name="first.yaml")
-    second: InProcessGateway = await gateway_factory(redis_config(upstream, redis_server),
-                                                     name="second.yaml")
+    first, second = await two_gateways(gateway_factory, upstream, redis_server)
     async with client_session() as s:
         assert (await flags_seen(s, second.url))["x-flag-maintenance-mode"] == ["true"]
         status, _ = await admin(s, "PATCH", f"{first.admin_url}/admin/flags/maintenance_mode",
@@ -289,10 +293,7 @@ async def test_redis_down_refuses_the_change_with_503_and_applies_nothing(
 async def test_subscriber_reconnects_after_redis_restarts(
         gateway_factory: Callable[..., Any], upstream: Upstream,
         redis_server: RedisServer) -> None:
-    first: InProcessGateway = await gateway_factory(redis_config(upstream, redis_server),
-                                                    name="first.yaml")
-    second: InProcessGateway = await gateway_factory(redis_config(upstream, redis_server),
-                                                     name="second.yaml")
+    first, second = await two_gateways(gateway_factory, upstream, redis_server)
     redis_server.restart()
     async with client_session() as s:
         deadline = time.monotonic() + 10
