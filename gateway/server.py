@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -19,6 +19,7 @@ from gateway.accesslog import access_logger
 from gateway.admin import build_admin_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.config.model import FailureMode
+from gateway.flags import FlagEngine, FlagOverrides
 from gateway.pipeline import Pipeline, Runtime
 from gateway.proxy import UpstreamPool
 from gateway.redisconn import RedisLink
@@ -34,13 +35,18 @@ class Services:
 
     pool: UpstreamPool
     redis: RedisLink | None = None
+    flag_overrides: FlagOverrides = field(default_factory=FlagOverrides)
 
     @classmethod
     async def create(cls, config: Config) -> Services:
         redis = RedisLink(config.redis) if config.redis is not None else None
-        return cls(pool=UpstreamPool(config.upstreams), redis=redis)
+        flag_overrides = FlagOverrides(redis)
+        await flag_overrides.start()  # stored runtime flag changes, before the first request
+        return cls(pool=UpstreamPool(config.upstreams), redis=redis,
+                   flag_overrides=flag_overrides)
 
     async def close(self) -> None:
+        await self.flag_overrides.close()
         await self.pool.close()
         if self.redis is not None:
             await self.redis.close()
@@ -48,7 +54,8 @@ class Services:
 
 def build_runtime(config: Config, services: Services) -> Runtime:
     """The stages this config asks for, wired to the long-lived services."""
-    return Runtime.build(config, services.pool)
+    return Runtime.build(config, services.pool,
+                         flags=FlagEngine(config, services.flag_overrides))
 
 
 class GatewayProcess:
