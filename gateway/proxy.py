@@ -236,6 +236,10 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
             async for chunk in exchange.body:
                 await response.write(chunk)
         await response.write_eof()
+    except ConnectionResetError:
+        # The client went away mid-response. Nobody is left to answer; releasing the
+        # half-read upstream response below closes that connection too.
+        pass
     finally:
         exchange.release()
     return response

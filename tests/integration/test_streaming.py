@@ -113,3 +113,32 @@ async def test_client_disconnect_cancels_upstream_exchange(
         await asyncio.sleep(0.3)
         task.cancel()
     await asyncio.wait_for(cancelled.wait(), 5)
+
+
+async def test_client_leaving_mid_download_closes_the_upstream_side(
+        gateway_factory: Callable[..., object], upstream: Upstream) -> None:
+    finished = asyncio.Event()
+    broke = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            for _ in range(10_000):
+                await response.write(b"z" * CHUNK)
+            finished.set()
+        except (ConnectionResetError, asyncio.CancelledError):
+            broke.set()
+            raise
+        return response
+
+    upstream.on("/endless", endless)
+    gw = await gateway_factory(base_config(upstream.url))  # type: ignore[misc]
+    async with client_session() as s:
+        r = await s.get(f"{gw.url}/endless")  # type: ignore[attr-defined]
+        await r.content.readexactly(CHUNK)
+        r.close()
+    await asyncio.wait_for(broke.wait(), 10)
+    assert not finished.is_set()
+    async with client_session() as s, s.get(f"{gw.url}/ok") as r:  # type: ignore[attr-defined]
+        assert r.status == 200
