@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -20,6 +20,7 @@ from gateway.admin import build_admin_app
 from gateway.config import Config, ConfigError, load_config
 from gateway.pipeline import Pipeline, Runtime
 from gateway.proxy import UpstreamPool
+from gateway.ratelimit import LocalStore, RateLimiter, RedisStore
 from gateway.redisconn import RedisLink
 
 log = logging.getLogger("gateway")
@@ -31,11 +32,15 @@ class Services:
 
     pool: UpstreamPool
     redis: RedisLink | None = None
+    # Rate-limit state and the decision batcher live here so counters survive a reload.
+    limits_local: LocalStore = field(default_factory=LocalStore)
+    limits_remote: RedisStore | None = None
 
     @classmethod
     async def create(cls, config: Config) -> Services:
         redis = RedisLink(config.redis) if config.redis is not None else None
-        return cls(pool=UpstreamPool(config.upstreams), redis=redis)
+        return cls(pool=UpstreamPool(config.upstreams), redis=redis,
+                   limits_remote=RedisStore(redis) if redis is not None else None)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -45,7 +50,10 @@ class Services:
 
 def build_runtime(config: Config, services: Services) -> Runtime:
     """The stages this config asks for, wired to the long-lived services."""
-    return Runtime.build(config, services.pool)
+    stages: dict[str, object] = {}
+    if any(route.rate_limits for route in config.routes):
+        stages["limiter"] = RateLimiter(config, services.limits_local, services.limits_remote)
+    return Runtime.build(config, services.pool, **stages)
 
 
 class GatewayProcess:

@@ -10,8 +10,8 @@ the Redis clock could not do.
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
