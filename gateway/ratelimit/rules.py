@@ -19,9 +19,10 @@ Keys: `{key_prefix}{rl}:<rule>:<kind>:<scope value>`, e.g. `gw:{rl}:user_request
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.config.model import Action, Algorithm, Config, RateLimitRule, Scope
 from gateway.context import RequestContext
@@ -53,9 +54,13 @@ def scope_value(scope: Scope, ctx: RequestContext) -> str | None:
     return _SCOPE_READERS[scope.kind](ctx, scope) or None
 
 
+def key_bases(prefix: str, rule_name: str, algorithm: Algorithm) -> tuple[str, ...]:
+    """The keys of a rule without the scope value, which comes last."""
+    return tuple(f"{prefix}{HASH_TAG}:{rule_name}:{part}:" for part in _KEY_PARTS[algorithm])
+
+
 def rule_keys(prefix: str, rule_name: str, algorithm: Algorithm, value: str) -> tuple[str, ...]:
-    base = f"{prefix}{HASH_TAG}:{rule_name}:"
-    return tuple(f"{base}{part}:{value}" for part in _KEY_PARTS[algorithm])
+    return tuple(base + value for base in key_bases(prefix, rule_name, algorithm))
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,26 +83,36 @@ class Check:
         """Reported but never blocking: shadow rules, and degrade (forwarded anyway)."""
         return self.rule.shadow or self.rule.action is Action.DEGRADE
 
-    def script_args(self) -> tuple[int, ...]:
-        return (ALGORITHM_CODE[self.rule.algorithm], self.limit, self.burst, self.window_us,
-                self.cost, 1 if self.soft else 0)
+    def script_args(self) -> tuple[bytes, ...]:
+        """ARGV of this rule for lua/ratelimit.lua, encoded once per rule and tier."""
+        return _script_args(ALGORITHM_CODE[self.rule.algorithm], self.limit, self.burst,
+                            self.window_us, self.cost, self.soft)
+
+
+@functools.lru_cache(maxsize=4096)
+def _script_args(*values: int) -> tuple[bytes, ...]:
+    return tuple(str(int(v)).encode() for v in values)
 
 
 def window_us(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1_000_000 - 1e-6))
 
 
-def make_check(rule: RateLimitRule, prefix: str, value: str, tier: str | None,
-               cost: int) -> Check:
-    """The rule with the tier's overrides applied (unset override fields keep the rule's)."""
+def tier_params(rule: RateLimitRule, tier: str | None) -> tuple[int, int, int]:
+    """(limit, burst, window_us) with the tier's overrides (unset fields keep the rule's)."""
     override = rule.tiers.get(tier) if tier is not None else None
     limit, burst, window = rule.limit, rule.burst, rule.window
     if override is not None:
         limit = override.limit if override.limit is not None else limit
         burst = override.burst if override.burst is not None else burst
         window = override.window if override.window is not None else window
-    return Check(rule, rule_keys(prefix, rule.name, rule.algorithm, value), limit, burst,
-                 window_us(window), cost)
+    return limit, burst, window_us(window)
+
+
+def make_check(rule: RateLimitRule, prefix: str, value: str, tier: str | None,
+               cost: int) -> Check:
+    return Check(rule, rule_keys(prefix, rule.name, rule.algorithm, value),
+                 *tier_params(rule, tier), cost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,14 +122,26 @@ class RoutePlan:
     rules: tuple[RateLimitRule, ...]
     cost: int
     prefix: str
+    # (rule index, configured tier) -> key bases and parameters: worked out once.
+    _templates: dict[tuple[int, str | None], tuple[tuple[str, ...], int, int, int]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def checks(self, ctx: RequestContext) -> tuple[Check, ...]:
         out = []
-        for rule in self.rules:
+        tier = ctx.subscription_tier
+        for i, rule in enumerate(self.rules):
             value = scope_value(rule.scope, ctx)
-            if value is not None:
-                out.append(make_check(rule, self.prefix, value, ctx.subscription_tier,
-                                      self.cost))
+            if value is None:
+                continue
+            known = tier if tier in rule.tiers else None  # only configured tiers: bounded
+            template = self._templates.get((i, known))
+            if template is None:
+                template = (key_bases(self.prefix, rule.name, rule.algorithm),
+                            *tier_params(rule, known))
+                self._templates[(i, known)] = template
+            bases, limit, burst, window = template
+            out.append(Check(rule, tuple(b + value for b in bases), limit, burst, window,
+                             self.cost))
         return tuple(out)
 
 
