@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from gateway.ratelimit.rules import Check
 
 NEVER = -1  # retry_us of a cost larger than the rule's whole quota
 
 
-@dataclass(frozen=True, slots=True)
-class RuleResult:
+class RuleResult(NamedTuple):  # a tuple: built for every rule of every request
     allowed: bool
     remaining: int
     reset_us: int  # until the rule is fully replenished (fixed window: until the window ends)

@@ -23,6 +23,7 @@ import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from gateway.config.model import Action, Algorithm, Config, RateLimitRule, Scope
 from gateway.context import RequestContext
@@ -63,9 +64,8 @@ def rule_keys(prefix: str, rule_name: str, algorithm: Algorithm, value: str) -> 
     return tuple(base + value for base in key_bases(prefix, rule_name, algorithm))
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One rule applied to one request: what the store decides."""
+class Check(NamedTuple):
+    """One rule applied to one request: what the store decides (a tuple: cheap to build)."""
 
     rule: RateLimitRule
     keys: tuple[str, ...]

@@ -191,12 +191,12 @@ async def test_queue_admits_in_arrival_order_and_bounds_the_lane(
     order: list[int] = []
 
     async def one(i: int) -> int:
-        async with client_session() as s:
-            async with s.get(f"{gw.url}/x", headers={"X-User-Id": "u", "X-N": str(i)}) as r:
-                await r.read()
-                if r.status == 200:
-                    order.append(i)
-                return r.status
+        headers = {"X-User-Id": "u", "X-N": str(i)}
+        async with client_session() as s, s.get(f"{gw.url}/x", headers=headers) as r:
+            await r.read()
+            if r.status == 200:
+                order.append(i)
+            return r.status
 
     tasks = []
     for i in range(6):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -74,7 +73,7 @@ async def test_no_penalty_refused_request_consumes_nothing(store: LimitStore,
     b = check(algorithm, limit=5, window=60, burst=burst - 5 if burst else 0, name="b")
     results = [await admitted(store, [a, b], T0) for _ in range(8)]
     assert results == [True] * 5 + [False] * 3
-    decision = await store.decide([replace(a, cost=0)], T0, commit=False)
+    decision = await store.decide([a._replace(cost=0)], T0, commit=False)
     assert decision.results[0].remaining == 5
     assert await count(store, a, T0, 10) == 5
 

@@ -25,11 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from gateway.config.model import Algorithm, RateLimitRule, RedisSettings, Scope  # noqa: E402
-from gateway.ratelimit.redis_store import RedisStore  # noqa: E402
-from gateway.ratelimit.rules import make_check  # noqa: E402
-from gateway.redisconn import RedisLink  # noqa: E402
-from tests.harness import (  # noqa: E402
+from gateway.config.model import Algorithm, RateLimitRule, RedisSettings, Scope
+from gateway.ratelimit.redis_store import RedisStore
+from gateway.ratelimit.rules import make_check
+from gateway.redisconn import RedisLink
+from tests.harness import (
     GatewayProcessHandle,
     RedisServer,
     base_config,
