@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
@@ -140,14 +142,26 @@ def main() -> None:
         base = gateway.url
         wrk(f"{base}/warm", 1)
         wrk(f"{base}/limited/warm", 1)
-        none, limited = [], []
+        none, limited, cpu_none, cpu_limited = [], [], [], []
+        assert gateway.proc is not None
+        proc = psutil.Process(gateway.proc.pid)
+
+        def measure(url: str, rps: list[float], cpu: list[float]) -> None:
+            before = sum(proc.cpu_times()[:2])
+            rate = wrk(url, args.seconds)
+            rps.append(rate)
+            cpu.append((sum(proc.cpu_times()[:2]) - before) / (rate * args.seconds) * 1e6)
+
         for _ in range(args.rounds):
-            none.append(wrk(f"{base}/x", args.seconds))
-            limited.append(wrk(f"{base}/limited/x", args.seconds))
+            measure(f"{base}/x", none, cpu_none)
+            measure(f"{base}/limited/x", limited, cpu_limited)
         n, lim = statistics.median(none), statistics.median(limited)
         print(f"gateway rps (wrk -t1 -c64, 1 worker): no rules {n:,.0f}  3 rules {lim:,.0f}  "
               f"ratio {lim / n:.2f}  (rounds: none {[round(x) for x in none]}, "
               f"3 rules {[round(x) for x in limited]})")
+        cn, cl = statistics.median(cpu_none), statistics.median(cpu_limited)
+        print(f"gateway CPU per request (less sensitive to a busy machine): no rules "
+              f"{cn:.0f} us  3 rules {cl:.0f} us  ratio {cn / cl:.2f}")
         calls = redis.cli("INFO", "commandstats")
         print("redis:", calls.split("cmdstat_evalsha")[1][:60] if "evalsha" in calls else calls)
     finally:
