@@ -22,6 +22,7 @@ from gateway.config.model import FailureMode
 from gateway.flags import FlagEngine, FlagOverrides
 from gateway.pipeline import Pipeline, Runtime
 from gateway.proxy import UpstreamPool
+from gateway.ratelimit import LocalStore, RateLimiter, RedisStore
 from gateway.redisconn import RedisLink
 
 log = logging.getLogger("gateway")
@@ -36,6 +37,9 @@ class Services:
     pool: UpstreamPool
     redis: RedisLink | None = None
     flag_overrides: FlagOverrides = field(default_factory=FlagOverrides)
+    # Rate-limit state and the decision batcher live here so counters survive a reload.
+    limits_local: LocalStore = field(default_factory=LocalStore)
+    limits_remote: RedisStore | None = None
 
     @classmethod
     async def create(cls, config: Config) -> Services:
@@ -43,7 +47,8 @@ class Services:
         flag_overrides = FlagOverrides(redis)
         await flag_overrides.start()  # stored runtime flag changes, before the first request
         return cls(pool=UpstreamPool(config.upstreams), redis=redis,
-                   flag_overrides=flag_overrides)
+                   flag_overrides=flag_overrides,
+                   limits_remote=RedisStore(redis) if redis is not None else None)
 
     async def close(self) -> None:
         await self.flag_overrides.close()
@@ -54,8 +59,10 @@ class Services:
 
 def build_runtime(config: Config, services: Services) -> Runtime:
     """The stages this config asks for, wired to the long-lived services."""
-    return Runtime.build(config, services.pool,
-                         flags=FlagEngine(config, services.flag_overrides))
+    stages: dict[str, object] = {"flags": FlagEngine(config, services.flag_overrides)}
+    if any(route.rate_limits for route in config.routes):
+        stages["limiter"] = RateLimiter(config, services.limits_local, services.limits_remote)
+    return Runtime.build(config, services.pool, **stages)
 
 
 class GatewayProcess:

@@ -268,6 +268,16 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
     )
 
 
+def _largest_admission(rule: m.RateLimitRule) -> int:
+    """The largest cost any tier of the rule admits at once (leaky bucket: burst + 1)."""
+    def units(limit: int | None, burst: int | None) -> int:
+        limit, burst = limit or rule.limit, rule.burst if burst is None else burst
+        return burst + 1 if rule.algorithm is m.Algorithm.LEAKY_BUCKET else limit + burst
+
+    return max([units(rule.limit, rule.burst),
+                *(units(t.limit, t.burst) for t in rule.tiers.values())])
+
+
 def parse_cache(s: Section | None) -> m.CacheSettings:
     if s is None:
         return m.CacheSettings()
@@ -661,6 +671,10 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
                 rule.scope.attribute not in context.attributes:
             r.error(line, f"{path}.scope", f"context has no custom attribute "
                     f"{rule.scope.attribute!r} (context.attributes)")
+        if rule.tiers and "subscription_tier" not in context.fields:
+            # Issue 3: a tier override nothing can select is a mistake, not a no-op.
+            r.error(line, f"{path}.tiers", "tier overrides need context.subscription_tier, "
+                    "which says each request's tier")
         if rule.degrade_upstream and rule.degrade_upstream not in upstreams:
             r.error(line, f"{path}.degrade_upstream",
                     f"unknown upstream {rule.degrade_upstream!r}" + _hint(rule.degrade_upstream,
@@ -691,6 +705,11 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
             if rule_name not in rules:
                 r.error(line_of("rate_limits"), f"{path}.rate_limits",
                         f"unknown rate-limit rule {rule_name!r}" + _hint(rule_name, rules))
+            elif route.cost > _largest_admission(rules[rule_name]):
+                r.error(line_of("cost"), f"{path}.cost", f"{route.cost} is more than rule "
+                        f"{rule_name!r} can ever admit at once "
+                        f"({_largest_admission(rules[rule_name])}), so every request would be "
+                        "refused")
         route_flags = route.flags
         if route_flags == ("*all*",):
             route_flags = tuple(flags)

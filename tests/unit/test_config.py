@@ -113,6 +113,9 @@ def test_duplicate_keys_are_errors(tmp_path: Path) -> None:
      "rate_limits.r.tiers.free: a tier override must change limit, burst or window"),
     ("rate_limits: {r: {algorithm: token_bucket, scope: 'attribute:plan', limit: 5, "
      "window: 1s}}", "rate_limits.r.scope: context has no custom attribute 'plan'"),
+    ("rate_limits: {r: {algorithm: token_bucket, scope: user, limit: 5, window: 1s, "
+     "tiers: {gold: {limit: 9}}}}",
+     "rate_limits.r.tiers: tier overrides need context.subscription_tier"),
     ("flags: {a: {prerequisites: [b]}, b: {prerequisites: [a]}}",
      "prerequisite cycle: a -> b -> a"),
     ("flags: {a: {prerequisites: [zz]}}", "flags.a.prerequisites: unknown flag 'zz'"),
@@ -144,3 +147,14 @@ def test_every_error_reported_together(tmp_path: Path) -> None:
     errors = check(tmp_path, "listen: {prot: 1}\nworkers: 0\nroutes: []\n")
     assert len(errors) >= 3
     assert errors == sorted(errors, key=lambda e: int(e.split(":")[1]))
+
+
+def test_route_cost_beyond_what_a_rule_ever_admits(tmp_path: Path) -> None:
+    text = MINIMAL + "    rate_limits: [r]\n    cost: 4\n" + (
+        "rate_limits: {r: {algorithm: leaky_bucket, scope: user, limit: 50, window: 1s, "
+        "burst: 2}}\n")
+    errors = check(tmp_path, text)
+    assert any("routes[0].cost: 4 is more than rule 'r' can ever admit at once (3)" in e
+               for e in errors), errors
+    (tmp_path / "ok.yaml").write_text(text.replace("burst: 2", "burst: 3"))
+    assert load_config(str(tmp_path / "ok.yaml")).routes[0].cost == 4

@@ -1,0 +1,16 @@
+"""Rate limiting (issue 3): four algorithms decided in one atomic Lua call per request.
+
+* `rules`: rules + request context -> checks and keys (the key layout and its single hash
+  tag are explained there).
+* `algorithms` / `local`: the in-process store; `lua/ratelimit.lua` / `redis_store`: the
+  Redis store with its pipelining batcher. `tests/integration/test_ratelimit_stores.py`
+  proves both decide identically.
+* `stage`: the pipeline stage (actions, failure modes, metrics, admin state/reset);
+  `headers`: the response fields; `lanes`: the FIFO of `action: queue`.
+"""
+
+from gateway.ratelimit.local import LocalStore
+from gateway.ratelimit.redis_store import RedisStore
+from gateway.ratelimit.stage import RateLimiter
+
+__all__ = ["LocalStore", "RateLimiter", "RedisStore"]

@@ -1,0 +1,130 @@
+"""The four algorithms for the in-process store, step for step the arithmetic of
+`lua/ratelimit.lua` (same integer microseconds, same float divisions, same rounding), so
+both stores reach the same decision; a shared test suite proves it.
+
+Each algorithm looks at the state of its key and returns an `Outcome` with a `write` that
+consumes the cost; the store runs the writes only when every blocking rule admitted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config.model import Algorithm
+from gateway.ratelimit.decision import NEVER, RuleResult
+from gateway.ratelimit.rules import Check
+
+SLACK_US = 1_000_000  # a key outlives the moment it stops mattering by this much (as in Lua)
+
+
+@dataclass
+class Slot:
+    """One key's state and the instant (store clock) it is forgotten."""
+
+    value: Any
+    expires_us: int
+
+
+@dataclass
+class SlidingLog:
+    entries: deque[tuple[int, int]] = field(default_factory=deque)  # (time, cost), oldest first
+    total: int = 0
+
+
+Write = Callable[[dict[str, Slot]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    result: RuleResult
+    write: Write | None = None
+
+
+def _ttl_us(us: int) -> int:
+    return math.ceil(us / 1000) * 1000 + SLACK_US
+
+
+def _gcra(units: int, check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
+    key = check.keys[0]
+    interval = math.ceil(check.window_us / check.limit)
+    slot = slots.get(key)
+    tat = max(int(slot.value) if slot is not None else now, now)
+    capacity = units * interval
+    new_tat = tat + check.cost * interval
+    diff = new_tat - now
+    if check.cost <= units and diff <= capacity:
+        def write(data: dict[str, Slot]) -> None:
+            data[key] = Slot(new_tat, now + _ttl_us(diff))
+
+        return Outcome(RuleResult(True, math.floor((capacity - diff) / interval), diff, 0), write)
+    retry = diff - capacity if check.cost <= units else NEVER
+    remaining = max(0, math.floor((capacity - (tat - now)) / interval))
+    return Outcome(RuleResult(False, remaining, tat - now, retry))
+
+
+def token_bucket(check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
+    """Capacity limit+burst refilled at limit/window: a GCRA allowing limit+burst at once."""
+    return _gcra(check.limit + check.burst, check, now, slots)
+
+
+def leaky_bucket(check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
+    """GCRA, one unit every window/limit, burst+1 units may arrive at once."""
+    return _gcra(check.burst + 1, check, now, slots)
+
+
+def sliding_window(check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
+    """Exact: an entry counts while its time is > now - window."""
+    key = check.keys[0]
+    units = check.quota
+    edge = now - check.window_us
+    slot = slots.get(key)
+    log: SlidingLog = slot.value if slot is not None else SlidingLog()
+    while log.entries and log.entries[0][0] <= edge:
+        log.total -= log.entries.popleft()[1]
+    total = log.total
+    if check.cost <= units and total + check.cost <= units:
+        def write(data: dict[str, Slot]) -> None:
+            log.entries.append((now, check.cost))
+            log.total += check.cost
+            data[key] = Slot(log, now + _ttl_us(check.window_us))
+
+        return Outcome(RuleResult(True, units - total - check.cost, check.window_us, 0), write)
+    retry = NEVER
+    if check.cost <= units:
+        need, freed = total + check.cost - units, 0
+        for at, cost in log.entries:
+            freed += cost
+            if freed >= need:
+                retry = at + check.window_us - now
+                break
+    reset = log.entries[-1][0] + check.window_us - now if log.entries else 0
+    return Outcome(RuleResult(False, max(0, units - total), reset, retry))
+
+
+def fixed_window(check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
+    """Windows aligned to the epoch: window n covers [n*window, (n+1)*window)."""
+    key = check.keys[0]
+    units = check.quota
+    index = now // check.window_us
+    reset = (index + 1) * check.window_us - now
+    slot = slots.get(key)
+    used = slot.value[1] if slot is not None and slot.value[0] == index else 0
+    if check.cost <= units and used + check.cost <= units:
+        def write(data: dict[str, Slot]) -> None:
+            data[key] = Slot((index, used + check.cost), now + _ttl_us(reset))
+
+        return Outcome(RuleResult(True, units - used - check.cost, reset, 0), write)
+    retry = reset if check.cost <= units else NEVER
+    return Outcome(RuleResult(False, max(0, units - used), reset, retry))
+
+
+ALGORITHMS: dict[Algorithm, Callable[[Check, int, dict[str, Slot]], Outcome]] = {
+    Algorithm.TOKEN_BUCKET: token_bucket,
+    Algorithm.LEAKY_BUCKET: leaky_bucket,
+    Algorithm.SLIDING_WINDOW: sliding_window,
+    Algorithm.FIXED_WINDOW: fixed_window,
+}

@@ -1,0 +1,153 @@
+"""From rules and a request context to the checks one decision makes (pure, no I/O).
+
+Keys: `{key_prefix}{rl}:<rule>:<kind>:<scope value>`, e.g. `gw:{rl}:user_requests:sw:log:u42`.
+
+* One constant hash tag, `{rl}`, for every rate-limit key of a gateway. Redis Cluster runs a
+  script only when all its keys share a slot, and the counter of (rule R, scope value V) is
+  shared by every route that lists R, so the tag cannot depend on the route, the user or the
+  request: any tag derived from those would either split one request's keys over slots or
+  give one counter two names. We chose exactness over spreading: all rate-limit keys live on
+  one cluster shard. A later cluster issue may partition (e.g. tag by scope value and decide
+  per-slot groups), at the price of the all-or-nothing guarantee across groups.
+* `<kind>` names the algorithm (`tb`, `lb`, `sw:log`/`sw:sum`, `fw`), so changing a rule's
+  algorithm on reload starts a fresh counter instead of reading a foreign data type.
+* The scope value comes last: rule names cannot contain ':', so no user id can forge the key
+  of another rule or part. API keys arrive hashed (`RequestContext.api_key`).
+* A rule whose scope value is absent from the request (no user id for a `user` rule, no such
+  attribute for `attribute:<name>`) is skipped for that request.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from gateway.config.model import Action, Algorithm, Config, RateLimitRule, Scope
+from gateway.context import RequestContext
+
+HASH_TAG = "{rl}"
+GLOBAL_VALUE = "*"
+
+ALGORITHM_CODE = {
+    Algorithm.TOKEN_BUCKET: 1, Algorithm.LEAKY_BUCKET: 2,
+    Algorithm.SLIDING_WINDOW: 3, Algorithm.FIXED_WINDOW: 4,
+}
+_KEY_PARTS = {
+    Algorithm.TOKEN_BUCKET: ("tb",), Algorithm.LEAKY_BUCKET: ("lb",),
+    Algorithm.SLIDING_WINDOW: ("sw:log", "sw:sum"), Algorithm.FIXED_WINDOW: ("fw",),
+}
+
+_SCOPE_READERS: dict[str, Callable[[RequestContext, Scope], str | None]] = {
+    "global": lambda ctx, scope: GLOBAL_VALUE,
+    "tenant": lambda ctx, scope: ctx.tenant_id,
+    "user": lambda ctx, scope: ctx.user_id,
+    "ip": lambda ctx, scope: ctx.client_ip or None,
+    "api_key": lambda ctx, scope: ctx.api_key,
+    "attribute": lambda ctx, scope: ctx.attributes.get(scope.attribute or ""),
+}
+
+
+def scope_value(scope: Scope, ctx: RequestContext) -> str | None:
+    """The value a rule counts per, or None when the request does not carry it."""
+    return _SCOPE_READERS[scope.kind](ctx, scope) or None
+
+
+def key_bases(prefix: str, rule_name: str, algorithm: Algorithm) -> tuple[str, ...]:
+    """The keys of a rule without the scope value, which comes last."""
+    return tuple(f"{prefix}{HASH_TAG}:{rule_name}:{part}:" for part in _KEY_PARTS[algorithm])
+
+
+def rule_keys(prefix: str, rule_name: str, algorithm: Algorithm, value: str) -> tuple[str, ...]:
+    return tuple(base + value for base in key_bases(prefix, rule_name, algorithm))
+
+
+class Check(NamedTuple):
+    """One rule applied to one request: what the store decides (a tuple: cheap to build)."""
+
+    rule: RateLimitRule
+    keys: tuple[str, ...]
+    limit: int
+    burst: int
+    window_us: int
+    cost: int
+
+    @property
+    def quota(self) -> int:
+        return self.limit + self.burst
+
+    @property
+    def soft(self) -> bool:
+        """Reported but never blocking: shadow rules, and degrade (forwarded anyway)."""
+        return self.rule.shadow or self.rule.action is Action.DEGRADE
+
+    def script_args(self) -> tuple[bytes, ...]:
+        """ARGV of this rule for lua/ratelimit.lua, encoded once per rule and tier."""
+        return _script_args(ALGORITHM_CODE[self.rule.algorithm], self.limit, self.burst,
+                            self.window_us, self.cost, self.soft)
+
+
+@functools.lru_cache(maxsize=4096)
+def _script_args(*values: int) -> tuple[bytes, ...]:
+    return tuple(str(int(v)).encode() for v in values)
+
+
+def window_us(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1_000_000 - 1e-6))
+
+
+def tier_params(rule: RateLimitRule, tier: str | None) -> tuple[int, int, int]:
+    """(limit, burst, window_us) with the tier's overrides (unset fields keep the rule's)."""
+    override = rule.tiers.get(tier) if tier is not None else None
+    limit, burst, window = rule.limit, rule.burst, rule.window
+    if override is not None:
+        limit = override.limit if override.limit is not None else limit
+        burst = override.burst if override.burst is not None else burst
+        window = override.window if override.window is not None else window
+    return limit, burst, window_us(window)
+
+
+def make_check(rule: RateLimitRule, prefix: str, value: str, tier: str | None,
+               cost: int) -> Check:
+    return Check(rule, rule_keys(prefix, rule.name, rule.algorithm, value),
+                 *tier_params(rule, tier), cost)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """The rules of one route, compiled at config load."""
+
+    rules: tuple[RateLimitRule, ...]
+    cost: int
+    prefix: str
+    # (rule index, configured tier) -> key bases and parameters: worked out once.
+    _templates: dict[tuple[int, str | None], tuple[tuple[str, ...], int, int, int]] = field(
+        default_factory=dict, compare=False, repr=False)
+
+    def checks(self, ctx: RequestContext) -> tuple[Check, ...]:
+        out = []
+        tier = ctx.subscription_tier
+        for i, rule in enumerate(self.rules):
+            value = scope_value(rule.scope, ctx)
+            if value is None:
+                continue
+            known = tier if tier in rule.tiers else None  # only configured tiers: bounded
+            template = self._templates.get((i, known))
+            if template is None:
+                template = (key_bases(self.prefix, rule.name, rule.algorithm),
+                            *tier_params(rule, known))
+                self._templates[(i, known)] = template
+            bases, limit, burst, window = template
+            out.append(Check(rule, tuple(b + value for b in bases), limit, burst, window,
+                             self.cost))
+        return tuple(out)
+
+
+def compile_plans(config: Config, prefix: str) -> Mapping[str, RoutePlan]:
+    return {
+        route.name: RoutePlan(tuple(config.rate_limits[n] for n in route.rate_limits),
+                              route.cost, prefix)
+        for route in config.routes if route.rate_limits
+    }

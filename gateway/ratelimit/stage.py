@@ -1,0 +1,256 @@
+"""The rate-limit stage: decide, then hold, refuse, degrade or admit (issue 3).
+
+Actions when a blocking rule refuses:
+* reject: 429 problem+json with `violated-policies` and `Retry-After`.
+* delay: if the longest `retry_after` of the refusing rules fits in `max_wait`, sleep exactly
+  that long and decide again (re-decide rather than reserve: a reservation would need a
+  future slot in every algorithm, and re-deciding can never over-admit). Capacity taken
+  meanwhile by another process means another sleep, still bounded by `max_wait` counted
+  from arrival; past it, reject.
+* queue: wait in the bounded FIFO lane of the rule key (`queue_size`, see `lanes`), the head
+  re-deciding as capacity frees, for up to `max_wait`; then reject. A new request never
+  overtakes a non-empty lane. Lanes are per process.
+Held requests hold no upstream connection (the stage runs before the upstream) and are
+released when the client goes away: the server cancels the handler, and the `finally`
+leaves the lane.
+* degrade (and shadow rules) never block: see `Check.soft`.
+
+Redis trouble (`RedisUnavailable`: deadline, refused, breaker open): failure_mode `open`
+admits, `closed` answers 503, `local` decides with the in-process store meanwhile; the
+admissions it makes count as outcome `degraded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from gateway import metrics
+from gateway.config.model import (
+    Action,
+    Config,
+    FailureMode,
+    HeaderStyle,
+    RateLimitRule,
+    Route,
+)
+from gateway.context import RequestContext, hash_api_key
+from gateway.problem import problem
+from gateway.ratelimit.decision import NEVER, Decision, LimitStore, RuleResult
+from gateway.ratelimit.headers import most_restrictive, rate_limit_fields, retry_after
+from gateway.ratelimit.lanes import Lanes
+from gateway.ratelimit.local import LocalStore
+from gateway.ratelimit.rules import GLOBAL_VALUE, Check, RoutePlan, compile_plans, make_check
+from gateway.redisconn import RedisUnavailable
+from gateway.stages import ADMIT, LimitVerdict
+
+OUTCOMES = ("allowed", "limited", "shadow_limited", "delayed", "queued", "degraded",
+            "failed_open", "failed_closed")
+_HELD = {Action.DELAY: "delayed", Action.QUEUE: "queued"}
+
+
+class RateLimiter:
+    """`RateLimitStage` for one configuration; the stores are long-lived services."""
+
+    def __init__(self, config: Config, local: LocalStore, remote: LimitStore | None) -> None:
+        self.rules: Mapping[str, RateLimitRule] = config.rate_limits
+        self.prefix = config.redis.key_prefix if config.redis is not None else ""
+        self.plans: Mapping[str, RoutePlan] = compile_plans(config, self.prefix)
+        self.style: HeaderStyle = config.rate_limit_headers
+        self.failure_mode = config.redis.failure_mode if config.redis else FailureMode.LOCAL
+        self.local = local
+        self.remote = remote
+        self.lanes = Lanes()
+        self._counters = {(rule, outcome): metrics.RATELIMIT_DECISIONS.labels(rule, outcome)
+                          for rule in config.rate_limits for outcome in OUTCOMES}
+
+    # ------------------------------------------------------------------ the stage
+    async def check(self, route: Route, ctx: RequestContext, request: web.BaseRequest,
+                    request_id: str) -> LimitVerdict:
+        plan = self.plans.get(route.name)
+        checks = plan.checks(ctx) if plan is not None else ()
+        if not checks:
+            return ADMIT
+        loop = asyncio.get_running_loop()
+        queue = next((c for c in checks if c.rule.action is Action.QUEUE and not c.soft), None)
+        deadline: float | None = None
+        held: Action | None = None
+        turn: asyncio.Future[None] | None = None
+        try:
+            if queue is not None and self.lanes.busy(queue.keys[0]):
+                # FIFO: a newcomer waits behind a non-empty lane instead of overtaking it.
+                deadline = loop.time() + queue.rule.max_wait
+                turn = await self._wait_turn(queue, deadline)
+                if turn is None:
+                    return self._timed_out(checks, request_id)
+                held = Action.QUEUE
+            while True:
+                try:
+                    decision, fallback = await self._decide(checks)
+                except RedisUnavailable:
+                    return self._unavailable(checks, request_id)
+                if decision.admitted:
+                    return self._admit(checks, decision.results, held, fallback)
+                blocking = [(c, r) for c, r in zip(checks, decision.results)
+                            if not r.allowed and not c.soft]
+                hold = _hold_action([c for c, _ in blocking])
+                if hold is None or any(r.retry_us == NEVER for _, r in blocking):
+                    return self._reject(checks, decision.results, request_id)
+                if deadline is None:
+                    deadline = loop.time() + min(c.rule.max_wait for c, _ in blocking)
+                wait = max(r.retry_us for _, r in blocking) / 1_000_000
+                if loop.time() + wait > deadline:
+                    return self._reject(checks, decision.results, request_id)
+                held = held or hold
+                if hold is Action.QUEUE and turn is None:
+                    assert queue is not None
+                    turn = await self._wait_turn(queue, deadline)
+                    if turn is None:
+                        return self._reject(checks, decision.results, request_id)
+                    continue  # our turn: decide again at once
+                await asyncio.sleep(wait)
+        finally:
+            if turn is not None and queue is not None:
+                self.lanes.leave(queue.keys[0], turn)
+
+    async def _wait_turn(self, queue: Check, deadline: float) -> asyncio.Future[None] | None:
+        turn = self.lanes.join(queue.keys[0], queue.rule.queue_size)
+        if turn is None:
+            return None
+        try:
+            async with asyncio.timeout_at(deadline):
+                await turn
+        except TimeoutError:
+            self.lanes.leave(queue.keys[0], turn)
+            return None
+        return turn
+
+    async def _decide(self, checks: Sequence[Check]) -> tuple[Decision, bool]:
+        if self.remote is None:
+            return self.local.decide_now(checks), False
+        try:
+            return await self.remote.decide(checks), False
+        except RedisUnavailable:
+            if self.failure_mode is not FailureMode.LOCAL:
+                raise
+            return self.local.decide_now(checks), True
+
+    # ------------------------------------------------------------------ verdicts
+    def _count(self, rule: str, outcome: str) -> None:
+        self._counters[(rule, outcome)].inc()
+
+    def _fields(self, checks: Sequence[Check], results: Sequence[RuleResult]
+                ) -> tuple[tuple[str, str], ...]:
+        i = most_restrictive(checks, results)
+        return tuple(rate_limit_fields(self.style, checks[i], results[i]))
+
+    def _admit(self, checks: Sequence[Check], results: Sequence[RuleResult],
+               held: Action | None, fallback: bool) -> LimitVerdict:
+        degraded: list[Check] = []
+        outcome = _HELD[held] if held is not None else "allowed"
+        for c, r in zip(checks, results):
+            if r.allowed:
+                rule_outcome = "degraded" if fallback else (
+                    _HELD[held] if held is not None and c.rule.action is held else "allowed")
+            elif c.rule.shadow:
+                rule_outcome = "shadow_limited"
+            else:
+                rule_outcome = "degraded"
+                degraded.append(c)
+            self._count(c.rule.name, rule_outcome)
+        if degraded:
+            outcome = "degraded"
+        elif fallback:
+            outcome = "local"
+        names = ", ".join(c.rule.name for c in degraded)
+        upstream = next((c.rule.degrade_upstream for c in degraded if c.rule.degrade_upstream),
+                        None)
+        return LimitVerdict(
+            response_headers=self._fields(checks, results),
+            upstream_headers=(("X-RateLimit-Degraded", names),) if degraded else (),
+            upstream=upstream,
+            outcome=outcome,
+        )
+
+    def _reject(self, checks: Sequence[Check], results: Sequence[RuleResult],
+                request_id: str) -> LimitVerdict:
+        violated = []
+        for c, r in zip(checks, results):
+            if r.allowed:
+                self._count(c.rule.name, "allowed")
+            elif c.rule.shadow:
+                self._count(c.rule.name, "shadow_limited")
+            else:
+                self._count(c.rule.name, "limited")
+                if not c.soft:
+                    violated.append(c.rule.name)
+        seconds = retry_after(checks, results)
+        extra: dict[str, Any] = {"violated-policies": violated}
+        refusal = problem(
+            429, f"rate limit exceeded ({', '.join(violated)}); retry in {seconds} s",
+            request_id, headers={"Retry-After": str(seconds)},
+            **extra,
+        )
+        return LimitVerdict(refusal=refusal, response_headers=self._fields(checks, results),
+                            outcome="limited")
+
+    def _timed_out(self, checks: Sequence[Check], request_id: str) -> LimitVerdict:
+        """Waited in a full or slow lane without deciding: refuse with the queue rule."""
+        queue = next(c for c in checks if c.rule.action is Action.QUEUE)
+        result = RuleResult(False, 0, queue.window_us, max(1, int(queue.rule.max_wait * 1e6)))
+        return self._reject([queue], [result], request_id)
+
+    def _unavailable(self, checks: Sequence[Check], request_id: str) -> LimitVerdict:
+        if self.failure_mode is FailureMode.CLOSED:
+            for c in checks:
+                self._count(c.rule.name, "failed_closed")
+            refusal = problem(503, "rate limits cannot be checked right now "
+                              "(Redis is unavailable); try again shortly", request_id,
+                              headers={"Retry-After": "1"})
+            return LimitVerdict(refusal=refusal, outcome="failed_closed")
+        for c in checks:
+            self._count(c.rule.name, "failed_open")
+        return LimitVerdict(outcome="failed_open")
+
+    # ------------------------------------------------------------------ admin API
+    def admin_check(self, rule_name: str, key: str, tier: str | None = None) -> Check:
+        """The check of `rule_name` for scope value `key` (a raw API key is hashed)."""
+        rule = self.rules.get(rule_name)
+        if rule is None:
+            raise KeyError(f"unknown rate-limit rule {rule_name!r}")
+        value = GLOBAL_VALUE if rule.scope.kind == "global" else key
+        if rule.scope.kind == "api_key":
+            value = hash_api_key(key)
+        return make_check(rule, self.prefix, value, tier, 0)
+
+    async def state(self, rule_name: str, key: str, tier: str | None = None) -> dict[str, Any]:
+        """`GET /admin/ratelimits/{rule}?key=...`: what the rule has left for this key."""
+        check = self.admin_check(rule_name, key, tier)
+        store: LimitStore = self.remote if self.remote is not None else self.local
+        result = (await store.decide([check], commit=False)).results[0]
+        return {
+            "rule": rule_name, "key": key, "algorithm": check.rule.algorithm.value,
+            "scope": str(check.rule.scope), "limit": check.limit, "burst": check.burst,
+            "window": check.window_us / 1_000_000, "quota": check.quota,
+            "remaining": result.remaining, "reset_seconds": result.reset_us / 1_000_000,
+            "store": "redis" if self.remote is not None else "local",
+        }
+
+    async def reset(self, rule_name: str, key: str) -> None:
+        """`DELETE /admin/ratelimits/{rule}?key=...`: forget the key's state (both stores)."""
+        check = self.admin_check(rule_name, key)
+        await self.local.reset(check.keys)
+        if self.remote is not None:
+            await self.remote.reset(check.keys)
+
+
+def _hold_action(blocking: Sequence[Check]) -> Action | None:
+    """Queue if any refusing rule queues, else delay; None if any of them rejects."""
+    actions = {c.rule.action for c in blocking}
+    if not actions or actions - {Action.DELAY, Action.QUEUE}:
+        return None
+    return Action.QUEUE if Action.QUEUE in actions else Action.DELAY
+

@@ -1,0 +1,184 @@
+"""One suite, two stores: every algorithm against the in-process store and a real
+redis-server running lua/ratelimit.lua, with a controlled clock, must decide identically.
+
+The clock: the script takes an optional time in microseconds (ARGV[1]); production passes ""
+and the script reads Redis TIME. A test-only override keeps one script (no test copy that
+could drift) and lets the same virtual instants drive both stores, which pausing or faking
+the Redis clock could not do.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from gateway.config.model import Action, Algorithm, RateLimitRule, RedisSettings, Scope
+from gateway.ratelimit.decision import NEVER, Decision, LimitStore
+from gateway.ratelimit.local import LocalStore
+from gateway.ratelimit.redis_store import RedisStore
+from gateway.ratelimit.rules import Check, make_check
+from gateway.redisconn import RedisLink
+from tests.harness import RedisServer
+
+S = 1_000_000  # one second in microseconds
+T0 = 1_700_000_000 * S  # a virtual epoch instant, aligned to whole seconds and minutes
+
+ALL = list(Algorithm)
+
+
+@pytest.fixture(params=["local", "redis"])
+async def store(request: pytest.FixtureRequest, redis_server: RedisServer
+                ) -> AsyncIterator[LimitStore]:
+    if request.param == "local":
+        yield LocalStore(clock=lambda: T0)
+        return
+    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
+    try:
+        yield RedisStore(link)
+    finally:
+        await link.close()
+
+
+def check(algorithm: Algorithm, limit: int, window: float, burst: int = 0, cost: int = 1,
+          name: str = "r", value: str = "u1", **rule: Any) -> Check:
+    r = RateLimitRule(name, algorithm, Scope("user"), limit, window, burst, **rule)
+    return make_check(r, "t:", value, None, cost)
+
+
+async def admitted(store: LimitStore, checks: Sequence[Check], at: int) -> bool:
+    return (await store.decide(checks, at)).admitted
+
+
+async def count(store: LimitStore, c: Check, at: int, n: int) -> int:
+    return sum([await admitted(store, [c], at) for _ in range(n)])
+
+
+# ---------------------------------------------------------------- shared semantics
+
+@pytest.mark.parametrize("algorithm", ALL)
+async def test_limit_plus_burst_at_one_instant(store: LimitStore, algorithm: Algorithm) -> None:
+    c = check(algorithm, limit=10, window=60, burst=2)
+    expected = 3 if algorithm is Algorithm.LEAKY_BUCKET else 12  # GCRA: burst+1 at once
+    assert await count(store, c, T0, 20) == expected
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+async def test_no_penalty_refused_request_consumes_nothing(store: LimitStore,
+                                                           algorithm: Algorithm) -> None:
+    burst = 9 if algorithm is Algorithm.LEAKY_BUCKET else 0
+    a = check(algorithm, limit=10, window=60, burst=burst, name="a")
+    b = check(algorithm, limit=5, window=60, burst=burst - 5 if burst else 0, name="b")
+    results = [await admitted(store, [a, b], T0) for _ in range(8)]
+    assert results == [True] * 5 + [False] * 3
+    decision = await store.decide([a._replace(cost=0)], T0, commit=False)
+    assert decision.results[0].remaining == 5
+    assert await count(store, a, T0, 10) == 5
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+async def test_cost_counts_units_and_oversized_cost_never_passes(
+        store: LimitStore, algorithm: Algorithm) -> None:
+    burst = 9 if algorithm is Algorithm.LEAKY_BUCKET else 0
+    c = check(algorithm, limit=10, window=60, burst=burst, cost=4)
+    assert await count(store, c, T0, 5) == 2
+    huge = check(algorithm, limit=10, window=60, burst=burst, cost=11, value="u2")
+    decision = await store.decide([huge], T0)
+    assert not decision.admitted and decision.results[0].retry_us == NEVER
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+async def test_retry_after_is_exactly_when_admission_happens(store: LimitStore,
+                                                             algorithm: Algorithm) -> None:
+    c = check(algorithm, limit=4, window=2)
+    start = T0 + 300_000
+    while await admitted(store, [c], start):
+        pass
+    retry = (await store.decide([c], start, commit=False)).results[0].retry_us
+    assert retry > 0
+    assert not await admitted(store, [c], start + retry - 1)
+    assert await admitted(store, [c], start + retry)
+
+
+# ---------------------------------------------------------------- per algorithm
+
+async def test_sliding_window_exact_at_the_edge(store: LimitStore) -> None:
+    c = check(Algorithm.SLIDING_WINDOW, limit=3, window=1)
+    for offset in (0, 100_000, 200_000):
+        assert await admitted(store, [c], T0 + offset)
+    assert not await admitted(store, [c], T0 + 999_999)  # all three still inside
+    assert await admitted(store, [c], T0 + S)  # the first left at exactly +1s
+    assert not await admitted(store, [c], T0 + S + 99_999)
+    assert await admitted(store, [c], T0 + S + 100_000)
+
+
+async def test_fixed_window_resets_at_the_aligned_boundary(store: LimitStore) -> None:
+    c = check(Algorithm.FIXED_WINDOW, limit=2, window=2)
+    late = T0 + 2 * S - 1  # last microsecond of the window [T0, T0+2s)
+    assert await count(store, c, late, 3) == 2
+    decision = await store.decide([c], late, commit=False)
+    assert decision.results[0].retry_us == 1
+    assert await count(store, c, T0 + 2 * S, 3) == 2
+
+
+async def test_token_bucket_refills_at_limit_per_window(store: LimitStore) -> None:
+    c = check(Algorithm.TOKEN_BUCKET, limit=10, window=1, burst=5)  # 15 tokens, 1 per 100ms
+    assert await count(store, c, T0, 20) == 15
+    assert await count(store, c, T0 + 99_999, 2) == 0
+    assert await count(store, c, T0 + 100_000, 2) == 1
+    assert await count(store, c, T0 + 400_000, 5) == 3
+    assert await count(store, c, T0 + 10 * S, 20) == 15
+
+
+async def test_gcra_spaces_requests_without_burst(store: LimitStore) -> None:
+    c = check(Algorithm.LEAKY_BUCKET, limit=5, window=1)  # one every 200ms
+    assert await count(store, c, T0, 3) == 1
+    decision = await store.decide([c], T0 + 50_000)
+    assert not decision.admitted and decision.results[0].retry_us == 150_000
+    assert await admitted(store, [c], T0 + 200_000)
+    assert not await admitted(store, [c], T0 + 399_999)
+    assert await admitted(store, [c], T0 + 400_000)
+
+
+async def test_soft_rules_report_but_do_not_block(store: LimitStore) -> None:
+    shadow = check(Algorithm.FIXED_WINDOW, limit=1, window=60, name="s", shadow=True)
+    degrade = check(Algorithm.FIXED_WINDOW, limit=1, window=60, name="d",
+                    action=Action.DEGRADE)
+    hard = check(Algorithm.FIXED_WINDOW, limit=3, window=60, name="h")
+    decisions = [await store.decide([shadow, degrade, hard], T0) for _ in range(4)]
+    assert [d.admitted for d in decisions] == [True, True, True, False]
+    assert [d.results[0].allowed for d in decisions] == [True, False, False, False]
+
+
+# ---------------------------------------------------------------- identical decisions
+
+async def replay(store: LimitStore, seed: int) -> list[Decision]:
+    """A pseudo-random schedule over every algorithm, tiers of cost and several keys."""
+    rng = random.Random(seed)
+    rules = [check(a, limit=rng.randint(1, 7), window=rng.choice([0.5, 1, 3, 7]),
+                   burst=rng.randint(0, 3), name=f"{a.value}", value=f"v{rng.randint(0, 2)}",
+                   cost=rng.randint(1, 3)) for a in ALL for _ in range(2)]
+    now, out = T0 + 123_457, []
+    for _ in range(400):
+        now += rng.choice([0, 0, 1, 999, 33_333, 140_000, 700_001])
+        chosen = rng.sample(rules, rng.randint(1, 3))
+        names = {c.rule.name + c.keys[0] for c in chosen}
+        if len(names) < len(chosen):
+            continue
+        out.append(await store.decide(chosen, now))
+    return out
+
+
+async def test_both_stores_decide_identically(redis_server: RedisServer) -> None:
+    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
+    try:
+        for seed in range(3):
+            local = await replay(LocalStore(), seed)
+            remote = await replay(RedisStore(link, batched=seed % 2 == 0), seed)
+            assert local == remote
+            assert any(d.admitted for d in local) and not all(d.admitted for d in local)
+            redis_server.cli("FLUSHALL")
+    finally:
+        await link.close()
