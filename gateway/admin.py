@@ -136,11 +136,33 @@ async def reload_config(request: web.Request) -> web.Response:
                    errors=outcome)
 
 
+class Refused(Exception):
+    """Raised by admin handlers to answer with `response` (a problem) at once."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.text)
+        self.response = response
+
+
+async def json_object(request: web.Request, what: str) -> dict[str, Any]:
+    """The request body as a JSON object, or Refused with a 400 that says what is wrong."""
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Refused(problem(400, f"the body is not valid JSON: {exc}")) from None
+    if not isinstance(body, dict):
+        raise Refused(problem(400, f"{what} must be a JSON object, got {type(body).__name__}"))
+    return body
+
+
 @web.middleware
 async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Admin errors speak problem+json too, including unknown paths and wrong methods."""
     try:
         return await handler(request)
+    except Refused as refused:
+        return refused.response
     except web.HTTPMethodNotAllowed as exc:
         return problem(405, f"{request.method} is not allowed on {request.path}",
                        headers={"Allow": ", ".join(sorted(exc.allowed_methods))})

@@ -19,6 +19,8 @@ import orjson
 from aiohttp import web
 
 from gateway.admin import ADMIN_ROUTES, PROCESS, mutating
+from gateway.admin import Refused as _Refused
+from gateway.admin import json_object as _json_object
 from gateway.config.model import CONTEXT_FIELDS
 from gateway.context import RequestContext
 from gateway.flags.definition import (
@@ -35,29 +37,12 @@ from gateway.redisconn import RedisUnavailable
 _CONTEXT_KEYS = (*CONTEXT_FIELDS, "attributes", "environment")
 
 
-class _Refused(Exception):
-    def __init__(self, response: web.Response) -> None:
-        self.response = response
-
-
 def _engine(request: web.Request) -> tuple[FlagEngine, FlagOverrides]:
     process = request.app[PROCESS]
     engine = process.pipeline.runtime.flags
     if process.services is None or not isinstance(engine, FlagEngine):
         raise _Refused(problem(503, "the gateway is still starting; flags are not loaded yet"))
     return engine, engine.overrides
-
-
-async def _json_object(request: web.Request, what: str) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _Refused(problem(400, f"the body is not valid JSON: {exc}")) from None
-    if not isinstance(body, dict):
-        raise _Refused(problem(400, f"{what} must be a JSON object, got "
-                                    f"{type(body).__name__}"))
-    return body
 
 
 def _invalid(key: str, errors: list[str]) -> web.Response:

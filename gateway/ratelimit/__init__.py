@@ -6,9 +6,10 @@
   Redis store with its pipelining batcher. `tests/integration/test_ratelimit_stores.py`
   proves both decide identically.
 * `stage`: the pipeline stage (actions, failure modes, metrics, admin state/reset);
-  `headers`: the response fields; `lanes`: the FIFO of `action: queue`.
+  `headers`: the response fields; `lanes`: the FIFO of `action: queue`; `admin`: GET/DELETE /admin/ratelimits/{rule}.
 """
 
+from gateway.ratelimit import admin as _admin  # noqa: F401 - registers the admin endpoints
 from gateway.ratelimit.local import LocalStore
 from gateway.ratelimit.redis_store import RedisStore
 from gateway.ratelimit.stage import RateLimiter
