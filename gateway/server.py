@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway import metrics
 from gateway.accesslog import access_logger
 from gateway.admin import build_admin_app
+from gateway.cache import CacheService, ResponseCache
 from gateway.config import Config, ConfigError, load_config
 from gateway.pipeline import Pipeline, Runtime
 from gateway.proxy import UpstreamPool
@@ -31,21 +32,29 @@ class Services:
 
     pool: UpstreamPool
     redis: RedisLink | None = None
+    cache: CacheService | None = None
 
     @classmethod
     async def create(cls, config: Config) -> Services:
         redis = RedisLink(config.redis) if config.redis is not None else None
-        return cls(pool=UpstreamPool(config.upstreams), redis=redis)
+        cache = CacheService(config.cache, redis)
+        await cache.start()
+        return cls(pool=UpstreamPool(config.upstreams), redis=redis, cache=cache)
 
     async def close(self) -> None:
         await self.pool.close()
+        if self.cache is not None:
+            await self.cache.close()
         if self.redis is not None:
             await self.redis.close()
 
 
 def build_runtime(config: Config, services: Services) -> Runtime:
     """The stages this config asks for, wired to the long-lived services."""
-    return Runtime.build(config, services.pool)
+    stages: dict[str, object] = {}
+    if services.cache is not None and any(r.cache is not None for r in config.routes):
+        stages["cache"] = ResponseCache(services.cache, config)
+    return Runtime.build(config, services.pool, **stages)
 
 
 class GatewayProcess:
