@@ -59,6 +59,7 @@ class RedisStore:
         self._store_variant = link.client.register_script(_script("store_variant.lua"))
         self._tag_url = link.client.register_script(_script("tag_url.lua"))
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # ------------------------------------------------------------ keys
     def url_key(self, url: str) -> str:
@@ -131,30 +132,38 @@ class RedisStore:
         await self.link.call(lambda: self.link.client.publish(self.channel, payload))
 
     # ------------------------------------------------------------ subscriber
-    def start(self, on_purge: PurgeHandler, on_reconnect: Callable[[], object]) -> None:
+    async def start(self, on_purge: PurgeHandler, on_reconnect: Callable[[], object]) -> None:
+        """Read the generation now (bounded by redis.timeout) so L2 serves from the first
+        request, then listen for purges in the background."""
+        try:
+            await self._read_generation()
+        except RedisUnavailable as exc:
+            log.warning("cache L2 unused until Redis answers: %s", exc)
         self._task = asyncio.get_running_loop().create_task(
             self._listen(on_purge, on_reconnect), name="cache-purge-subscriber")
 
     async def close(self) -> None:
+        # redis-py's get_message may swallow a cancellation into its own read timeout, so the
+        # loop also checks a flag (it wakes at least once a second).
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait([self._task], timeout=3.0)
             self._task = None
 
     async def _listen(self, on_purge: PurgeHandler, on_reconnect: Callable[[], object]) -> None:
         connected_before = False
-        while True:
+        while not self._stopping:
             pubsub = self.link.client.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
-                raw = await self.link.call(lambda: self.link.client.get(f"{self.prefix}gen"))
-                self.gen = int(raw or 0)
+                await self._read_generation()
                 if connected_before:
                     # Purges may have been missed while we were away: forget L1 rather than
                     # serve something an operator purged.
                     on_reconnect()
                 connected_before = True
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(ignore_subscribe_messages=True,
                                                        timeout=1.0)
                     if message is not None and message.get("type") == "message":
@@ -167,6 +176,10 @@ class RedisStore:
                 await asyncio.sleep(0.5)
             finally:
                 await _quietly(pubsub.aclose())
+
+    async def _read_generation(self) -> None:
+        raw = await self.link.call(lambda: self.link.client.get(f"{self.prefix}gen"))
+        self.gen = int(raw or 0)
 
     def _dispatch(self, data: bytes, on_purge: PurgeHandler) -> None:
         try:
@@ -182,8 +195,9 @@ class RedisStore:
 
 async def _quietly(awaitable: Awaitable[Any]) -> None:
     try:
-        await awaitable
-    except Exception as exc:  # noqa: BLE001 - closing a broken connection may fail
+        async with asyncio.timeout(1.0):  # a connection cut mid-read can hang its own close
+            await awaitable
+    except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - closing a broken connection may fail
         log.debug("closing the purge subscription: %s", exc)
 
 

@@ -58,7 +58,7 @@ class CacheService:
 
     async def start(self) -> None:
         if self.l2 is not None:
-            self.l2.start(self._apply, self.memory.clear)
+            await self.l2.start(self._apply, self.memory.clear)
 
     async def close(self) -> None:
         for task in list(self._tasks):
