@@ -197,7 +197,7 @@ async def _quietly(awaitable: Awaitable[Any]) -> None:
     try:
         async with asyncio.timeout(1.0):  # a connection cut mid-read can hang its own close
             await awaitable
-    except (Exception, asyncio.TimeoutError) as exc:  # noqa: BLE001 - closing a broken connection may fail
+    except (TimeoutError, Exception) as exc:  # noqa: BLE001 - closing a broken connection may fail
         log.debug("closing the purge subscription: %s", exc)
 
 

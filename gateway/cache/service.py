@@ -75,12 +75,13 @@ class CacheService:
     # ------------------------------------------------------------ lookups
     async def lookup(self, url: str, request_headers: Mapping[str, str], now: float
                      ) -> Entry | None:
-        """The stored variant matching this request: L1 first, then L2 (which fills L1)."""
+        """The stored variant matching this request: L1 first, then L2 (which fills L1).
+        A hit-for-miss key skips L2: it just proved uncacheable, a round trip would be waste."""
         entry = _match(self.memory.variants(url), request_headers, now)
         if entry is not None:
             self.memory.touch(entry)
             return entry
-        if self.l2 is None:
+        if self.l2 is None or self.is_hit_for_miss(url):
             return None
         candidates = [e for e in map(decode, await self.l2.variants(url)) if e is not None]
         entry = _match(candidates, request_headers, now)

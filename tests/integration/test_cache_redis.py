@@ -13,7 +13,6 @@ from gateway.redisconn import RedisLink
 from tests.harness import GatewayProcessHandle, RedisServer, Upstream, free_port
 from tests.integration.test_cache import Factory, cached_config, counting, get
 
-
 HOST = "shop.example"  # sidecars of one service see the same Host; the key includes it
 
 
