@@ -10,7 +10,13 @@ from typing import Any
 from gateway.cache import CacheService
 from gateway.config.model import CacheSettings, RedisSettings
 from gateway.redisconn import RedisLink
-from tests.harness import GatewayProcessHandle, RedisServer, Upstream, free_port
+from tests.harness import (
+    GatewayProcessHandle,
+    InProcessGateway,
+    RedisServer,
+    Upstream,
+    free_port,
+)
 from tests.integration.test_cache import Factory, cached_config, counting, get
 
 HOST = "shop.example"  # sidecars of one service see the same Host; the key includes it
@@ -35,6 +41,16 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("condition not reached")
+
+
+async def connected_cache(gw: InProcessGateway) -> CacheService:
+    """The gateway's cache service once its L2 knows the purge generation."""
+    assert gw.process.services is not None
+    svc = gw.process.services.cache
+    assert svc is not None and svc.l2 is not None
+    l2 = svc.l2
+    await wait_for(lambda: l2.gen is not None)
+    return svc
 
 
 async def test_l2_hit_in_a_second_process(upstream: Upstream, redis_server: RedisServer,
@@ -97,10 +113,7 @@ async def test_purge_all_bumps_generation_across_processes(
     config = shared_config(upstream, redis_server)
     one = await gateway_factory(config, name="one.yaml")
     two = await gateway_factory(second(config), name="two.yaml")
-    svc_one = one.process.services.cache  # type: ignore[union-attr]
-    svc_two = two.process.services.cache  # type: ignore[union-attr]
-    assert svc_one is not None and svc_two is not None
-    await wait_for(lambda: svc_one.l2.gen is not None and svc_two.l2.gen is not None)  # type: ignore[union-attr]
+    svc_one, svc_two = await connected_cache(one), await connected_cache(two)
     await get(f"{one.url}/market/a", Host=HOST)
     await wait_for(lambda: int(redis_server.cli("DBSIZE")) >= 1)
     _, headers, _ = await get(f"{two.url}/market/a", Host=HOST)
@@ -115,9 +128,7 @@ async def test_url_purge_deletes_the_l2_entry(gateway_factory: Factory, upstream
                                               redis_server: RedisServer) -> None:
     upstream.on("/market/u", counting(Cache_Control="max-age=60"))
     gw = await gateway_factory(shared_config(upstream, redis_server))
-    svc = gw.process.services.cache  # type: ignore[union-attr]
-    assert svc is not None
-    await wait_for(lambda: svc.l2.gen is not None)  # type: ignore[union-attr]
+    svc = await connected_cache(gw)
     await get(f"{gw.url}/market/u", Host=HOST)
     await wait_for(lambda: int(redis_server.cli("DBSIZE")) >= 1)
     await svc.purge_url(f"http://{HOST}/market/u")
@@ -130,9 +141,7 @@ async def test_redis_stopped_cache_passes_through(gateway_factory: Factory,
     upstream.on("/market/a", counting(Cache_Control="max-age=60"))
     upstream.on("/market/b", counting(Cache_Control="max-age=60"))
     gw = await gateway_factory(shared_config(upstream, redis_server))
-    svc = gw.process.services.cache  # type: ignore[union-attr]
-    assert svc is not None
-    await wait_for(lambda: svc.l2.gen is not None)  # type: ignore[union-attr]
+    await connected_cache(gw)
     await get(f"{gw.url}/market/a", Host=HOST)
     redis_server.kill()
     for _ in range(5):
@@ -147,9 +156,7 @@ async def test_redis_hung_cache_answers_within_the_deadline(
         gateway_factory: Factory, upstream: Upstream, redis_server: RedisServer) -> None:
     upstream.on("/market/x*", counting(Cache_Control="max-age=60"))
     gw = await gateway_factory(shared_config(upstream, redis_server))
-    svc = gw.process.services.cache  # type: ignore[union-attr]
-    assert svc is not None
-    await wait_for(lambda: svc.l2.gen is not None)  # type: ignore[union-attr]
+    await connected_cache(gw)
     redis_server.pause()
     try:
         results = await asyncio.gather(*(get(f"{gw.url}/market/x{i}", Host=HOST)
