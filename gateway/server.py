@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway import metrics
 from gateway.accesslog import access_logger
 from gateway.admin import build_admin_app
+from gateway.cache import CacheService, ResponseCache
 from gateway.config import Config, ConfigError, load_config
 from gateway.config.model import FailureMode
 from gateway.flags import FlagEngine, FlagOverrides
@@ -40,19 +41,25 @@ class Services:
     # Rate-limit state and the decision batcher live here so counters survive a reload.
     limits_local: LocalStore = field(default_factory=LocalStore)
     limits_remote: RedisStore | None = None
+    cache: CacheService | None = None
 
     @classmethod
     async def create(cls, config: Config) -> Services:
         redis = RedisLink(config.redis) if config.redis is not None else None
         flag_overrides = FlagOverrides(redis)
         await flag_overrides.start()  # stored runtime flag changes, before the first request
+        cache = CacheService(config.cache, redis)
+        await cache.start()
         return cls(pool=UpstreamPool(config.upstreams), redis=redis,
                    flag_overrides=flag_overrides,
-                   limits_remote=RedisStore(redis) if redis is not None else None)
+                   limits_remote=RedisStore(redis) if redis is not None else None,
+                   cache=cache)
 
     async def close(self) -> None:
         await self.flag_overrides.close()
         await self.pool.close()
+        if self.cache is not None:
+            await self.cache.close()
         if self.redis is not None:
             await self.redis.close()
 
@@ -62,6 +69,8 @@ def build_runtime(config: Config, services: Services) -> Runtime:
     stages: dict[str, object] = {"flags": FlagEngine(config, services.flag_overrides)}
     if any(route.rate_limits for route in config.routes):
         stages["limiter"] = RateLimiter(config, services.limits_local, services.limits_remote)
+    if services.cache is not None and any(r.cache is not None for r in config.routes):
+        stages["cache"] = ResponseCache(services.cache, config)
     return Runtime.build(config, services.pool, **stages)
 
 

@@ -1,0 +1,162 @@
+"""Parsing the header fields the cache reads. Pure and total: bad input never raises.
+
+What malformed values mean is the RFC's choice, not ours:
+- a delta-seconds directive that is not a non-negative integer, or that appears twice with
+  different values, makes the response stale (RFC 9111 §4.2.1, §1.2.2);
+- an invalid `Expires` is a time in the past (§5.3);
+- an invalid `Age` is ignored (§5.1);
+- a targeted field (RFC 9213) whose value is not a valid Dictionary is ignored (§2.1).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+
+# RFC 9111 §1.2.2: a cache may cap delta-seconds at 2^31 and must not treat a larger value
+# as invalid.
+MAX_DELTA = 2**31
+
+# One directive: token, optionally "=" token or quoted-string (RFC 9111 §5.2).
+_DIRECTIVE = re.compile(
+    r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,\s]*))?\s*(?:,|$)'
+)
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_ETAG = re.compile(r'(W/)?"([^"]*)"|\*')
+INVALID = -1  # what `Directives.seconds` returns for a malformed or conflicting value
+
+
+@dataclass(frozen=True, slots=True)
+class Directives:
+    """Cache directives of one field (names lower-cased), first occurrence wins."""
+
+    values: Mapping[str, str | None]
+    conflicting: frozenset[str] = frozenset()
+    valid: bool = True  # False: the field did not parse as a list of directives
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.values
+
+    def seconds(self, name: str) -> int | None:
+        """None if absent, INVALID if malformed or given twice differently, else the value."""
+        if name not in self.values:
+            return None
+        if name in self.conflicting:
+            return INVALID
+        return delta_seconds(self.values[name])
+
+
+EMPTY = Directives({})
+
+
+def delta_seconds(value: str | None) -> int:
+    if value is None or not value.isdigit() or not value.isascii():
+        return INVALID
+    return min(int(value), MAX_DELTA)
+
+
+def parse_directives(fields: Iterable[str]) -> Directives:
+    """Cache-Control (or a targeted field) from all its field lines, tolerant of junk."""
+    values: dict[str, str | None] = {}
+    conflicting: set[str] = set()
+    valid = True
+    for field in fields:
+        pos, text = 0, field.strip()
+        while pos < len(text):
+            match = _DIRECTIVE.match(text, pos)
+            if match is None or match.end() == pos:
+                valid = False  # skip to the next comma and keep what parsed
+                comma = text.find(",", pos)
+                pos = len(text) if comma < 0 else comma + 1
+                continue
+            pos = match.end()
+            name, raw = match.group(1).lower(), match.group(2)
+            value = _unquote(raw) if raw is not None else None
+            if name in values:
+                if values[name] != value:
+                    conflicting.add(name)
+            else:
+                values[name] = value
+    return Directives(values, frozenset(conflicting), valid)
+
+
+def _unquote(raw: str) -> str:
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", raw[1:-1])
+    return raw
+
+
+def parse_surrogate_control(fields: Iterable[str]) -> Directives:
+    """Surrogate-Control (W3C Edge Architecture): `max-age=N+M` keeps N as the lifetime.
+
+    The `+M` extension has no RFC meaning; we drop it rather than guess.
+    """
+    parsed = parse_directives(fields)
+    values = dict(parsed.values)
+    age = values.get("max-age")
+    if age is not None and "+" in age:
+        values["max-age"] = age.split("+", 1)[0]
+    return Directives(values, parsed.conflicting, parsed.valid)
+
+
+def http_date(value: str | None) -> float | None:
+    """Seconds since the epoch, or None when the value is not an HTTP-date (RFC 9110 §5.6.7)."""
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value.strip())
+    except (ValueError, TypeError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:  # asctime-date carries no zone; HTTP dates are all GMT
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def age_value(values: Iterable[str]) -> int:
+    """RFC 9111 §5.1: first member of the list; anything but a non-negative integer is ignored."""
+    for value in values:
+        first = value.split(",", 1)[0].strip()
+        age = delta_seconds(first)
+        return 0 if age == INVALID else age
+    return 0
+
+
+def vary_names(values: Iterable[str]) -> tuple[str, ...] | None:
+    """Lower-cased, sorted field names of Vary; None for `*` or an invalid member (never matches)."""
+    names: set[str] = set()
+    for value in values:
+        for member in value.split(","):
+            member = member.strip()
+            if not member:
+                continue
+            if member == "*" or not _TOKEN.match(member):
+                return None
+            names.add(member.lower())
+    return tuple(sorted(names))
+
+
+def etags(value: str) -> tuple[str, ...]:
+    """Opaque tags of If-None-Match (weak prefix dropped: §13.1.2 uses weak comparison), or '*'."""
+    found: list[str] = []
+    for match in _ETAG.finditer(value):
+        found.append("*" if match.group(0) == "*" else match.group(2))
+    return tuple(found)
+
+
+def opaque_tag(etag: str | None) -> str | None:
+    if not etag:
+        return None
+    found = etags(etag)
+    return found[0] if found and found[0] != "*" else None
+
+
+def field_values(headers: Mapping[str, str], name: str) -> list[str]:
+    """All field lines of `name` (a CIMultiDict answers getall; a dict gives one)."""
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return list(getall(name, ()))
+    value = headers.get(name)
+    return [] if value is None else [value]

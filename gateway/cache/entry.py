@@ -1,0 +1,77 @@
+"""One stored response and its wire form for Redis (metadata as JSON, body zlib-compressed)."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, replace
+
+import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.cache.policy import Freshness, current_age
+
+_OVERHEAD = 256  # bookkeeping bytes per entry, so a flood of empty bodies still counts
+_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    url: str                               # primary key (gateway.cache.key.url_key)
+    variant: str                           # secondary key (gateway.cache.key.variant_id)
+    vary: tuple[str, ...]                  # lower-cased field names the response varies on
+    vary_values: tuple[str | None, ...]    # the request's normalised values for them
+    status: int
+    reason: str
+    headers: CIMultiDictProxy[str]         # end-to-end fields as the upstream sent them
+    body: bytes
+    initial_age: float                     # corrected_initial_age (RFC 9111 §4.2.3)
+    response_time: float                   # wall clock, so other processes can age it too
+    fresh: Freshness
+    tags: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers.items()) + _OVERHEAD
+
+    def age(self, now: float) -> float:
+        return current_age(self.initial_age, self.response_time, now)
+
+    def ttl(self, now: float) -> float:
+        """Freshness left: negative once stale (RFC 9211 §2.5)."""
+        return self.fresh.lifetime - self.age(now)
+
+    def refreshed(self, headers: list[tuple[str, str]], initial_age: float,
+                  response_time: float, fresh: Freshness) -> Entry:
+        return replace(self, headers=CIMultiDictProxy(CIMultiDict(headers)),
+                       initial_age=initial_age, response_time=response_time, fresh=fresh)
+
+
+def encode(entry: Entry, level: int = 1) -> bytes:
+    meta = orjson.dumps({
+        "v": _FORMAT, "url": entry.url, "variant": entry.variant, "vary": entry.vary,
+        "vary_values": entry.vary_values, "status": entry.status, "reason": entry.reason,
+        "headers": list(entry.headers.items()), "initial_age": entry.initial_age,
+        "response_time": entry.response_time, "fresh": entry.fresh.to_list(),
+        "tags": entry.tags,
+    })
+    return len(meta).to_bytes(4, "big") + meta + zlib.compress(entry.body, level)
+
+
+def decode(data: bytes) -> Entry | None:
+    """None for anything that is not an entry this version wrote (treated as a miss)."""
+    try:
+        size = int.from_bytes(data[:4], "big")
+        meta = orjson.loads(data[4:4 + size])
+        if meta.get("v") != _FORMAT:
+            return None
+        return Entry(
+            url=meta["url"], variant=meta["variant"], vary=tuple(meta["vary"]),
+            vary_values=tuple(meta["vary_values"]), status=int(meta["status"]),
+            reason=meta["reason"],
+            headers=CIMultiDictProxy(CIMultiDict([(k, v) for k, v in meta["headers"]])),
+            body=zlib.decompress(data[4 + size:]), initial_age=float(meta["initial_age"]),
+            response_time=float(meta["response_time"]),
+            fresh=Freshness.from_list(meta["fresh"]), tags=tuple(meta["tags"]),
+        )
+    except (ValueError, KeyError, TypeError, IndexError, zlib.error, orjson.JSONDecodeError):
+        return None

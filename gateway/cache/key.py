@@ -1,0 +1,72 @@
+"""Cache keys (RFC 9111 §2, §4.1), pure.
+
+The primary key is the target URI, method-independent (HEAD is answered from a stored GET):
+scheme and host lower-cased, default port dropped, path as sent, and the query with the route's
+`ignore_query` parameters removed and the rest sorted stably by name (so `?b=1&a=2` and
+`?a=2&b=1` share an entry, while repeated names keep their relative order).
+
+A URL may have several variants: the secondary key is the request's values of the fields the
+response's Vary names, normalised (whitespace around commas and runs of spaces collapsed), so
+`gzip,br` and `gzip, br` select the same variant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+
+from gateway.cache.directives import field_values
+
+_SPACES = re.compile(r"\s*,\s*|\s+")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def url_key(url: str, ignore_query: frozenset[str] = frozenset()) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path_qs = rest.partition("/")
+    authority = authority.lower()
+    host, colon, port = authority.rpartition(":")
+    if colon and _DEFAULT_PORTS.get(scheme.lower()) == port and "]" not in port:
+        authority = host
+    path, question, query = path_qs.partition("?")
+    path = "/" + path if slash else "/"
+    if question and query:
+        query = _normal_query(query, ignore_query)
+    return f"{scheme.lower()}://{authority}{path}{'?' + query if query else ''}"
+
+
+def _normal_query(query: str, ignore: frozenset[str]) -> str:
+    pairs = [p for p in query.split("&") if p]
+    if ignore:
+        pairs = [p for p in pairs if p.partition("=")[0] not in ignore]
+    pairs.sort(key=lambda p: p.partition("=")[0])  # stable: same-name order kept
+    return "&".join(pairs)
+
+
+def normalise(value: str) -> str:
+    return _SPACES.sub(lambda m: "," if "," in m.group(0) else " ", value.strip())
+
+
+def vary_values(names: tuple[str, ...], request_headers: Mapping[str, str]
+                ) -> tuple[str | None, ...]:
+    """The request's value for each Vary name; None marks a field the request lacks (§4.1)."""
+    values: list[str | None] = []
+    for name in names:
+        lines = field_values(request_headers, name)
+        values.append(normalise(", ".join(lines)) if lines else None)
+    return tuple(values)
+
+
+def variant_id(names: tuple[str, ...], values: tuple[str | None, ...]) -> str:
+    """A short stable id for one variant of a URL."""
+    if not names:
+        return "-"
+    text = "\x00".join(f"{n}\x01{'' if v is None else '=' + v}" for n, v in zip(names, values))
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def url_hash(key: str) -> str:
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()

@@ -1,0 +1,78 @@
+"""L1: the in-process store, least recently used first out, bounded by bytes (`memory_max`)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from gateway.cache.entry import Entry
+
+
+class MemoryStore:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._lru: OrderedDict[tuple[str, str], Entry] = OrderedDict()
+        self._by_url: dict[str, dict[str, Entry]] = {}
+        self._by_tag: dict[str, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def variants(self, url: str) -> list[Entry]:
+        found = self._by_url.get(url)
+        return list(found.values()) if found else []
+
+    def touch(self, entry: Entry) -> None:
+        key = (entry.url, entry.variant)
+        if key in self._lru:
+            self._lru.move_to_end(key)
+
+    def put(self, entry: Entry) -> bool:
+        """Store (replacing the same variant); False if it alone exceeds the whole budget."""
+        if entry.size > self.max_bytes:
+            return False
+        self.remove(entry.url, entry.variant)
+        key = (entry.url, entry.variant)
+        self._lru[key] = entry
+        self._by_url.setdefault(entry.url, {})[entry.variant] = entry
+        for tag in entry.tags:
+            self._by_tag.setdefault(tag, set()).add(entry.url)
+        self.size += entry.size
+        while self.size > self.max_bytes and self._lru:
+            (url, variant), _ = next(iter(self._lru.items()))
+            self.remove(url, variant)
+        return True
+
+    def remove(self, url: str, variant: str) -> None:
+        entry = self._lru.pop((url, variant), None)
+        if entry is None:
+            return
+        self.size -= entry.size
+        variants = self._by_url.get(url)
+        if variants is not None:
+            variants.pop(variant, None)
+            if not variants:
+                del self._by_url[url]
+        for tag in entry.tags:
+            urls = self._by_tag.get(tag)
+            if urls is not None and not any(tag in e.tags for e in self.variants(url)):
+                urls.discard(url)
+                if not urls:
+                    del self._by_tag[tag]
+
+    def drop_url(self, url: str) -> int:
+        variants = list(self._by_url.get(url, {}))
+        for variant in variants:
+            self.remove(url, variant)
+        return len(variants)
+
+    def drop_tag(self, tag: str) -> int:
+        return sum(self.drop_url(url) for url in list(self._by_tag.get(tag, ())))
+
+    def clear(self) -> int:
+        count = len(self._lru)
+        self._lru.clear()
+        self._by_url.clear()
+        self._by_tag.clear()
+        self.size = 0
+        return count

@@ -1,0 +1,385 @@
+"""RFC 9111 for a shared cache, as pure functions of headers, times and the route's policy.
+
+Nothing here does I/O or reads a clock: callers pass `now`, so every rule is testable without
+a socket (tests/unit/test_cache_policy.py names each test after the section it checks). The
+driver (gateway.cache.stage) asks these questions and performs the answers.
+
+Choices the RFCs leave to us (also in the README):
+- Targeted fields (RFC 9213) in the order Surrogate-Control, CDN-Cache-Control: the first valid,
+  non-empty one replaces Cache-Control *and* Expires for this cache (RFC 9213 §2.1).
+- Route `ttl` and heuristic freshness apply only to heuristically cacheable status codes
+  (RFC 9111 §4.2.2), so a `ttl` never makes a 500 or a 302 cacheable; `override: true` replaces
+  only the lifetime, never `no-store`, `private` or `no-cache`.
+- Heuristic lifetime: 10% of (Date - Last-Modified), at most one day (§4.2.2's suggestion).
+- A response with no freshness and no validator is not stored: it could never be reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from urllib.parse import urljoin, urlsplit
+
+from multidict import CIMultiDict
+
+from gateway.cache.directives import (
+    EMPTY,
+    INVALID,
+    Directives,
+    age_value,
+    etags,
+    field_values,
+    http_date,
+    opaque_tag,
+    parse_directives,
+    parse_surrogate_control,
+    vary_names,
+)
+from gateway.config.model import RouteCache
+
+# §4.2.2 / RFC 9110 §15.1: status codes "heuristically cacheable" by default.
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+# What this cache understands well enough to store with explicit freshness (§3: "understood").
+# 206 needs range handling and 304 is not a complete response: neither is stored.
+UNDERSTOOD_STATUSES = HEURISTIC_STATUSES | {302, 307}
+HEURISTIC_FRACTION = 0.1
+HEURISTIC_MAX = 86400.0
+# Fields of a 304 that must not replace the stored ones (§3.2: Content-Length describes the
+# stored body, not the empty 304).
+_KEEP_ON_FRESHEN = frozenset({"content-length", "content-encoding", "content-type",
+                              "content-range", "transfer-encoding"})
+# Sent by the upstream for us, never to the client (RFC 9213 §2.1, contract).
+CDN_FIELDS = ("Surrogate-Control", "CDN-Cache-Control")
+UNSAFE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+ERROR_STATUSES = frozenset({500, 502, 503, 504})  # RFC 5861 §4 "error": what stale-if-error covers
+
+
+# ---------------------------------------------------------------- which directives apply
+
+def cache_directives(headers: Mapping[str, str]) -> tuple[Directives, bool]:
+    """The directives that govern this cache, and whether they came from a targeted field."""
+    surrogate = field_values(headers, "Surrogate-Control")
+    if surrogate:
+        parsed = parse_surrogate_control(surrogate)
+        if parsed.valid and parsed.values:
+            return parsed, True
+    targeted = field_values(headers, "CDN-Cache-Control")
+    if targeted:
+        parsed = parse_directives(targeted)
+        if parsed.valid and parsed.values:
+            return parsed, True
+    cache_control = field_values(headers, "Cache-Control")
+    return (parse_directives(cache_control) if cache_control else EMPTY), False
+
+
+# ---------------------------------------------------------------- §3 storing
+
+def not_storable_reason(method: str, status: int, headers: Mapping[str, str],
+                        request_headers: Mapping[str, str], route: RouteCache) -> str | None:
+    """None when the response may be stored (§3), else why not (for Cache-Status detail)."""
+    if method != "GET":
+        return "method"
+    if status not in UNDERSTOOD_STATUSES:
+        return "status"
+    directives, targeted = cache_directives(headers)
+    request_cc = parse_directives(field_values(request_headers, "Cache-Control"))
+    if "no-store" in directives or "no-store" in request_cc:
+        return "no-store"
+    if "private" in directives:  # §5.2.2.7: a shared cache never stores it, qualified or not
+        return "private"
+    # §3.5: a response to an authorized request only with must-revalidate, public or s-maxage.
+    if "Authorization" in request_headers and not (
+            "must-revalidate" in directives or "public" in directives
+            or "s-maxage" in directives):
+        return "authorization"
+    if "Set-Cookie" in headers and not route.store_set_cookie:
+        return "set-cookie"
+    if vary_names(field_values(headers, "Vary")) is None:
+        return "vary"  # `Vary: *` (or junk) can never match a later request (§4.1)
+    explicit = _explicit_lifetime(headers, directives, targeted) is not None
+    if not (explicit or status in HEURISTIC_STATUSES or "public" in directives):
+        return "status"
+    return None
+
+
+# ---------------------------------------------------------------- §4.2 freshness
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """What one stored response allows, computed once when it is stored."""
+
+    lifetime: float
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
+    no_cache: bool = False  # every use needs validation (§5.2.2.4)
+
+    def to_list(self) -> list[float]:
+        return [self.lifetime, self.stale_while_revalidate, self.stale_if_error,
+                1.0 if self.no_cache else 0.0]
+
+    @classmethod
+    def from_list(cls, values: list[float]) -> Freshness:
+        return cls(values[0], values[1], values[2], bool(values[3]))
+
+    @property
+    def keep_for(self) -> float:
+        """How long past its arrival a stored response can still be of use."""
+        return self.lifetime + max(self.stale_while_revalidate, self.stale_if_error)
+
+
+def _explicit_lifetime(headers: Mapping[str, str], directives: Directives,
+                       targeted: bool) -> float | None:
+    """§4.2.1 for a shared cache: s-maxage, then max-age, then Expires - Date."""
+    for name in ("s-maxage", "max-age"):
+        value = directives.seconds(name)
+        if value is not None:
+            return 0.0 if value == INVALID else float(value)  # invalid: stale (§4.2.1)
+    if targeted:
+        return None  # RFC 9213 §2.1: a targeted field also displaces Expires
+    expires = field_values(headers, "Expires")
+    if expires:
+        if len(set(expires)) > 1:
+            return 0.0  # two different Expires: consider it stale (§4.2.1)
+        expires_at = http_date(expires[0])
+        if expires_at is None:
+            return 0.0  # §5.3: an invalid date, "0" included, is in the past
+        date = http_date(headers.get("Date"))
+        return max(0.0, expires_at - date) if date is not None else None
+    return None
+
+
+def freshness(status: int, headers: Mapping[str, str], route: RouteCache,
+              response_time: float) -> Freshness:
+    directives, targeted = cache_directives(headers)
+    explicit = _explicit_lifetime(headers, directives, targeted)
+    if explicit is None and "Expires" in headers and not targeted:
+        # Expires without Date: measure from when we received it (§4.2.1 allows this).
+        expires_at = http_date(headers.get("Expires"))
+        explicit = max(0.0, expires_at - response_time) if expires_at is not None else 0.0
+    lifetime: float
+    if route.ttl is not None and status in HEURISTIC_STATUSES and (
+            route.override or explicit is None):
+        lifetime = route.ttl
+    elif explicit is not None:
+        lifetime = explicit
+    else:
+        lifetime = _heuristic(status, headers, directives, response_time)
+    no_cache = "no-cache" in directives
+    # RFC 5861 §4 and RFC 9111 §4.2.4: no stale use where the response forbids it; s-maxage
+    # implies proxy-revalidate for a shared cache (§5.2.2.10).
+    forbids_stale = no_cache or any(
+        name in directives for name in ("must-revalidate", "proxy-revalidate", "s-maxage"))
+    if forbids_stale:
+        return Freshness(lifetime, 0.0, 0.0, no_cache)
+    return Freshness(
+        lifetime,
+        _window(directives, "stale-while-revalidate", route.stale_while_revalidate),
+        _window(directives, "stale-if-error", route.stale_if_error),
+    )
+
+
+def _window(directives: Directives, name: str, default: float) -> float:
+    value = directives.seconds(name)
+    if value is None:
+        return default
+    return 0.0 if value == INVALID else float(value)
+
+
+def _heuristic(status: int, headers: Mapping[str, str], directives: Directives,
+               response_time: float) -> float:
+    if status not in HEURISTIC_STATUSES and "public" not in directives:
+        return 0.0
+    last_modified = http_date(headers.get("Last-Modified"))
+    if last_modified is None:
+        return 0.0
+    date = http_date(headers.get("Date")) or response_time
+    return min(HEURISTIC_MAX, max(0.0, (date - last_modified) * HEURISTIC_FRACTION))
+
+
+def has_validator(headers: Mapping[str, str]) -> bool:
+    return "ETag" in headers or "Last-Modified" in headers
+
+
+def worth_storing(fresh: Freshness, headers: Mapping[str, str]) -> bool:
+    return (fresh.lifetime > 0 and not fresh.no_cache) or has_validator(headers)
+
+
+# ---------------------------------------------------------------- §4.2.3 age
+
+def initial_age(headers: Mapping[str, str], request_time: float, response_time: float) -> float:
+    """corrected_initial_age of §4.2.3, from Age, Date and the exchange's own timing."""
+    date = http_date(headers.get("Date"))
+    apparent_age = max(0.0, response_time - date) if date is not None else 0.0
+    response_delay = max(0.0, response_time - request_time)
+    corrected_age_value = age_value(field_values(headers, "Age")) + response_delay
+    return max(apparent_age, corrected_age_value)
+
+
+def current_age(corrected_initial_age: float, response_time: float, now: float) -> float:
+    return corrected_initial_age + max(0.0, now - response_time)
+
+
+# ---------------------------------------------------------------- §4 reuse
+
+class Use(Enum):
+    FRESH = "fresh"                        # serve it
+    STALE_WHILE_REVALIDATE = "swr"         # serve it, refresh in the background (RFC 5861 §3)
+    REVALIDATE = "revalidate"              # ask the upstream first (§4.3)
+
+
+def evaluate(fresh: Freshness, age: float, request_headers: Mapping[str, str]) -> Use:
+    request_cc = parse_directives(field_values(request_headers, "Cache-Control"))
+    if fresh.no_cache or "no-cache" in request_cc or (
+            not request_cc.values and "no-cache" in request_headers.get("Pragma", "")):
+        return Use.REVALIDATE  # §5.2.2.4, §5.2.1.4 and §5.4 (Pragma only without Cache-Control)
+    max_age = request_cc.seconds("max-age")
+    if max_age is not None and (max_age == INVALID or age > max_age):
+        return Use.REVALIDATE  # §5.2.1.1: the client will not accept anything older
+    if age < fresh.lifetime:
+        return Use.FRESH
+    if age < fresh.lifetime + fresh.stale_while_revalidate:
+        return Use.STALE_WHILE_REVALIDATE
+    return Use.REVALIDATE
+
+
+def stale_if_error_allows(fresh: Freshness, age: float) -> bool:
+    """RFC 5861 §4: within the window after it became stale, an error may be answered with it."""
+    return age < fresh.lifetime + fresh.stale_if_error
+
+
+# ---------------------------------------------------------------- §4.3 validation
+
+def conditional_headers(stored: Mapping[str, str]) -> list[tuple[str, str]]:
+    """§4.3.1: the stored validators, to ask the upstream whether the entry is still good."""
+    found: list[tuple[str, str]] = []
+    if "ETag" in stored:
+        found.append(("If-None-Match", stored["ETag"]))
+    if "Last-Modified" in stored:
+        found.append(("If-Modified-Since", stored["Last-Modified"]))
+    return found
+
+
+CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since")
+# With these the client asks for something other than the stored whole: pass it upstream.
+BYPASS_REQUEST_FIELDS = ("Range", "If-Range", "If-Match", "If-Unmodified-Since")
+
+
+def not_modified(request_headers: Mapping[str, str], stored: Mapping[str, str]) -> bool:
+    """§4.3.2: may the cache answer the client's conditional GET with 304?"""
+    if_none_match = request_headers.get("If-None-Match")
+    if if_none_match is not None:  # RFC 9110 §13.2.2: If-None-Match wins over If-Modified-Since
+        tags = etags(if_none_match)
+        mine = opaque_tag(stored.get("ETag"))
+        return "*" in tags or (mine is not None and mine in tags)
+    since = http_date(request_headers.get("If-Modified-Since"))
+    if since is None:
+        return False
+    modified = http_date(stored.get("Last-Modified")) or http_date(stored.get("Date"))
+    return modified is not None and modified <= since
+
+
+def freshen(stored: Iterable[tuple[str, str]],
+            update: Mapping[str, str]) -> list[tuple[str, str]]:
+    """§4.3.4: the 304's fields replace the stored ones of the same name, except the content
+    fields that describe the stored body."""
+    replacing = {name.lower() for name in update if name.lower() not in _KEEP_ON_FRESHEN}
+    kept = [(n, v) for n, v in stored if n.lower() not in replacing]
+    added = [(n, v) for n, v in update.items() if n.lower() in replacing]
+    return kept + added
+
+
+_NOT_MODIFIED_DROP = frozenset({"content-length", "content-type", "content-encoding",
+                                "content-range", "content-language"})
+
+
+def not_modified_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """RFC 9110 §15.4.5: a 304 carries the metadata a 200 would, not the content fields."""
+    return [(n, v) for n, v in headers if n.lower() not in _NOT_MODIFIED_DROP]
+
+
+# ---------------------------------------------------------------- §4.4 invalidation
+
+def invalidated_urls(method: str, status: int, request_url: str,
+                     headers: Mapping[str, str]) -> list[str]:
+    """The URLs a successful unsafe request makes stale: its target and same-origin
+    Location / Content-Location (§4.4; other origins are ignored to stop cache poisoning)."""
+    if method not in UNSAFE_METHODS or not 200 <= status < 400:
+        return []
+    urls = [request_url]
+    origin = _origin(request_url)
+    for name in ("Location", "Content-Location"):
+        value = headers.get(name)
+        if value:
+            target = urljoin(request_url, value.strip())
+            if _origin(target) == origin and target not in urls:
+                urls.append(target)
+    return urls
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+# ---------------------------------------------------------------- what the client receives
+
+def client_headers(headers: Iterable[tuple[str, str]], route: RouteCache, *,
+                   stored: bool, age: float | None = None) -> CIMultiDict[str]:
+    """Headers for the client: targeted fields and the tags header removed (contract), Age on a
+    response from the cache, and `browser_ttl` as the client's Cache-Control.
+
+    With `browser_ttl` the client gets max-age = browser_ttl + Age: a browser subtracts Age
+    (§4.2.3), so this keeps it browser_ttl seconds from the moment it arrives.
+    """
+    drop = {"surrogate-control", "cdn-cache-control"}
+    if route.tags_header:
+        drop.add(route.tags_header.lower())
+    if age is not None:
+        drop.add("age")
+    rewrite = stored and route.browser_ttl is not None
+    if rewrite:
+        drop.add("cache-control")
+    result: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers:
+        if name.lower() not in drop:
+            result.add(name, value)
+    if age is not None:
+        result["Age"] = str(int(age))
+    if rewrite:
+        assert route.browser_ttl is not None
+        result["Cache-Control"] = f"max-age={int(route.browser_ttl + (age or 0))}"
+    return result
+
+
+def cache_status(*, hit: bool, ttl: float | None = None, fwd: str | None = None,
+                 fwd_status: int | None = None, stored: bool = False,
+                 detail: str | None = None) -> str:
+    """An RFC 9211 Cache-Status member for this cache, named `gateway`."""
+    parts = ["gateway"]
+    if hit:
+        parts.append("hit")
+    if fwd is not None:
+        parts.append(f"fwd={fwd}")
+    if fwd_status is not None:
+        parts.append(f"fwd-status={fwd_status}")
+    if ttl is not None:
+        parts.append(f"ttl={int(ttl)}")
+    if stored:
+        parts.append("stored")
+    if detail is not None:
+        parts.append(f'detail="{detail}"' if not detail.replace("-", "").isalnum()
+                     else f"detail={detail}")
+    return "; ".join(parts)
+
+
+def tags_of(headers: Mapping[str, str], route: RouteCache) -> tuple[str, ...]:
+    """Purge tags from the route's tags header (space or comma separated, as Surrogate-Key)."""
+    if not route.tags_header:
+        return ()
+    found: list[str] = []
+    for value in field_values(headers, route.tags_header):
+        for tag in value.replace(",", " ").split():
+            if tag not in found:
+                found.append(tag)
+    return tuple(found)

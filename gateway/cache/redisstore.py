@@ -1,0 +1,204 @@
+"""L2: stored responses in Redis, shared by every worker and instance, and purge messages.
+
+Key layout (prefix = `redis.key_prefix`), chosen to work unchanged in Redis Cluster:
+
+    {P}cache:gen                      generation number; purge-all INCRs it
+    {P}cache:<gen>:u:<urlhash>        HASH variant-id -> encoded entry (one key per URL)
+    {P}cache:<gen>:t:<tag>            SET of the URL hash keys carrying that purge tag
+    {P}cache:purge                    pub/sub channel of purge messages
+
+Every command touches one key, so no two keys ever need to share a hash slot: a URL's
+variants live in one hash (lookup = one HGETALL, purge-by-URL = one DEL), and purge-by-tag
+reads the tag's set and deletes its URL keys one by one (per-key DELs in a non-transactional
+pipeline, which redis-py routes per slot in Cluster). Purge-all bumps the generation instead of
+scanning: old keys become unreachable at once and expire on their own TTLs. A tag purges
+every variant of the URLs it names (conservative: a variant is never kept by mistake).
+
+Every request-path call goes through RedisLink.call (deadline + breaker); any failure is a
+miss or a skipped store, never an error for the client. The generation is read when the
+subscriber connects; until then (Redis down at start) L2 is not used at all, so a purge-all
+that happened meanwhile can never be undone by reading an old generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from functools import partial
+from importlib import resources
+from typing import Any
+
+import orjson
+
+from gateway.cache.entry import Entry, decode, encode
+from gateway.cache.key import url_hash
+from gateway.redisconn import RedisLink, RedisUnavailable
+
+log = logging.getLogger("gateway.cache")
+
+MAX_VARIANTS = 32  # per URL: a Vary on something like User-Agent must not grow a hash forever
+KEEP_MARGIN = 60  # seconds past an entry's last useful moment, to absorb clock skew
+
+
+def _script(name: str) -> str:
+    return (resources.files("gateway.cache") / "lua" / name).read_text()
+
+
+PurgeHandler = Callable[[dict[str, Any]], None]
+
+
+class RedisStore:
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
+        self.prefix = f"{link.prefix}cache:"
+        self.channel = f"{self.prefix}purge"
+        self.gen: int | None = None
+        self.origin = os.urandom(8).hex()
+        self._store_variant = link.client.register_script(_script("store_variant.lua"))
+        self._tag_url = link.client.register_script(_script("tag_url.lua"))
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------ keys
+    def url_key(self, url: str) -> str:
+        return f"{self.prefix}{self.gen}:u:{url_hash(url)}"
+
+    def tag_key(self, tag: str) -> str:
+        return f"{self.prefix}{self.gen}:t:{tag}"
+
+    @property
+    def usable(self) -> bool:
+        return self.gen is not None and not self.link.breaker.is_open
+
+    # ------------------------------------------------------------ request path
+    async def variants(self, url: str) -> list[bytes]:
+        if not self.usable:
+            return []
+        key = self.url_key(url)
+        try:
+            found: dict[bytes, bytes] = await self.link.call(lambda: self.link.client.hgetall(key))
+        except RedisUnavailable as exc:
+            log.debug("cache L2 lookup skipped: %s", exc)
+            return []
+        return list(found.values())
+
+    async def put(self, entry: Entry) -> None:
+        if not self.usable:
+            return
+        key = self.url_key(entry.url)
+        keep = int(entry.fresh.keep_for) + KEEP_MARGIN
+        data = encode(entry)
+        try:
+            await self.link.call(lambda: self._store_variant(
+                keys=[key], args=[entry.variant, data, keep, MAX_VARIANTS]))
+            for tag in entry.tags:
+                await self.link.call(partial(self._tag_url, keys=[self.tag_key(tag)],
+                                             args=[key, keep]))
+        except RedisUnavailable as exc:
+            log.debug("cache L2 store skipped: %s", exc)
+
+    # ------------------------------------------------------------ purges
+    async def purge_url(self, url: str) -> None:
+        if self.gen is not None:
+            key = self.url_key(url)
+            await self.link.call(lambda: self.link.client.delete(key))
+        await self.publish({"url": url})
+
+    async def purge_tag(self, tag: str) -> None:
+        if self.gen is not None:
+            tag_key = self.tag_key(tag)
+            members: set[bytes] = await self.link.call(
+                lambda: self.link.client.smembers(tag_key))
+
+            async def delete_all() -> None:
+                pipe = self.link.client.pipeline(transaction=False)
+                for member in members:
+                    pipe.delete(member)  # one key per command: fine across Cluster slots
+                pipe.delete(tag_key)
+                await pipe.execute()
+
+            await self.link.call(delete_all)
+        await self.publish({"tag": tag})
+
+    async def purge_all(self) -> None:
+        gen = int(await self.link.call(lambda: self.link.client.incr(f"{self.prefix}gen")))
+        self.gen = gen
+        await self.publish({"all": True, "gen": gen})
+
+    async def publish(self, message: dict[str, Any]) -> None:
+        payload = orjson.dumps({**message, "origin": self.origin})
+        await self.link.call(lambda: self.link.client.publish(self.channel, payload))
+
+    # ------------------------------------------------------------ subscriber
+    async def start(self, on_purge: PurgeHandler, on_reconnect: Callable[[], object]) -> None:
+        """Read the generation now (bounded by redis.timeout) so L2 serves from the first
+        request, then listen for purges in the background."""
+        try:
+            await self._read_generation()
+        except RedisUnavailable as exc:
+            log.warning("cache L2 unused until Redis answers: %s", exc)
+        self._task = asyncio.get_running_loop().create_task(
+            self._listen(on_purge, on_reconnect), name="cache-purge-subscriber")
+
+    async def close(self) -> None:
+        # redis-py's get_message may swallow a cancellation into its own read timeout, so the
+        # loop also checks a flag (it wakes at least once a second).
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task], timeout=3.0)
+            self._task = None
+
+    async def _listen(self, on_purge: PurgeHandler, on_reconnect: Callable[[], object]) -> None:
+        connected_before = False
+        while not self._stopping:
+            pubsub = self.link.client.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                await self._read_generation()
+                if connected_before:
+                    # Purges may have been missed while we were away: forget L1 rather than
+                    # serve something an operator purged.
+                    on_reconnect()
+                connected_before = True
+                while not self._stopping:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self._dispatch(message["data"], on_purge)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any Redis trouble: retry, never die
+                self.gen = None
+                log.debug("cache purge subscriber reconnecting: %s", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                await _quietly(pubsub.aclose())
+
+    async def _read_generation(self) -> None:
+        raw = await self.link.call(lambda: self.link.client.get(f"{self.prefix}gen"))
+        self.gen = int(raw or 0)
+
+    def _dispatch(self, data: bytes, on_purge: PurgeHandler) -> None:
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            log.warning("ignoring a malformed cache purge message")
+            return
+        if isinstance(message, dict):
+            if "gen" in message and isinstance(message["gen"], int):
+                self.gen = max(self.gen or 0, message["gen"])
+            on_purge(message)
+
+
+async def _quietly(awaitable: Awaitable[Any]) -> None:
+    try:
+        async with asyncio.timeout(1.0):  # a connection cut mid-read can hang its own close
+            await awaitable
+    except (TimeoutError, Exception) as exc:  # noqa: BLE001 - closing a broken connection may fail
+        log.debug("closing the purge subscription: %s", exc)
+
+
+__all__ = ["RedisStore", "decode"]

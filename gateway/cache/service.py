@@ -1,0 +1,183 @@
+"""The long-lived cache: L1, L2, in-flight fetches and purges. Survives config reloads.
+
+Purges are plain async functions (`purge_url`, `purge_tag`, `purge_all`) for the admin API.
+With Redis they reach every worker and instance through pub/sub; without Redis they reach
+this process only (the caller forwards them to each worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from gateway.cache.entry import Entry, decode
+from gateway.cache.key import url_key, vary_values
+from gateway.cache.memory import MemoryStore
+from gateway.cache.redisstore import RedisStore
+from gateway.config.model import CacheSettings
+from gateway.redisconn import RedisLink, RedisUnavailable
+
+log = logging.getLogger("gateway.cache")
+
+HIT_FOR_MISS = 30.0  # seconds a key that gave an unstorable response skips collapsing
+
+
+class Flight:
+    """One upstream fetch that concurrent misses for the same key wait for."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.stored = False
+
+    def finish(self, stored: bool) -> None:
+        if not self.done.is_set():
+            self.stored = stored
+            self.done.set()
+
+
+class CacheService:
+    def __init__(self, settings: CacheSettings, redis: RedisLink | None) -> None:
+        self.settings = settings
+        self.memory = MemoryStore(settings.memory_max)
+        self.l2 = RedisStore(redis) if settings.redis and redis is not None else None
+        self.flights: dict[str, Flight] = {}
+        self.refreshing: set[str] = set()
+        self._hit_for_miss: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Query parameters every cached route ignores, for purge-by-URL (see purge_url).
+        self.ignore_query: frozenset[str] = frozenset()
+
+    def configure(self, settings: CacheSettings, ignore_query: frozenset[str]) -> None:
+        """A reload: new limits apply to what is stored from now on."""
+        self.settings = settings
+        self.memory.max_bytes = settings.memory_max
+        self.ignore_query = ignore_query
+
+    async def start(self) -> None:
+        if self.l2 is not None:
+            await self.l2.start(self._apply, self.memory.clear)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.l2 is not None:
+            await self.l2.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------ lookups
+    async def lookup(self, url: str, request_headers: Mapping[str, str], now: float
+                     ) -> Entry | None:
+        """The stored variant matching this request: L1 first, then L2 (which fills L1).
+        A hit-for-miss key skips L2: it just proved uncacheable, a round trip would be waste."""
+        entry = _match(self.memory.variants(url), request_headers, now)
+        if entry is not None:
+            self.memory.touch(entry)
+            return entry
+        if self.l2 is None or self.is_hit_for_miss(url):
+            return None
+        candidates = [e for e in map(decode, await self.l2.variants(url)) if e is not None]
+        entry = _match(candidates, request_headers, now)
+        if entry is not None:
+            self.memory.put(entry)
+        return entry
+
+    def store(self, entry: Entry) -> None:
+        self.memory.put(entry)
+        if self.l2 is not None:
+            self.spawn(self.l2.put(entry))
+
+    def forget(self, entry: Entry) -> None:
+        self.memory.remove(entry.url, entry.variant)
+
+    # ------------------------------------------------------------ hit-for-miss
+    def is_hit_for_miss(self, key: str) -> bool:
+        until = self._hit_for_miss.get(key)
+        if until is None:
+            return False
+        if until < time.monotonic():
+            del self._hit_for_miss[key]
+            return False
+        return True
+
+    def mark_hit_for_miss(self, key: str) -> None:
+        if len(self._hit_for_miss) > 100_000:  # bound it: drop what has lapsed
+            now = time.monotonic()
+            self._hit_for_miss = {k: t for k, t in self._hit_for_miss.items() if t > now}
+        self._hit_for_miss[key] = time.monotonic() + HIT_FOR_MISS
+
+    def clear_hit_for_miss(self, key: str) -> None:
+        self._hit_for_miss.pop(key, None)
+
+    # ------------------------------------------------------------ purges
+    def keys_of(self, url: str) -> list[str]:
+        """The URL as stored, with and without the ignored parameters (a route may key on a
+        parameter another route ignores)."""
+        keys = [url_key(url, self.ignore_query)]
+        exact = url_key(url)
+        return keys if exact in keys else [*keys, exact]
+
+    async def purge_url(self, url: str) -> int:
+        """Forget every variant stored for `url` everywhere; returns how many this process had."""
+        return await self.invalidate(self.keys_of(url))
+
+    async def invalidate(self, keys: list[str]) -> int:
+        count = sum(self.memory.drop_url(key) for key in keys)
+        for key in keys:
+            await self._everywhere(self.l2.purge_url(key) if self.l2 else None)
+        return count
+
+    async def purge_tag(self, tag: str) -> int:
+        count = self.memory.drop_tag(tag)
+        await self._everywhere(self.l2.purge_tag(tag) if self.l2 else None)
+        return count
+
+    async def purge_all(self) -> int:
+        count = self.memory.clear()
+        await self._everywhere(self.l2.purge_all() if self.l2 else None)
+        return count
+
+    async def _everywhere(self, call: Coroutine[Any, Any, None] | None) -> None:
+        if call is None:
+            return
+        try:
+            await call
+        except RedisUnavailable as exc:
+            # Not fatal for this process (L1 is already clean); other instances keep theirs
+            # until it expires. Logged loudly: an operator asked for it.
+            log.warning("cache purge did not reach Redis: %s", exc)
+
+    def _apply(self, message: dict[str, Any]) -> None:
+        """A purge published by any process (ourselves included: purges are idempotent)."""
+        if message.get("all"):
+            self.memory.clear()
+        url, tag = message.get("url"), message.get("tag")
+        if isinstance(url, str):
+            self.memory.drop_url(url)
+        if isinstance(tag, str):
+            self.memory.drop_tag(tag)
+
+
+def _match(entries: list[Entry], request_headers: Mapping[str, str], now: float
+           ) -> Entry | None:
+    """The newest variant whose Vary values equal the request's (RFC 9111 §4.1)."""
+    best: Entry | None = None
+    for entry in entries:
+        if entry.age(now) >= entry.fresh.keep_for and not _has_validator(entry):
+            continue  # of no use any more
+        if vary_values(entry.vary, request_headers) != entry.vary_values:
+            continue
+        if best is None or entry.response_time > best.response_time:
+            best = entry
+    return best
+
+
+def _has_validator(entry: Entry) -> bool:
+    return "ETag" in entry.headers or "Last-Modified" in entry.headers

@@ -1,0 +1,357 @@
+"""The cache stage: asks gateway.cache.policy what to do and does it (lookups, upstream calls,
+stores, collapsing, background refresh). One per runtime; the stores live in CacheService.
+
+Collapsing: concurrent misses for one URL wait for a single upstream fetch (a `Flight`). The
+leader streams its response to its own client while a copy is kept (up to max_object_size);
+when the copy is complete it is stored and the waiters look up again and hit. A response that
+cannot be stored (or is too large) releases the waiters at once to go upstream themselves and
+marks the URL hit-for-miss, so later requests skip the queue (Varnish's hit-for-miss). Waiters
+give up waiting after the upstream's timeout, since the leader's client sets the pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway import metrics
+from gateway.cache import policy as rfc
+from gateway.cache.directives import field_values, vary_names
+from gateway.cache.entry import Entry
+from gateway.cache.key import url_key, variant_id, vary_values
+from gateway.cache.service import CacheService, Flight
+from gateway.config.model import Config, Route, RouteCache
+from gateway.proxy import Exchange, Fetch, Outgoing, UpstreamError
+
+log = logging.getLogger("gateway.cache")
+
+RESULTS = ("hit", "stale", "revalidated", "miss", "bypass")
+ATTEMPTS = 3  # lookups a waiter makes before it fetches on its own
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    name: str
+    cache: RouteCache
+    ignore: frozenset[str]
+    wait: float  # how long a collapsed request waits for the leader
+
+    def count(self, result: str) -> None:
+        metrics.CACHE_LOOKUPS.labels(self.name, result).inc()
+
+
+class ResponseCache:
+    def __init__(self, service: CacheService, config: Config) -> None:
+        self.service = service
+        self.policies: dict[str, RoutePolicy] = {}
+        for route in config.routes:
+            if route.cache is None:
+                continue
+            upstream = config.upstreams.get(route.upstream.read)
+            wait = upstream.timeout if upstream is not None else 30.0
+            self.policies[route.name] = RoutePolicy(route.name, route.cache,
+                                                    frozenset(route.cache.ignore_query), wait)
+            for result in RESULTS:  # children at load, not per request (STYLE)
+                metrics.CACHE_LOOKUPS.labels(route.name, result)
+        service.configure(config.cache, frozenset(
+            q for p in self.policies.values() for q in p.ignore))
+
+    async def serve(self, route: Route, out: Outgoing, fetch: Fetch) -> Exchange:
+        p = self.policies.get(route.name)
+        if p is None:
+            return await fetch(out)  # no cache policy: cost nothing
+        if out.method in rfc.UNSAFE_METHODS:
+            return await self._unsafe(p, out, fetch)
+        if out.method not in ("GET", "HEAD") or out.body is not None or any(
+                name in out.headers for name in rfc.BYPASS_REQUEST_FIELDS):
+            return self._pass(p, await fetch(out), "BYPASS", rfc.cache_status(
+                hit=False, fwd="bypass"))
+        return await self._read(p, url_key(out.client_url, p.ignore), out, fetch)
+
+    # ------------------------------------------------------------ GET / HEAD
+    async def _read(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch) -> Exchange:
+        svc = self.service
+        stale: Entry | None = None
+        for _ in range(ATTEMPTS):
+            now = time.time()
+            stale = await svc.lookup(key, out.headers, now)
+            if stale is not None:
+                use = rfc.evaluate(stale.fresh, stale.age(now), out.headers)
+                if use is rfc.Use.FRESH:
+                    p.count("hit")
+                    return self._from_entry(p, stale, out, now, "HIT",
+                                            rfc.cache_status(hit=True, ttl=stale.ttl(now)))
+                if use is rfc.Use.STALE_WHILE_REVALIDATE:
+                    self._refresh_later(p, key, stale, out, fetch)
+                    p.count("stale")
+                    return self._from_entry(p, stale, out, now, "STALE", rfc.cache_status(
+                        hit=True, ttl=stale.ttl(now), detail="stale-while-revalidate"))
+            if out.method == "HEAD" and stale is None:
+                # A HEAD answer has no body to store; forward it without holding anyone up.
+                return self._pass(p, await fetch(out), "MISS",
+                                  rfc.cache_status(hit=False, fwd="miss"))
+            if svc.is_hit_for_miss(key):
+                return await self._fetch(p, key, out, fetch, stale, None)
+            flight = svc.flights.get(key)
+            if flight is None:
+                flight = svc.flights[key] = Flight()
+                return await self._fetch(p, key, out, fetch, stale, flight)
+            try:
+                async with asyncio.timeout(p.wait):
+                    await flight.done.wait()
+            except TimeoutError:
+                break
+        return await self._fetch(p, key, out, fetch, stale, None)
+
+    async def _fetch(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch,
+                     stale: Entry | None, flight: Flight | None) -> Exchange:
+        """Go upstream (conditionally when a stale entry has validators) and store what we may."""
+        svc = self.service
+        finish: Callable[[bool], None] = flight.finish if flight else (lambda stored: None)
+        if flight is not None:
+            def finish(stored: bool) -> None:
+                assert flight is not None
+                flight.finish(stored)
+                if svc.flights.get(key) is flight:
+                    del svc.flights[key]
+        try:
+            return await self._exchange(p, key, out, fetch, stale, finish)
+        except BaseException:
+            finish(False)
+            raise
+
+    async def _exchange(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch,
+                        stale: Entry | None, finish: Callable[[bool], None]) -> Exchange:
+        svc = self.service
+        upstream_out = _conditional(out, stale)
+        request_time = time.time()
+        try:
+            exchange = await fetch(upstream_out)
+        except UpstreamError as exc:
+            finish(False)
+            served = self._stale_on_error(p, stale, out, exc.status)
+            if served is None:
+                raise
+            return served
+        response_time = time.time()
+        if exchange.status in rfc.ERROR_STATUSES and stale is not None:
+            served = self._stale_on_error(p, stale, out, exchange.status)
+            if served is not None:
+                exchange.release()
+                finish(False)
+                return served
+        if exchange.status == 304 and stale is not None:
+            entry = _freshened(stale, exchange, p.cache, request_time, response_time)
+            exchange.release()
+            svc.store(entry)
+            finish(True)
+            p.count("revalidated")
+            return self._from_entry(p, entry, out, response_time, "REVALIDATED", rfc.cache_status(
+                hit=False, fwd="stale", fwd_status=304, ttl=entry.ttl(response_time)))
+        fwd = "stale" if stale is not None else "miss"
+        p.count("miss")
+        reason = rfc.not_storable_reason("GET", exchange.status, exchange.headers,
+                                         upstream_out.headers, p.cache)
+        fresh = rfc.freshness(exchange.status, exchange.headers, p.cache, response_time)
+        if reason is None and not rfc.worth_storing(fresh, exchange.headers):
+            reason = "no-freshness"
+        length = exchange.headers.get("Content-Length", "")
+        if reason is None and length.isdigit() and int(length) > svc.settings.max_object_size:
+            reason = "too-large"
+        if reason is not None:
+            svc.mark_hit_for_miss(key)
+            if stale is not None:
+                svc.forget(stale)  # the upstream no longer lets us keep it
+            finish(False)
+            return self._pass(p, exchange, "MISS", rfc.cache_status(
+                hit=False, fwd=fwd, fwd_status=exchange.status, detail=reason))
+        svc.clear_hit_for_miss(key)
+        names = vary_names(field_values(exchange.headers, "Vary")) or ()
+        values = vary_values(names, out.headers)
+        template = Entry(
+            url=key, variant=variant_id(names, values), vary=names, vary_values=values,
+            status=exchange.status, reason=exchange.reason or "",
+            headers=CIMultiDictProxy(CIMultiDict(exchange.headers)), body=b"",
+            initial_age=rfc.initial_age(exchange.headers, request_time, response_time),
+            response_time=response_time, fresh=fresh,
+            tags=rfc.tags_of(exchange.headers, p.cache),
+        )
+
+        def complete(body: bytes) -> None:
+            svc.store(_with_body(template, body))
+            finish(True)
+
+        def abandon() -> None:
+            svc.mark_hit_for_miss(key)  # too large: don't make others queue for it again
+            finish(False)
+
+        status = rfc.cache_status(hit=False, fwd=fwd, fwd_status=exchange.status, stored=True)
+        if isinstance(exchange.body, bytes):
+            complete(exchange.body)
+        elif length.isdigit() and any(name in out.headers for name in rfc.CLIENT_CONDITIONALS):
+            # The client asked conditionally and the body is known to fit: keep it, then
+            # answer the client from the entry (a 304 when its validators match, §4.3.2).
+            body = await _read_all(exchange.body, svc.settings.max_object_size)
+            exchange.release()
+            if body is None:
+                raise UpstreamError(502, "the upstream sent more than its Content-Length")
+            complete(body)
+            return self._from_entry(p, _with_body(template, body), out, time.time(), "MISS",
+                                    status, age=False)
+        else:
+            exchange.body = _tee(exchange.body, svc.settings.max_object_size, complete, abandon)
+            release = exchange.release
+
+            def release_and_finish() -> None:
+                release()
+                finish(False)  # the client left before the end: let the waiters go
+
+            exchange.release = release_and_finish
+        exchange.headers = rfc.client_headers(exchange.headers.items(), p.cache, stored=True)
+        return _mark(exchange, "MISS", status)
+
+    # ------------------------------------------------------------ stale answers
+    def _stale_on_error(self, p: RoutePolicy, stale: Entry | None, out: Outgoing,
+                        upstream_status: int) -> Exchange | None:
+        now = time.time()
+        if stale is None or not rfc.stale_if_error_allows(stale.fresh, stale.age(now)):
+            return None
+        p.count("stale")
+        return self._from_entry(p, stale, out, now, "STALE", rfc.cache_status(
+            hit=False, fwd="stale", fwd_status=upstream_status, ttl=stale.ttl(now),
+            detail="stale-if-error"))
+
+    def _refresh_later(self, p: RoutePolicy, key: str, stale: Entry, out: Outgoing,
+                       fetch: Fetch) -> None:
+        """RFC 5861 §3: one background revalidation per key, however many stale answers."""
+        svc = self.service
+        if key in svc.refreshing or key in svc.flights:
+            return
+        svc.refreshing.add(key)
+        background = Outgoing(method="GET", path_qs=out.path_qs, headers=CIMultiDict(out.headers),
+                              body=None, upstream=out.upstream, client_url=out.client_url)
+
+        async def refresh() -> None:
+            try:
+                exchange = await self._exchange(p, key, background, fetch, stale,
+                                                lambda stored: None)
+                if not isinstance(exchange.body, bytes):
+                    async for _ in exchange.body:  # drive the tee so the copy is stored
+                        pass
+                exchange.release()
+            except Exception as exc:  # noqa: BLE001 - a failed refresh leaves the stale entry
+                log.debug("background refresh of %s failed: %s", key, exc)
+            finally:
+                svc.refreshing.discard(key)
+
+        svc.spawn(refresh())
+
+    # ------------------------------------------------------------ answers
+    def _from_entry(self, p: RoutePolicy, entry: Entry, out: Outgoing, now: float,
+                    x_cache: str, status: str, age: bool = True) -> Exchange:
+        headers = rfc.client_headers(entry.headers.items(), p.cache, stored=True,
+                                     age=entry.age(now) if age else None)
+        if rfc.not_modified(out.headers, entry.headers):
+            headers = CIMultiDict(rfc.not_modified_headers(headers.items()))
+            exchange = Exchange(status=304, reason="Not Modified", headers=headers, body=b"")
+        else:
+            headers["Content-Length"] = str(len(entry.body))
+            exchange = Exchange(status=entry.status, reason=entry.reason or None,
+                                headers=headers, body=entry.body)
+        return _mark(exchange, x_cache, status)
+
+    def _pass(self, p: RoutePolicy, exchange: Exchange, x_cache: str, status: str) -> Exchange:
+        if x_cache == "BYPASS":
+            p.count("bypass")
+        exchange.headers = rfc.client_headers(exchange.headers.items(), p.cache, stored=False)
+        return _mark(exchange, x_cache, status)
+
+    async def _unsafe(self, p: RoutePolicy, out: Outgoing, fetch: Fetch) -> Exchange:
+        exchange = await fetch(out)
+        urls = rfc.invalidated_urls(out.method, exchange.status, out.client_url,
+                                    exchange.headers)
+        if urls:
+            await self.service.invalidate(list(dict.fromkeys(
+                url_key(u, p.ignore) for u in urls)))
+        return self._pass(p, exchange, "BYPASS", rfc.cache_status(hit=False, fwd="bypass"))
+
+
+def _mark(exchange: Exchange, x_cache: str, status: str) -> Exchange:
+    exchange.headers["X-Cache"] = x_cache
+    exchange.headers["Cache-Status"] = status
+    exchange.cache_status = x_cache
+    return exchange
+
+
+def _conditional(out: Outgoing, stale: Entry | None) -> Outgoing:
+    """The request upstream: the client's own validators removed (we want a full, storable
+    answer), the stored entry's added (§4.3.1)."""
+    if stale is None and not any(n in out.headers for n in rfc.CLIENT_CONDITIONALS):
+        return out
+    headers = CIMultiDict(out.headers)
+    for name in rfc.CLIENT_CONDITIONALS:
+        headers.popall(name, None)
+    if stale is not None:
+        for name, value in rfc.conditional_headers(stale.headers):
+            headers[name] = value
+    return Outgoing(method="GET" if out.method == "HEAD" else out.method, path_qs=out.path_qs,
+                    headers=headers, body=out.body, upstream=out.upstream,
+                    client_url=out.client_url,
+                    extra_response_headers=out.extra_response_headers)
+
+
+def _freshened(stale: Entry, exchange: Exchange, route: RouteCache, request_time: float,
+               response_time: float) -> Entry:
+    """§4.3.4: a 304 updates the stored headers and restarts the clock; the body stays."""
+    headers = rfc.freshen(stale.headers.items(), exchange.headers)
+    header_map = CIMultiDict(headers)
+    return stale.refreshed(headers, rfc.initial_age(exchange.headers, request_time,
+                                                    response_time),
+                           response_time, rfc.freshness(stale.status, header_map, route,
+                                                        response_time))
+
+
+def _with_body(template: Entry, body: bytes) -> Entry:
+    from dataclasses import replace
+
+    return replace(template, body=body)
+
+
+async def _read_all(body: AsyncIterator[bytes], limit: int) -> bytes | None:
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in body:
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _tee(body: AsyncIterator[bytes], limit: int, complete: Callable[[bytes], None],
+               abandon: Callable[[], None]) -> AsyncIterator[bytes]:
+    """Stream to the client while keeping a copy up to `limit`; past it, drop the copy."""
+    parts: list[bytes] | None = []
+    size = 0
+    done = False
+    try:
+        async for chunk in body:
+            if parts is not None:
+                size += len(chunk)
+                if size > limit:
+                    parts = None
+                    abandon()
+                else:
+                    parts.append(chunk)
+            yield chunk
+        if parts is not None:
+            complete(b"".join(parts))
+        done = True
+    finally:
+        if not done and parts is not None:
+            abandon()

@@ -1,0 +1,308 @@
+"""RFC 9111 / 5861 / 9211 / 9213 rules of the cache policy, pure: no sockets, no clock."""
+
+from __future__ import annotations
+
+from multidict import CIMultiDict
+
+from gateway.cache import policy as rfc
+from gateway.cache.directives import (
+    INVALID,
+    age_value,
+    http_date,
+    parse_directives,
+    vary_names,
+)
+from gateway.cache.key import url_key, variant_id, vary_values
+from gateway.config.model import RouteCache
+
+NO_ROUTE = RouteCache()
+DATE = "Sun, 06 Nov 1994 08:49:37 GMT"
+T0 = http_date(DATE) or 0.0
+
+
+def h(**fields: str) -> CIMultiDict[str]:
+    return CIMultiDict((k.replace("_", "-"), v) for k, v in fields.items())
+
+
+def storable(headers: CIMultiDict[str], request: CIMultiDict[str] | None = None,
+             route: RouteCache = NO_ROUTE, status: int = 200) -> str | None:
+    return rfc.not_storable_reason("GET", status, headers, request or h(), route)
+
+
+# ---------------------------------------------------------------- §3 storing
+
+def test_rfc9111_3_no_store_and_private_are_not_stored() -> None:
+    assert storable(h(Cache_Control="no-store, max-age=60")) == "no-store"
+    assert storable(h(Cache_Control='private="Set-Cookie", max-age=60')) == "private"
+    assert storable(h(Cache_Control="max-age=60"), h(Cache_Control="no-store")) == "no-store"
+    assert storable(h(Cache_Control="max-age=60")) is None
+
+
+def test_rfc9111_3_only_get_and_understood_final_statuses() -> None:
+    assert rfc.not_storable_reason("HEAD", 200, h(), h(), NO_ROUTE) == "method"
+    assert storable(h(Cache_Control="max-age=60"), status=206) == "status"
+    assert storable(h(Cache_Control="max-age=60"), status=500) == "status"
+    assert storable(h(), status=302) == "status"  # not heuristically cacheable, no freshness
+    assert storable(h(Cache_Control="max-age=60"), status=302) is None
+    assert storable(h(), status=404) is None
+
+
+def test_rfc9111_3_5_authorization_needs_public_must_revalidate_or_s_maxage() -> None:
+    auth = h(Authorization="Bearer t")
+    assert storable(h(Cache_Control="max-age=60"), auth) == "authorization"
+    for cc in ("public, max-age=60", "must-revalidate, max-age=60", "s-maxage=60"):
+        assert storable(h(Cache_Control=cc), auth) is None
+
+
+def test_rfc9111_3_set_cookie_only_when_the_route_allows() -> None:
+    headers = h(Cache_Control="max-age=60", Set_Cookie="a=1")
+    assert storable(headers) == "set-cookie"
+    assert storable(headers, route=RouteCache(store_set_cookie=True)) is None
+
+
+def test_rfc9111_4_1_vary_star_and_invalid_vary_are_not_stored() -> None:
+    assert storable(h(Cache_Control="max-age=60", Vary="*")) == "vary"
+    assert storable(h(Cache_Control="max-age=60", Vary="Accept, a b")) == "vary"
+    assert vary_names(["Accept-Encoding, accept-language", "Accept-Encoding"]) == (
+        "accept-encoding", "accept-language")
+
+
+def test_rfc9213_2_1_targeted_field_replaces_cache_control_and_expires() -> None:
+    headers = h(Cache_Control="no-store", CDN_Cache_Control="max-age=60")
+    assert storable(headers) is None
+    assert rfc.freshness(200, headers, NO_ROUTE, T0).lifetime == 60
+    headers = h(Cache_Control="max-age=60", Surrogate_Control="no-store",
+                CDN_Cache_Control="max-age=5")
+    assert storable(headers) == "no-store"  # Surrogate-Control comes first for this cache
+    # An invalid targeted field is ignored: Cache-Control governs again.
+    headers = h(Cache_Control="max-age=7", CDN_Cache_Control="=garbage")
+    assert rfc.freshness(200, headers, NO_ROUTE, T0).lifetime == 7
+    headers = h(Date=DATE, Expires="Sun, 06 Nov 1994 09:49:37 GMT",
+                Surrogate_Control="max-age=10+30")
+    assert rfc.freshness(200, headers, NO_ROUTE, T0).lifetime == 10
+
+
+# ---------------------------------------------------------------- §4.2 freshness
+
+def test_rfc9111_4_2_1_s_maxage_over_max_age_over_expires() -> None:
+    base = {"Date": DATE, "Expires": "Sun, 06 Nov 1994 08:50:37 GMT"}
+    assert rfc.freshness(200, h(**base), NO_ROUTE, T0).lifetime == 60
+    assert rfc.freshness(200, h(**base, Cache_Control="max-age=5"), NO_ROUTE, T0).lifetime == 5
+    assert rfc.freshness(200, h(**base, Cache_Control="max-age=5, s-maxage=9"), NO_ROUTE,
+                         T0).lifetime == 9
+
+
+def test_rfc9111_4_2_1_invalid_or_conflicting_max_age_is_stale() -> None:
+    for cc in ("max-age=abc", "max-age=-1", "max-age=5, max-age=6", "max-age"):
+        assert rfc.freshness(200, h(Cache_Control=cc), NO_ROUTE, T0).lifetime == 0, cc
+    assert parse_directives(["max-age=5, max-age=5"]).seconds("max-age") == 5
+    assert parse_directives(['max-age="7"']).seconds("max-age") == 7  # quoted form tolerated
+    assert parse_directives(["max-age=x"]).seconds("max-age") == INVALID
+
+
+def test_rfc9111_1_2_2_huge_delta_seconds_are_capped_not_invalid() -> None:
+    assert parse_directives(["max-age=99999999999999"]).seconds("max-age") == 2**31
+
+
+def test_rfc9111_5_3_invalid_expires_is_in_the_past() -> None:
+    for value in ("0", "garbage", ""):
+        fresh = rfc.freshness(200, h(Date=DATE, Expires=value), NO_ROUTE, T0)
+        assert fresh.lifetime == 0, value
+    two = CIMultiDict([("Date", DATE), ("Expires", DATE), ("Expires", "Mon, 07 Nov 1994 08:49:37 GMT")])
+    assert rfc.freshness(200, two, NO_ROUTE, T0).lifetime == 0
+
+
+def test_rfc9111_4_2_2_heuristic_only_for_heuristic_statuses_and_with_last_modified() -> None:
+    lm = "Sun, 30 Oct 1994 08:49:37 GMT"  # 7 days before Date
+    fresh = rfc.freshness(200, h(Date=DATE, Last_Modified=lm), NO_ROUTE, T0)
+    assert abs(fresh.lifetime - 7 * 86400 * 0.1) < 1
+    assert rfc.freshness(302, h(Date=DATE, Last_Modified=lm), NO_ROUTE, T0).lifetime == 0
+    assert rfc.freshness(200, h(Date=DATE), NO_ROUTE, T0).lifetime == 0
+    old = "Sun, 06 Nov 1984 08:49:37 GMT"
+    assert rfc.freshness(200, h(Date=DATE, Last_Modified=old), NO_ROUTE, T0).lifetime == 86400
+
+
+def test_route_ttl_stands_in_for_missing_freshness_and_override_replaces_it() -> None:
+    route = RouteCache(ttl=30)
+    assert rfc.freshness(200, h(), route, T0).lifetime == 30
+    assert rfc.freshness(200, h(Cache_Control="max-age=5"), route, T0).lifetime == 5
+    override = RouteCache(ttl=30, override=True)
+    assert rfc.freshness(200, h(Cache_Control="max-age=5"), override, T0).lifetime == 30
+    assert rfc.freshness(500, h(), override, T0).lifetime == 0  # never makes a 500 fresh
+    # ttl replaces the heuristic too (§4.2.2 applies only where no route ttl applies).
+    lm = "Sun, 30 Oct 1994 08:49:37 GMT"
+    assert rfc.freshness(200, h(Date=DATE, Last_Modified=lm), route, T0).lifetime == 30
+
+
+def test_rfc9111_4_2_3_age_calculation_uses_age_date_and_delay() -> None:
+    # Date says 10 s ago, Age says 3, the exchange took 2 s.
+    headers = h(Date=DATE, Age="3")
+    assert rfc.initial_age(headers, T0 + 8, T0 + 10) == 10  # apparent age wins
+    assert rfc.initial_age(h(Date=DATE, Age="30"), T0 + 8, T0 + 10) == 32  # Age + delay wins
+    assert rfc.initial_age(h(), T0, T0) == 0
+    assert rfc.current_age(10, T0 + 10, T0 + 15) == 15
+    # Date in the future (clock skew): apparent age is never negative.
+    assert rfc.initial_age(h(Date=DATE), T0 - 100, T0 - 100) == 0
+
+
+def test_rfc9111_5_1_invalid_age_is_ignored_and_first_member_used() -> None:
+    assert age_value(["abc"]) == 0
+    assert age_value(["-5"]) == 0
+    assert age_value(["7, 9"]) == 7
+    assert age_value([]) == 0
+
+
+# ---------------------------------------------------------------- §4 reuse, RFC 5861
+
+def test_rfc9111_4_2_fresh_stale_while_revalidate_then_revalidate() -> None:
+    fresh = rfc.Freshness(10, stale_while_revalidate=5)
+    assert rfc.evaluate(fresh, 9, h()) is rfc.Use.FRESH
+    assert rfc.evaluate(fresh, 12, h()) is rfc.Use.STALE_WHILE_REVALIDATE
+    assert rfc.evaluate(fresh, 16, h()) is rfc.Use.REVALIDATE
+
+
+def test_rfc9111_5_2_1_request_no_cache_and_max_age_force_validation() -> None:
+    fresh = rfc.Freshness(100)
+    assert rfc.evaluate(fresh, 5, h(Cache_Control="no-cache")) is rfc.Use.REVALIDATE
+    assert rfc.evaluate(fresh, 5, h(Pragma="no-cache")) is rfc.Use.REVALIDATE
+    assert rfc.evaluate(fresh, 5, h(Cache_Control="max-age=3")) is rfc.Use.REVALIDATE
+    assert rfc.evaluate(fresh, 5, h(Cache_Control="max-age=30")) is rfc.Use.FRESH
+
+
+def test_rfc9111_5_2_2_4_no_cache_response_is_stored_but_always_revalidated() -> None:
+    headers = h(Cache_Control="no-cache", ETag='"a"')
+    assert storable(headers) is None
+    fresh = rfc.freshness(200, headers, RouteCache(ttl=30, stale_if_error=60), T0)
+    assert fresh.no_cache and fresh.stale_if_error == 0
+    assert rfc.evaluate(fresh, 0, h()) is rfc.Use.REVALIDATE
+    assert not rfc.worth_storing(rfc.freshness(200, h(Cache_Control="no-cache"), NO_ROUTE, T0),
+                                 h(Cache_Control="no-cache"))
+
+
+def test_rfc5861_response_directives_first_route_values_as_defaults() -> None:
+    route = RouteCache(stale_while_revalidate=30, stale_if_error=300)
+    own = rfc.freshness(200, h(Cache_Control="max-age=5, stale-while-revalidate=7"), route, T0)
+    assert (own.stale_while_revalidate, own.stale_if_error) == (7, 300)
+    none = rfc.freshness(200, h(Cache_Control="max-age=5"), route, T0)
+    assert (none.stale_while_revalidate, none.stale_if_error) == (30, 300)
+    bad = rfc.freshness(200, h(Cache_Control="max-age=5, stale-if-error=x"), route, T0)
+    assert bad.stale_if_error == 0
+
+
+def test_rfc9111_4_2_4_never_stale_with_must_revalidate_proxy_revalidate_or_s_maxage() -> None:
+    route = RouteCache(stale_while_revalidate=30, stale_if_error=300)
+    for cc in ("max-age=5, must-revalidate", "max-age=5, proxy-revalidate", "s-maxage=5",
+               "max-age=5, stale-if-error=60, must-revalidate"):
+        fresh = rfc.freshness(200, h(Cache_Control=cc), route, T0)
+        assert (fresh.stale_while_revalidate, fresh.stale_if_error) == (0, 0), cc
+
+
+def test_rfc5861_4_stale_if_error_window() -> None:
+    fresh = rfc.Freshness(10, stale_if_error=20)
+    assert rfc.stale_if_error_allows(fresh, 29)
+    assert not rfc.stale_if_error_allows(fresh, 31)
+
+
+# ---------------------------------------------------------------- §4.3 validation
+
+def test_rfc9111_4_3_1_conditional_request_carries_the_stored_validators() -> None:
+    stored = h(ETag='"x"', Last_Modified=DATE)
+    assert rfc.conditional_headers(stored) == [("If-None-Match", '"x"'),
+                                               ("If-Modified-Since", DATE)]
+    assert rfc.conditional_headers(h()) == []
+
+
+def test_rfc9111_4_3_2_client_validators_against_the_stored_response() -> None:
+    stored = h(ETag='W/"x"', Last_Modified=DATE)
+    assert rfc.not_modified(h(If_None_Match='"y", "x"'), stored)  # weak comparison
+    assert rfc.not_modified(h(If_None_Match="*"), stored)
+    assert not rfc.not_modified(h(If_None_Match='"y"'), stored)
+    # If-None-Match present: If-Modified-Since is not looked at (RFC 9110 §13.2.2).
+    assert not rfc.not_modified(h(If_None_Match='"y"', If_Modified_Since=DATE), stored)
+    assert rfc.not_modified(h(If_Modified_Since=DATE), stored)
+    assert not rfc.not_modified(h(If_Modified_Since="Sun, 06 Nov 1994 08:00:00 GMT"), stored)
+    assert not rfc.not_modified(h(If_Modified_Since="garbage"), stored)
+
+
+def test_rfc9111_4_3_4_freshen_replaces_fields_but_not_content_length() -> None:
+    stored = [("Content-Length", "5"), ("ETag", '"x"'), ("Cache-Control", "max-age=1"),
+              ("X-Old", "kept")]
+    update = h(Cache_Control="max-age=60", Content_Length="0", X_New="added")
+    merged = dict(rfc.freshen(stored, update))
+    assert merged == {"Content-Length": "5", "ETag": '"x"', "Cache-Control": "max-age=60",
+                      "X-Old": "kept", "X-New": "added"}
+
+
+def test_rfc9110_15_4_5_a_304_drops_content_fields() -> None:
+    kept = rfc.not_modified_headers([("ETag", '"x"'), ("Content-Length", "5"),
+                                     ("Content-Type", "text/plain"), ("Vary", "Accept")])
+    assert kept == [("ETag", '"x"'), ("Vary", "Accept")]
+
+
+# ---------------------------------------------------------------- §4.4 invalidation
+
+def test_rfc9111_4_4_unsafe_success_invalidates_target_and_same_origin_locations() -> None:
+    url = "http://shop.example/items/1"
+    headers = h(Location="/items/2", Content_Location="http://evil.example/items/1")
+    assert rfc.invalidated_urls("POST", 201, url, headers) == [url,
+                                                              "http://shop.example/items/2"]
+    assert rfc.invalidated_urls("DELETE", 500, url, headers) == []
+    assert rfc.invalidated_urls("GET", 200, url, headers) == []
+
+
+# ---------------------------------------------------------------- §2 / §4.1 keys
+
+def test_rfc9111_2_key_is_normalised_url_with_ignored_params_removed() -> None:
+    ignore = frozenset({"utm_source"})
+    assert url_key("HTTP://Shop.Example:80/a?b=2&utm_source=x&a=1&a=0", ignore) == \
+        "http://shop.example/a?a=1&a=0&b=2"
+    assert url_key("http://shop.example/a?utm_source=x", ignore) == "http://shop.example/a"
+    assert url_key("http://shop.example/A") != url_key("http://shop.example/a")
+    assert url_key("https://s.example:8443/") == "https://s.example:8443/"
+
+
+def test_rfc9111_4_1_vary_values_normalised_and_absent_distinguished() -> None:
+    names = ("accept-encoding",)
+    one = vary_values(names, h(Accept_Encoding="gzip,  br"))
+    two = vary_values(names, h(Accept_Encoding="gzip , br"))
+    assert one == two == ("gzip,br",)
+    assert vary_values(names, h()) == (None,)
+    assert variant_id(names, (None,)) != variant_id(names, ("",))
+    assert variant_id((), ()) == "-"
+
+
+# ---------------------------------------------------------------- what the client sees
+
+def test_contract_targeted_fields_and_tags_header_removed_browser_ttl_applied() -> None:
+    route = RouteCache(browser_ttl=5, tags_header="Surrogate-Key")
+    out = rfc.client_headers([("Cache-Control", "s-maxage=600"), ("Surrogate-Key", "a b"),
+                              ("CDN-Cache-Control", "max-age=1"), ("Surrogate-Control", "x"),
+                              ("Age", "100"), ("X-Kept", "1")], route, stored=True, age=12)
+    assert dict(out) == {"X-Kept": "1", "Age": "12", "Cache-Control": "max-age=17"}
+    untouched = rfc.client_headers([("Cache-Control", "private")], route, stored=False)
+    assert untouched["Cache-Control"] == "private"
+
+
+def test_rfc9211_cache_status_members() -> None:
+    assert rfc.cache_status(hit=True, ttl=12.7) == "gateway; hit; ttl=12"
+    assert rfc.cache_status(hit=False, fwd="miss", stored=True) == "gateway; fwd=miss; stored"
+    assert rfc.cache_status(hit=False, fwd="stale", fwd_status=503, ttl=-3,
+                            detail="stale-if-error") == \
+        "gateway; fwd=stale; fwd-status=503; ttl=-3; detail=stale-if-error"
+
+
+def test_tags_from_the_route_header_space_or_comma_separated() -> None:
+    route = RouteCache(tags_header="Surrogate-Key")
+    assert rfc.tags_of(h(Surrogate_Key="product-42 prices, prices"), route) == (
+        "product-42", "prices")
+    assert rfc.tags_of(h(Surrogate_Key="a"), NO_ROUTE) == ()
+
+
+def test_malformed_cache_control_never_raises() -> None:
+    for junk in ('max-age="unterminated', ",,,", "=x", "a=b=c, max-age=5", "\x00\x7f",
+                 "max-age=٣"):
+        parsed = parse_directives([junk])
+        rfc.freshness(200, h(Cache_Control=junk), NO_ROUTE, T0)
+        rfc.not_storable_reason("GET", 200, h(Cache_Control=junk, Vary="\x00"), h(), NO_ROUTE)
+        assert isinstance(parsed.values, dict)
+    assert parse_directives(["max-age=٣"]).seconds("max-age") == INVALID
