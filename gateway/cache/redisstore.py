@@ -27,23 +27,19 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from functools import partial
-from importlib import resources
 from typing import Any
 
 import orjson
 
 from gateway.cache.entry import Entry, decode, encode
 from gateway.cache.key import url_hash
+from gateway.luascripts import load_script
 from gateway.redisconn import RedisLink, RedisUnavailable
 
 log = logging.getLogger("gateway.cache")
 
 MAX_VARIANTS = 32  # per URL: a Vary on something like User-Agent must not grow a hash forever
 KEEP_MARGIN = 60  # seconds past an entry's last useful moment, to absorb clock skew
-
-
-def _script(name: str) -> str:
-    return (resources.files("gateway.cache") / "lua" / name).read_text()
 
 
 PurgeHandler = Callable[[dict[str, Any]], None]
@@ -56,8 +52,8 @@ class RedisStore:
         self.channel = f"{self.prefix}purge"
         self.gen: int | None = None
         self.origin = os.urandom(8).hex()
-        self._store_variant = link.client.register_script(_script("store_variant.lua"))
-        self._tag_url = link.client.register_script(_script("tag_url.lua"))
+        self._store_variant = link.client.register_script(load_script("cache_store_variant").source)
+        self._tag_url = link.client.register_script(load_script("cache_tag_url").source)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 

@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from gateway.ratelimit.decision import Decision
 from gateway.ratelimit.rules import Check
-from gateway.ratelimit.scripts import LuaScript, load_script
+from gateway.luascripts import LuaScript, load_script
 from gateway.redisconn import RedisLink, RedisUnavailable
 
 Call = tuple[tuple[str, ...], tuple[bytes, ...]]

@@ -10,7 +10,7 @@ from gateway.ratelimit.decision import NEVER, Decision, RuleResult
 from gateway.ratelimit.headers import most_restrictive, rate_limit_fields, retry_after
 from gateway.ratelimit.lanes import Lanes
 from gateway.ratelimit.rules import RoutePlan, make_check, rule_keys, scope_value
-from gateway.ratelimit.scripts import load_script
+from gateway.luascripts import load_script
 from gateway.ratelimit.stage import _hold_action
 
 USER = Scope("user")

@@ -1,5 +1,8 @@
-"""Lua scripts shipped with the package: `gateway/lua` in a wheel (pyproject force-includes
-the top-level `lua/` there), `<repo>/lua` in a checkout or editable install."""
+"""Every Redis Lua script lives in the top-level `lua/` as a plain file.
+
+Found at `gateway/lua` in a wheel (pyproject force-includes `lua/` there) and at `<repo>/lua`
+in a checkout or an editable install.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent.parent  # .../gateway
+_PACKAGE = Path(__file__).resolve().parent  # .../gateway
 _PLACES = (_PACKAGE / "lua", _PACKAGE.parent / "lua")
 
 
