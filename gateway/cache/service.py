@@ -124,32 +124,37 @@ class CacheService:
         exact = url_key(url)
         return keys if exact in keys else [*keys, exact]
 
-    async def purge_url(self, url: str) -> int:
+    # With strict=True (an operator's purge) a purge that could not reach Redis raises
+    # RedisUnavailable after this process forgot its copies, so the caller can say that
+    # other instances were not told; unsafe-method invalidation passes strict=False.
+    async def purge_url(self, url: str, strict: bool = False) -> int:
         """Forget every variant stored for `url` everywhere; returns how many this process had."""
-        return await self.invalidate(self.keys_of(url))
+        return await self.invalidate(self.keys_of(url), strict)
 
-    async def invalidate(self, keys: list[str]) -> int:
+    async def invalidate(self, keys: list[str], strict: bool = False) -> int:
         count = sum(self.memory.drop_url(key) for key in keys)
         for key in keys:
-            await self._everywhere(self.l2.purge_url(key) if self.l2 else None)
+            await self._everywhere(self.l2.purge_url(key) if self.l2 else None, strict)
         return count
 
-    async def purge_tag(self, tag: str) -> int:
+    async def purge_tag(self, tag: str, strict: bool = False) -> int:
         count = self.memory.drop_tag(tag)
-        await self._everywhere(self.l2.purge_tag(tag) if self.l2 else None)
+        await self._everywhere(self.l2.purge_tag(tag) if self.l2 else None, strict)
         return count
 
-    async def purge_all(self) -> int:
+    async def purge_all(self, strict: bool = False) -> int:
         count = self.memory.clear()
-        await self._everywhere(self.l2.purge_all() if self.l2 else None)
+        await self._everywhere(self.l2.purge_all() if self.l2 else None, strict)
         return count
 
-    async def _everywhere(self, call: Coroutine[Any, Any, None] | None) -> None:
+    async def _everywhere(self, call: Coroutine[Any, Any, None] | None, strict: bool) -> None:
         if call is None:
             return
         try:
             await call
         except RedisUnavailable as exc:
+            if strict:
+                raise
             # Not fatal for this process (L1 is already clean); other instances keep theirs
             # until it expires. Logged loudly: an operator asked for it.
             log.warning("cache purge did not reach Redis: %s", exc)
