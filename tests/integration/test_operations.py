@@ -233,3 +233,42 @@ async def test_admin_unknown_path_and_method_are_problems(gateway: InProcessGate
             assert "/admin/nothing" in (await r.json(content_type=None))["detail"]
         async with s.delete(f"{gateway.admin_url}/admin/reload") as r:
             assert r.status == 405 and "POST" in r.headers["Allow"]
+
+
+async def test_limits_and_cache_survive_a_reload(gateway_factory: Callable[..., object],
+                                                 upstream: Upstream) -> None:
+    from aiohttp import web
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="cached", headers={"Cache-Control": "max-age=600"})
+
+    upstream.on("/c/page", page)
+    config = base_config(upstream.url)
+    config["rate_limits"] = {"per_user": {"algorithm": "fixed_window", "scope": "user",
+                                          "limit": 3, "window": "1h"}}
+    config["routes"] = [
+        {"name": "cached", "match": {"path_prefix": "/c/"}, "upstream": "api",
+         "cache": {"ttl": "10m"}},
+        {"name": "limited", "match": {"path_prefix": "/"}, "upstream": "api",
+         "rate_limits": ["per_user"]},
+    ]
+    gw: InProcessGateway = await gateway_factory(config)  # type: ignore[misc]
+    user = {"X-User-Id": "u1"}
+    async with client_session() as s:
+        for _ in range(2):
+            async with s.get(f"{gw.url}/x", headers=user) as r:
+                assert r.status == 200
+        async with s.get(f"{gw.url}/c/page") as r:
+            assert r.headers["X-Cache"] == "MISS"
+        config["upstreams"]["api"]["timeout"] = "20s"
+        config["drain_timeout"] = "4s"
+        gw.config_path.write_text(yaml.safe_dump(config))
+        async with s.post(f"{gw.admin_url}/admin/reload") as r:
+            assert r.status == 200
+        async with s.get(f"{gw.url}/c/page") as r:
+            assert r.headers["X-Cache"] == "HIT"
+        async with s.get(f"{gw.url}/x", headers=user) as r:
+            assert r.status == 200  # the third of three
+        async with s.get(f"{gw.url}/x", headers=user) as r:
+            assert r.status == 429  # the count from before the reload was kept
+    assert upstream.count("/c/page") == 1
