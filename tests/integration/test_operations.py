@@ -272,3 +272,50 @@ async def test_limits_and_cache_survive_a_reload(gateway_factory: Callable[..., 
         async with s.get(f"{gw.url}/x", headers=user) as r:
             assert r.status == 429  # the count from before the reload was kept
     assert upstream.count("/c/page") == 1
+
+
+async def test_metrics_families_and_labels(gateway_factory: Callable[..., object],
+                                           upstream: Upstream) -> None:
+    from aiohttp import web
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="cached", headers={"Cache-Control": "max-age=600"})
+
+    upstream.on("/c/page", page)
+    config = base_config(upstream.url)
+    config["rate_limits"] = {"tight": {"algorithm": "token_bucket", "scope": "user",
+                                       "limit": 1, "window": "1h"}}
+    config["flags"] = {"beta": {"type": "boolean", "default": False}}
+    config["routes"] = [
+        {"name": "cached", "match": {"path_prefix": "/c/"}, "upstream": "api",
+         "cache": {"ttl": "10m"}},
+        {"name": "limited", "match": {"path_prefix": "/"}, "upstream": "api",
+         "rate_limits": ["tight"], "flags": "all"},
+    ]
+    gw: InProcessGateway = await gateway_factory(config)  # type: ignore[misc]
+    async with client_session() as s:
+        for _ in range(2):
+            async with s.get(f"{gw.url}/c/page") as r:
+                await r.read()
+        for _ in range(2):
+            async with s.get(f"{gw.url}/x", headers={"X-User-Id": "m1"}) as r:
+                await r.read()
+        async with s.get(f"{gw.admin_url}/metrics") as r:
+            assert r.headers["Content-Type"].startswith("text/plain")
+            text = await r.text()
+    assert metric_sum(text, "gateway_requests_total", route="limited", status="429") >= 1
+    assert metric_sum(text, "gateway_upstream_duration_seconds_count", route="cached",
+                      upstream="api") >= 1
+    assert metric_sum(text, "gateway_ratelimit_decisions_total", rule="tight",
+                      outcome="allowed") >= 1
+    assert metric_sum(text, "gateway_ratelimit_decisions_total", rule="tight",
+                      outcome="limited") >= 1
+    assert metric_sum(text, "gateway_cache_lookups_total", route="cached", result="hit") >= 1
+    assert metric_sum(text, "gateway_flag_evaluations_total", flag="beta") >= 1
+    for family in ("gateway_redis_errors_total", "gateway_inflight_requests",
+                   "gateway_request_duration_seconds_bucket"):
+        assert family in text, family
+    # Buckets from half a millisecond to 30 s.
+    assert 'le="0.0005"' in text and 'le="30.0"' in text
+    # Label values come from the config, never from paths or user ids.
+    assert "/c/page" not in text and "m1" not in text
