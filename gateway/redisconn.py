@@ -91,7 +91,7 @@ class RedisLink:
         try:
             async with asyncio.timeout(self.settings.timeout):
                 result = await operation()
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
             self.breaker.failure()
             metrics.REDIS_ERRORS.inc()
             raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc

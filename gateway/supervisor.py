@@ -10,6 +10,7 @@ worker and changes to all of them, so one admin call acts on the whole gateway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -54,8 +55,8 @@ class Supervisor:
 
     # ------------------------------------------------------------------ workers
     async def _spawn(self, worker: Worker) -> None:
-        if os.path.exists(worker.control):
-            os.unlink(worker.control)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(worker.control)  # a socket left by the worker this one replaces
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self.metrics_dir)
         worker.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "worker", "--config", self.config_path,
@@ -127,9 +128,9 @@ class Supervisor:
             return web.json_response({"status": "not ready", "detail": "draining"}, status=503)
         for worker in self.workers:
             try:
-                status, payload, _ = await self._ask(worker, request, b"")
+                status, _, _ = await self._ask(worker, request, b"")
             except (aiohttp.ClientError, OSError):
-                status, payload = 503, b""
+                status = 503
             if status != 200:
                 return web.json_response(
                     {"status": "not ready", "detail": f"worker {worker.index} is not ready"},
@@ -177,7 +178,7 @@ class Supervisor:
         grace = self.config.drain_timeout + 5
         try:
             await asyncio.wait_for(asyncio.gather(*watchers), timeout=grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.error("workers still running %.0fs after SIGTERM; killing them", grace)
             self.signal_all(signal.SIGKILL)
         await self._runner.cleanup()

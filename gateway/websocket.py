@@ -34,7 +34,7 @@ async def proxy_websocket(request: web.BaseRequest, pool: UpstreamPool, upstream
     except aiohttp.WSServerHandshakeError as exc:
         return problem(502, f"upstream {upstream!r} refused the WebSocket upgrade "
                        f"({exc.status})", request_id)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return problem(504, f"upstream {upstream!r} did not answer the upgrade in time",
                        request_id)
     except (aiohttp.ClientError, OSError) as exc:
@@ -71,7 +71,7 @@ async def proxy_websocket(request: web.BaseRequest, pool: UpstreamPool, upstream
     tasks = [asyncio.ensure_future(pump(client_ws, upstream_ws)),
              asyncio.ensure_future(pump(upstream_ws, client_ws))]
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         # Let the other direction see the close handshake through, briefly.
         if pending:
             await asyncio.wait(pending, timeout=5)

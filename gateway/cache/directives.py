@@ -125,7 +125,8 @@ def age_value(values: Iterable[str]) -> int:
 
 
 def vary_names(values: Iterable[str]) -> tuple[str, ...] | None:
-    """Lower-cased, sorted field names of Vary; None for `*` or an invalid member (never matches)."""
+    """Lower-cased, sorted field names of Vary; None for `*` or an invalid member (never
+    matches)."""
     names: set[str] = set()
     for value in values:
         for member in value.split(","):

@@ -64,7 +64,8 @@ def variant_id(names: tuple[str, ...], values: tuple[str | None, ...]) -> str:
     """A short stable id for one variant of a URL."""
     if not names:
         return "-"
-    text = "\x00".join(f"{n}\x01{'' if v is None else '=' + v}" for n, v in zip(names, values))
+    text = "\x00".join(f"{n}\x01{'' if v is None else '=' + v}"
+                        for n, v in zip(names, values, strict=True))
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 

@@ -491,12 +491,12 @@ def check_flag_graph(r: Reader, flags: Mapping[str, m.Flag], where: Mapping[str,
             if prereq not in flags:
                 continue
             if state.get(prereq) == 1:
-                cycle = trail[trail.index(prereq):] + [prereq]
+                cycle = [*trail[trail.index(prereq):], prereq]
                 line, path = where[key]
                 r.error(line, f"{path}.prerequisites",
                         "prerequisite cycle: " + " -> ".join(cycle))
             elif prereq not in state:
-                visit(prereq, trail + [prereq])
+                visit(prereq, [*trail, prereq])
         state[key] = 2
 
     for key in flags:
@@ -666,7 +666,8 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
         top.error("routes", "needs at least one route")
 
     # ---- references between sections
-    for (name, rule), (_, _, path, line) in zip(rules.items(), top.items("rate_limits")):
+    for rule, (_, _, path, line) in zip(rules.values(), top.items("rate_limits"),
+                                      strict=True):
         if rule.scope and rule.scope.kind == "attribute" and \
                 rule.scope.attribute not in context.attributes:
             r.error(line, f"{path}.scope", f"context has no custom attribute "
@@ -679,7 +680,8 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
             r.error(line, f"{path}.degrade_upstream",
                     f"unknown upstream {rule.degrade_upstream!r}" + _hint(rule.degrade_upstream,
                                                                           upstreams))
-    for exp, (_, _, path, line) in zip(experiments.values(), top.items("experiments")):
+    for exp, (_, _, path, line) in zip(experiments.values(), top.items("experiments"),
+                                      strict=True):
         flag = flags.get(exp.flag) if exp.flag else None
         if exp.flag and flag is None:
             r.error(line, f"{path}.flag", f"unknown flag {exp.flag!r}" + _hint(exp.flag, flags))
@@ -689,8 +691,9 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
                     f"flag {exp.flag!r} has no variant named {exp.control!r}")
     names: set[str] = set()
     resolved: list[m.Route] = []
-    raw_routes = top.data.get("routes") or []
-    for route, (line, path), raw in zip(routes, route_where, raw_routes):
+    raw_routes = top.data.get("routes")
+    raw_routes = raw_routes if isinstance(raw_routes, list) else []
+    for route, (line, path), raw in zip(routes, route_where, raw_routes, strict=True):
         def line_of(key: str, raw: object = raw, line: int = line) -> int:
             return raw.line_of(key) if hasattr(raw, "line_of") else line
 
@@ -719,8 +722,8 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
                         + _hint(flag_key, flags))
         if route.cache is not None and route.match.methods and \
                 not route.match.methods & {"GET", "HEAD"}:
-            r.error(line_of("cache"), f"{path}.cache", "a cache policy on a route without GET or HEAD "
-                    "never applies")
+            r.error(line_of("cache"), f"{path}.cache",
+                    "a cache policy on a route without GET or HEAD never applies")
         resolved.append(_replace(route, flags=route_flags,
                                  all_flags=route.flags == ("*all*",)))
     if cache.redis and redis_settings is None:
@@ -764,14 +767,16 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> m.Config:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as exc:
-        raise ConfigError([ConfigIssue(path, 0, "(file)", f"cannot read: {exc.strerror}")])
+        raise ConfigError(
+            [ConfigIssue(path, 0, "(file)", f"cannot read: {exc.strerror}")]) from None
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([ConfigIssue(path, line, "(yaml)", f"invalid YAML: {problem}")])
+        raise ConfigError(
+            [ConfigIssue(path, line, "(yaml)", f"invalid YAML: {problem}")]) from None
     return parse_document(data, path, env)
 
 
