@@ -184,6 +184,8 @@ def main() -> None:
     parser.add_argument("--only", choices=("micro", "decisions", "gateway"), action="append",
                         help="run only these parts (repeatable); default: all")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the micro-benchmark")
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="tasks calling check in the micro-benchmark")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin the gateway to CPU 0 and wrk/redis/upstream to CPU 1")
     args = parser.parse_args()
@@ -209,11 +211,12 @@ def main() -> None:
             me = psutil.Process()
             saved = me.cpu_affinity()
             pin(me.pid, main_cpu)
-            micro = [uvloop.run(limiter_cpu(redis.url, args.seconds, profile=args.profile))
+            micro = [uvloop.run(limiter_cpu(redis.url, args.seconds, args.concurrency,
+                                            profile=args.profile))
                      for _ in range(args.rounds)]
             me.cpu_affinity(saved)
             cpu_us = statistics.median(m[0] for m in micro)
-            print(f"micro: RateLimiter.check, 3 rules, 64 concurrent, one process: "
+            print(f"micro: RateLimiter.check, 3 rules, {args.concurrency} concurrent, one process: "
                   f"{cpu_us:.1f} us CPU per check ({1e6 / cpu_us:,.0f} checks per CPU second); "
                   f"{statistics.median(m[1] for m in micro):,.0f} checks/s wall  "
                   f"(rounds, us: {[round(m[0], 1) for m in micro]})")
