@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError
 
 from gateway.ratelimit.decision import Decision
 from gateway.ratelimit.pipe import Pipe
+from gateway.ratelimit.plan import Prepared
 from gateway.ratelimit.rules import Check
 from gateway.ratelimit.scripts import LuaScript, load_script
 from gateway.redisconn import RedisLink, RedisUnavailable
@@ -62,6 +63,15 @@ class RedisStore:
             loop.call_soon(self._flush)
         self._pending.append((call, future))
         return Decision.from_flat(await future)
+
+    async def decide_prepared(self, prepared: Prepared) -> Decision:
+        if self._pipe is None:
+            return await self.decide(prepared.checks)
+        wire = prepared.wire
+        if wire is None:  # first request of this combination: encode it once
+            wire = prepared.wire = pack_evalsha(self._sha, *script_call(prepared.checks, None,
+                                                                        True))
+        return Decision.from_flat(await self._pipe.submit(wire))
 
     async def reset(self, keys: Sequence[str]) -> None:
         await self.link.call(lambda: self.link.client.delete(*keys))
