@@ -68,6 +68,7 @@ class RateLimiter:
         self._counters = {(rule, outcome): metrics.RATELIMIT_DECISIONS.labels(rule, outcome)
                           for rule in config.rate_limits for outcome in OUTCOMES}
         self._allowed = {rule: self._counters[(rule, "allowed")] for rule in config.rate_limits}
+        self._tally: dict[Prepared, int] = {}  # all-admitted requests not yet counted
 
     # ------------------------------------------------------------------ the stage
     async def check(self, route: Route, ctx: RequestContext, request: web.BaseRequest,
@@ -144,6 +145,16 @@ class RateLimiter:
     def _count(self, rule: str, outcome: str) -> None:
         self._counters[(rule, outcome)].inc()
 
+    def _count_allowed(self) -> None:
+        """Adds up the all-admitted requests of one loop iteration: one `inc` per rule and
+        combination instead of one per rule and request. It runs at the start of the next
+        iteration, before the response of any of those requests can have been read."""
+        tally, self._tally = self._tally, {}
+        allowed = self._allowed
+        for prepared, n in tally.items():
+            for c in prepared.checks:
+                allowed[c.rule.name].inc(n)
+
     def _fields(self, checks: Sequence[Check], results: Sequence[RuleResult]
                 ) -> tuple[tuple[str, str], ...]:
         i = most_restrictive(checks, results)
@@ -164,9 +175,10 @@ class RateLimiter:
                         r.remaining == best.remaining and r.reset_us > best.reset_us):
                     i, best = j, r
             else:
-                allowed = self._allowed
-                for c in checks:
-                    allowed[c.rule.name].inc()
+                tally = self._tally
+                if not tally:
+                    asyncio.get_running_loop().call_soon(self._count_allowed)
+                tally[prepared] = tally.get(prepared, 0) + 1
                 return LimitVerdict(response_headers=prepared.fields[i](best.remaining,
                                                                         best.reset_us))
         degraded: list[Check] = []
