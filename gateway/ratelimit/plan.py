@@ -10,12 +10,13 @@ and one dict lookup.
 from __future__ import annotations
 
 import operator
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.config.model import Action, Config, HeaderStyle, RateLimitRule
 from gateway.context import RequestContext
-from gateway.ratelimit.headers import FieldMaker, field_maker
+from gateway.ratelimit.headers import FieldMaker, Fields, field_maker
 from gateway.ratelimit.rules import Check, key_bases, scope_value, tier_params
 
 MAX_PREPARED = 4096  # combinations of scope values cached per route
@@ -28,15 +29,25 @@ _MISSING = object()
 class Prepared:
     """The checks of one route for one combination of scope values and tier."""
 
-    __slots__ = ("checks", "fields", "queue", "wire")
+    __slots__ = ("_makers", "checks", "queue", "style", "wire")
 
     def __init__(self, checks: tuple[Check, ...], style: HeaderStyle) -> None:
         self.checks = checks
+        self.style = style
         # The rule whose FIFO lane a held request waits in (`action: queue`).
         self.queue = next((c for c in checks if c.rule.action is Action.QUEUE and not c.soft),
                           None)
-        self.fields: tuple[FieldMaker, ...] = tuple(field_maker(style, c) for c in checks)
         self.wire: bytes | None = None  # the Redis store's encoding, memoised by the store
+        # Made when a rule is first the most restrictive: a combination seen once (a new
+        # user, a new address) pays only for the one it reports.
+        self._makers: list[FieldMaker | None] = [None] * len(checks)
+
+    def fields(self, i: int, remaining: int, wait_us: int) -> Fields:
+        """The rate-limit response fields describing rule `i` (see `headers.field_maker`)."""
+        maker = self._makers[i]
+        if maker is None:
+            maker = self._makers[i] = field_maker(self.style, self.checks[i])
+        return maker(remaining, wait_us)
 
 
 class RoutePlan:
@@ -54,7 +65,7 @@ class RoutePlan:
         else:  # attribute scopes (or only global rules)
             scopes = [rule.scope for rule in rules]
             self._values = lambda ctx: tuple([scope_value(s, ctx) for s in scopes])
-        self._cache: dict[Any, Prepared | None] = {}
+        self._cache: OrderedDict[Any, Prepared | None] = OrderedDict()  # O(1) oldest-out
         # (rule index, configured tier) -> key bases and parameters: worked out once.
         self._templates: dict[tuple[int, str | None], tuple[tuple[str, ...], int, int, int]] = {}
 
@@ -68,7 +79,7 @@ class RoutePlan:
             prepared = Prepared(checks, self.style) if checks else None
             cache = self._cache
             if len(cache) >= MAX_PREPARED:
-                del cache[next(iter(cache))]
+                cache.popitem(last=False)
             cache[key] = prepared
         return prepared  # type: ignore[return-value]
 
