@@ -1,10 +1,11 @@
 """Rate limiting (issue 3): four algorithms decided in one atomic Lua call per request.
 
 * `rules`: rules + request context -> checks and keys (the key layout and its single hash
-  tag are explained there).
+  tag are explained there); `plan`: a route's rules compiled at load, with the checks of
+  each combination of scope values cached (one dict lookup per request).
 * `algorithms` / `local`: the in-process store; `lua/ratelimit.lua` / `redis_store`: the
-  Redis store with its pipelining batcher. `tests/integration/test_ratelimit_stores.py`
-  proves both decide identically.
+  Redis store with its batcher over `pipe` (one reserved, pipelined connection).
+  `tests/integration/test_ratelimit_stores.py` proves both decide identically.
 * `stage`: the pipeline stage (actions, failure modes, metrics, admin state/reset);
   `headers`: the response fields; `lanes`: the FIFO of `action: queue`; `admin`: GET/DELETE /admin/ratelimits/{rule}.
 """

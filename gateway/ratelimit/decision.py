@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from gateway.ratelimit.rules import Check
+
+if TYPE_CHECKING:
+    from gateway.ratelimit.plan import Prepared
 
 NEVER = -1  # retry_us of a cost larger than the rule's whole quota
 
@@ -18,18 +20,18 @@ class RuleResult(NamedTuple):  # a tuple: built for every rule of every request
     retry_us: int  # refused: until this cost would be admitted; NEVER if it never would
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):  # a tuple too: one per request
     admitted: bool
     results: tuple[RuleResult, ...]
 
     @classmethod
     def from_flat(cls, flat: Sequence[int]) -> Decision:
-        """The Lua script's reply: admitted, then four integers per rule."""
-        return cls(bool(flat[0]), tuple(
-            RuleResult(bool(flat[i]), int(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]))
+        """The Lua script's reply: admitted, then four integers per rule (Redis integer
+        replies: hiredis hands them over as ints already)."""
+        return cls(flat[0] == 1, tuple([
+            RuleResult(flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3])
             for i in range(1, len(flat), 4)
-        ))
+        ]))
 
 
 class LimitStore(Protocol):
@@ -37,5 +39,9 @@ class LimitStore(Protocol):
 
     async def decide(self, checks: Sequence[Check], now_us: int | None = None,
                      commit: bool = True) -> Decision: ...
+
+    async def decide_prepared(self, prepared: Prepared) -> Decision:
+        """`decide(prepared.checks)` for a request, with what can be reused memoised."""
+        ...
 
     async def reset(self, keys: Sequence[str]) -> None: ...

@@ -4,7 +4,7 @@ X-RateLimit-* trio, describing the most restrictive rule of the decision (CONTRA
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from gateway.config.model import HeaderStyle
 from gateway.ratelimit.decision import NEVER, RuleResult
@@ -39,21 +39,43 @@ def most_restrictive(checks: Sequence[Check], results: Sequence[RuleResult]) -> 
     return min(range(len(checks)), key=weight)
 
 
+Fields = tuple[tuple[str, str], ...]
+FieldMaker = Callable[[int, int], Fields]
+
+
+def field_maker(style: HeaderStyle, check: Check) -> FieldMaker:
+    """The fields describing `check`, as a function of (units remaining, microseconds until
+    the client should look again): everything that does not change per request (the policy,
+    the limit, the rule's name) is formatted here once per route plan entry."""
+    if style is HeaderStyle.NONE:
+        return lambda remaining, wait_us: ()
+    name = check.rule.name
+    policy = ("RateLimit-Policy", f'"{name}";q={check.quota};w={whole_seconds(check.window_us)}')
+    limit = ("X-RateLimit-Limit", str(check.quota))
+    prefix = f'"{name}";r='
+    if style is HeaderStyle.IETF:
+        return lambda remaining, wait_us: (
+            policy, ("RateLimit", f"{prefix}{remaining};t={whole_seconds(wait_us)}"))
+    if style is HeaderStyle.LEGACY:
+        return lambda remaining, wait_us: (
+            limit, ("X-RateLimit-Remaining", str(remaining)),
+            ("X-RateLimit-Reset", str(whole_seconds(wait_us))))
+
+    def both(remaining: int, wait_us: int) -> Fields:
+        reset = whole_seconds(wait_us)
+        return (policy, ("RateLimit", f"{prefix}{remaining};t={reset}"), limit,
+                ("X-RateLimit-Remaining", str(remaining)), ("X-RateLimit-Reset", str(reset)))
+
+    return both
+
+
+def wait_us(check: Check, result: RuleResult) -> int:
+    """Until the client should look again: the refill, or the retry (the window if never)."""
+    if result.allowed:
+        return result.reset_us
+    return check.window_us if result.retry_us == NEVER else result.retry_us
+
+
 def rate_limit_fields(style: HeaderStyle, check: Check, result: RuleResult
                       ) -> list[tuple[str, str]]:
-    if style is HeaderStyle.NONE:
-        return []
-    wait = result.reset_us if result.allowed else (
-        check.window_us if result.retry_us == NEVER else result.retry_us)
-    reset = whole_seconds(wait)
-    fields: list[tuple[str, str]] = []
-    if style in (HeaderStyle.IETF, HeaderStyle.BOTH):
-        name = check.rule.name
-        fields.append(("RateLimit-Policy",
-                       f'"{name}";q={check.quota};w={whole_seconds(check.window_us)}'))
-        fields.append(("RateLimit", f'"{name}";r={result.remaining};t={reset}'))
-    if style in (HeaderStyle.LEGACY, HeaderStyle.BOTH):
-        fields.append(("X-RateLimit-Limit", str(check.quota)))
-        fields.append(("X-RateLimit-Remaining", str(result.remaining)))
-        fields.append(("X-RateLimit-Reset", str(reset)))
-    return fields
+    return list(field_maker(style, check)(result.remaining, wait_us(check, result)))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from gateway.ratelimit.algorithms import ALGORITHMS, Slot
 from gateway.ratelimit.decision import Decision, RuleResult
+from gateway.ratelimit.plan import Prepared
 from gateway.ratelimit.rules import Check
 
 SWEEP_EVERY = 4096
@@ -57,6 +58,9 @@ class LocalStore:
     async def decide(self, checks: Sequence[Check], now_us: int | None = None,
                      commit: bool = True) -> Decision:
         return self.decide_now(checks, now_us, commit)
+
+    async def decide_prepared(self, prepared: Prepared) -> Decision:
+        return self.decide_now(prepared.checks)
 
     async def reset(self, keys: Sequence[str]) -> None:
         for key in keys:

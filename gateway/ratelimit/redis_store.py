@@ -1,11 +1,13 @@
 """The Redis store: one EVALSHA of `lua/ratelimit.lua` per decision, batched.
 
-Decisions of requests that arrive together are written in one pipeline (one round trip,
-many EVALSHAs): the first submission of a loop iteration schedules a flush with
-`call_soon`, so an idle gateway adds no wait and a busy one sends everything that arrived
-during the iteration at once. Each request still gets its own script call, so Redis
-`INFO commandstats` shows one evalsha per decided request and each decision stays atomic.
-A NOSCRIPT reply (Redis restarted, SCRIPT FLUSH) loads the script and repeats those calls.
+Decisions of requests that arrive together are written together (one round trip, many
+EVALSHAs): the first submission of a loop iteration schedules a flush with `call_soon`, so
+an idle gateway adds no wait and a busy one sends everything that arrived during the
+iteration at once. Each request still gets its own script call, so Redis `INFO
+commandstats` shows one evalsha per decided request and each decision stays atomic.
+The commands go over one reserved, pipelined connection (`pipe`: deadline, breaker and
+NOSCRIPT reload there); a cluster client, which has no single pool, batches through
+redis-py's pipeline instead.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
-from gateway.ratelimit.decision import Decision
-from gateway.ratelimit.rules import Check
 from gateway.luascripts import LuaScript, load_script
+from gateway.ratelimit.decision import Decision
+from gateway.ratelimit.pipe import Pipe
+from gateway.ratelimit.plan import Prepared
+from gateway.ratelimit.rules import Check
 from gateway.redisconn import RedisLink, RedisUnavailable
 
 Call = tuple[tuple[str, ...], tuple[bytes, ...]]
@@ -40,12 +44,17 @@ class RedisStore:
         self.batched = batched
         self.script = script or load_script("ratelimit")
         self._sha = self.script.sha.encode()
+        # A cluster client has no single pool: it batches through redis-py's pipeline.
+        self._pipe = Pipe(link, pack_command(b"SCRIPT", b"LOAD", self.script.source.encode())
+                          ) if batched and hasattr(link.client, "connection_pool") else None
         self._pending: list[tuple[Call, asyncio.Future[Any]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
 
     async def decide(self, checks: Sequence[Check], now_us: int | None = None,
                      commit: bool = True) -> Decision:
         call = script_call(checks, now_us, commit)
+        if self._pipe is not None:
+            return Decision.from_flat(await self._pipe.submit(pack_evalsha(self._sha, *call)))
         if not self.batched:
             return Decision.from_flat(await self.link.call(lambda: self._one(call)))
         loop = asyncio.get_running_loop()
@@ -55,8 +64,21 @@ class RedisStore:
         self._pending.append((call, future))
         return Decision.from_flat(await future)
 
+    async def decide_prepared(self, prepared: Prepared) -> Decision:
+        if self._pipe is None:
+            return await self.decide(prepared.checks)
+        wire = prepared.wire
+        if wire is None:  # first request of this combination: encode it once
+            wire = prepared.wire = pack_evalsha(self._sha, *script_call(prepared.checks, None,
+                                                                        True))
+        return Decision.from_flat(await self._pipe.submit(wire))
+
     async def reset(self, keys: Sequence[str]) -> None:
         await self.link.call(lambda: self.link.client.delete(*keys))
+
+    async def close(self) -> None:
+        if self._pipe is not None:
+            await self._pipe.close()
 
     # ------------------------------------------------------------------ wire
     async def _one(self, call: Call) -> Any:
@@ -100,36 +122,14 @@ class RedisStore:
         return replies
 
     async def _run(self, calls: list[Call]) -> list[Any]:
-        """Write every call at once on one connection and read the replies in order.
+        pipe = self.link.client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.execute_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
-        The commands are packed here (static rule arguments are encoded once per rule and
-        tier): redis-py's general packer was the largest cost of a decision. A cluster
-        client has no single pool and takes the pipeline path.
-        """
-        pool = getattr(self.link.client, "connection_pool", None)
-        if pool is None:
-            pipe = self.link.client.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.execute_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
-        payload = b"".join(pack_evalsha(self._sha, keys, args) for keys, args in calls)
-        connection = await pool.get_connection()
-        try:
-            await connection.send_packed_command(payload, check_health=False)
-            replies: list[Any] = []
-            for _ in calls:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:  # this call's error; the stream stays in step
-                    replies.append(exc)
-        except BaseException:
-            # Cut short (deadline, cancellation, broken socket): unread replies would poison
-            # the next user of this connection.
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
-        return replies
+
+def pack_command(*parts: bytes) -> bytes:
+    return b"*%d\r\n%s" % (len(parts), b"".join(_bulk(p) for p in parts))
 
 
 def _bulk(data: bytes) -> bytes:

@@ -1,4 +1,5 @@
-"""From rules and a request context to the checks one decision makes (pure, no I/O).
+"""From rules and a request context to the checks one decision makes (pure, no I/O);
+`plan` compiles them per route and caches them per combination of scope values.
 
 Keys: `{key_prefix}{rl}:<rule>:<kind>:<scope value>`, e.g. `gw:{rl}:user_requests:sw:log:u42`.
 
@@ -21,11 +22,10 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import NamedTuple
 
-from gateway.config.model import Action, Algorithm, Config, RateLimitRule, Scope
+from gateway.config.model import Action, Algorithm, RateLimitRule, Scope
 from gateway.context import RequestContext
 
 HASH_TAG = "{rl}"
@@ -113,41 +113,3 @@ def make_check(rule: RateLimitRule, prefix: str, value: str, tier: str | None,
                cost: int) -> Check:
     return Check(rule, rule_keys(prefix, rule.name, rule.algorithm, value),
                  *tier_params(rule, tier), cost)
-
-
-@dataclass(frozen=True, slots=True)
-class RoutePlan:
-    """The rules of one route, compiled at config load."""
-
-    rules: tuple[RateLimitRule, ...]
-    cost: int
-    prefix: str
-    # (rule index, configured tier) -> key bases and parameters: worked out once.
-    _templates: dict[tuple[int, str | None], tuple[tuple[str, ...], int, int, int]] = field(
-        default_factory=dict, compare=False, repr=False)
-
-    def checks(self, ctx: RequestContext) -> tuple[Check, ...]:
-        out = []
-        tier = ctx.subscription_tier
-        for i, rule in enumerate(self.rules):
-            value = scope_value(rule.scope, ctx)
-            if value is None:
-                continue
-            known = tier if tier in rule.tiers else None  # only configured tiers: bounded
-            template = self._templates.get((i, known))
-            if template is None:
-                template = (key_bases(self.prefix, rule.name, rule.algorithm),
-                            *tier_params(rule, known))
-                self._templates[(i, known)] = template
-            bases, limit, burst, window = template
-            out.append(Check(rule, tuple(b + value for b in bases), limit, burst, window,
-                             self.cost))
-        return tuple(out)
-
-
-def compile_plans(config: Config, prefix: str) -> Mapping[str, RoutePlan]:
-    return {
-        route.name: RoutePlan(tuple(config.rate_limits[n] for n in route.rate_limits),
-                              route.cost, prefix)
-        for route in config.routes if route.rate_limits
-    }

@@ -43,7 +43,8 @@ from gateway.ratelimit.decision import NEVER, Decision, LimitStore, RuleResult
 from gateway.ratelimit.headers import most_restrictive, rate_limit_fields, retry_after
 from gateway.ratelimit.lanes import Lanes
 from gateway.ratelimit.local import LocalStore
-from gateway.ratelimit.rules import GLOBAL_VALUE, Check, RoutePlan, compile_plans, make_check
+from gateway.ratelimit.plan import Prepared, RoutePlan, compile_plans
+from gateway.ratelimit.rules import GLOBAL_VALUE, Check, make_check
 from gateway.redisconn import RedisUnavailable
 from gateway.stages import ADMIT, LimitVerdict
 
@@ -66,16 +67,18 @@ class RateLimiter:
         self.lanes = Lanes()
         self._counters = {(rule, outcome): metrics.RATELIMIT_DECISIONS.labels(rule, outcome)
                           for rule in config.rate_limits for outcome in OUTCOMES}
+        self._allowed = {rule: self._counters[(rule, "allowed")] for rule in config.rate_limits}
+        self._tally: dict[Prepared, int] = {}  # all-admitted requests not yet counted
 
     # ------------------------------------------------------------------ the stage
     async def check(self, route: Route, ctx: RequestContext, request: web.BaseRequest,
                     request_id: str) -> LimitVerdict:
         plan = self.plans.get(route.name)
-        checks = plan.checks(ctx) if plan is not None else ()
-        if not checks:
+        prepared = plan.prepare(ctx) if plan is not None else None
+        if prepared is None:  # no rule of the route applies to this request
             return ADMIT
+        checks, queue = prepared.checks, prepared.queue
         loop = asyncio.get_running_loop()
-        queue = next((c for c in checks if c.rule.action is Action.QUEUE and not c.soft), None)
         deadline: float | None = None
         held: Action | None = None
         turn: asyncio.Future[None] | None = None
@@ -89,11 +92,11 @@ class RateLimiter:
                 held = Action.QUEUE
             while True:
                 try:
-                    decision, fallback = await self._decide(checks)
+                    decision, fallback = await self._decide(prepared)
                 except RedisUnavailable:
                     return self._unavailable(checks, request_id)
                 if decision.admitted:
-                    return self._admit(checks, decision.results, held, fallback)
+                    return self._admit(prepared, decision.results, held, fallback)
                 blocking = [(c, r) for c, r in zip(checks, decision.results)
                             if not r.allowed and not c.soft]
                 hold = _hold_action([c for c, _ in blocking])
@@ -128,27 +131,56 @@ class RateLimiter:
             return None
         return turn
 
-    async def _decide(self, checks: Sequence[Check]) -> tuple[Decision, bool]:
+    async def _decide(self, prepared: Prepared) -> tuple[Decision, bool]:
         if self.remote is None:
-            return self.local.decide_now(checks), False
+            return self.local.decide_now(prepared.checks), False
         try:
-            return await self.remote.decide(checks), False
+            return await self.remote.decide_prepared(prepared), False
         except RedisUnavailable:
             if self.failure_mode is not FailureMode.LOCAL:
                 raise
-            return self.local.decide_now(checks), True
+            return self.local.decide_now(prepared.checks), True
 
     # ------------------------------------------------------------------ verdicts
     def _count(self, rule: str, outcome: str) -> None:
         self._counters[(rule, outcome)].inc()
+
+    def _count_allowed(self) -> None:
+        """Adds up the all-admitted requests of one loop iteration: one `inc` per rule and
+        combination instead of one per rule and request. It runs at the start of the next
+        iteration, before the response of any of those requests can have been read."""
+        tally, self._tally = self._tally, {}
+        allowed = self._allowed
+        for prepared, n in tally.items():
+            for c in prepared.checks:
+                allowed[c.rule.name].inc(n)
 
     def _fields(self, checks: Sequence[Check], results: Sequence[RuleResult]
                 ) -> tuple[tuple[str, str], ...]:
         i = most_restrictive(checks, results)
         return tuple(rate_limit_fields(self.style, checks[i], results[i]))
 
-    def _admit(self, checks: Sequence[Check], results: Sequence[RuleResult],
+    def _admit(self, prepared: Prepared, results: Sequence[RuleResult],
                held: Action | None, fallback: bool) -> LimitVerdict:
+        checks = prepared.checks
+        if held is None and not fallback:
+            # Every request pays this: every rule admitted at once. The most restrictive rule
+            # (see `most_restrictive`) is then the one with the fewest units left, the
+            # longest refill breaking ties, the first rule breaking those.
+            i, best = 0, results[0]
+            for j, r in enumerate(results):
+                if not r.allowed:
+                    break
+                if r.remaining < best.remaining or (
+                        r.remaining == best.remaining and r.reset_us > best.reset_us):
+                    i, best = j, r
+            else:
+                tally = self._tally
+                if not tally:
+                    asyncio.get_running_loop().call_soon(self._count_allowed)
+                tally[prepared] = tally.get(prepared, 0) + 1
+                return LimitVerdict(response_headers=prepared.fields(i, best.remaining,
+                                                                     best.reset_us))
         degraded: list[Check] = []
         outcome = _HELD[held] if held is not None else "allowed"
         for c, r in zip(checks, results):

@@ -104,8 +104,12 @@ async def test_no_penalty_across_rules(gateway_factory: Callable[..., Any],
                                        upstream: Upstream) -> None:
     gw = await gateway_factory(limited_config(
         upstream, {"a": rule(10), "b": rule(5)}, route_rules=["a", "b"]))
+    before = {(r, o): decisions(r, o) for r in "ab" for o in ("allowed", "limited")}
     codes = await statuses(gw.url, 8)
     assert codes == [200] * 5 + [429] * 3
+    # Every rule of every request is counted: both allowed 5 times, then a allowed, b limited.
+    assert {k: decisions(*k) - v for k, v in before.items()} == {
+        ("a", "allowed"): 8, ("a", "limited"): 0, ("b", "allowed"): 5, ("b", "limited"): 3}
     state = await gw.process.pipeline.runtime.limiter.state("a", "u1")  # type: ignore[attr-defined]
     assert state["remaining"] == 5
 

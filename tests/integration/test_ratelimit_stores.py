@@ -9,18 +9,21 @@ the Redis clock could not do.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+import redis
 
 from gateway.config.model import Action, Algorithm, RateLimitRule, RedisSettings, Scope
 from gateway.ratelimit.decision import NEVER, Decision, LimitStore
 from gateway.ratelimit.local import LocalStore
 from gateway.ratelimit.redis_store import RedisStore
 from gateway.ratelimit.rules import Check, make_check
-from gateway.redisconn import RedisLink
+from gateway.redisconn import RedisLink, RedisUnavailable
 from tests.harness import RedisServer
 
 S = 1_000_000  # one second in microseconds
@@ -182,3 +185,57 @@ async def test_both_stores_decide_identically(redis_server: RedisServer) -> None
             redis_server.cli("FLUSHALL")
     finally:
         await link.close()
+
+
+# ---------------------------------------------------------------- the pipelined connection
+
+def _calls(server: RedisServer, command: str) -> int:
+    client = redis.Redis(port=server.port)
+    try:
+        return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
+@contextlib.asynccontextmanager
+async def redis_store(server: RedisServer, timeout: float) -> AsyncIterator[RedisStore]:
+    link = RedisLink(RedisSettings(url=server.url, timeout=timeout))
+    store = RedisStore(link)
+    try:
+        yield store
+    finally:
+        await store.close()
+        await link.close()
+
+
+async def test_script_flush_reloads_once_and_every_waiting_decision_is_answered(
+        redis_server: RedisServer) -> None:
+    async with redis_store(redis_server, 2.0) as store:
+        c = check(Algorithm.FIXED_WINDOW, limit=1000, window=60)
+        assert await admitted(store, [c], T0)
+        redis_server.cli("SCRIPT", "FLUSH")
+        redis_server.cli("CONFIG", "RESETSTAT")
+        decisions = await asyncio.gather(*(store.decide([c], T0) for _ in range(40)))
+        assert all(d.admitted for d in decisions)
+        assert _calls(redis_server, "script|load") == 1  # one reload for the whole batch
+        assert _calls(redis_server, "evalsha") == 80  # each refused once, then run once
+        assert redis_server.cli("HGET", c.keys[0], "n") == "41"
+
+
+async def test_a_hung_redis_fails_by_the_deadline_and_a_fresh_connection_recovers(
+        redis_server: RedisServer) -> None:
+    async with redis_store(redis_server, 0.2) as store:
+        c = check(Algorithm.TOKEN_BUCKET, limit=1000, window=60)
+        assert await admitted(store, [c], T0)
+        redis_server.pause()
+        try:
+            async with asyncio.timeout(5):  # without a deadline they would wait for Redis
+                outcomes = await asyncio.gather(*(store.decide([c], T0) for _ in range(5)),
+                                                return_exceptions=True)
+            assert all(isinstance(o, RedisUnavailable) for o in outcomes)
+        finally:
+            redis_server.resume()
+        store.link.breaker.success()  # no cool-down wait in this test
+        # The old connection still holds the stale replies: a new one must answer.
+        decision = await store.decide([c], T0 + S)
+        assert decision.admitted and decision.results[0].remaining == 999

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from gateway.config.model import Action, Algorithm, HeaderStyle, RateLimitRule, Scope, TierOverride
 from gateway.context import RequestContext
+from gateway.luascripts import load_script
+from gateway.ratelimit import plan as plan_module
 from gateway.ratelimit.decision import NEVER, Decision, RuleResult
 from gateway.ratelimit.headers import most_restrictive, rate_limit_fields, retry_after
 from gateway.ratelimit.lanes import Lanes
-from gateway.ratelimit.rules import RoutePlan, make_check, rule_keys, scope_value
-from gateway.luascripts import load_script
+from gateway.ratelimit.plan import RoutePlan
+from gateway.ratelimit.rules import make_check, rule_keys, scope_value
 from gateway.ratelimit.stage import _hold_action
 
 USER = Scope("user")
@@ -45,6 +49,39 @@ def test_scope_values_and_absent_scopes() -> None:
     plan = RoutePlan((rule("u"), rule("g", Scope("global"))), cost=3, prefix="p:")
     assert [c.rule.name for c in plan.checks(anonymous)] == ["g"]  # the user rule is skipped
     assert plan.checks(anonymous)[0].cost == 3
+
+
+def test_prepared_checks_are_reused_per_combination_of_scope_values_and_tier() -> None:
+    tiered = rule("t", Scope("tenant"), tiers={"gold": TierOverride(limit=100)})
+    for rules in [(rule("u"), tiered, rule("g", Scope("global"))),
+                  (rule("u"), tiered, rule("a", Scope("attribute", "app_version")))]:
+        plan = RoutePlan(rules, cost=2, prefix="p:")
+        first = plan.prepare(CTX)
+        assert first is not None and first is plan.prepare(CTX)
+        assert first.checks == plan.checks(CTX)
+        other = RequestContext(client_ip="203.0.113.9", user_id="u7", tenant_id="acme",
+                               subscription_tier="gold", attributes={"app_version": "2.7.1"})
+        assert plan.prepare(other).checks == plan.checks(other)  # type: ignore[union-attr]
+        assert plan.prepare(other).checks[0].keys[0].endswith(":u7")  # type: ignore[union-attr]
+        for tier, limit in (("bronze", 10), (None, 10), ("gold", 100)):
+            ctx = RequestContext(client_ip="1.1.1.1", user_id="u42", tenant_id="acme",
+                                 subscription_tier=tier)
+            prepared = plan.prepare(ctx)
+            assert prepared is not None and prepared.checks == plan.checks(ctx)
+            assert prepared.checks[1].limit == limit
+        anonymous = plan.prepare(RequestContext("1.1.1.1"))  # only a global rule applies
+        assert ([c.rule.name for c in anonymous.checks] if anonymous else []) == [
+            r.name for r in rules if r.scope.kind == "global"]
+
+
+def test_prepared_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plan_module, "MAX_PREPARED", 8)
+    plan = RoutePlan((rule("u"),), cost=1, prefix="p:")
+    assert plan.prepare(RequestContext("1.1.1.1")) is None  # no user: nothing applies
+    for n in range(50):
+        prepared = plan.prepare(RequestContext("1.1.1.1", user_id=f"u{n}"))
+        assert prepared is not None and prepared.checks[0].keys[0].endswith(f":u{n}")
+    assert len(plan._cache) <= 8
 
 
 def test_tier_overrides_only_the_fields_they_set() -> None:
