@@ -7,7 +7,8 @@
   Redis store with its batcher over `pipe` (one reserved, pipelined connection).
   `tests/integration/test_ratelimit_stores.py` proves both decide identically.
 * `stage`: the pipeline stage (actions, failure modes, metrics, admin state/reset);
-  `headers`: the response fields; `lanes`: the FIFO of `action: queue`; `admin`: GET/DELETE /admin/ratelimits/{rule}.
+  `headers`: the response fields; `lanes`: the FIFO of `action: queue`;
+  `admin`: GET/DELETE /admin/ratelimits/{rule}.
 """
 
 from gateway.ratelimit import admin as _admin  # noqa: F401 - registers the admin endpoints

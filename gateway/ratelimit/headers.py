@@ -23,7 +23,7 @@ def retry_after(checks: Sequence[Check], results: Sequence[RuleResult]) -> int:
     window, the best hint a client can act on.
     """
     waits = [whole_seconds(c.window_us if r.retry_us == NEVER else r.retry_us)
-             for c, r in zip(checks, results) if not r.allowed and not c.soft]
+             for c, r in zip(checks, results, strict=True) if not r.allowed and not c.soft]
     return max([1, *waits])
 
 

@@ -103,7 +103,7 @@ class RedisStore:
                 if not future.done():
                     future.set_exception(RedisUnavailable(str(exc)))
             return
-        for (_, future), reply in zip(batch, replies):
+        for (_, future), reply in zip(batch, replies, strict=True):
             if future.done():  # the client went away meanwhile
                 continue
             if isinstance(reply, Exception):
@@ -117,7 +117,7 @@ class RedisStore:
         if missing:
             await self.link.client.script_load(self.script.source)
             again = await self._run([calls[i] for i in missing])
-            for i, reply in zip(missing, again):
+            for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
 

@@ -97,7 +97,7 @@ class RateLimiter:
                     return self._unavailable(checks, request_id)
                 if decision.admitted:
                     return self._admit(prepared, decision.results, held, fallback)
-                blocking = [(c, r) for c, r in zip(checks, decision.results)
+                blocking = [(c, r) for c, r in zip(checks, decision.results, strict=True)
                             if not r.allowed and not c.soft]
                 hold = _hold_action([c for c, _ in blocking])
                 if hold is None or any(r.retry_us == NEVER for _, r in blocking):
@@ -183,7 +183,7 @@ class RateLimiter:
                                                                      best.reset_us))
         degraded: list[Check] = []
         outcome = _HELD[held] if held is not None else "allowed"
-        for c, r in zip(checks, results):
+        for c, r in zip(checks, results, strict=True):
             if r.allowed:
                 rule_outcome = "degraded" if fallback else (
                     _HELD[held] if held is not None and c.rule.action is held else "allowed")
@@ -210,7 +210,7 @@ class RateLimiter:
     def _reject(self, checks: Sequence[Check], results: Sequence[RuleResult],
                 request_id: str) -> LimitVerdict:
         violated = []
-        for c, r in zip(checks, results):
+        for c, r in zip(checks, results, strict=True):
             if r.allowed:
                 self._count(c.rule.name, "allowed")
             elif c.rule.shadow:
