@@ -47,14 +47,14 @@ class CacheService:
         self.refreshing: set[str] = set()
         self._hit_for_miss: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Query parameters every cached route ignores, for purge-by-URL (see purge_url).
-        self.ignore_query: frozenset[str] = frozenset()
+        # The ignore_query set of each cached route, for purge-by-URL (see keys_of).
+        self.ignore_sets: frozenset[frozenset[str]] = frozenset()
 
-    def configure(self, settings: CacheSettings, ignore_query: frozenset[str]) -> None:
+    def configure(self, settings: CacheSettings, ignore_sets: frozenset[frozenset[str]]) -> None:
         """A reload: new limits apply to what is stored from now on."""
         self.settings = settings
         self.memory.max_bytes = settings.memory_max
-        self.ignore_query = ignore_query
+        self.ignore_sets = ignore_sets
 
     async def start(self) -> None:
         if self.l2 is not None:
@@ -118,11 +118,11 @@ class CacheService:
 
     # ------------------------------------------------------------ purges
     def keys_of(self, url: str) -> list[str]:
-        """The URL as stored, with and without the ignored parameters (a route may key on a
-        parameter another route ignores)."""
-        keys = [url_key(url, self.ignore_query)]
-        exact = url_key(url)
-        return keys if exact in keys else [*keys, exact]
+        """Every key the URL may be stored under: as each cached route keys it (each leaves
+        out its own ignore_query parameters) and exactly as given. The service cannot know
+        which route a bare URL belongs to, so it forgets all of them."""
+        keys = [url_key(url, ignored) for ignored in self.ignore_sets]
+        return list(dict.fromkeys([*keys, url_key(url)]))
 
     # With strict=True (an operator's purge) a purge that could not reach Redis raises
     # RedisUnavailable after this process forgot its copies, so the caller can say that

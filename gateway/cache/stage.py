@@ -58,12 +58,15 @@ class ResponseCache:
                                                     frozenset(route.cache.ignore_query), wait)
             for result in RESULTS:  # children at load, not per request (STYLE)
                 metrics.CACHE_LOOKUPS.labels(route.name, result)
-        service.configure(config.cache, frozenset(
-            q for p in self.policies.values() for q in p.ignore))
+        service.configure(config.cache, frozenset(p.ignore for p in self.policies.values()))
 
     async def serve(self, route: Route, out: Outgoing, fetch: Fetch) -> Exchange:
         p = self.policies.get(route.name)
         if p is None:
+            if out.method in rfc.UNSAFE_METHODS:
+                # §4.4 binds the cache, not the route: a POST routed elsewhere (a GET-only
+                # cached route falls through to a catch-all) still invalidates the URL.
+                return await self._unsafe(None, out, fetch)
             return await fetch(out)  # no cache policy: cost nothing
         if out.method in rfc.UNSAFE_METHODS:
             return await self._unsafe(p, out, fetch)
@@ -271,13 +274,15 @@ class ResponseCache:
         exchange.headers = rfc.client_headers(exchange.headers.items(), p.cache, stored=False)
         return _mark(exchange, x_cache, status)
 
-    async def _unsafe(self, p: RoutePolicy, out: Outgoing, fetch: Fetch) -> Exchange:
+    async def _unsafe(self, p: RoutePolicy | None, out: Outgoing, fetch: Fetch) -> Exchange:
         exchange = await fetch(out)
         urls = rfc.invalidated_urls(out.method, exchange.status, out.client_url,
                                     exchange.headers)
         if urls:
             await self.service.invalidate(list(dict.fromkeys(
-                url_key(u, p.ignore) for u in urls)))
+                key for u in urls for key in self.service.keys_of(u))))
+        if p is None:
+            return exchange
         return self._pass(p, exchange, "BYPASS", rfc.cache_status(hit=False, fwd="bypass"))
 
 

@@ -415,3 +415,23 @@ async def test_metrics_count_lookups_per_route(gateway_factory: Factory,
     await get(f"{gw.url}/market/m")
     await get(f"{gw.url}/market/m")
     assert (value("hit") - hits, value("miss") - misses) == (1, 1)
+
+
+async def test_rfc9111_4_4_unsafe_method_on_another_route_still_invalidates(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    """A GET-only cached route: the POST to the same URL falls through to the catch-all
+    route, which has no cache policy; the stored GET must still be forgotten."""
+    upstream.on("/market/item", counting(Cache_Control="max-age=60"))
+    config = cached_config(upstream.url)
+    config["routes"][0]["match"]["methods"] = ["GET", "HEAD"]
+    config["routes"][0]["cache"]["ignore_query"] = ["utm_source"]
+    config["routes"].append({"name": "rest", "match": {"path_prefix": "/"}, "upstream": "api"})
+    gw = await gateway_factory(config)
+    await get(f"{gw.url}/market/item?utm_source=x&a=1")
+    assert (await get(f"{gw.url}/market/item?a=1"))[1]["X-Cache"] == "HIT"
+    async with client_session() as s:
+        async with s.post(f"{gw.url}/market/item?a=1", data=b"x") as r:
+            assert r.status == 200
+            assert "X-Cache" not in r.headers  # the catch-all route is not a cached route
+    _, headers, body = await get(f"{gw.url}/market/item?a=1")
+    assert headers["X-Cache"] == "MISS" and body == b"payload-3"
