@@ -18,7 +18,7 @@ class AccessRecord:
     client_ip: str
     route: str | None = None
     status: int = 0
-    bytes_sent: int = 0
+    bytes: int = 0
     duration: float = 0.0
     upstream: str | None = None
     upstream_duration: float | None = None

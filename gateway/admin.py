@@ -7,12 +7,17 @@ every call acts on every worker through this same code.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import enum
 import hmac
 import ipaddress
 import os
+import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiohttp import web
 
 from gateway import metrics
@@ -86,12 +91,73 @@ async def metrics_text(request: web.Request) -> web.Response:
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+def _plain(value: Any) -> Any:
+    """orjson's fallback for what config records hold besides plain data."""
+    if isinstance(value, re.Pattern):
+        return value.pattern
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return str(value)
+    if isinstance(value, (frozenset, set)):
+        return sorted(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def redact_url(url: str) -> str:
+    """redis://user:secret@host -> redis://user:***@host (a password never leaves the process)."""
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", re.sub(r"//([^:@/]+)@", "//***@", url))
+
+
+def config_document(config: Any) -> dict[str, Any]:
+    document: dict[str, Any] = dataclasses.asdict(config)
+    if document.get("redis"):
+        document["redis"]["url"] = redact_url(document["redis"]["url"])
+    for rule in document["flags"].values():
+        for target in rule["targeting"]:
+            target.pop("compiled", None)
+    return document
+
+
+async def show_config(request: web.Request) -> web.Response:
+    config = request.app[PROCESS].pipeline.runtime.config
+    body = orjson.dumps(config_document(config), default=_plain, option=orjson.OPT_INDENT_2)
+    return web.Response(body=body, content_type="application/json")
+
+
+@mutating
+async def reload_config(request: web.Request) -> web.Response:
+    ok, outcome = await request.app[PROCESS].reload()
+    if ok:
+        return web.json_response({"status": "reloaded", "summary": outcome})
+    return problem(400, "the new configuration has errors; the running one is kept",
+                   errors=outcome)
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Admin errors speak problem+json too, including unknown paths and wrong methods."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        return problem(405, f"{request.method} is not allowed on {request.path}",
+                       headers={"Allow": ", ".join(sorted(exc.allowed_methods))})
+    except web.HTTPNotFound:
+        return problem(404, f"no admin endpoint at {request.path}")
+    except web.HTTPRequestEntityTooLarge:
+        return problem(413, "admin request bodies are limited to 1 MiB")
+
+
 def build_admin_app(process: GatewayProcess) -> web.Application:
-    app = web.Application(client_max_size=1024**2)
+    app = web.Application(client_max_size=1024**2, middlewares=[problems])
     app[PROCESS] = process
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_text)
+    app.router.add_get("/admin/config", show_config)
+    app.router.add_post("/admin/reload", reload_config)
     for register in ADMIN_ROUTES:
         register(app)
     return app

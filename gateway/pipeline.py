@@ -31,7 +31,7 @@ from gateway.proxy import (
     UpstreamError,
     UpstreamPool,
     end_to_end,
-    limited_body,
+    LimitedBody,
     relay,
 )
 from gateway.routing import MethodNotAllowed, Router, strip
@@ -109,7 +109,7 @@ class Pipeline:
             metrics.INFLIGHT.dec()
             if response is not None:
                 record.status = response.status
-                record.bytes_sent = response.body_length
+                record.bytes = response.body_length
             duration = time.perf_counter() - started
             record.duration = duration
             route_label = record.route or "(none)"
@@ -172,7 +172,7 @@ class Pipeline:
             # Only now, with the route, the size and the limits passed, ask for the body.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             headers.pop("Expect", None)
-        body = limited_body(request.content, route.max_body) if request.body_exists else None
+        body = LimitedBody(request.content, route.max_body) if request.body_exists else None
         out = Outgoing(
             method=request.method,
             path_qs=strip(request.raw_path, route.strip_prefix),

@@ -67,7 +67,7 @@ class Outgoing:
     method: str
     path_qs: str  # raw path and query, after strip_prefix
     headers: CIMultiDict[str]
-    body: AsyncIterator[bytes] | bytes | None
+    body: LimitedBody | bytes | None
     upstream: str
     # The URL the client asked for (scheme://host/path?query): what the cache keys on.
     client_url: str = ""
@@ -90,14 +90,26 @@ class Exchange:
 Fetch = Callable[[Outgoing], Awaitable[Exchange]]
 
 
-async def limited_body(stream: aiohttp.StreamReader, limit: int | None) -> AsyncIterator[bytes]:
-    """The request body as it arrives, raising BodyTooLarge once it passes `limit`."""
-    seen = 0
-    async for chunk in stream.iter_any():
-        seen += len(chunk)
-        if limit is not None and seen > limit:
-            raise BodyTooLarge(limit)
-        yield chunk
+class LimitedBody:
+    """The request body as it arrives, stopping once it passes `limit` bytes.
+
+    The client library reports a failing body generator as a broken connection, so the
+    overrun is also remembered here for `UpstreamPool.send` to turn into a 413.
+    """
+
+    def __init__(self, stream: aiohttp.StreamReader, limit: int | None) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.exceeded = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self.stream.iter_any():
+            seen += len(chunk)
+            if self.limit is not None and seen > self.limit:
+                self.exceeded = True
+                raise BodyTooLarge(self.limit)
+            yield chunk
 
 
 class UpstreamPool:
@@ -159,14 +171,10 @@ class UpstreamPool:
             )
         except BodyTooLarge:
             raise
-        except asyncio.TimeoutError:
-            raise UpstreamError(504, f"upstream {out.upstream!r} did not answer in time")
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError(502, f"upstream {out.upstream!r} is unreachable: "
-                                f"{exc.os_error.strerror or exc.os_error}") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(502, f"upstream {out.upstream!r} broke the exchange: "
-                                f"{type(exc).__name__}: {exc}") from exc
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            if isinstance(out.body, LimitedBody) and out.body.exceeded:
+                raise BodyTooLarge(out.body.limit or 0) from exc
+            raise _upstream_error(out.upstream, exc) from exc
         return Exchange(
             status=response.status,
             reason=response.reason,
@@ -174,6 +182,17 @@ class UpstreamPool:
             body=_iterate(response, out.upstream),
             release=response.release,
         )
+
+
+def _upstream_error(upstream: str, exc: BaseException) -> UpstreamError:
+    """502 for a refused or broken exchange, 504 when the upstream ran out of time."""
+    if isinstance(exc, asyncio.TimeoutError):  # also aiohttp's ServerTimeoutError
+        return UpstreamError(504, f"upstream {upstream!r} did not answer in time")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError(502, f"upstream {upstream!r} is unreachable: "
+                             f"{exc.os_error.strerror or exc.os_error}")
+    return UpstreamError(502, f"upstream {upstream!r} broke the exchange: "
+                         f"{type(exc).__name__}: {exc}")
 
 
 async def _iterate(response: aiohttp.ClientResponse, upstream: str) -> AsyncIterator[bytes]:
@@ -217,6 +236,10 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
             async for chunk in exchange.body:
                 await response.write(chunk)
         await response.write_eof()
+    except ConnectionResetError:
+        # The client went away mid-response. Nobody is left to answer; releasing the
+        # half-read upstream response below closes that connection too.
+        pass
     finally:
         exchange.release()
     return response

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -18,11 +18,15 @@ from gateway import metrics
 from gateway.accesslog import access_logger
 from gateway.admin import build_admin_app
 from gateway.config import Config, ConfigError, load_config
+from gateway.config.model import FailureMode
+from gateway.flags import FlagEngine, FlagOverrides
 from gateway.pipeline import Pipeline, Runtime
 from gateway.proxy import UpstreamPool
 from gateway.redisconn import RedisLink
 
 log = logging.getLogger("gateway")
+
+WATCH_INTERVAL = 1.0  # seconds between looks at the config file
 
 
 @dataclass
@@ -31,13 +35,18 @@ class Services:
 
     pool: UpstreamPool
     redis: RedisLink | None = None
+    flag_overrides: FlagOverrides = field(default_factory=FlagOverrides)
 
     @classmethod
     async def create(cls, config: Config) -> Services:
         redis = RedisLink(config.redis) if config.redis is not None else None
-        return cls(pool=UpstreamPool(config.upstreams), redis=redis)
+        flag_overrides = FlagOverrides(redis)
+        await flag_overrides.start()  # stored runtime flag changes, before the first request
+        return cls(pool=UpstreamPool(config.upstreams), redis=redis,
+                   flag_overrides=flag_overrides)
 
     async def close(self) -> None:
+        await self.flag_overrides.close()
         await self.pool.close()
         if self.redis is not None:
             await self.redis.close()
@@ -45,7 +54,8 @@ class Services:
 
 def build_runtime(config: Config, services: Services) -> Runtime:
     """The stages this config asks for, wired to the long-lived services."""
-    return Runtime.build(config, services.pool)
+    return Runtime.build(config, services.pool,
+                         flags=FlagEngine(config, services.flag_overrides))
 
 
 class GatewayProcess:
@@ -65,6 +75,7 @@ class GatewayProcess:
         self.draining = False
         self.ready = False
         self._reload_lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -95,6 +106,7 @@ class GatewayProcess:
             await web.TCPSite(admin_runner, config.admin.host, config.admin.port,
                               reuse_address=True).start()
         self._runners.append(admin_runner)
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_file())
         self.ready = True
         log.info("gateway serving on %s:%s (admin %s), %s", config.listen.host,
                  config.listen.port, self.control_path or
@@ -107,6 +119,8 @@ class GatewayProcess:
         self.draining = True
         log.info("draining: no new connections, in-flight requests have %.1fs",
                  self.pipeline.runtime.config.drain_timeout)
+        if self._watcher is not None:
+            self._watcher.cancel()
         proxy_runner, admin_runner = self._runners
         await proxy_runner.cleanup()  # stops accepting, waits for handlers up to drain_timeout
         await admin_runner.cleanup()
@@ -117,9 +131,32 @@ class GatewayProcess:
     async def readiness(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining"
-        if not self.ready:
+        if not self.ready or self.services is None:
             return False, "starting"
+        redis = self.pipeline.runtime.config.redis
+        if redis is not None and redis.failure_mode is FailureMode.CLOSED and \
+                self.services.redis is not None and not await self.services.redis.ping():
+            return False, "Redis does not answer and failure_mode is closed"
         return True, "serving"
+
+    # ------------------------------------------------------------------ file watch
+    def _file_signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.config_path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    async def _watch_file(self) -> None:
+        """Reload when the config file changes on disk (an edit, or a ConfigMap swap)."""
+        seen = self._file_signature()
+        while not self.draining:
+            await asyncio.sleep(WATCH_INTERVAL)
+            now = self._file_signature()
+            if now is not None and now != seen:
+                seen = now
+                log.info("%s changed on disk; reloading", self.config_path)
+                await self.reload()
 
     # ------------------------------------------------------------------ reload
     async def reload(self) -> tuple[bool, str | list[str]]:

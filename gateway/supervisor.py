@@ -74,7 +74,8 @@ class Supervisor:
         while True:
             assert worker.proc is not None
             code = await worker.proc.wait()
-            multiprocess.mark_process_dead(worker.proc.pid, self.metrics_dir)
+            multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
+                worker.proc.pid, self.metrics_dir)
             if self.stopping:
                 return
             now = time.monotonic()

@@ -60,7 +60,8 @@ async def proxy_websocket(request: web.BaseRequest, pool: UpstreamPool, upstream
             elif msg.type is WSMsgType.PONG:
                 await sink.pong(msg.data)
             elif msg.type is WSMsgType.CLOSE:
-                await sink.close(code=source.close_code or 1000, message=msg.extra or b"")
+                reason = msg.extra.encode() if isinstance(msg.extra, str) else b""
+                await sink.close(code=source.close_code or 1000, message=reason)
                 return
             else:  # ERROR, CLOSED
                 break

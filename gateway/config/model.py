@@ -285,6 +285,8 @@ class Route:
     max_body: int | None = None
     cache: RouteCache | None = None
     flags: tuple[str, ...] = ()
+    # `flags: all`: `flags` lists the file's flags, and flags created at run time apply too.
+    all_flags: bool = False
 
 
 @dataclass(frozen=True, slots=True)

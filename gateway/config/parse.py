@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
@@ -347,6 +347,8 @@ def parse_flag(
     attributes: Mapping[str, object] | None = None,
 ) -> m.Flag:
     """One flag definition, from the config file or from an admin PUT body."""
+    if not _NAME.match(key):
+        r.error(line, path, f"flag keys may use letters, digits, '_', '-' and '.', got {key!r}")
     s = r.section(value, path, line, FLAG_KEYS)
     if s is None:
         return m.Flag(key)
@@ -374,11 +376,20 @@ def parse_flag(
     default = s.get("default", any_value, None)
     if default is None:
         default = variants[0].value if variants else False
-    if ftype in (m.FlagType.BOOLEAN, m.FlagType.OPERATIONAL) and not isinstance(default, bool):
-        s.error("default", f"a {ftype} flag's default must be true or false, got {default!r}")
+    served = _served_value_check(ftype, variants)
+    if (why := served(default)) is not None:
+        s.error("default", why)
+    for variant in variants:
+        if (why := served(variant.value)) is not None:
+            s.error("variants", f"variant {variant.name!r}: {why}")
     rollout = s.get("rollout", number(0, 100), None)
     if rollout is not None and ftype is m.FlagType.MULTIVARIATE:
         s.error("rollout", "a multivariate flag splits by variant weights, not rollout")
+    if rollout is not None and ftype is m.FlagType.OPERATIONAL:
+        s.error("rollout", "an operational flag is on or off for everyone (use kill_switch); "
+                "a gradual rollout needs type boolean or percentage")
+    if rollout is None and ftype is m.FlagType.PERCENTAGE:
+        s.error("rollout" if "rollout" in s else None, "a percentage flag needs rollout (0-100)")
     targeting: list[m.TargetRule] = []
     for _, tvalue, tpath, tline in s.elements("targeting"):
         t = r.section(tvalue, tpath, tline, ("attribute", "operator", "values", "value"))
@@ -405,7 +416,9 @@ def parse_flag(
         if attr and op:
             targeting.append(m.TargetRule(attr, m.Operator(op), values, compiled))
     environments: dict[str, Any] = {}
-    for env, evalue, _, _ in s.items("environments"):
+    for env, evalue, epath, eline in s.items("environments"):
+        if (why := served(evalue)) is not None:
+            r.error(eline, epath, why)
         environments[env] = evalue
     bucket_by = s.get("bucket_by", lambda v: attribute_name(v, attributes), None)
     return m.Flag(
@@ -425,6 +438,30 @@ def parse_flag(
         targeting=tuple(targeting),
         kill_switch=s.get("kill_switch", boolean, False),
     )
+
+
+def _served_value_check(ftype: m.FlagType, variants: list[m.Variant]
+                        ) -> Callable[[object], str | None]:
+    """What is wrong with a value this flag could serve (default, environment value), or None.
+
+    Boolean-like flags serve true/false; a multivariate flag serves one of its variants'
+    values (so every served value has a variant name for metrics and experiments). A string
+    travels in a request header, so it may not hold control characters.
+    """
+    values = [v.value for v in variants]
+
+    def check(value: object) -> str | None:
+        if ftype is not m.FlagType.MULTIVARIATE:
+            if not isinstance(value, bool):
+                return f"a {ftype} flag serves true or false, got {value!r}"
+        elif values and value not in values:
+            return (f"{value!r} is not the value of any variant "
+                    f"({', '.join(repr(v) for v in values)})")
+        if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            return f"{value!r} holds a control character, which cannot travel in a header"
+        return None
+
+    return check
 
 
 def check_flag_graph(r: Reader, flags: Mapping[str, m.Flag], where: Mapping[str, tuple[int, str]]
@@ -650,10 +687,10 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
             if up not in upstreams:
                 r.error(line_of("upstream"), f"{path}.upstream", f"unknown upstream {up!r}"
                         + _hint(up, upstreams))
-        for rule in route.rate_limits:
-            if rule not in rules:
-                r.error(line_of("rate_limits"), f"{path}.rate_limits", f"unknown rate-limit rule {rule!r}"
-                        + _hint(rule, rules))
+        for rule_name in route.rate_limits:
+            if rule_name not in rules:
+                r.error(line_of("rate_limits"), f"{path}.rate_limits",
+                        f"unknown rate-limit rule {rule_name!r}" + _hint(rule_name, rules))
         route_flags = route.flags
         if route_flags == ("*all*",):
             route_flags = tuple(flags)
@@ -665,7 +702,8 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
                 not route.match.methods & {"GET", "HEAD"}:
             r.error(line_of("cache"), f"{path}.cache", "a cache policy on a route without GET or HEAD "
                     "never applies")
-        resolved.append(_replace(route, flags=route_flags))
+        resolved.append(_replace(route, flags=route_flags,
+                                 all_flags=route.flags == ("*all*",)))
     if cache.redis and redis_settings is None:
         top.error("cache", "cache.redis: true needs a redis block")
 

@@ -1,0 +1,235 @@
+"""Operating the gateway: admin config and reload, hot reload, metrics over workers, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import yaml
+
+from tests.harness import (
+    GatewayProcessHandle,
+    InProcessGateway,
+    Upstream,
+    base_config,
+    client_session,
+    gather_limited,
+)
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_admin_config_redacts_secrets(gateway_factory: Callable[..., object],
+                                            upstream: Upstream,
+                                            redis_server: object) -> None:
+    config = base_config(upstream.url)
+    config["redis"] = {"url": "redis://app:s3cret-pass@127.0.0.1:1/0"}
+    gw: InProcessGateway = await gateway_factory(config)  # type: ignore[misc]
+    async with client_session() as s, s.get(f"{gw.admin_url}/admin/config") as r:
+        assert r.status == 200
+        text = await r.text()
+    assert "s3cret-pass" not in text
+    document = orjson.loads(text)
+    assert document["redis"]["url"] == "redis://app:***@127.0.0.1:1/0"
+    assert document["routes"][0]["name"] == "default"
+    assert document["upstreams"]["api"]["url"] == upstream.url
+
+
+async def test_reload_applies_a_valid_file_and_keeps_the_old_on_errors(
+        gateway_factory: Callable[..., object], upstream: Upstream) -> None:
+    config = base_config(upstream.url)
+    gw: InProcessGateway = await gateway_factory(config)  # type: ignore[misc]
+    config["routes"] = [{"name": "only-v2", "match": {"path_prefix": "/v2/"}, "upstream": "api"}]
+    gw.config_path.write_text(yaml.safe_dump(config))
+    async with client_session() as s:
+        async with s.post(f"{gw.admin_url}/admin/reload") as r:
+            assert r.status == 200, await r.text()
+            assert "1 routes" in (await r.json())["summary"]
+        async with s.get(f"{gw.url}/v1/x") as r:
+            assert r.status == 404
+        gw.config_path.write_text("routes: [{name: x, match: {path_prefix: /}, upstream: nope}]\n")
+        async with s.post(f"{gw.admin_url}/admin/reload") as r:
+            assert r.status == 400
+            body = await r.json()
+            assert any("unknown upstream 'nope'" in e for e in body["errors"])
+        async with s.get(f"{gw.url}/v2/x") as r:
+            assert r.status == 200  # the previous config still serves
+
+
+async def test_mutating_admin_calls_need_the_token(gateway_factory: Callable[..., object],
+                                                   upstream: Upstream,
+                                                   monkeypatch: object) -> None:
+    os.environ["GW_TEST_ADMIN_TOKEN"] = "tok-123"
+    try:
+        config = base_config(upstream.url)
+        config["admin"]["token_env"] = "GW_TEST_ADMIN_TOKEN"
+        gw: InProcessGateway = await gateway_factory(config)  # type: ignore[misc]
+        async with client_session() as s:
+            async with s.post(f"{gw.admin_url}/admin/reload") as r:
+                assert r.status == 401
+                assert r.headers["WWW-Authenticate"].startswith("Bearer")
+            async with s.post(f"{gw.admin_url}/admin/reload",
+                              headers={"Authorization": "Bearer wrong"}) as r:
+                assert r.status == 403
+            async with s.post(f"{gw.admin_url}/admin/reload",
+                              headers={"Authorization": "Bearer tok-123"}) as r:
+                assert r.status == 200
+            async with s.get(f"{gw.admin_url}/admin/config") as r:
+                assert r.status == 200  # reading needs no token
+    finally:
+        del os.environ["GW_TEST_ADMIN_TOKEN"]
+
+
+async def test_sighup_and_file_change_reload(process_factory: Callable[..., GatewayProcessHandle],
+                                             upstream: Upstream) -> None:
+    config = base_config(upstream.url)
+    gw = process_factory(config, workers=2)
+    async with client_session() as s:
+        async with s.get(f"{gw.url}/a/x") as r:
+            assert r.status == 200
+        config["routes"] = [{"name": "b", "match": {"path_prefix": "/b/"}, "upstream": "api"}]
+        gw.config_path.write_text(yaml.safe_dump(config))  # the watcher picks this up
+        for _ in range(60):
+            async with s.get(f"{gw.url}/a/x") as r:
+                if r.status == 404:
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the file change was not applied")
+        config["routes"] = [{"name": "c", "match": {"path_prefix": "/c/"}, "upstream": "api"}]
+        gw.config_path.write_text(yaml.safe_dump(config))
+        gw.signal(signal.SIGHUP)
+        for _ in range(60):
+            statuses = set()
+            for _ in range(6):  # both workers must have it
+                async with s.get(f"{gw.url}/c/x") as r:
+                    statuses.add(r.status)
+            if statuses == {200}:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("SIGHUP did not reload every worker")
+
+
+async def test_steady_traffic_through_twenty_reloads_loses_nothing(
+        gateway_factory: Callable[..., object], upstream: Upstream) -> None:
+    config = base_config(upstream.url)
+    gw: InProcessGateway = await gateway_factory(config)  # type: ignore[misc]
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def traffic(s: object) -> None:
+        while not stop.is_set():
+            async with s.get(f"{gw.url}/x") as r:  # type: ignore[attr-defined]
+                await r.read()
+                statuses.append(r.status)
+
+    async with client_session() as s:
+        workers = [asyncio.ensure_future(traffic(s)) for _ in range(8)]
+        for i in range(20):
+            config["upstreams"]["api"]["timeout"] = f"{10 + i}s"  # a real change each time
+            gw.config_path.write_text(yaml.safe_dump(config))
+            async with s.post(f"{gw.admin_url}/admin/reload") as r:
+                assert r.status == 200
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*workers)
+    assert len(statuses) > 100
+    assert set(statuses) == {200}
+
+
+async def test_metrics_sum_over_workers(process_factory: Callable[..., GatewayProcessHandle],
+                                        upstream: Upstream) -> None:
+    gw = process_factory(base_config(upstream.url), workers=2)
+    async with client_session() as s:
+        async def one(i: int) -> int:
+            async with s.get(f"{gw.url}/m/{i}") as r:
+                await r.read()
+                return r.status
+
+        statuses = await gather_limited([one(i) for i in range(1000)], limit=100)
+        from collections import Counter
+        assert statuses.count(200) == 1000, Counter(statuses)
+        async with s.get(f"{gw.admin_url}/metrics") as r:
+            text = await r.text()
+    assert metric_sum(text, "gateway_requests_total", route="default", method="GET",
+                      status="200") == 1000
+    assert metric_sum(text, "gateway_request_duration_seconds_count", route="default") == 1000
+    assert "gateway_inflight_requests" in text
+    # Both workers served some of them (SO_REUSEPORT spreads connections).
+    assert upstream.count() == 1000
+
+
+async def test_access_log_lines(process_factory: Callable[..., GatewayProcessHandle],
+                                upstream: Upstream) -> None:
+    config = base_config(upstream.url)
+    config["logging"] = {"level": "warning", "access_log": True}
+    gw = process_factory(config)
+    async with client_session() as s:
+        async with s.get(f"{gw.url}/logged?q=1", headers={
+            "X-Api-Key": "very-secret-key", "Cookie": "session=abc", "X-Request-Id": "req-42",
+        }) as r:
+            assert r.status == 200
+    await asyncio.sleep(0.3)
+    lines = [orjson.loads(line) for line in gw.logs().splitlines() if line.startswith("{")]
+    record = next(line for line in lines if line["request_id"] == "req-42")
+    assert record["route"] == "default" and record["method"] == "GET"
+    assert record["path"] == "/logged" and record["status"] == 200
+    assert record["client_ip"] == "127.0.0.1" and record["upstream"] == "api"
+    assert record["duration"] > 0 and record["upstream_duration"] > 0
+    assert record["bytes"] > 0 and "time" in record
+    assert "very-secret-key" not in gw.logs() and "session=abc" not in gw.logs()
+
+
+def test_readyz_follows_redis_with_failure_mode_closed(
+        process_factory: Callable[..., GatewayProcessHandle], redis_server: object,
+        tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from tests.harness import RedisServer
+
+    assert isinstance(redis_server, RedisServer)
+    config = base_config("http://127.0.0.1:9")
+    config["redis"] = {"url": redis_server.url, "failure_mode": "closed", "timeout": "100ms"}
+    gw = process_factory(config)
+
+    def status() -> int:
+        try:
+            with urllib.request.urlopen(f"{gw.admin_url}/readyz", timeout=2) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    assert status() == 200
+    redis_server.kill()
+    assert status() == 503
+    redis_server.start()
+    import time
+
+    deadline = time.monotonic() + 10
+    while status() != 200:
+        assert time.monotonic() < deadline, "readiness did not recover with Redis"
+        time.sleep(0.2)
+
+
+async def test_admin_unknown_path_and_method_are_problems(gateway: InProcessGateway) -> None:
+    async with client_session() as s:
+        async with s.get(f"{gateway.admin_url}/admin/nothing") as r:
+            assert r.status == 404
+            assert r.headers["Content-Type"] == "application/problem+json"
+            assert "/admin/nothing" in (await r.json(content_type=None))["detail"]
+        async with s.delete(f"{gateway.admin_url}/admin/reload") as r:
+            assert r.status == 405 and "POST" in r.headers["Allow"]

@@ -1,0 +1,144 @@
+"""Bodies stream both ways: 1 GiB each way through a gateway process that stays small."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import psutil
+from aiohttp import web
+
+from tests.harness import GatewayProcessHandle, Upstream, base_config, client_session
+
+GIB = 1024**3
+CHUNK = 1024**2
+LIMIT = 64 * 1024**2
+
+
+async def generated(total: int) -> AsyncIterator[bytes]:
+    block = bytes(range(256)) * (CHUNK // 256)
+    for _ in range(total // CHUNK):
+        yield block
+
+
+class PeakRss:
+    """Samples a process's resident memory while a transfer runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.baseline = self.proc.memory_info().rss
+        self.peak = self.baseline
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            await asyncio.sleep(0.02)
+
+    def __enter__(self) -> PeakRss:
+        self._task = asyncio.get_running_loop().create_task(self._sample())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.baseline
+
+
+async def test_one_gib_upload_streams(process_factory: Callable[..., GatewayProcessHandle],
+                                      upstream: Upstream) -> None:
+    received = 0
+
+    async def sink(request: web.Request) -> web.Response:
+        nonlocal received
+        async for chunk in request.content.iter_any():
+            received += len(chunk)
+        return web.json_response({"received": received})
+
+    upstream.on("/upload", sink)
+    gw = process_factory(base_config(upstream.url))
+    assert gw.proc is not None
+    async with client_session() as s:
+        with PeakRss(gw.proc.pid) as rss:
+            async with s.post(f"{gw.url}/upload", data=generated(GIB)) as r:
+                assert r.status == 200
+                assert (await r.json())["received"] == GIB
+    assert received == GIB
+    assert rss.growth < LIMIT, f"gateway RSS grew by {rss.growth / 1024**2:.1f} MiB"
+
+
+async def test_one_gib_download_streams(process_factory: Callable[..., GatewayProcessHandle],
+                                        upstream: Upstream) -> None:
+    async def source(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(GIB)})
+        await response.prepare(request)
+        async for chunk in generated(GIB):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    upstream.on("/download", source)
+    gw = process_factory(base_config(upstream.url))
+    assert gw.proc is not None
+    total = 0
+    async with client_session() as s:
+        with PeakRss(gw.proc.pid) as rss:
+            async with s.get(f"{gw.url}/download") as r:
+                assert r.status == 200 and r.headers["Content-Length"] == str(GIB)
+                async for chunk in r.content.iter_chunked(CHUNK):
+                    total += len(chunk)
+    assert total == GIB
+    assert rss.growth < LIMIT, f"gateway RSS grew by {rss.growth / 1024**2:.1f} MiB"
+
+
+async def test_client_disconnect_cancels_upstream_exchange(
+        gateway_factory: Callable[..., object], upstream: Upstream) -> None:
+    cancelled = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return web.Response(text="late")
+
+    upstream.on("/slow", slow)
+    gw = await gateway_factory(base_config(upstream.url))  # type: ignore[misc]
+    async with client_session() as s:
+        task = asyncio.ensure_future(s.get(f"{gw.url}/slow"))  # type: ignore[attr-defined]
+        await asyncio.sleep(0.3)
+        task.cancel()
+    await asyncio.wait_for(cancelled.wait(), 5)
+
+
+async def test_client_leaving_mid_download_closes_the_upstream_side(
+        gateway_factory: Callable[..., object], upstream: Upstream) -> None:
+    finished = asyncio.Event()
+    broke = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            for _ in range(10_000):
+                await response.write(b"z" * CHUNK)
+            finished.set()
+        except (ConnectionResetError, asyncio.CancelledError):
+            broke.set()
+            raise
+        return response
+
+    upstream.on("/endless", endless)
+    gw = await gateway_factory(base_config(upstream.url))  # type: ignore[misc]
+    async with client_session() as s:
+        r = await s.get(f"{gw.url}/endless")  # type: ignore[attr-defined]
+        await r.content.readexactly(CHUNK)
+        r.close()
+    await asyncio.wait_for(broke.wait(), 10)
+    assert not finished.is_set()
+    async with client_session() as s, s.get(f"{gw.url}/ok") as r:  # type: ignore[attr-defined]
+        assert r.status == 200
