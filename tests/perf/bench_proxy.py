@@ -27,6 +27,8 @@ from tests.perf.perfkit import (
     LAYOUT,
     Lab,
     LoadResult,
+    Service,
+    checkout,
     gateway_config,
     interleaved,
     medians,
@@ -34,6 +36,7 @@ from tests.perf.perfkit import (
     say,
     table,
     tools,
+    with_cpu,
     wrk,
 )
 
@@ -55,8 +58,10 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--rate", type=float, default=0,
                         help="fixed rate for the latency test (default: 40%% of the slower "
-                             "of naive/gateway throughput)")
+                             "of naive/gateway throughput; negative: skip it)")
     parser.add_argument("--only", nargs="*", help="measure only these contenders")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also measure the gateway of git revision REV ('baseline')")
     args = parser.parse_args()
 
     found = tools()
@@ -64,22 +69,28 @@ def main() -> int:
     print(LAYOUT.describe())
     with Lab() as lab:
         up = lab.upstream(BODY)
-        contenders = {"direct": up.url}
+        servers = {"direct": up}
         nginx = lab.nginx_proxy(up.url)
         if nginx is not None:
-            contenders["nginx"] = nginx.url
-        contenders["naive"] = lab.naive_proxy(up.url).url
-        contenders["gateway"] = lab.gateway(gateway_config(up.url)).url
+            servers["nginx"] = nginx
+        servers["naive"] = lab.naive_proxy(up.url)
+        servers["gateway"] = lab.gateway(gateway_config(up.url))
+        if args.baseline:
+            servers["baseline"] = lab.gateway(gateway_config(up.url), name="baseline",
+                                              source=checkout(args.baseline, lab.dir))
         if args.only:
-            contenders = {k: v for k, v in contenders.items() if k in args.only}
+            servers = {k: v for k, v in servers.items() if k in args.only}
+        contenders = {name: service.url for name, service in servers.items()}
         for name, url in contenders.items():
             check(name, url)
 
-        def closed(url: str) -> LoadResult:
-            return wrk(f"{url}/bench", duration=args.duration, connections=args.connections)
+        def closed(service: Service) -> LoadResult:
+            return with_cpu(service.pid, partial(
+                wrk, f"{service.url}/bench", duration=args.duration,
+                connections=args.connections))
 
         runs = interleaved(
-            {name: partial(closed, url) for name, url in contenders.items()},
+            {name: partial(closed, service) for name, service in servers.items()},
             args.repeat,
             warmup=lambda name: say(f"warm-up {name}: {wrk(contenders[name], duration=1).rps:,.0f}"
                                     " rps"),
@@ -87,23 +98,28 @@ def main() -> int:
         rows = medians(runs)
         print()
         print(table(rows, [("gateway", "nginx"), ("gateway", "naive"), ("naive", "nginx"),
-                           ("gateway", "direct")], runs,
+                           ("gateway", "direct"), ("gateway", "baseline")], runs,
                     title=f"closed loop: wrk -t1 -c{args.connections} -d{args.duration:g}s, "
                           f"medians of {args.repeat} interleaved rounds"))
 
         pythons = [n for n in ("naive", "gateway") if n in rows]
         rate = args.rate or max(100.0, round(0.4 * min(rows[n].rps for n in pythons), -2)
                                 if pythons else 1000.0)
-        fixed = {n: contenders[n] for n in ("nginx", "naive", "gateway") if n in contenders}
+        fixed = {n: contenders[n] for n in ("nginx", "naive", "gateway", "baseline")
+                 if n in contenders}
         latency = interleaved(
-            {name: partial(open_loop, f"{url}/bench", rate, duration=args.duration)
+            {name: partial(with_cpu, servers[name].pid,
+                           partial(open_loop, f"{url}/bench", rate, duration=args.duration))
              for name, url in fixed.items()},
             args.repeat,
-        )
-        print()
-        print(table(medians(latency), [("gateway", "nginx"), ("gateway", "naive")], latency,
-                    title=f"open loop at a fixed {rate:g} requests/s for {args.duration:g}s "
-                          f"(latency from the scheduled send time), medians of {args.repeat}"))
+        ) if rate > 0 else {}
+        if latency:
+            print()
+            print(table(medians(latency), [("gateway", "nginx"), ("gateway", "naive"),
+                                           ("gateway", "baseline")], latency,
+                        title=f"open loop at a fixed {rate:g} requests/s for {args.duration:g}s"
+                              f" (latency from the scheduled send time), medians of "
+                              f"{args.repeat}"))
         if "gateway" in rows and "naive" in rows:
             verdict = "MET" if rows["gateway"].rps >= rows["naive"].rps else "NOT MET"
             print(f"\ntarget (gateway rps >= naive rps): {verdict}")

@@ -40,6 +40,7 @@ from typing import Any, Self
 from tests.harness import GatewayProcessHandle, base_config, free_port, wait_for_port, write_config
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 PYTHON = sys.executable
 
 
@@ -149,6 +150,40 @@ def pin_tree(pid: int, cpus: Iterable[int] | None) -> None:
             pin_tree(int(child), wanted)
 
 
+def _tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = [pid]
+    if children.exists():
+        for child in children.read_text().split():
+            found += _tree(int(child))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by a process and its children (from /proc)."""
+    total = 0
+    for member in _tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def with_cpu(pid: int, run: Callable[[], LoadResult]) -> LoadResult:
+    """Run a measurement and add the server's CPU microseconds per request (`cpu_us`).
+
+    On a shared machine throughput moves with the neighbours' load; the CPU a server spends
+    per request moves much less, so it is the steadier figure for before/after comparisons.
+    """
+    before = cpu_seconds(pid)
+    result = run()
+    spent = cpu_seconds(pid) - before
+    cpu_us = spent * 1e6 / result.requests if result.requests else float("nan")
+    return replace(result, extra={**result.extra, "cpu_us": cpu_us})
+
+
 # ---------------------------------------------------------------- servers
 
 @dataclass
@@ -208,11 +243,11 @@ class Lab:
     # -- generic
 
     def spawn(self, name: str, cmd: Sequence[str], port: int, cpus: frozenset[int] | None,
-              env: Mapping[str, str] | None = None) -> Service:
+              env: Mapping[str, str] | None = None, cwd: Path = REPO) -> Service:
         """Run `cmd` pinned to `cpus` and wait until it listens on `port`."""
         log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         proc = subprocess.Popen([*taskset(cpus), *cmd], stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, **(env or {})), cwd=str(HERE.parents[1]))
+                                env=dict(os.environ, **(env or {})), cwd=str(cwd))
 
         def stop() -> None:
             if proc.poll() is None:
@@ -298,9 +333,18 @@ class Lab:
                           port, self.layout.server)
 
     def gateway(self, config: dict[str, Any], name: str = "gateway", workers: int = 1,
-                env: Mapping[str, str] | None = None) -> Service:
-        """`python -m gateway run` from a config dict (see `gateway_config`), pinned."""
+                env: Mapping[str, str] | None = None, source: Path | None = None) -> Service:
+        """`python -m gateway run` from a config dict (see `gateway_config`), pinned.
+
+        `source`: run the gateway package of another checkout (e.g. `git archive main`
+        unpacked in a temporary directory) to compare before and after in one run.
+        """
         path = write_config(self.dir, config, f"{name}.yaml")
+        if source is not None:
+            cmd = [PYTHON, "-m", "gateway", "run", "--config", str(path),
+                   "--workers", str(workers)]
+            return self.spawn(name, cmd, config["listen"]["port"], self.layout.server,
+                              {**(env or {}), "PYTHONPATH": str(source)}, cwd=source)
         handle = GatewayProcessHandle(path, workers=workers, env=dict(env or {})).start()
         assert handle.proc is not None
         pin_tree(handle.proc.pid, self.layout.server)
@@ -318,6 +362,16 @@ def gateway_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
     config = base_config(upstream_url, **overrides)
     config["logging"] = {"level": "warning", "access_log": False}
     return config
+
+
+def checkout(rev: str, into: Path) -> Path:
+    """`git archive REV` of this repository unpacked under `into`: a `source=` for `gateway`."""
+    target = into / f"src-{rev.replace('/', '_')}"
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
 
 
 # ---------------------------------------------------------------- load
@@ -419,6 +473,8 @@ def interleaved(runs: Mapping[str, Callable[[], LoadResult]], repeat: int = 3,
             results[name].append(result)
             say(f"round {round_no + 1}/{repeat} {name}: {result.rps:,.0f} rps, "
                 f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms"
+                + (f", {result.extra['cpu_us']:.0f} cpu us/req" if "cpu_us" in result.extra
+                   else "")
                 + (f", {result.errors} errors" if result.errors else "")
                 + (f", {result.non2xx} non-2xx" if result.non2xx else ""))
             time.sleep(pause)
@@ -453,19 +509,27 @@ def table(rows: Mapping[str, LoadResult], ratios: Sequence[tuple[str, str]] = ()
           runs: Mapping[str, Sequence[LoadResult]] | None = None, title: str = "") -> str:
     """A plain-text table of medians, then `a/b` ratios of rps and latencies."""
     lines = [title] if title else []
+    cpu = all("cpu_us" in r.extra for r in rows.values())
     header = f"{'':<12} {'rps':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'non2xx':>7}"
+    if cpu:
+        header += f" {'cpu us/req':>10}"
     if runs is not None:
         header += f"  {'rps range':>15}"
     lines += [header, "-" * len(header)]
     for name, r in rows.items():
         line = (f"{name:<12} {r.rps:>10,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
                 f"{r.errors:>7} {r.non2xx:>7}")
+        if cpu:
+            line += f" {r.extra['cpu_us']:>10.0f}"
         if runs is not None:
             line += f"  {spread(runs[name]):>15}"
         lines.append(line)
     for a, b in ratios:
         if a in rows and b in rows:
             x, y = rows[a], rows[b]
-            lines.append(f"{a}/{b}: rps x{x.rps / y.rps:.2f}, p50 x{x.p50_ms / y.p50_ms:.2f}, "
-                         f"p99 x{x.p99_ms / y.p99_ms:.2f}")
+            line = (f"{a}/{b}: rps x{x.rps / y.rps:.2f}, p50 x{x.p50_ms / y.p50_ms:.2f}, "
+                    f"p99 x{x.p99_ms / y.p99_ms:.2f}")
+            if cpu:
+                line += f", cpu/req x{x.extra['cpu_us'] / y.extra['cpu_us']:.2f}"
+            lines.append(line)
     return "\n".join(lines)
