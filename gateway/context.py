@@ -60,6 +60,35 @@ def is_trusted(address: IPAddress | None, trusted: Sequence[IPNetwork]) -> bool:
     return address is not None and any(address in net for net in trusted)
 
 
+# (address as text) -> (normalised address or None when unparsable, trusted?), per trusted set.
+Verdict = tuple[str | None, bool]
+_VERDICTS: dict[int, tuple[Sequence[IPNetwork], dict[str, Verdict]]] = {}
+_VERDICTS_MAX = 4096  # distinct addresses remembered per trusted set
+
+
+def classify(text: str, trusted: Sequence[IPNetwork]) -> Verdict:
+    """parse_ip + is_trusted, memoised: the same few peers and proxies come back all the time.
+
+    Parsing with `ipaddress` was the largest cost of building a context (tests/perf). The
+    memo is keyed by the identity of the trusted set (a config's tuple, kept alive by the
+    entry so the id cannot be reused) and is simply emptied when it fills up.
+    """
+    entry = _VERDICTS.get(id(trusted))
+    if entry is None or entry[0] is not trusted:
+        if len(_VERDICTS) >= 16:  # old configs after many reloads
+            _VERDICTS.clear()
+        entry = _VERDICTS[id(trusted)] = (trusted, {})
+    known = entry[1]
+    verdict = known.get(text)
+    if verdict is None:
+        address = parse_ip(text)
+        verdict = (None if address is None else str(address), is_trusted(address, trusted))
+        if len(known) >= _VERDICTS_MAX:
+            known.clear()
+        known[text] = verdict
+    return verdict
+
+
 def resolve_client_ip(peer: str, hops: Iterable[str], trusted: Sequence[IPNetwork]) -> str:
     """The right-most hop that is not a trusted proxy; the peer when every hop is trusted.
 
@@ -69,14 +98,14 @@ def resolve_client_ip(peer: str, hops: Iterable[str], trusted: Sequence[IPNetwor
     seen (a trusted proxy) is then the best we know.
     """
     current = peer
-    if not is_trusted(parse_ip(peer), trusted):
+    if not classify(peer, trusted)[1]:
         return peer
     for hop in reversed(list(hops)):
-        address = parse_ip(hop)
+        address, hop_trusted = classify(hop, trusted)
         if address is None:
             return current
-        current = str(address)
-        if not is_trusted(address, trusted):
+        current = address
+        if not hop_trusted:
             return current
     return current
 
@@ -105,7 +134,7 @@ def build_context(
     `headers` is case-insensitive (aiohttp's CIMultiDict); `forwarded_for` all values of the
     client-IP header, since a proxy chain may send it more than once.
     """
-    trusted = is_trusted(parse_ip(peer), settings.trusted_proxies)
+    trusted = classify(peer, settings.trusted_proxies)[1]
     client_ip = peer
     if trusted:
         client_ip = resolve_client_ip(peer, split_forwarded_for(forwarded_for),

@@ -63,7 +63,7 @@ class Runtime:
     @classmethod
     def build(cls, config: Config, upstreams: UpstreamPool, **stages: object) -> Runtime:
         for route in config.routes:  # children at load, not per request (STYLE)
-            metrics.REQUEST_DURATION.labels(route.name)
+            metrics.REQUEST_DURATION_BY(route.name)
         return cls(
             config=config,
             router=Router(config.routes),
@@ -113,9 +113,9 @@ class Pipeline:
             duration = time.perf_counter() - started
             record.duration = duration
             route_label = record.route or "(none)"
-            metrics.REQUESTS.labels(route_label, metrics.method_label(request.method),
-                                    str(record.status)).inc()
-            metrics.REQUEST_DURATION.labels(route_label).observe(duration)
+            metrics.REQUESTS_BY(route_label, metrics.method_label(request.method),
+                                str(record.status)).inc()
+            metrics.REQUEST_DURATION_BY(route_label).observe(duration)
             if self.access_log is not None:
                 self.access_log.info(record.to_json())
 
@@ -189,7 +189,7 @@ class Pipeline:
             finally:
                 spent = time.perf_counter() - began
                 record.upstream_duration = spent
-                metrics.UPSTREAM_DURATION.labels(route.name, out.upstream).observe(spent)
+                metrics.UPSTREAM_DURATION_BY(route.name, out.upstream).observe(spent)
 
         try:
             exchange = await rt.cache.serve(route, out, fetch)

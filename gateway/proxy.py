@@ -27,6 +27,9 @@ HOP_BY_HOP = frozenset({
 })
 
 
+_KEEP_UPGRADE_DROP = HOP_BY_HOP - {"upgrade", "connection"}  # a WebSocket handshake
+
+
 class UpstreamError(Exception):
     """The upstream could not be reached or broke the exchange: 502, or 504 for timeouts."""
 
@@ -44,19 +47,23 @@ class BodyTooLarge(Exception):
 
 def end_to_end(headers: Mapping[str, str] | CIMultiDictProxy[str],
                keep_upgrade: bool = False) -> CIMultiDict[str]:
-    """A copy without hop-by-hop fields, including every field that Connection names."""
-    named = {
-        token.strip().lower()
-        for value in headers.getall("Connection", ())  # type: ignore[union-attr]
-        for token in value.split(",") if token.strip()
-    } if "Connection" in headers else set()
-    drop = HOP_BY_HOP | named
-    if keep_upgrade:
-        drop = drop - {"upgrade", "connection"}
-    result: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        if name.lower() not in drop:
-            result.add(name, value)
+    """A copy without hop-by-hop fields, including every field that Connection names.
+
+    Copy first, then remove the few names to drop: the copy is one C call, where testing
+    every field in Python cost more per request (tests/perf/bench_proxy.py).
+    """
+    result: CIMultiDict[str] = CIMultiDict(headers)
+    drop = _KEEP_UPGRADE_DROP if keep_upgrade else HOP_BY_HOP
+    if "Connection" in result:
+        named = {
+            token.strip().lower()
+            for value in result.getall("Connection")
+            for token in value.split(",") if token.strip()
+        }
+        drop = drop | (named - {"upgrade", "connection"} if keep_upgrade else named)
+    for name in drop:
+        if name in result:
+            result.popall(name)
     return result
 
 
@@ -213,10 +220,9 @@ BODILESS_STATUSES = frozenset({204, 304})
 async def relay(request: web.BaseRequest, exchange: Exchange,
                 extra: Iterable[tuple[str, str]] = ()) -> web.StreamResponse:
     """Write an exchange to the client, streaming the body; returns the prepared response."""
-    response = web.StreamResponse(status=exchange.status, reason=exchange.reason)
+    response = web.StreamResponse(status=exchange.status, reason=exchange.reason,
+                                  headers=exchange.headers)  # copied in C, duplicates kept
     headers = response.headers
-    for name, value in exchange.headers.items():
-        headers.add(name, value)
     for name, value in extra:
         headers[name] = value
     bodiless = exchange.status in BODILESS_STATUSES or 100 <= exchange.status < 200

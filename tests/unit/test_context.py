@@ -5,7 +5,7 @@ import ipaddress
 from multidict import CIMultiDict
 
 from gateway.config.model import ContextSettings, HeaderSource
-from gateway.context import build_context, hash_api_key, resolve_client_ip
+from gateway.context import build_context, classify, hash_api_key, resolve_client_ip
 
 TRUSTED = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8"))
 SETTINGS = ContextSettings(
@@ -59,3 +59,13 @@ def test_identity_from_untrusted_peer_is_ignored() -> None:
     assert not trusted
     assert ctx.user_id is None and ctx.subscription_tier == "free"
     assert ctx.client_ip == "198.51.100.1"
+
+
+def test_memoised_trust_verdict_belongs_to_its_trusted_set() -> None:
+    # The same address asked twice, and under another config's trusted set (a reload).
+    assert classify("10.1.2.3", TRUSTED) == ("10.1.2.3", True)
+    assert classify("10.1.2.3", TRUSTED) == ("10.1.2.3", True)
+    other = (ipaddress.ip_network("192.0.2.0/24"),)
+    assert classify("10.1.2.3", other) == ("10.1.2.3", False)
+    assert classify("[2001:db8::1]:443", other) == ("2001:db8::1", False)
+    assert classify("not-an-ip", TRUSTED) == (None, False)

@@ -1,0 +1,535 @@
+"""Building blocks for benchmark scripts: servers to measure, load generators, fair comparison.
+
+A benchmark here always compares against a reference measured in the same run on the same
+machine (issue 2: absolute figures on a shared 2-core box mean little). The pieces:
+
+- `Lab`: a context manager that starts processes and stops every one of them at exit:
+  `lab.upstream()` (nginx answering a fixed small body; a raw-asyncio responder if nginx cannot
+  be had), `lab.nginx_proxy(url)`, `lab.naive_proxy(url)`, `lab.gateway(config_dict)`.
+- `wrk(url, ...)` (closed loop: throughput) and `open_loop(url, rate, ...)` (fixed rate:
+  latency below saturation), both returning a `LoadResult`.
+- `interleaved({...}, repeat)`: runs A B C A B C ... so drift on a shared machine hits every
+  contender alike; `medians()` and `table()` turn the runs into a printed comparison.
+- `LAYOUT`: which cores the load side and the server under test are pinned to.
+
+Example:
+
+    with Lab() as lab:
+        up = lab.upstream()
+        gw = lab.gateway(gateway_config(up.url))
+        runs = interleaved({"direct": lambda: wrk(up.url), "gateway": lambda: wrk(gw.url)}, 3)
+        print(table(medians(runs), ratios=[("gateway", "direct")]))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from tests.harness import GatewayProcessHandle, base_config, free_port, wait_for_port, write_config
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+PYTHON = sys.executable
+
+
+def say(message: str) -> None:
+    print(f"[perfkit] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- tools
+
+def _find(name: str) -> str | None:
+    return shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None)
+
+
+def _apt_install(packages: Sequence[str]) -> bool:
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        say(f"cannot install {' '.join(packages)}: need root and apt-get "
+            f"(install them yourself: apt-get install -y {' '.join(packages)})")
+        return False
+    say(f"installing Debian packages {' '.join(packages)} with apt-get (one time) ...")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "-qq", *packages]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:  # the package lists may be missing or stale: refresh once
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, check=False)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        say(f"apt-get install {' '.join(packages)} failed:\n{done.stderr[-2000:]}")
+    return done.returncode == 0
+
+
+@dataclass(frozen=True)
+class Tools:
+    wrk: str
+    nginx: str | None  # None: upstream falls back to responder.py, no nginx comparison
+
+
+_TOOLS: Tools | None = None
+
+
+def tools() -> Tools:
+    """wrk and nginx, installed from Debian's packages when missing (wrk is required)."""
+    global _TOOLS
+    if _TOOLS is None:
+        wrk, nginx = _find("wrk"), _find("nginx")
+        missing = [pkg for pkg, found in (("wrk", wrk), ("nginx-light", nginx)) if not found]
+        if missing and _apt_install(missing):
+            wrk, nginx = _find("wrk"), _find("nginx")
+        if nginx is None and _apt_install(["nginx"]):  # nginx-light is not in every release
+            nginx = _find("nginx")
+        if wrk is None:
+            raise RuntimeError("wrk is required: apt-get install -y wrk")
+        if nginx is None:
+            say("nginx unavailable: the upstream is tests/perf/responder.py and there is no "
+                "nginx comparison")
+        _TOOLS = Tools(wrk=wrk, nginx=nginx)
+    return _TOOLS
+
+
+# ---------------------------------------------------------------- cores
+
+@dataclass(frozen=True)
+class Layout:
+    """Load generator and upstream share `load`; the server under test has `server` alone."""
+
+    load: frozenset[int] | None
+    server: frozenset[int] | None
+
+    def describe(self) -> str:
+        if self.load is None or self.server is None:
+            return "no CPU pinning (a single core is available)"
+        return (f"pinned with taskset/sched_setaffinity: load generator + upstream on cores "
+                f"{sorted(self.load)}, the server under test on cores {sorted(self.server)}")
+
+
+def _layout() -> Layout:
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return Layout(None, None)
+    half = len(cores) // 2
+    return Layout(frozenset(cores[:half]), frozenset(cores[half:]))
+
+
+LAYOUT = _layout()
+
+
+def taskset(cpus: Iterable[int] | None) -> list[str]:
+    """A command prefix pinning a new process (and its threads) to `cpus`."""
+    if cpus is None or not shutil.which("taskset"):
+        return []
+    return ["taskset", "-c", ",".join(str(c) for c in sorted(cpus))]
+
+
+def pin_tree(pid: int, cpus: Iterable[int] | None) -> None:
+    """Pin a running process, all its threads and its child processes (`taskset -a -p`)."""
+    if cpus is None:
+        return
+    wanted = set(cpus)
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), wanted)
+        except OSError:
+            pass  # a thread that just ended
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        for child in children.read_text().split():
+            pin_tree(int(child), wanted)
+
+
+def _tree(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    found = [pid]
+    if children.exists():
+        for child in children.read_text().split():
+            found += _tree(int(child))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time used so far by a process and its children (from /proc)."""
+    total = 0
+    for member in _tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def with_cpu(pid: int, run: Callable[[], LoadResult]) -> LoadResult:
+    """Run a measurement and add the server's CPU microseconds per request (`cpu_us`).
+
+    On a shared machine throughput moves with the neighbours' load; the CPU a server spends
+    per request moves much less, so it is the steadier figure for before/after comparisons.
+    """
+    before = cpu_seconds(pid)
+    result = run()
+    spent = cpu_seconds(pid) - before
+    cpu_us = spent * 1e6 / result.requests if result.requests else float("nan")
+    return replace(result, extra={**result.extra, "cpu_us": cpu_us})
+
+
+# ---------------------------------------------------------------- servers
+
+@dataclass
+class Service:
+    """A started server: its URL, its process id, and how to stop it."""
+
+    name: str
+    url: str
+    pid: int
+    stop: Callable[[], None]
+    cpus: frozenset[int] | None = None
+
+
+NGINX_HEAD = """\
+{user}worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+"""
+
+
+class Lab:
+    """Starts servers in a temporary directory and stops all of them on exit."""
+
+    def __init__(self, layout: Layout = LAYOUT) -> None:
+        self.layout = layout
+        self.dir = Path(tempfile.mkdtemp(prefix="gw-perf-"))
+        os.chmod(self.dir, 0o755)  # nginx workers may run as another user
+        self.services: list[Service] = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for service in reversed(self.services):
+            try:
+                service.stop()
+            except Exception as error:  # noqa: BLE001 - keep stopping the others
+                say(f"stopping {service.name}: {error}")
+        self.services.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- generic
+
+    def spawn(self, name: str, cmd: Sequence[str], port: int, cpus: frozenset[int] | None,
+              env: Mapping[str, str] | None = None, cwd: Path = REPO) -> Service:
+        """Run `cmd` pinned to `cpus` and wait until it listens on `port`."""
+        log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        proc = subprocess.Popen([*taskset(cpus), *cmd], stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, **(env or {})), cwd=str(cwd))
+
+        def stop() -> None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            log.close()
+
+        try:
+            wait_for_port(port, proc=proc)
+        except (RuntimeError, TimeoutError):
+            stop()
+            raise RuntimeError(f"{name} did not start:\n"
+                               f"{(self.dir / f'{name}.log').read_text(errors='replace')}"
+                               ) from None
+        service = Service(name, f"http://127.0.0.1:{port}", proc.pid, stop, cpus)
+        self.services.append(service)
+        return service
+
+    def _nginx(self, name: str, server_block: str, port: int,
+               cpus: frozenset[int] | None) -> Service:
+        nginx = tools().nginx
+        assert nginx is not None
+        work = self.dir / name
+        work.mkdir()
+        os.chmod(work, 0o755)
+        user = "user root root;\n" if os.geteuid() == 0 else ""
+        conf = work / "nginx.conf"
+        conf.write_text(NGINX_HEAD.format(user=user, dir=work) + server_block + "}\n")
+        cmd = [nginx, "-p", str(work), "-e", str(work / "error.log"), "-c", str(conf)]
+        return self.spawn(name, cmd, port, cpus)
+
+    # -- the contenders
+
+    def upstream(self, body: str = "hello from the upstream\n", name: str = "upstream",
+                 cpus: frozenset[int] | None | str = "load") -> Service:
+        """A fast upstream answering every request with a fixed 200 (nginx, else responder.py).
+
+        It shares the load generator's cores by default, so the server under test keeps its
+        own core; pass `cpus=` to place it elsewhere.
+        """
+        where = self.layout.load if cpus == "load" else cpus
+        assert not isinstance(where, str)
+        port = free_port()
+        if tools().nginx is None:
+            return self.spawn(name, [PYTHON, str(HERE / "responder.py"), str(port), body],
+                              port, where)
+        quoted = body.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        block = f"""    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ default_type text/plain; return 200 "{quoted}"; }}
+    }}
+"""
+        return self._nginx(name, block, port, where)
+
+    def nginx_proxy(self, upstream_url: str, name: str = "nginx") -> Service | None:
+        """nginx as a plain reverse proxy: 1 worker, keep-alive upstream pool, no access log."""
+        if tools().nginx is None:
+            return None
+        port = free_port()
+        target = upstream_url.removeprefix("http://").rstrip("/")
+        block = f"""    upstream backend {{ server {target}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+"""
+        return self._nginx(name, block, port, self.layout.server)
+
+    def naive_proxy(self, upstream_url: str, name: str = "naive") -> Service:
+        """The ~60-line aiohttp proxy of issue 2 (tests/perf/naive_proxy.py)."""
+        port = free_port()
+        return self.spawn(name, [PYTHON, str(HERE / "naive_proxy.py"), str(port), upstream_url],
+                          port, self.layout.server)
+
+    def gateway(self, config: dict[str, Any], name: str = "gateway", workers: int = 1,
+                env: Mapping[str, str] | None = None, source: Path | None = None) -> Service:
+        """`python -m gateway run` from a config dict (see `gateway_config`), pinned.
+
+        `source`: run the gateway package of another checkout (e.g. `git archive main`
+        unpacked in a temporary directory) to compare before and after in one run.
+        """
+        path = write_config(self.dir, config, f"{name}.yaml")
+        if source is not None:
+            cmd = [PYTHON, "-m", "gateway", "run", "--config", str(path),
+                   "--workers", str(workers)]
+            return self.spawn(name, cmd, config["listen"]["port"], self.layout.server,
+                              {**(env or {}), "PYTHONPATH": str(source)}, cwd=source)
+        handle = GatewayProcessHandle(path, workers=workers, env=dict(env or {})).start()
+        assert handle.proc is not None
+        pin_tree(handle.proc.pid, self.layout.server)
+
+        def stop() -> None:
+            handle.stop()
+
+        service = Service(name, handle.url, handle.proc.pid, stop, self.layout.server)
+        self.services.append(service)
+        return service
+
+
+def gateway_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
+    """tests.harness.base_config for benchmarks: warnings only, no access log."""
+    config = base_config(upstream_url, **overrides)
+    config["logging"] = {"level": "warning", "access_log": False}
+    return config
+
+
+def checkout(rev: str, into: Path) -> Path:
+    """`git archive REV` of this repository unpacked under `into`: a `source=` for `gateway`."""
+    target = into / f"src-{rev.replace('/', '_')}"
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
+# ---------------------------------------------------------------- load
+
+@dataclass(frozen=True)
+class LoadResult:
+    """One measurement. Latencies in milliseconds; `rate` set for open-loop runs."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int = 0  # connect/read/write errors and timeouts
+    non2xx: int = 0
+    rate: float | None = None
+    extra: Mapping[str, float] = field(default_factory=dict)
+
+
+WRK_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"errors":%d,"non2xx":%d,' ..
+    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+def wrk(url: str, *, duration: float = 5.0, connections: int = 64, threads: int = 1,
+        headers: Mapping[str, str] | None = None, lua: str = "",
+        cpus: frozenset[int] | None | str = "load", timeout: float = 10.0) -> LoadResult:
+    """Closed-loop throughput with wrk. `lua` may define `request`/`response` (not `done`)."""
+    where = LAYOUT.load if cpus == "load" else cpus
+    assert not isinstance(where, str)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(lua + WRK_DONE)
+    cmd = [*taskset(where), tools().wrk, "-t", str(threads), "-c", str(connections),
+           "-d", f"{max(1, round(duration))}s", "--timeout", f"{timeout:g}s", "-s", script.name]
+    for name, value in (headers or {}).items():
+        cmd += ["-H", f"{name}: {value}"]
+    try:
+        done = subprocess.run([*cmd, url], capture_output=True, text=True, check=False,
+                              timeout=duration + 60)
+    finally:
+        os.unlink(script.name)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    data = json.loads(line[8:])
+    return LoadResult(
+        rps=data["requests"] / (data["duration_us"] / 1e6),
+        p50_ms=data["p50_us"] / 1000, p99_ms=data["p99_us"] / 1000,
+        requests=data["requests"], errors=data["errors"], non2xx=data["non2xx"],
+        extra={"p90_ms": data["p90_us"] / 1000, "max_ms": data["max_us"] / 1000},
+    )
+
+
+def open_loop(url: str, rate: float, *, duration: float = 5.0, connections: int = 64,
+              headers: Mapping[str, str] | None = None, method: str = "GET",
+              cpus: frozenset[int] | None | str = "load") -> LoadResult:
+    """Latency at a fixed request rate (tests/perf/openloop.py, in its own process)."""
+    where = LAYOUT.load if cpus == "load" else cpus
+    assert not isinstance(where, str)
+    cmd = [*taskset(where), PYTHON, str(HERE / "openloop.py"), url, "--rate", f"{rate:g}",
+           "--duration", f"{duration:g}", "--connections", str(connections), "--method", method]
+    for name, value in (headers or {}).items():
+        cmd += ["--header", f"{name}: {value}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                          timeout=duration + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"openloop failed ({done.returncode}):\n{done.stderr}")
+    data = json.loads(done.stdout.strip().splitlines()[-1])
+    if data["behind_ms"] > 5:
+        say(f"open-loop client ran {data['behind_ms']:.1f} ms behind its schedule at "
+            f"{rate:g}/s: the client, not the server, may be limiting; lower the rate")
+    return LoadResult(
+        rps=data["achieved_rate"], p50_ms=data["p50_ms"], p99_ms=data["p99_ms"],
+        requests=data["ok"], errors=data["errors"], non2xx=data["non2xx"], rate=rate,
+        extra={"p90_ms": data["p90_ms"], "max_ms": data["max_ms"],
+               "behind_ms": data["behind_ms"]},
+    )
+
+
+# ---------------------------------------------------------------- comparison
+
+def interleaved(runs: Mapping[str, Callable[[], LoadResult]], repeat: int = 3,
+                warmup: Callable[[str], None] | None = None, pause: float = 0.5
+                ) -> dict[str, list[LoadResult]]:
+    """Each run `repeat` times in the order A B C A B C ...; `warmup(name)` first, once each."""
+    if warmup is not None:
+        for name in runs:
+            warmup(name)
+    results: dict[str, list[LoadResult]] = {name: [] for name in runs}
+    for round_no in range(repeat):
+        for name, run in runs.items():
+            result = run()
+            results[name].append(result)
+            say(f"round {round_no + 1}/{repeat} {name}: {result.rps:,.0f} rps, "
+                f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms"
+                + (f", {result.extra['cpu_us']:.0f} cpu us/req" if "cpu_us" in result.extra
+                   else "")
+                + (f", {result.errors} errors" if result.errors else "")
+                + (f", {result.non2xx} non-2xx" if result.non2xx else ""))
+            time.sleep(pause)
+    return results
+
+
+def median(results: Sequence[LoadResult]) -> LoadResult:
+    """Median of each figure separately; errors summed over the repeats."""
+    return replace(
+        results[0],
+        rps=statistics.median(r.rps for r in results),
+        p50_ms=statistics.median(r.p50_ms for r in results),
+        p99_ms=statistics.median(r.p99_ms for r in results),
+        requests=sum(r.requests for r in results),
+        errors=sum(r.errors for r in results),
+        non2xx=sum(r.non2xx for r in results),
+        extra={k: statistics.median(r.extra.get(k, float("nan")) for r in results)
+               for k in results[0].extra},
+    )
+
+
+def medians(runs: Mapping[str, Sequence[LoadResult]]) -> dict[str, LoadResult]:
+    return {name: median(results) for name, results in runs.items() if results}
+
+
+def spread(results: Sequence[LoadResult]) -> str:
+    low, high = min(r.rps for r in results), max(r.rps for r in results)
+    return f"{low:,.0f}-{high:,.0f}"
+
+
+def table(rows: Mapping[str, LoadResult], ratios: Sequence[tuple[str, str]] = (),
+          runs: Mapping[str, Sequence[LoadResult]] | None = None, title: str = "") -> str:
+    """A plain-text table of medians, then `a/b` ratios of rps and latencies."""
+    lines = [title] if title else []
+    cpu = all("cpu_us" in r.extra for r in rows.values())
+    header = f"{'':<12} {'rps':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'non2xx':>7}"
+    if cpu:
+        header += f" {'cpu us/req':>10}"
+    if runs is not None:
+        header += f"  {'rps range':>15}"
+    lines += [header, "-" * len(header)]
+    for name, r in rows.items():
+        line = (f"{name:<12} {r.rps:>10,.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
+                f"{r.errors:>7} {r.non2xx:>7}")
+        if cpu:
+            line += f" {r.extra['cpu_us']:>10.0f}"
+        if runs is not None:
+            line += f"  {spread(runs[name]):>15}"
+        lines.append(line)
+    for a, b in ratios:
+        if a in rows and b in rows:
+            x, y = rows[a], rows[b]
+            line = (f"{a}/{b}: rps x{x.rps / y.rps:.2f}, p50 x{x.p50_ms / y.p50_ms:.2f}, "
+                    f"p99 x{x.p99_ms / y.p99_ms:.2f}")
+            if cpu:
+                line += f", cpu/req x{x.extra['cpu_us'] / y.extra['cpu_us']:.2f}"
+            lines.append(line)
+    return "\n".join(lines)
