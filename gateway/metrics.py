@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -17,7 +18,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
 # From half a millisecond (a cache hit) to 30 s (the default upstream timeout).
 LATENCY_BUCKETS = (

@@ -27,11 +27,11 @@ from gateway.problem import problem
 from gateway.proxy import (
     BodyTooLarge,
     Exchange,
+    LimitedBody,
     Outgoing,
     UpstreamError,
     UpstreamPool,
     end_to_end,
-    LimitedBody,
     relay,
 )
 from gateway.routing import MethodNotAllowed, Router, strip
@@ -230,4 +230,4 @@ class Pipeline:
         return headers
 
 
-__all__ = ["Pipeline", "Runtime", "RequestContext"]
+__all__ = ["Pipeline", "RequestContext", "Runtime"]

@@ -178,7 +178,7 @@ class UpstreamPool:
             )
         except BodyTooLarge:
             raise
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if isinstance(out.body, LimitedBody) and out.body.exceeded:
                 raise BodyTooLarge(out.body.limit or 0) from exc
             raise _upstream_error(out.upstream, exc) from exc
@@ -206,8 +206,8 @@ async def _iterate(response: aiohttp.ClientResponse, upstream: str) -> AsyncIter
     try:
         async for chunk in response.content.iter_any():
             yield chunk
-    except asyncio.TimeoutError:
-        raise UpstreamError(504, f"upstream {upstream!r} timed out sending the body")
+    except TimeoutError:
+        raise UpstreamError(504, f"upstream {upstream!r} timed out sending the body") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamError(502, f"upstream {upstream!r} broke off the body: {exc}") from exc
     finally:

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import shutil
 import statistics
@@ -140,10 +141,8 @@ def pin_tree(pid: int, cpus: Iterable[int] | None) -> None:
         return
     wanted = set(cpus)
     for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
+        with contextlib.suppress(OSError):  # a thread that just ended
             os.sched_setaffinity(int(tid), wanted)
-        except OSError:
-            pass  # a thread that just ended
     children = Path(f"/proc/{pid}/task/{pid}/children")
     if children.exists():
         for child in children.read_text().split():
@@ -286,7 +285,7 @@ class Lab:
     # -- the contenders
 
     def upstream(self, body: str = "hello from the upstream\n", name: str = "upstream",
-                 cpus: frozenset[int] | None | str = "load") -> Service:
+                 cpus: frozenset[int] | str | None = "load") -> Service:
         """A fast upstream answering every request with a fixed 200 (nginx, else responder.py).
 
         It shares the load generator's cores by default, so the server under test keeps its
@@ -404,7 +403,7 @@ end
 
 def wrk(url: str, *, duration: float = 5.0, connections: int = 64, threads: int = 1,
         headers: Mapping[str, str] | None = None, lua: str = "",
-        cpus: frozenset[int] | None | str = "load", timeout: float = 10.0) -> LoadResult:
+        cpus: frozenset[int] | str | None = "load", timeout: float = 10.0) -> LoadResult:
     """Closed-loop throughput with wrk. `lua` may define `request`/`response` (not `done`)."""
     where = LAYOUT.load if cpus == "load" else cpus
     assert not isinstance(where, str)
@@ -433,7 +432,7 @@ def wrk(url: str, *, duration: float = 5.0, connections: int = 64, threads: int 
 
 def open_loop(url: str, rate: float, *, duration: float = 5.0, connections: int = 64,
               headers: Mapping[str, str] | None = None, method: str = "GET",
-              cpus: frozenset[int] | None | str = "load") -> LoadResult:
+              cpus: frozenset[int] | str | None = "load") -> LoadResult:
     """Latency at a fixed request rate (tests/perf/openloop.py, in its own process)."""
     where = LAYOUT.load if cpus == "load" else cpus
     assert not isinstance(where, str)
