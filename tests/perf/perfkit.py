@@ -23,8 +23,8 @@ Example:
 
 from __future__ import annotations
 
-import json
 import contextlib
+import json
 import os
 import shutil
 import statistics
