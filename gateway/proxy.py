@@ -182,11 +182,20 @@ class UpstreamPool:
             if isinstance(out.body, LimitedBody) and out.body.exceeded:
                 raise BodyTooLarge(out.body.limit or 0) from exc
             raise _upstream_error(out.upstream, exc) from exc
+        content = response.content
+        if content.is_eof() and content.exception() is None:
+            # The whole body came with the head (a small response): hand it over as bytes,
+            # so relay writes head and body at once without a per-chunk iterator. It is
+            # already in memory; anything still arriving streams as before.
+            body: AsyncIterator[bytes] | bytes = content.read_nowait()
+            response.release()
+        else:
+            body = _iterate(response, out.upstream)
         return Exchange(
             status=response.status,
             reason=response.reason,
             headers=end_to_end(response.headers),
-            body=_iterate(response, out.upstream),
+            body=body,
             release=response.release,
         )
 
@@ -236,9 +245,11 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
     try:
         await response.prepare(request)
         if isinstance(exchange.body, bytes):
-            if exchange.body and not bodiless and request.method != "HEAD":
-                await response.write(exchange.body)
-        elif not bodiless and request.method != "HEAD":
+            # Headers and body leave in one write (aiohttp coalesces them at write_eof).
+            await response.write_eof(exchange.body if not bodiless and
+                                     request.method != "HEAD" else b"")
+            return response
+        if not bodiless and request.method != "HEAD":
             async for chunk in exchange.body:
                 await response.write(chunk)
         await response.write_eof()
