@@ -23,6 +23,7 @@ from gateway import metrics
 from gateway.accesslog import AccessRecord
 from gateway.config.model import Config, Route
 from gateway.context import RequestContext, build_context, identity_headers
+from gateway.metrictally import TALLY
 from gateway.problem import problem
 from gateway.proxy import (
     BodyTooLarge,
@@ -107,7 +108,7 @@ async def _fetch(rt: Runtime, route: Route, out: Outgoing, record: AccessRecord)
     finally:
         spent = time.perf_counter() - began
         record.upstream_duration = spent
-        metrics.UPSTREAM_DURATION_BY(route.name, out.upstream).observe(spent)
+        TALLY.observe(metrics.UPSTREAM_DURATION_BY(route.name, out.upstream), spent)
 
 
 class Pipeline:
@@ -123,7 +124,7 @@ class Pipeline:
         request_id = sent_id if sent_id and _REQUEST_ID.match(sent_id) else new_request_id()
         record = AccessRecord(request_id=request_id, method=request.method,
                               path=request.path, client_ip=request.remote or "")
-        metrics.INFLIGHT.inc()
+        TALLY.started()
         response: web.StreamResponse | None = None
         try:
             response = await self._walk(rt, request, request_id, record)
@@ -132,16 +133,14 @@ class Pipeline:
             record.status = 499  # the client went away (nginx's convention)
             raise
         finally:
-            metrics.INFLIGHT.dec()
             if response is not None:
                 record.status = response.status
                 record.bytes = response.body_length
             duration = time.perf_counter() - started
             record.duration = duration
             route_label = record.route or "(none)"
-            metrics.REQUESTS_BY(route_label, metrics.method_label(request.method),
-                                str(record.status)).inc()
-            metrics.REQUEST_DURATION_BY(route_label).observe(duration)
+            TALLY.finished(route_label, metrics.method_label(request.method),
+                           str(record.status), duration)
             if self.access_log is not None:
                 self.access_log.info(record.to_json())
 
