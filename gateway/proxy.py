@@ -226,11 +226,24 @@ async def _iterate(response: aiohttp.ClientResponse, upstream: str) -> AsyncIter
 BODILESS_STATUSES = frozenset({204, 304})
 
 
+class _OneWrite(web.StreamResponse):
+    """A response whose whole body is at hand: head and body leave in one write.
+
+    StreamResponse sends the head as soon as it is prepared, so the body costs a second
+    send (and a second TCP segment); aiohttp's own `web.Response` holds the head back until
+    the body is written, through this class attribute. Streamed bodies keep the immediate
+    head, so a slow upstream body never delays the status line.
+    """
+
+    _send_headers_immediately = False
+
+
 async def relay(request: web.BaseRequest, exchange: Exchange,
                 extra: Iterable[tuple[str, str]] = ()) -> web.StreamResponse:
     """Write an exchange to the client, streaming the body; returns the prepared response."""
-    response = web.StreamResponse(status=exchange.status, reason=exchange.reason,
-                                  headers=exchange.headers)  # copied in C, duplicates kept
+    kind = _OneWrite if isinstance(exchange.body, bytes) else web.StreamResponse
+    response = kind(status=exchange.status, reason=exchange.reason,
+                    headers=exchange.headers)  # copied in C, duplicates kept
     headers = response.headers
     for name, value in extra:
         headers[name] = value
@@ -245,7 +258,7 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
     try:
         await response.prepare(request)
         if isinstance(exchange.body, bytes):
-            # Headers and body leave in one write (aiohttp coalesces them at write_eof).
+            # Head and body leave in one write (see _OneWrite).
             await response.write_eof(exchange.body if not bodiless and
                                      request.method != "HEAD" else b"")
             return response
