@@ -104,7 +104,7 @@ def _is_websocket(request: web.BaseRequest) -> bool:
 async def _fetch(rt: Runtime, route: Route, out: Outgoing, record: AccessRecord) -> Exchange:
     began = time.perf_counter()
     try:
-        return await rt.upstreams.send(out)
+        return await rt.upstreams.send(out, whole_small=not rt.cached)
     finally:
         spent = time.perf_counter() - began
         record.upstream_duration = spent
@@ -205,7 +205,9 @@ class Pipeline:
             headers=headers,
             body=body,
             upstream=upstream,
-            client_url=f"{request.scheme}://{request.host}{request.raw_path}",
+            # What the cache keys on; nobody else reads it.
+            client_url=f"{request.scheme}://{request.host}{request.raw_path}" if rt.cached
+            else "",
         )
 
         try:
@@ -239,7 +241,8 @@ class Pipeline:
                 headers.popall(name, None)
         # A client never chooses its own flags: drop anything in the flag header namespace.
         prefix, summary = rt.flag_prefix, rt.flag_summary
-        for name in [n for n in headers if n.lower().startswith(prefix) or n.lower() == summary]:
+        for name in [n for n in headers
+                     if (low := n.lower()).startswith(prefix) or low == summary]:
             headers.popall(name, None)
         peer = request.remote or ""
         xff = rt.config.context.client_ip.header

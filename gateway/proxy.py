@@ -19,6 +19,7 @@ from yarl import URL
 from gateway.config.model import Upstream
 
 CHUNK = 64 * 1024
+SMALL_BODY = 64 * 1024  # at most this many bytes, already received, are relayed as bytes
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the proxy credentials that belong to this hop.
 HOP_BY_HOP = frozenset({
@@ -54,7 +55,10 @@ def end_to_end(headers: Mapping[str, str] | CIMultiDictProxy[str],
     """
     result: CIMultiDict[str] = CIMultiDict(headers)
     drop = _KEEP_UPGRADE_DROP if keep_upgrade else HOP_BY_HOP
-    if "Connection" in result:
+    connection = result.get("Connection")
+    # The usual lone "keep-alive" names no field that is not dropped anyway.
+    if connection is not None and (connection.lower() != "keep-alive"
+                                   or len(result.getall("Connection")) > 1):
         named = {
             token.strip().lower()
             for value in result.getall("Connection")
@@ -169,7 +173,12 @@ class UpstreamPool:
     def url(self, upstream: str, path_qs: str) -> URL:
         return URL(self.upstreams[upstream].url + path_qs, encoded=True)
 
-    async def send(self, out: Outgoing) -> Exchange:
+    async def send(self, out: Outgoing, whole_small: bool = True) -> Exchange:
+        """The upstream's answer; its body as bytes when it came whole with the head.
+
+        `whole_small=False` always gives an iterator (the cache stage applies its size and
+        conditional-request rules to streamed bodies).
+        """
         session = self.sessions[out.upstream]
         try:
             response = await session.request(
@@ -183,10 +192,12 @@ class UpstreamPool:
                 raise BodyTooLarge(out.body.limit or 0) from exc
             raise _upstream_error(out.upstream, exc) from exc
         content = response.content
-        if content.is_eof() and content.exception() is None:
-            # The whole body came with the head (a small response): hand it over as bytes,
-            # so relay writes head and body at once without a per-chunk iterator. It is
-            # already in memory; anything still arriving streams as before.
+        length = response.content_length
+        if whole_small and length is not None and length <= SMALL_BODY and \
+                content.is_eof() and content.exception() is None:
+            # The whole (small) body came with the head: hand it over as bytes, so relay
+            # writes head and body at once without a per-chunk iterator. It is already in
+            # memory; anything larger or still arriving streams as before.
             body: AsyncIterator[bytes] | bytes = content.read_nowait()
             response.release()
         else:
