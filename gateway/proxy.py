@@ -19,6 +19,7 @@ from yarl import URL
 from gateway.config.model import Upstream
 
 CHUNK = 64 * 1024
+SMALL_BODY = 64 * 1024  # at most this many bytes, already received, are relayed as bytes
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the proxy credentials that belong to this hop.
 HOP_BY_HOP = frozenset({
@@ -54,7 +55,10 @@ def end_to_end(headers: Mapping[str, str] | CIMultiDictProxy[str],
     """
     result: CIMultiDict[str] = CIMultiDict(headers)
     drop = _KEEP_UPGRADE_DROP if keep_upgrade else HOP_BY_HOP
-    if "Connection" in result:
+    connection = result.get("Connection")
+    # The usual lone "keep-alive" names no field that is not dropped anyway.
+    if connection is not None and (connection.lower() != "keep-alive"
+                                   or len(result.getall("Connection")) > 1):
         named = {
             token.strip().lower()
             for value in result.getall("Connection")
@@ -119,6 +123,25 @@ class LimitedBody:
             yield chunk
 
 
+# Fields the client library would add on its own; the upstream must get what the client sent.
+_NOT_ADDED = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+
+
+class _AsSent(aiohttp.ClientRequest):
+    """A client request that adds no default fields.
+
+    Passing skip_auto_headers makes aiohttp build a sorted CIMultiDict of the names and a
+    copy of the request headers on every request just to learn that nothing is to be added
+    (tests/perf/bench_proxy.py). Here the skip set is built once; it is still consulted
+    where aiohttp would add a Content-Type for a streamed body.
+    """
+
+    _SKIP: CIMultiDict[None] = CIMultiDict((name, None) for name in _NOT_ADDED)
+
+    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
+        self._skip_auto_headers = self._SKIP
+
+
 class UpstreamPool:
     """One ClientSession per upstream: keep-alive pool, no cookie jar, no decompression."""
 
@@ -142,7 +165,7 @@ class UpstreamPool:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=up.timeout, sock_connect=up.connect_timeout),
             # Send what the client sent, nothing the client library would add on its own.
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            request_class=_AsSent,
             raise_for_status=False,
         )
 
@@ -169,7 +192,12 @@ class UpstreamPool:
     def url(self, upstream: str, path_qs: str) -> URL:
         return URL(self.upstreams[upstream].url + path_qs, encoded=True)
 
-    async def send(self, out: Outgoing) -> Exchange:
+    async def send(self, out: Outgoing, whole_small: bool = True) -> Exchange:
+        """The upstream's answer; its body as bytes when it came whole with the head.
+
+        `whole_small=False` always gives an iterator (the cache stage applies its size and
+        conditional-request rules to streamed bodies).
+        """
         session = self.sessions[out.upstream]
         try:
             response = await session.request(
@@ -182,11 +210,22 @@ class UpstreamPool:
             if isinstance(out.body, LimitedBody) and out.body.exceeded:
                 raise BodyTooLarge(out.body.limit or 0) from exc
             raise _upstream_error(out.upstream, exc) from exc
+        content = response.content
+        length = response.content_length
+        if whole_small and length is not None and length <= SMALL_BODY and \
+                content.is_eof() and content.exception() is None:
+            # The whole (small) body came with the head: hand it over as bytes, so relay
+            # writes head and body at once without a per-chunk iterator. It is already in
+            # memory; anything larger or still arriving streams as before.
+            body: AsyncIterator[bytes] | bytes = content.read_nowait()
+            response.release()
+        else:
+            body = _iterate(response, out.upstream)
         return Exchange(
             status=response.status,
             reason=response.reason,
             headers=end_to_end(response.headers),
-            body=_iterate(response, out.upstream),
+            body=body,
             release=response.release,
         )
 
@@ -217,11 +256,24 @@ async def _iterate(response: aiohttp.ClientResponse, upstream: str) -> AsyncIter
 BODILESS_STATUSES = frozenset({204, 304})
 
 
+class _OneWrite(web.StreamResponse):
+    """A response whose whole body is at hand: head and body leave in one write.
+
+    StreamResponse sends the head as soon as it is prepared, so the body costs a second
+    send (and a second TCP segment); aiohttp's own `web.Response` holds the head back until
+    the body is written, through this class attribute. Streamed bodies keep the immediate
+    head, so a slow upstream body never delays the status line.
+    """
+
+    _send_headers_immediately = False
+
+
 async def relay(request: web.BaseRequest, exchange: Exchange,
                 extra: Iterable[tuple[str, str]] = ()) -> web.StreamResponse:
     """Write an exchange to the client, streaming the body; returns the prepared response."""
-    response = web.StreamResponse(status=exchange.status, reason=exchange.reason,
-                                  headers=exchange.headers)  # copied in C, duplicates kept
+    kind = _OneWrite if isinstance(exchange.body, bytes) else web.StreamResponse
+    response = kind(status=exchange.status, reason=exchange.reason,
+                    headers=exchange.headers)  # copied in C, duplicates kept
     headers = response.headers
     for name, value in extra:
         headers[name] = value
@@ -236,9 +288,11 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
     try:
         await response.prepare(request)
         if isinstance(exchange.body, bytes):
-            if exchange.body and not bodiless and request.method != "HEAD":
-                await response.write(exchange.body)
-        elif not bodiless and request.method != "HEAD":
+            # Head and body leave in one write (see _OneWrite).
+            await response.write_eof(exchange.body if not bodiless and
+                                     request.method != "HEAD" else b"")
+            return response
+        if not bodiless and request.method != "HEAD":
             async for chunk in exchange.body:
                 await response.write(chunk)
         await response.write_eof()

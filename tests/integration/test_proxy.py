@@ -66,6 +66,22 @@ async def test_forwarded_fields_and_request_id(gateway: InProcessGateway) -> Non
             assert r.headers["X-Request-Id"] != "bad id!"
 
 
+async def test_upstream_gets_only_the_fields_the_client_sent(gateway: InProcessGateway) -> None:
+    async with client_session(skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding",
+                                                 "Content-Type")
+                              ) as s:
+        async with s.get(f"{gateway.url}/echo") as r:
+            seen = received(await r.read())
+        for added_by_client_libraries in ("user-agent", "accept", "accept-encoding",
+                                          "content-type"):
+            assert added_by_client_libraries not in seen
+        async with s.post(f"{gateway.url}/echo", data=b"raw bytes",
+                          headers={"User-Agent": "curl/8", "Accept": "text/plain"}) as r:
+            seen = received(await r.read())
+        assert seen["user-agent"] == ["curl/8"] and seen["accept"] == ["text/plain"]
+        assert "content-type" not in seen and "accept-encoding" not in seen
+
+
 async def test_forwarded_for_is_appended_from_a_trusted_proxy(gateway: InProcessGateway) -> None:
     async with client_session() as s:
         async with s.get(f"{gateway.url}/echo",

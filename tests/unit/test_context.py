@@ -69,3 +69,25 @@ def test_memoised_trust_verdict_belongs_to_its_trusted_set() -> None:
     assert classify("10.1.2.3", other) == ("10.1.2.3", False)
     assert classify("[2001:db8::1]:443", other) == ("2001:db8::1", False)
     assert classify("not-an-ip", TRUSTED) == (None, False)
+
+
+def test_memoised_contexts_follow_every_input() -> None:
+    def ctx_of(peer: str, env: str = "", forwarded: tuple[str, ...] = (),
+               **headers: str) -> object:
+        hdrs = CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()})
+        return build_context(SETTINGS, peer, hdrs, forwarded, env)[0]
+
+    first = ctx_of("127.0.0.1", X_User_Id="u1")
+    assert ctx_of("127.0.0.1", X_User_Id="u1") is first  # shared, it is immutable
+    assert ctx_of("127.0.0.1", X_User_Id="u2").user_id == "u2"  # type: ignore[attr-defined]
+    assert ctx_of("127.0.0.1", X_User_Id="u1", X_Tier="pro") != first
+    assert ctx_of("127.0.0.1", "staging", X_User_Id="u1") != first
+    assert ctx_of("127.0.0.1", "", ("203.0.113.9",),
+                  X_User_Id="u1").client_ip == "203.0.113.9"  # type: ignore[attr-defined]
+    # The same header values from an untrusted peer are not believed.
+    assert ctx_of("198.51.100.1", X_User_Id="u1").user_id is None  # type: ignore[attr-defined]
+    # Requests with an API key are built each time (raw keys are not kept in the memo).
+    a = ctx_of("127.0.0.1", X_Api_Key="k1")
+    b = ctx_of("127.0.0.1", X_Api_Key="k1")
+    assert a == b and a is not b
+    assert ctx_of("127.0.0.1", X_Api_Key="k2").api_key == hash_api_key("k2")  # type: ignore[attr-defined]
