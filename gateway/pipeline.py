@@ -192,7 +192,8 @@ class Pipeline:
             from gateway.websocket import proxy_websocket
 
             return await proxy_websocket(request, rt.upstreams, upstream,
-                                         request.raw_path, headers, response_headers, request_id)
+                                         strip(request.raw_path, route.strip_prefix), headers,
+                                         response_headers, request_id)
 
         if request.headers.get("Expect", "").lower() == "100-continue":
             # Only now, with the route, the size and the limits passed, ask for the body.

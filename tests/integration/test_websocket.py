@@ -84,3 +84,18 @@ async def test_upstream_refusing_upgrade_is_502(gateway: InProcessGateway,
             assert exc.status == 502
         else:
             raise AssertionError("the upgrade should have been refused")
+
+
+async def test_strip_prefix_applies_to_upgrades(gateway_factory: object,
+                                                upstream: Upstream) -> None:
+    from tests.harness import base_config
+
+    upstream.on("/ws", echo_ws)
+    config = base_config(upstream.url, routes=[
+        {"name": "sock", "match": {"path_prefix": "/live/"}, "upstream": "api",
+         "strip_prefix": "/live"}])
+    gw = await gateway_factory(config)  # type: ignore[operator]
+    async with client_session() as s, s.ws_connect(f"{gw.url}/live/ws") as ws:
+        await ws.send_str("hi")
+        assert (await ws.receive_str(timeout=5)) == "echo:hi"
+    assert upstream.hits[-1].path == "/ws"
