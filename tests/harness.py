@@ -221,6 +221,14 @@ def base_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+def require_admin_token(config: dict[str, Any], monkeypatch: Any, token: str = "t0ken"
+                        ) -> dict[str, str]:
+    """Make mutating admin calls of `config` need `token`; returns the header that passes."""
+    monkeypatch.setenv("GW_TEST_ADMIN_TOKEN", token)
+    config["admin"]["token_env"] = "GW_TEST_ADMIN_TOKEN"
+    return {"Authorization": f"Bearer {token}"}
+
+
 def write_config(directory: Path, config: dict[str, Any] | str, name: str = "gateway.yaml"
                  ) -> Path:
     path = directory / name

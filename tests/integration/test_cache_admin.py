@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
-from tests.harness import GatewayProcessHandle, RedisServer, Upstream, base_config, client_session
+from tests.harness import (
+    GatewayProcessHandle,
+    RedisServer,
+    Upstream,
+    base_config,
+    client_session,
+    require_admin_token,
+)
 
 
 def cached_config(upstream: Upstream) -> dict[str, Any]:
@@ -79,22 +86,17 @@ async def test_bad_purge_bodies(gateway_factory: Callable[..., Any], upstream: U
                 assert expected in (await r.json(content_type=None))["detail"], body
 
 
-async def test_purge_needs_the_token(gateway_factory: Callable[..., Any],
-                                     upstream: Upstream) -> None:
-    os.environ["GW_TEST_PURGE_TOKEN"] = "p-tok"
-    try:
-        config = cached_config(upstream)
-        config["admin"]["token_env"] = "GW_TEST_PURGE_TOKEN"
-        gw = await gateway_factory(config)
-        purge = f"{gw.admin_url}/admin/cache/purge"
-        async with client_session() as s:
-            async with s.post(purge, json={"all": True}) as r:
-                assert r.status == 401
-            async with s.post(purge, json={"all": True},
-                              headers={"Authorization": "Bearer p-tok"}) as r:
-                assert r.status == 200
-    finally:
-        del os.environ["GW_TEST_PURGE_TOKEN"]
+async def test_purge_needs_the_token(gateway_factory: Callable[..., Any], upstream: Upstream,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    config = cached_config(upstream)
+    auth = require_admin_token(config, monkeypatch)
+    gw = await gateway_factory(config)
+    purge = f"{gw.admin_url}/admin/cache/purge"
+    async with client_session() as s:
+        async with s.post(purge, json={"all": True}) as r:
+            assert r.status == 401
+        async with s.post(purge, json={"all": True}, headers=auth) as r:
+            assert r.status == 200
 
 
 async def test_purge_reaches_every_worker_without_redis(

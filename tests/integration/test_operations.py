@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 import yaml
 
 from tests.harness import (
@@ -18,6 +18,7 @@ from tests.harness import (
     base_config,
     client_session,
     gather_limited,
+    require_admin_token,
 )
 
 
@@ -70,26 +71,21 @@ async def test_reload_applies_a_valid_file_and_keeps_the_old_on_errors(
 
 async def test_mutating_admin_calls_need_the_token(gateway_factory: Callable[..., object],
                                                    upstream: Upstream,
-                                                   monkeypatch: object) -> None:
-    os.environ["GW_TEST_ADMIN_TOKEN"] = "tok-123"
-    try:
-        config = base_config(upstream.url)
-        config["admin"]["token_env"] = "GW_TEST_ADMIN_TOKEN"
-        gw: InProcessGateway = await gateway_factory(config)  # type: ignore[misc]
-        async with client_session() as s:
-            async with s.post(f"{gw.admin_url}/admin/reload") as r:
-                assert r.status == 401
-                assert r.headers["WWW-Authenticate"].startswith("Bearer")
-            async with s.post(f"{gw.admin_url}/admin/reload",
-                              headers={"Authorization": "Bearer wrong"}) as r:
-                assert r.status == 403
-            async with s.post(f"{gw.admin_url}/admin/reload",
-                              headers={"Authorization": "Bearer tok-123"}) as r:
-                assert r.status == 200
-            async with s.get(f"{gw.admin_url}/admin/config") as r:
-                assert r.status == 200  # reading needs no token
-    finally:
-        del os.environ["GW_TEST_ADMIN_TOKEN"]
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    config = base_config(upstream.url)
+    auth = require_admin_token(config, monkeypatch, "tok-123")
+    gw: InProcessGateway = await gateway_factory(config)  # type: ignore[misc]
+    async with client_session() as s:
+        async with s.post(f"{gw.admin_url}/admin/reload") as r:
+            assert r.status == 401
+            assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        async with s.post(f"{gw.admin_url}/admin/reload",
+                          headers={"Authorization": "Bearer wrong"}) as r:
+            assert r.status == 403
+        async with s.post(f"{gw.admin_url}/admin/reload", headers=auth) as r:
+            assert r.status == 200
+        async with s.get(f"{gw.admin_url}/admin/config") as r:
+            assert r.status == 200  # reading needs no token
 
 
 async def test_sighup_and_file_change_reload(process_factory: Callable[..., GatewayProcessHandle],

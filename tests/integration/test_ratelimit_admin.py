@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
-from tests.harness import InProcessGateway, RedisServer, Upstream, base_config, client_session
+import pytest
+
+from tests.harness import (
+    InProcessGateway,
+    RedisServer,
+    Upstream,
+    base_config,
+    client_session,
+    require_admin_token,
+)
 
 
 def limited_config(upstream: Upstream, redis: RedisServer | None = None) -> dict[str, Any]:
@@ -76,25 +84,21 @@ async def test_no_limited_route_is_404(gateway_factory: Callable[..., Any],
             assert "no route applies" in (await r.json(content_type=None))["detail"]
 
 
-async def test_reset_needs_the_token(gateway_factory: Callable[..., Any],
-                                     upstream: Upstream) -> None:
-    os.environ["GW_TEST_RL_TOKEN"] = "t0k"
-    try:
-        config = limited_config(upstream)
-        config["admin"]["token_env"] = "GW_TEST_RL_TOKEN"
-        gw = await gateway_factory(config)
-        url = f"{gw.admin_url}/admin/ratelimits/per_user?key=u1"
-        async with client_session() as s:
-            async with s.delete(url) as r:
-                assert r.status == 401
-            async with s.delete(url, headers={"Authorization": "Bearer nope"}) as r:
-                assert r.status == 403
-            async with s.delete(url, headers={"Authorization": "Bearer t0k"}) as r:
-                assert r.status == 200
-            async with s.get(url) as r:
-                assert r.status == 200  # reading needs no token
-    finally:
-        del os.environ["GW_TEST_RL_TOKEN"]
+async def test_reset_needs_the_token(gateway_factory: Callable[..., Any], upstream: Upstream,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    config = limited_config(upstream)
+    auth = require_admin_token(config, monkeypatch)
+    gw = await gateway_factory(config)
+    url = f"{gw.admin_url}/admin/ratelimits/per_user?key=u1"
+    async with client_session() as s:
+        async with s.delete(url) as r:
+            assert r.status == 401
+        async with s.delete(url, headers={"Authorization": "Bearer nope"}) as r:
+            assert r.status == 403
+        async with s.delete(url, headers=auth) as r:
+            assert r.status == 200
+        async with s.get(url) as r:
+            assert r.status == 200  # reading needs no token
 
 
 async def test_redis_down_is_503(gateway_factory: Callable[..., Any], upstream: Upstream,
