@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import orjson
@@ -20,6 +21,25 @@ from tests.harness import (
     gather_limited,
     require_admin_token,
 )
+
+
+def cached_and_limited(upstream: Upstream, rules: dict[str, Any]) -> dict[str, Any]:
+    """A cacheable page on /c/ (route `cached`) and every other path under `rules`
+    (route `limited`)."""
+    from aiohttp import web
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="cached", headers={"Cache-Control": "max-age=600"})
+
+    upstream.on("/c/page", page)
+    config = base_config(upstream.url, rate_limits=rules)
+    config["routes"] = [
+        {"name": "cached", "match": {"path_prefix": "/c/"}, "upstream": "api",
+         "cache": {"ttl": "10m"}},
+        {"name": "limited", "match": {"path_prefix": "/"}, "upstream": "api",
+         "rate_limits": list(rules)},
+    ]
+    return config
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:
@@ -233,21 +253,8 @@ async def test_admin_unknown_path_and_method_are_problems(gateway: InProcessGate
 
 async def test_limits_and_cache_survive_a_reload(gateway_factory: Callable[..., object],
                                                  upstream: Upstream) -> None:
-    from aiohttp import web
-
-    async def page(request: web.Request) -> web.Response:
-        return web.Response(text="cached", headers={"Cache-Control": "max-age=600"})
-
-    upstream.on("/c/page", page)
-    config = base_config(upstream.url)
-    config["rate_limits"] = {"per_user": {"algorithm": "fixed_window", "scope": "user",
-                                          "limit": 3, "window": "1h"}}
-    config["routes"] = [
-        {"name": "cached", "match": {"path_prefix": "/c/"}, "upstream": "api",
-         "cache": {"ttl": "10m"}},
-        {"name": "limited", "match": {"path_prefix": "/"}, "upstream": "api",
-         "rate_limits": ["per_user"]},
-    ]
+    config = cached_and_limited(upstream, {"per_user": {
+        "algorithm": "fixed_window", "scope": "user", "limit": 3, "window": "1h"}})
     gw: InProcessGateway = await gateway_factory(config)  # type: ignore[misc]
     user = {"X-User-Id": "u1"}
     async with client_session() as s:
@@ -272,22 +279,10 @@ async def test_limits_and_cache_survive_a_reload(gateway_factory: Callable[..., 
 
 async def test_metrics_families_and_labels(gateway_factory: Callable[..., object],
                                            upstream: Upstream) -> None:
-    from aiohttp import web
-
-    async def page(request: web.Request) -> web.Response:
-        return web.Response(text="cached", headers={"Cache-Control": "max-age=600"})
-
-    upstream.on("/c/page", page)
-    config = base_config(upstream.url)
-    config["rate_limits"] = {"tight": {"algorithm": "token_bucket", "scope": "user",
-                                       "limit": 1, "window": "1h"}}
+    config = cached_and_limited(upstream, {"tight": {
+        "algorithm": "token_bucket", "scope": "user", "limit": 1, "window": "1h"}})
     config["flags"] = {"beta": {"type": "boolean", "default": False}}
-    config["routes"] = [
-        {"name": "cached", "match": {"path_prefix": "/c/"}, "upstream": "api",
-         "cache": {"ttl": "10m"}},
-        {"name": "limited", "match": {"path_prefix": "/"}, "upstream": "api",
-         "rate_limits": ["tight"], "flags": "all"},
-    ]
+    config["routes"][1]["flags"] = "all"
     gw: InProcessGateway = await gateway_factory(config)  # type: ignore[misc]
     async with client_session() as s:
         for _ in range(2):
