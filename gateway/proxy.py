@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -140,6 +141,21 @@ class _AsSent(aiohttp.ClientRequest):
 
     def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
         self._skip_auto_headers = self._SKIP
+
+    def update_headers(self, headers: Any) -> None:
+        """Adopt the session's header set instead of copying it field by field.
+
+        ClientSession._prepare_headers has just built this CIMultiDict for this request
+        alone, so nothing else holds it. aiohttp's own update_headers copies it in Python
+        into a new one that starts with Host (the client's, if it sent one); when the
+        client's single Host already comes first the copy would be identical, so it is
+        skipped. Anything else (no Host, several, not first) takes aiohttp's path.
+        """
+        if type(headers) is CIMultiDict and next(iter(headers), None) in hdrs.HOST_ALL \
+                and len(headers.getall(hdrs.HOST)) == 1:
+            self.headers = headers
+        else:
+            super().update_headers(headers)
 
 
 class UpstreamPool:

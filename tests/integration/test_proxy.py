@@ -82,6 +82,38 @@ async def test_upstream_gets_only_the_fields_the_client_sent(gateway: InProcessG
         assert "content-type" not in seen and "accept-encoding" not in seen
 
 
+async def _raw_get(url: str, head: str) -> None:
+    """Send `head` (request line and fields) as written and read the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head.encode() + b"\r\n")
+    await writer.drain()
+    assert (await reader.readline()).split()[1] == b"200"
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_upstream_gets_fields_in_order_with_repeats_and_host_first(
+        gateway: InProcessGateway, upstream: Upstream) -> None:
+    def names(head: str) -> list[str]:
+        return [k.decode().lower() for k, _ in upstream.hits[-1].raw_headers]
+
+    # The usual shape (Host first) is passed on as built, repeats in place.
+    head = ("GET /echo HTTP/1.1\r\nHost: shop.example\r\nX-B: 1\r\nX-A: 2\r\n"
+            "X-B: 3\r\nConnection: close\r\n")
+    await _raw_get(gateway.url, head)
+    assert names(head)[:5] == ["host", "x-b", "x-a", "x-b", "x-forwarded-for"]
+    assert upstream.hits[-1].headers.getall("X-B") == ["1", "3"]
+    # Host not first: it still leaves first (RFC 9110 §7.2).
+    head = "GET /echo HTTP/1.1\r\nX-B: 1\r\nHost: shop.example\r\nConnection: close\r\n"
+    await _raw_get(gateway.url, head)
+    assert names(head)[:3] == ["host", "x-b", "x-forwarded-for"]
+    assert upstream.hits[-1].headers["Host"] == "shop.example"
+    # No Host at all (HTTP/1.0): the upstream's own authority.
+    await _raw_get(gateway.url, "GET /echo HTTP/1.0\r\nX-B: 1\r\n")
+    assert upstream.hits[-1].headers["Host"] == f"127.0.0.1:{upstream.port}"
+
+
 async def test_forwarded_for_is_appended_from_a_trusted_proxy(gateway: InProcessGateway) -> None:
     async with client_session() as s:
         async with s.get(f"{gateway.url}/echo",

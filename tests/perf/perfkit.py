@@ -10,6 +10,10 @@ machine (issue 2: absolute figures on a shared 2-core box mean little). The piec
   latency below saturation), both returning a `LoadResult`.
 - `interleaved({...}, repeat)`: runs A B C A B C ... so drift on a shared machine hits every
   contender alike; `medians()` and `table()` turn the runs into a printed comparison.
+- `simultaneous({...}, rounds)`: the simultaneous A/B, for changes of a few microseconds
+  per request: all servers pinned to the same core and loaded AT THE SAME TIME, so a
+  neighbour's burst hits both alike; `paired()` gives the per-round CPU differences.
+  `snapshot()` + `checkout()` start both sides the same way (tests/perf/ab.py).
 - `LAYOUT`: which cores the load side and the server under test are pinned to.
 
 Example:
@@ -31,9 +35,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -373,6 +379,21 @@ def checkout(rev: str, into: Path) -> Path:
     return target
 
 
+def snapshot(into: Path, name: str = "worktree") -> Path:
+    """This working tree's `gateway` package (uncommitted edits included) copied under `into`.
+
+    A `source=` for `gateway`, so a candidate starts exactly as a `checkout` baseline does:
+    an A/A run (tests/perf/ab.py --baseline HEAD on a clean tree) showed a gateway started
+    through the test harness reading ~2.5 us/req below the same code started from a source
+    directory, enough to fake a small win. (Two processes of the same code still differ
+    by up to ~4 us/req: see tests/perf/ab.py.)
+    """
+    target = into / f"src-{name}"
+    shutil.copytree(REPO / "gateway", target / "gateway",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
 # ---------------------------------------------------------------- load
 
 @dataclass(frozen=True)
@@ -478,6 +499,53 @@ def interleaved(runs: Mapping[str, Callable[[], LoadResult]], repeat: int = 3,
                 + (f", {result.non2xx} non-2xx" if result.non2xx else ""))
             time.sleep(pause)
     return results
+
+
+def simultaneous(services: Mapping[str, Service], rounds: int = 7, duration: float = 3.0,
+                 connections: int = 32, path: str = "/bench") -> dict[str, list[LoadResult]]:
+    """The simultaneous A/B: every service loaded by its own wrk at the same time, `rounds` times.
+
+    On this shared 2-core machine a neighbour's burst moves one measurement by more than a
+    few-microsecond change, and interleaving (A then B) leaves each side its own bursts.
+    Started with `Lab.gateway(..., source=...)` every gateway is pinned to the same server
+    core, so loading them together makes them share that core and whatever else lands on
+    it; compare the CPU microseconds per request (`with_cpu`) of the same round with
+    `paired`. wrk processes start in alternating order each round. Each service gets a
+    one-second warm-up first.
+    """
+    for service in services.values():
+        wrk(service.url + path, duration=1, connections=connections)
+    results: dict[str, list[LoadResult]] = {name: [] for name in services}
+    names = list(services)
+    for round_no in range(rounds):
+        done: dict[str, LoadResult] = {}
+
+        def run(name: str, done: dict[str, LoadResult] = done) -> None:
+            load = partial(wrk, services[name].url + path, duration=duration,
+                           connections=connections)
+            done[name] = with_cpu(services[name].pid, load)
+
+        order = names if round_no % 2 == 0 else names[::-1]
+        threads = [threading.Thread(target=run, args=(name,)) for name in order]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        missing = [name for name in names if name not in done]
+        if missing:
+            raise RuntimeError(f"no measurement for {missing} in round {round_no + 1}")
+        for name in names:
+            results[name].append(done[name])
+        say(f"round {round_no + 1}/{rounds}: " + " | ".join(
+            f"{name} {done[name].rps:,.0f} rps {done[name].extra['cpu_us']:.1f} us/req"
+            for name in names))
+    return results
+
+
+def paired(results: Mapping[str, Sequence[LoadResult]], a: str, b: str) -> list[float]:
+    """Per-round CPU us/req differences a - b of a `simultaneous` run."""
+    return [x.extra["cpu_us"] - y.extra["cpu_us"] for x, y in zip(results[a], results[b],
+                                                                   strict=True)]
 
 
 def median(results: Sequence[LoadResult]) -> LoadResult:

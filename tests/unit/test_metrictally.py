@@ -35,6 +35,15 @@ def test_observe_many_matches_observe_including_bucket_edges() -> None:
     assert got[("h_count", "")] == len(AMOUNTS)
 
 
+def test_observe_many_of_one_amount_matches_observe() -> None:
+    # A loop turn that finished a single request takes a shorter path: same result.
+    one_by_one, batched = _histogram(), _histogram()
+    for amount in AMOUNTS:
+        one_by_one.labels("r").observe(amount)
+        observe_many(batched.labels("r"), [amount])
+        assert _samples(batched) == pytest.approx(_samples(one_by_one), rel=1e-12), amount
+
+
 def test_observe_many_of_nothing_changes_nothing() -> None:
     family = _histogram()
     observe_many(family.labels("r"), [])
