@@ -294,8 +294,8 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
     for name, value in extra:
         headers[name] = value
     bodiless = exchange.status in BODILESS_STATUSES or 100 <= exchange.status < 200
-    if bodiless:
-        headers.pop("Content-Length", None) if exchange.status == 204 else None
+    if exchange.status == 204:  # RFC 9110 §8.6: a 204 carries no Content-Length
+        headers.pop("Content-Length", None)
     length = headers.get("Content-Length")
     if length is not None and length.isdigit():
         response.content_length = int(length)
