@@ -15,7 +15,8 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -34,15 +35,31 @@ RESULTS = ("hit", "stale", "revalidated", "miss", "bypass")
 ATTEMPTS = 3  # lookups a waiter makes before it fetches on its own
 
 
+KEY_MEMO = 1024  # client URLs whose cache key a route remembers (cleared whole when full)
+
+
 @dataclass(frozen=True, slots=True)
 class RoutePolicy:
     name: str
     cache: RouteCache
     ignore: frozenset[str]
     wait: float  # how long a collapsed request waits for the leader
+    # Per-request work done once: the metric children (created at load, STYLE) and the cache
+    # key of each recent client URL (url_key parses and sorts the query every time).
+    counters: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    keys: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def count(self, result: str) -> None:
-        metrics.CACHE_LOOKUPS.labels(self.name, result).inc()
+        self.counters[result].inc()
+
+    def key(self, client_url: str) -> str:
+        key = self.keys.get(client_url)
+        if key is None:
+            key = url_key(client_url, self.ignore)
+            if len(self.keys) >= KEY_MEMO:
+                self.keys.clear()  # bounded: a scan of distinct URLs costs what it did before
+            self.keys[client_url] = key
+        return key
 
 
 class ResponseCache:
@@ -54,10 +71,11 @@ class ResponseCache:
                 continue
             upstream = config.upstreams.get(route.upstream.read)
             wait = upstream.timeout if upstream is not None else 30.0
-            self.policies[route.name] = RoutePolicy(route.name, route.cache,
-                                                    frozenset(route.cache.ignore_query), wait)
+            policy = RoutePolicy(route.name, route.cache, frozenset(route.cache.ignore_query),
+                                 wait)
             for result in RESULTS:  # children at load, not per request (STYLE)
-                metrics.CACHE_LOOKUPS.labels(route.name, result)
+                policy.counters[result] = metrics.CACHE_LOOKUPS.labels(route.name, result)
+            self.policies[route.name] = policy
         service.configure(config.cache, frozenset(p.ignore for p in self.policies.values()))
 
     async def serve(self, route: Route, out: Outgoing, fetch: Fetch) -> Exchange:
@@ -70,11 +88,10 @@ class ResponseCache:
             return await fetch(out)  # no cache policy: cost nothing
         if out.method in rfc.UNSAFE_METHODS:
             return await self._unsafe(p, out, fetch)
-        if out.method not in ("GET", "HEAD") or out.body is not None or any(
-                name in out.headers for name in rfc.BYPASS_REQUEST_FIELDS):
+        if out.method not in ("GET", "HEAD") or out.body is not None or _bypass(out.headers):
             return self._pass(p, await fetch(out), "BYPASS", rfc.cache_status(
                 hit=False, fwd="bypass"))
-        return await self._read(p, url_key(out.client_url, p.ignore), out, fetch)
+        return await self._read(p, p.key(out.client_url), out, fetch)
 
     # ------------------------------------------------------------ GET / HEAD
     async def _read(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch) -> Exchange:
@@ -284,6 +301,13 @@ class ResponseCache:
         if p is None:
             return exchange
         return self._pass(p, exchange, "BYPASS", rfc.cache_status(hit=False, fwd="bypass"))
+
+
+def _bypass(headers: CIMultiDict[str]) -> bool:
+    for name in rfc.BYPASS_REQUEST_FIELDS:  # noqa: SIM110 - no generator per request
+        if name in headers:
+            return True
+    return False
 
 
 def _mark(exchange: Exchange, x_cache: str, status: str) -> Exchange:
