@@ -229,6 +229,16 @@ class Use(Enum):
 
 
 def evaluate(fresh: Freshness, age: float, request_headers: Mapping[str, str]) -> Use:
+    if "Cache-Control" not in request_headers and "Pragma" not in request_headers:
+        # The usual request asks nothing of the cache: only the stored response's rules apply
+        # (the same answers as below with no request directives, without parsing any).
+        if fresh.no_cache:
+            return Use.REVALIDATE
+        if age < fresh.lifetime:
+            return Use.FRESH
+        if age < fresh.lifetime + fresh.stale_while_revalidate:
+            return Use.STALE_WHILE_REVALIDATE
+        return Use.REVALIDATE
     request_cc = parse_directives(field_values(request_headers, "Cache-Control"))
     if fresh.no_cache or "no-cache" in request_cc or (
             not request_cc.values and "no-cache" in request_headers.get("Pragma", "")):
@@ -272,7 +282,10 @@ def not_modified(request_headers: Mapping[str, str], stored: Mapping[str, str]) 
         tags = etags(if_none_match)
         mine = opaque_tag(stored.get("ETag"))
         return "*" in tags or (mine is not None and mine in tags)
-    since = http_date(request_headers.get("If-Modified-Since"))
+    since_field = request_headers.get("If-Modified-Since")
+    if since_field is None:
+        return False  # not a conditional request: the usual case, no date to parse
+    since = http_date(since_field)
     if since is None:
         return False
     modified = http_date(stored.get("Last-Modified")) or http_date(stored.get("Date"))
@@ -371,6 +384,11 @@ def cache_status(*, hit: bool, ttl: float | None = None, fwd: str | None = None,
         parts.append(f'detail="{detail}"' if not detail.replace("-", "").isalnum()
                      else f"detail={detail}")
     return "; ".join(parts)
+
+
+def hit_status(ttl: float) -> str:
+    """`cache_status(hit=True, ttl=ttl)`, the member every fresh hit sends, in one format."""
+    return f"gateway; hit; ttl={int(ttl)}"
 
 
 def tags_of(headers: Mapping[str, str], route: RouteCache) -> tuple[str, ...]:

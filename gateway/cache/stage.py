@@ -99,18 +99,22 @@ class ResponseCache:
         stale: Entry | None = None
         for _ in range(ATTEMPTS):
             now = time.time()
-            stale = await svc.lookup(key, out.headers, now)
+            # L1 without awaiting anything: a fresh L1 hit costs no coroutine.
+            stale = svc.lookup_memory(key, out.headers, now)
+            if stale is None and svc.l2 is not None:
+                stale = await svc.lookup_shared(key, out.headers, now)
             if stale is not None:
-                use = rfc.evaluate(stale.fresh, stale.age(now), out.headers)
+                age = stale.age(now)
+                ttl = stale.fresh.lifetime - age  # Entry.ttl(now), the age computed once
+                use = rfc.evaluate(stale.fresh, age, out.headers)
                 if use is rfc.Use.FRESH:
                     p.count("hit")
-                    return self._from_entry(p, stale, out, now, "HIT",
-                                            rfc.cache_status(hit=True, ttl=stale.ttl(now)))
+                    return self._from_entry(p, stale, out, age, "HIT", rfc.hit_status(ttl))
                 if use is rfc.Use.STALE_WHILE_REVALIDATE:
                     self._refresh_later(p, key, stale, out, fetch)
                     p.count("stale")
-                    return self._from_entry(p, stale, out, now, "STALE", rfc.cache_status(
-                        hit=True, ttl=stale.ttl(now), detail="stale-while-revalidate"))
+                    return self._from_entry(p, stale, out, age, "STALE", rfc.cache_status(
+                        hit=True, ttl=ttl, detail="stale-while-revalidate"))
             if out.method == "HEAD" and stale is None:
                 # A HEAD answer has no body to store; forward it without holding anyone up.
                 return self._pass(p, await fetch(out), "MISS",
@@ -171,8 +175,9 @@ class ResponseCache:
             svc.store(entry)
             finish(True)
             p.count("revalidated")
-            return self._from_entry(p, entry, out, response_time, "REVALIDATED", rfc.cache_status(
-                hit=False, fwd="stale", fwd_status=304, ttl=entry.ttl(response_time)))
+            return self._from_entry(p, entry, out, entry.age(response_time), "REVALIDATED",
+                                    rfc.cache_status(hit=False, fwd="stale", fwd_status=304,
+                                                     ttl=entry.ttl(response_time)))
         fwd = "stale" if stale is not None else "miss"
         p.count("miss")
         reason = rfc.not_storable_reason("GET", exchange.status, exchange.headers,
@@ -221,8 +226,7 @@ class ResponseCache:
             if body is None:
                 raise UpstreamError(502, "the upstream sent more than its Content-Length")
             complete(body)
-            return self._from_entry(p, _with_body(template, body), out, time.time(), "MISS",
-                                    status, age=False)
+            return self._from_entry(p, _with_body(template, body), out, None, "MISS", status)
         else:
             exchange.body = _tee(exchange.body, svc.settings.max_object_size, complete, abandon)
             release = exchange.release
@@ -242,7 +246,7 @@ class ResponseCache:
         if stale is None or not rfc.stale_if_error_allows(stale.fresh, stale.age(now)):
             return None
         p.count("stale")
-        return self._from_entry(p, stale, out, now, "STALE", rfc.cache_status(
+        return self._from_entry(p, stale, out, stale.age(now), "STALE", rfc.cache_status(
             hit=False, fwd="stale", fwd_status=upstream_status, ttl=stale.ttl(now),
             detail="stale-if-error"))
 
@@ -272,10 +276,10 @@ class ResponseCache:
         svc.spawn(refresh())
 
     # ------------------------------------------------------------ answers
-    def _from_entry(self, p: RoutePolicy, entry: Entry, out: Outgoing, now: float,
-                    x_cache: str, status: str, age: bool = True) -> Exchange:
-        headers = rfc.client_headers(entry.headers.items(), p.cache, stored=True,
-                                     age=entry.age(now) if age else None)
+    def _from_entry(self, p: RoutePolicy, entry: Entry, out: Outgoing, age: float | None,
+                    x_cache: str, status: str) -> Exchange:
+        """The entry as the client gets it; `age` None: no Age field (a fresh store)."""
+        headers = rfc.client_headers(entry.headers.items(), p.cache, stored=True, age=age)
         if rfc.not_modified(out.headers, entry.headers):
             headers = CIMultiDict(rfc.not_modified_headers(headers.items()))
             exchange = Exchange(status=304, reason="Not Modified", headers=headers, body=b"")
