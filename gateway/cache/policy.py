@@ -345,14 +345,8 @@ def client_headers(headers: Iterable[tuple[str, str]], route: RouteCache, *,
     With `browser_ttl` the client gets max-age = browser_ttl + Age: a browser subtracts Age
     (§4.2.3), so this keeps it browser_ttl seconds from the moment it arrives.
     """
-    drop = {"surrogate-control", "cdn-cache-control"}
-    if route.tags_header:
-        drop.add(route.tags_header.lower())
-    if age is not None:
-        drop.add("age")
+    drop = dropped_fields(route, stored=stored, age=age is not None)
     rewrite = stored and route.browser_ttl is not None
-    if rewrite:
-        drop.add("cache-control")
     result: CIMultiDict[str] = CIMultiDict()
     for name, value in headers:
         if name.lower() not in drop:
@@ -363,6 +357,18 @@ def client_headers(headers: Iterable[tuple[str, str]], route: RouteCache, *,
         assert route.browser_ttl is not None
         result["Cache-Control"] = f"max-age={int(route.browser_ttl + (age or 0))}"
     return result
+
+
+def dropped_fields(route: RouteCache, *, stored: bool, age: bool) -> frozenset[str]:
+    """The lower-cased fields `client_headers` leaves out (it adds Age / Cache-Control anew)."""
+    drop = {"surrogate-control", "cdn-cache-control"}
+    if route.tags_header:
+        drop.add(route.tags_header.lower())
+    if age:
+        drop.add("age")
+    if stored and route.browser_ttl is not None:
+        drop.add("cache-control")
+    return frozenset(drop)
 
 
 def cache_status(*, hit: bool, ttl: float | None = None, fwd: str | None = None,

@@ -48,6 +48,8 @@ class RoutePolicy:
     # key of each recent client URL (url_key parses and sorts the query every time).
     counters: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     keys: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # What client_headers drops from a stored response served with Age: keys Entry.client.
+    hit_drop: frozenset[str] = frozenset()
 
     def count(self, result: str) -> None:
         self.counters[result].inc()
@@ -72,7 +74,8 @@ class ResponseCache:
             upstream = config.upstreams.get(route.upstream.read)
             wait = upstream.timeout if upstream is not None else 30.0
             policy = RoutePolicy(route.name, route.cache, frozenset(route.cache.ignore_query),
-                                 wait)
+                                 wait, hit_drop=rfc.dropped_fields(route.cache, stored=True,
+                                                                   age=True))
             for result in RESULTS:  # children at load, not per request (STYLE)
                 policy.counters[result] = metrics.CACHE_LOOKUPS.labels(route.name, result)
             self.policies[route.name] = policy
@@ -279,6 +282,10 @@ class ResponseCache:
     def _from_entry(self, p: RoutePolicy, entry: Entry, out: Outgoing, age: float | None,
                     x_cache: str, status: str) -> Exchange:
         """The entry as the client gets it; `age` None: no Age field (a fresh store)."""
+        if age is not None and not _conditional_request(out.headers):
+            return _mark(Exchange(status=entry.status, reason=entry.reason or None,
+                                  headers=_hit_headers(p, entry, age), body=entry.body),
+                         x_cache, status)
         headers = rfc.client_headers(entry.headers.items(), p.cache, stored=True, age=age)
         if rfc.not_modified(out.headers, entry.headers):
             headers = CIMultiDict(rfc.not_modified_headers(headers.items()))
@@ -305,6 +312,29 @@ class ResponseCache:
         if p is None:
             return exchange
         return self._pass(p, exchange, "BYPASS", rfc.cache_status(hit=False, fwd="bypass"))
+
+
+def _conditional_request(headers: CIMultiDict[str]) -> bool:
+    return "If-None-Match" in headers or "If-Modified-Since" in headers
+
+
+def _hit_headers(p: RoutePolicy, entry: Entry, age: float) -> CIMultiDict[str]:
+    """What rfc.client_headers + Content-Length give for a 200 from the entry, with the part
+    that does not change between hits built once per entry and copied in one call."""
+    base = entry.client.get(p.hit_drop)
+    if base is None:
+        base = CIMultiDict([(n, v) for n, v in entry.headers.items()
+                            if n.lower() not in p.hit_drop])
+        if "Content-Length" in base:  # replaced where it stands, as the per-hit set did
+            base["Content-Length"] = str(len(entry.body))
+        entry.client[p.hit_drop] = base
+    headers = base.copy()
+    headers["Age"] = str(int(age))
+    if p.cache.browser_ttl is not None:  # rfc.client_headers' rewrite, same order
+        headers["Cache-Control"] = f"max-age={int(p.cache.browser_ttl + age)}"
+    if "Content-Length" not in base:
+        headers["Content-Length"] = str(len(entry.body))
+    return headers
 
 
 def _bypass(headers: CIMultiDict[str]) -> bool:
