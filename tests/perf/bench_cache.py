@@ -24,6 +24,7 @@ import argparse
 import sys
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -67,7 +68,7 @@ def upstream_block(port: int, hits_log: Path) -> str:
 """
 
 
-def redis_calls(redis: RedisServer) -> int:
+def redis_calls(redis: RedisServer) -> Counter[str]:
     import redis as redis_py
 
     client = redis_py.Redis(port=redis.port)
@@ -77,8 +78,9 @@ def redis_calls(redis: RedisServer) -> int:
         client.close()
     # Leave out what this probe itself sends (INFO, and redis-py's CLIENT SETINFO / HELLO on
     # connecting): only the gateway's commands count.
-    return sum(int(v["calls"]) for k, v in stats.items()
-               if k != "cmdstat_info" and not k.startswith(("cmdstat_client", "cmdstat_hello")))
+    return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()
+                    if k != "cmdstat_info"
+                    and not k.startswith(("cmdstat_client", "cmdstat_hello"))})
 
 
 def lines(path: Path) -> int:
@@ -129,7 +131,7 @@ def main() -> int:
                 gateways[prefix] = (gw, redis)
             time.sleep(0.3)  # let the L2 writes land before we count Redis commands
 
-            touched: dict[str, list[tuple[int, int]]] = {}
+            touched: dict[str, list[tuple[int, Counter[str]]]] = {}
 
             def hit(gw: Service, redis: RedisServer, name: str) -> LoadResult:
                 before_up, before_redis = lines(hits_log), redis_calls(redis)
@@ -168,9 +170,11 @@ def main() -> int:
                       f"gateway worker, medians of {args.repeat} interleaved rounds"))
     ok = rows["hit"].rps >= 3 * rows["miss"].rps
     for name, counts in touched.items():
-        up_total, redis_total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        up_total = sum(c[0] for c in counts)
+        commands = sum((c[1] for c in counts), Counter[str]())
+        redis_total = commands.total()
         print(f"during the {name} runs: upstream requests {up_total}, Redis commands "
-              f"{redis_total}")
+              f"{redis_total}" + (f" {dict(commands)}" if commands else ""))
         ok = ok and (name != "hit" or (up_total == 0 and redis_total == 0))
     print("target (hit >= 3x miss, no upstream, no Redis):", "met" if ok else "NOT met")
     return 0 if ok else 1
