@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -28,6 +28,10 @@ class Entry:
     response_time: float                   # wall clock, so other processes can age it too
     fresh: Freshness
     tags: tuple[str, ...] = ()
+    # The headers a hit sends, built once per route's drop set (gateway.cache.stage): never
+    # copied by dataclasses.replace (init=False), so a refreshed entry builds its own.
+    client: dict[frozenset[str], CIMultiDict[str]] = field(
+        default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def size(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from gateway.cache.entry import Entry
 
@@ -21,6 +22,11 @@ class MemoryStore:
     def variants(self, url: str) -> list[Entry]:
         found = self._by_url.get(url)
         return list(found.values()) if found else []
+
+    def variants_of(self, url: str) -> Iterable[Entry]:
+        """`variants` without the copy, for a lookup that only reads them."""
+        found = self._by_url.get(url)
+        return found.values() if found else ()
 
     def touch(self, entry: Entry) -> None:
         key = (entry.url, entry.variant)

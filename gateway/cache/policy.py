@@ -229,6 +229,16 @@ class Use(Enum):
 
 
 def evaluate(fresh: Freshness, age: float, request_headers: Mapping[str, str]) -> Use:
+    if "Cache-Control" not in request_headers and "Pragma" not in request_headers:
+        # The usual request asks nothing of the cache: only the stored response's rules apply
+        # (the same answers as below with no request directives, without parsing any).
+        if fresh.no_cache:
+            return Use.REVALIDATE
+        if age < fresh.lifetime:
+            return Use.FRESH
+        if age < fresh.lifetime + fresh.stale_while_revalidate:
+            return Use.STALE_WHILE_REVALIDATE
+        return Use.REVALIDATE
     request_cc = parse_directives(field_values(request_headers, "Cache-Control"))
     if fresh.no_cache or "no-cache" in request_cc or (
             not request_cc.values and "no-cache" in request_headers.get("Pragma", "")):
@@ -272,7 +282,10 @@ def not_modified(request_headers: Mapping[str, str], stored: Mapping[str, str]) 
         tags = etags(if_none_match)
         mine = opaque_tag(stored.get("ETag"))
         return "*" in tags or (mine is not None and mine in tags)
-    since = http_date(request_headers.get("If-Modified-Since"))
+    since_field = request_headers.get("If-Modified-Since")
+    if since_field is None:
+        return False  # not a conditional request: the usual case, no date to parse
+    since = http_date(since_field)
     if since is None:
         return False
     modified = http_date(stored.get("Last-Modified")) or http_date(stored.get("Date"))
@@ -332,14 +345,8 @@ def client_headers(headers: Iterable[tuple[str, str]], route: RouteCache, *,
     With `browser_ttl` the client gets max-age = browser_ttl + Age: a browser subtracts Age
     (§4.2.3), so this keeps it browser_ttl seconds from the moment it arrives.
     """
-    drop = {"surrogate-control", "cdn-cache-control"}
-    if route.tags_header:
-        drop.add(route.tags_header.lower())
-    if age is not None:
-        drop.add("age")
+    drop = dropped_fields(route, stored=stored, age=age is not None)
     rewrite = stored and route.browser_ttl is not None
-    if rewrite:
-        drop.add("cache-control")
     result: CIMultiDict[str] = CIMultiDict()
     for name, value in headers:
         if name.lower() not in drop:
@@ -350,6 +357,18 @@ def client_headers(headers: Iterable[tuple[str, str]], route: RouteCache, *,
         assert route.browser_ttl is not None
         result["Cache-Control"] = f"max-age={int(route.browser_ttl + (age or 0))}"
     return result
+
+
+def dropped_fields(route: RouteCache, *, stored: bool, age: bool) -> frozenset[str]:
+    """The lower-cased fields `client_headers` leaves out (it adds Age / Cache-Control anew)."""
+    drop = {"surrogate-control", "cdn-cache-control"}
+    if route.tags_header:
+        drop.add(route.tags_header.lower())
+    if age:
+        drop.add("age")
+    if stored and route.browser_ttl is not None:
+        drop.add("cache-control")
+    return frozenset(drop)
 
 
 def cache_status(*, hit: bool, ttl: float | None = None, fwd: str | None = None,
@@ -371,6 +390,11 @@ def cache_status(*, hit: bool, ttl: float | None = None, fwd: str | None = None,
         parts.append(f'detail="{detail}"' if not detail.replace("-", "").isalnum()
                      else f"detail={detail}")
     return "; ".join(parts)
+
+
+def hit_status(ttl: float) -> str:
+    """`cache_status(hit=True, ttl=ttl)`, the member every fresh hit sends, in one format."""
+    return f"gateway; hit; ttl={int(ttl)}"
 
 
 def tags_of(headers: Mapping[str, str], route: RouteCache) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
 from gateway.cache.entry import Entry, decode
@@ -77,10 +77,25 @@ class CacheService:
                      ) -> Entry | None:
         """The stored variant matching this request: L1 first, then L2 (which fills L1).
         A hit-for-miss key skips L2: it just proved uncacheable, a round trip would be waste."""
-        entry = _match(self.memory.variants(url), request_headers, now)
+        entry = self.lookup_memory(url, request_headers, now)
+        if entry is not None:
+            return entry
+        return await self.lookup_shared(url, request_headers, now)
+
+    def lookup_memory(self, url: str, request_headers: Mapping[str, str], now: float
+                      ) -> Entry | None:
+        """`lookup` in L1 alone, without a coroutine: the whole of an L1 hit."""
+        found = self.memory.variants_of(url)
+        if not found:
+            return None
+        entry = _match(found, request_headers, now)
         if entry is not None:
             self.memory.touch(entry)
-            return entry
+        return entry
+
+    async def lookup_shared(self, url: str, request_headers: Mapping[str, str], now: float
+                            ) -> Entry | None:
+        """The L2 half of `lookup` (after an L1 miss)."""
         if self.l2 is None or self.is_hit_for_miss(url):
             return None
         candidates = [e for e in map(decode, await self.l2.variants(url)) if e is not None]
@@ -170,14 +185,16 @@ class CacheService:
             self.memory.drop_tag(tag)
 
 
-def _match(entries: list[Entry], request_headers: Mapping[str, str], now: float
+def _match(entries: Iterable[Entry], request_headers: Mapping[str, str], now: float
            ) -> Entry | None:
     """The newest variant whose Vary values equal the request's (RFC 9111 §4.1)."""
     best: Entry | None = None
     for entry in entries:
         if entry.age(now) >= entry.fresh.keep_for and not _has_validator(entry):
             continue  # of no use any more
-        if vary_values(entry.vary, request_headers) != entry.vary_values:
+        # No Vary: nothing of the request to compare (vary_values would give () for ()).
+        if (vary_values(entry.vary, request_headers) if entry.vary else ()
+                ) != entry.vary_values:
             continue
         if best is None or entry.response_time > best.response_time:
             best = entry

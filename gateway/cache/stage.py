@@ -15,7 +15,8 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -34,15 +35,33 @@ RESULTS = ("hit", "stale", "revalidated", "miss", "bypass")
 ATTEMPTS = 3  # lookups a waiter makes before it fetches on its own
 
 
+KEY_MEMO = 1024  # client URLs whose cache key a route remembers (cleared whole when full)
+
+
 @dataclass(frozen=True, slots=True)
 class RoutePolicy:
     name: str
     cache: RouteCache
     ignore: frozenset[str]
     wait: float  # how long a collapsed request waits for the leader
+    # Per-request work done once: the metric children (created at load, STYLE) and the cache
+    # key of each recent client URL (url_key parses and sorts the query every time).
+    counters: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    keys: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # What client_headers drops from a stored response served with Age: keys Entry.client.
+    hit_drop: frozenset[str] = frozenset()
 
     def count(self, result: str) -> None:
-        metrics.CACHE_LOOKUPS.labels(self.name, result).inc()
+        self.counters[result].inc()
+
+    def key(self, client_url: str) -> str:
+        key = self.keys.get(client_url)
+        if key is None:
+            key = url_key(client_url, self.ignore)
+            if len(self.keys) >= KEY_MEMO:
+                self.keys.clear()  # bounded: a scan of distinct URLs costs what it did before
+            self.keys[client_url] = key
+        return key
 
 
 class ResponseCache:
@@ -54,10 +73,12 @@ class ResponseCache:
                 continue
             upstream = config.upstreams.get(route.upstream.read)
             wait = upstream.timeout if upstream is not None else 30.0
-            self.policies[route.name] = RoutePolicy(route.name, route.cache,
-                                                    frozenset(route.cache.ignore_query), wait)
+            policy = RoutePolicy(route.name, route.cache, frozenset(route.cache.ignore_query),
+                                 wait, hit_drop=rfc.dropped_fields(route.cache, stored=True,
+                                                                   age=True))
             for result in RESULTS:  # children at load, not per request (STYLE)
-                metrics.CACHE_LOOKUPS.labels(route.name, result)
+                policy.counters[result] = metrics.CACHE_LOOKUPS.labels(route.name, result)
+            self.policies[route.name] = policy
         service.configure(config.cache, frozenset(p.ignore for p in self.policies.values()))
 
     async def serve(self, route: Route, out: Outgoing, fetch: Fetch) -> Exchange:
@@ -70,11 +91,10 @@ class ResponseCache:
             return await fetch(out)  # no cache policy: cost nothing
         if out.method in rfc.UNSAFE_METHODS:
             return await self._unsafe(p, out, fetch)
-        if out.method not in ("GET", "HEAD") or out.body is not None or any(
-                name in out.headers for name in rfc.BYPASS_REQUEST_FIELDS):
+        if out.method not in ("GET", "HEAD") or out.body is not None or _bypass(out.headers):
             return self._pass(p, await fetch(out), "BYPASS", rfc.cache_status(
                 hit=False, fwd="bypass"))
-        return await self._read(p, url_key(out.client_url, p.ignore), out, fetch)
+        return await self._read(p, p.key(out.client_url), out, fetch)
 
     # ------------------------------------------------------------ GET / HEAD
     async def _read(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch) -> Exchange:
@@ -82,18 +102,22 @@ class ResponseCache:
         stale: Entry | None = None
         for _ in range(ATTEMPTS):
             now = time.time()
-            stale = await svc.lookup(key, out.headers, now)
+            # L1 without awaiting anything: a fresh L1 hit costs no coroutine.
+            stale = svc.lookup_memory(key, out.headers, now)
+            if stale is None and svc.l2 is not None:
+                stale = await svc.lookup_shared(key, out.headers, now)
             if stale is not None:
-                use = rfc.evaluate(stale.fresh, stale.age(now), out.headers)
+                age = stale.age(now)
+                ttl = stale.fresh.lifetime - age  # Entry.ttl(now), the age computed once
+                use = rfc.evaluate(stale.fresh, age, out.headers)
                 if use is rfc.Use.FRESH:
                     p.count("hit")
-                    return self._from_entry(p, stale, out, now, "HIT",
-                                            rfc.cache_status(hit=True, ttl=stale.ttl(now)))
+                    return self._from_entry(p, stale, out, age, "HIT", rfc.hit_status(ttl))
                 if use is rfc.Use.STALE_WHILE_REVALIDATE:
                     self._refresh_later(p, key, stale, out, fetch)
                     p.count("stale")
-                    return self._from_entry(p, stale, out, now, "STALE", rfc.cache_status(
-                        hit=True, ttl=stale.ttl(now), detail="stale-while-revalidate"))
+                    return self._from_entry(p, stale, out, age, "STALE", rfc.cache_status(
+                        hit=True, ttl=ttl, detail="stale-while-revalidate"))
             if out.method == "HEAD" and stale is None:
                 # A HEAD answer has no body to store; forward it without holding anyone up.
                 return self._pass(p, await fetch(out), "MISS",
@@ -154,8 +178,9 @@ class ResponseCache:
             svc.store(entry)
             finish(True)
             p.count("revalidated")
-            return self._from_entry(p, entry, out, response_time, "REVALIDATED", rfc.cache_status(
-                hit=False, fwd="stale", fwd_status=304, ttl=entry.ttl(response_time)))
+            return self._from_entry(p, entry, out, entry.age(response_time), "REVALIDATED",
+                                    rfc.cache_status(hit=False, fwd="stale", fwd_status=304,
+                                                     ttl=entry.ttl(response_time)))
         fwd = "stale" if stale is not None else "miss"
         p.count("miss")
         reason = rfc.not_storable_reason("GET", exchange.status, exchange.headers,
@@ -204,8 +229,7 @@ class ResponseCache:
             if body is None:
                 raise UpstreamError(502, "the upstream sent more than its Content-Length")
             complete(body)
-            return self._from_entry(p, _with_body(template, body), out, time.time(), "MISS",
-                                    status, age=False)
+            return self._from_entry(p, _with_body(template, body), out, None, "MISS", status)
         else:
             exchange.body = _tee(exchange.body, svc.settings.max_object_size, complete, abandon)
             release = exchange.release
@@ -225,7 +249,7 @@ class ResponseCache:
         if stale is None or not rfc.stale_if_error_allows(stale.fresh, stale.age(now)):
             return None
         p.count("stale")
-        return self._from_entry(p, stale, out, now, "STALE", rfc.cache_status(
+        return self._from_entry(p, stale, out, stale.age(now), "STALE", rfc.cache_status(
             hit=False, fwd="stale", fwd_status=upstream_status, ttl=stale.ttl(now),
             detail="stale-if-error"))
 
@@ -255,10 +279,14 @@ class ResponseCache:
         svc.spawn(refresh())
 
     # ------------------------------------------------------------ answers
-    def _from_entry(self, p: RoutePolicy, entry: Entry, out: Outgoing, now: float,
-                    x_cache: str, status: str, age: bool = True) -> Exchange:
-        headers = rfc.client_headers(entry.headers.items(), p.cache, stored=True,
-                                     age=entry.age(now) if age else None)
+    def _from_entry(self, p: RoutePolicy, entry: Entry, out: Outgoing, age: float | None,
+                    x_cache: str, status: str) -> Exchange:
+        """The entry as the client gets it; `age` None: no Age field (a fresh store)."""
+        if age is not None and not _conditional_request(out.headers):
+            return _mark(Exchange(status=entry.status, reason=entry.reason or None,
+                                  headers=_hit_headers(p, entry, age), body=entry.body),
+                         x_cache, status)
+        headers = rfc.client_headers(entry.headers.items(), p.cache, stored=True, age=age)
         if rfc.not_modified(out.headers, entry.headers):
             headers = CIMultiDict(rfc.not_modified_headers(headers.items()))
             exchange = Exchange(status=304, reason="Not Modified", headers=headers, body=b"")
@@ -284,6 +312,36 @@ class ResponseCache:
         if p is None:
             return exchange
         return self._pass(p, exchange, "BYPASS", rfc.cache_status(hit=False, fwd="bypass"))
+
+
+def _conditional_request(headers: CIMultiDict[str]) -> bool:
+    return "If-None-Match" in headers or "If-Modified-Since" in headers
+
+
+def _hit_headers(p: RoutePolicy, entry: Entry, age: float) -> CIMultiDict[str]:
+    """What rfc.client_headers + Content-Length give for a 200 from the entry, with the part
+    that does not change between hits built once per entry and copied in one call."""
+    base = entry.client.get(p.hit_drop)
+    if base is None:
+        base = CIMultiDict([(n, v) for n, v in entry.headers.items()
+                            if n.lower() not in p.hit_drop])
+        if "Content-Length" in base:  # replaced where it stands, as the per-hit set did
+            base["Content-Length"] = str(len(entry.body))
+        entry.client[p.hit_drop] = base
+    headers = base.copy()
+    headers["Age"] = str(int(age))
+    if p.cache.browser_ttl is not None:  # rfc.client_headers' rewrite, same order
+        headers["Cache-Control"] = f"max-age={int(p.cache.browser_ttl + age)}"
+    if "Content-Length" not in base:
+        headers["Content-Length"] = str(len(entry.body))
+    return headers
+
+
+def _bypass(headers: CIMultiDict[str]) -> bool:
+    for name in rfc.BYPASS_REQUEST_FIELDS:  # noqa: SIM110 - no generator per request
+        if name in headers:
+            return True
+    return False
 
 
 def _mark(exchange: Exchange, x_cache: str, status: str) -> Exchange:

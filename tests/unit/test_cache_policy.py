@@ -291,6 +291,24 @@ def test_rfc9211_cache_status_members() -> None:
         "gateway; fwd=stale; fwd-status=503; ttl=-3; detail=stale-if-error"
 
 
+def test_rfc9211_hit_status_is_cache_status_of_a_hit() -> None:
+    for ttl in (3599.9, 12.7, 0.4, 0.0, -0.5, -3.2):
+        assert rfc.hit_status(ttl) == rfc.cache_status(hit=True, ttl=ttl)
+
+
+def test_rfc9111_4_evaluate_without_request_directives_follows_the_stored_response() -> None:
+    # The shortcut for requests with neither Cache-Control nor Pragma gives what the full
+    # evaluation gives with empty request directives.
+    cases = [(rfc.Freshness(10), a) for a in (0, 9.9, 10, 11)] + \
+        [(rfc.Freshness(10, stale_while_revalidate=5), a) for a in (9, 10, 14.9, 15)] + \
+        [(rfc.Freshness(10, no_cache=True), 1)]
+    for fresh, age in cases:
+        assert rfc.evaluate(fresh, age, h()) is rfc.evaluate(fresh, age, h(Cache_Control=""))
+    assert rfc.evaluate(rfc.Freshness(10), 1, h()) is rfc.Use.FRESH
+    assert rfc.evaluate(rfc.Freshness(10, 5), 12, h()) is rfc.Use.STALE_WHILE_REVALIDATE
+    assert rfc.evaluate(rfc.Freshness(10, no_cache=True), 1, h()) is rfc.Use.REVALIDATE
+
+
 def test_tags_from_the_route_header_space_or_comma_separated() -> None:
     route = RouteCache(tags_header="Surrogate-Key")
     assert rfc.tags_of(h(Surrogate_Key="product-42 prices, prices"), route) == (
