@@ -54,6 +54,7 @@ class Tally:
         self.inflight = 0
         self._requests: dict[tuple[str, str, str], int] = {}
         self._durations: dict[Any, list[float]] = {}  # histogram child -> observations
+        self._counts: dict[Any, int] = {}  # counter child -> increments
         # The loop a flush is queued on; None when none is. A loop that closed with one
         # queued (tests run one loop each) is simply replaced by the next one.
         self._queued_on: asyncio.AbstractEventLoop | None = None
@@ -77,8 +78,18 @@ class Tally:
         amounts.append(amount)
         self._schedule()
 
+    def inc(self, child: Any) -> None:
+        """`child.inc()` at the end of this loop turn (a flag evaluation, for instance)."""
+        counts = self._counts
+        counts[child] = counts.get(child, 0) + 1
+        self._schedule()
+
     def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the gateway's loop (a script, a unit test)
+            self.flush()
+            return
         if self._queued_on is not loop:
             self._queued_on = loop
             loop.call_soon(self.flush)
@@ -92,6 +103,9 @@ class Tally:
         requests, self._requests = self._requests, {}
         for key, n in requests.items():
             metrics.REQUESTS_BY(*key)._value.inc(n)
+        counts, self._counts = self._counts, {}
+        for child, n in counts.items():
+            child._value.inc(n)
         durations, self._durations = self._durations, {}
         for child, amounts in durations.items():
             observe_many(child, amounts)

@@ -32,6 +32,7 @@ from gateway.config.model import Flag, FlagStatus, FlagType
 from gateway.context import RequestContext
 from gateway.flags import render
 from gateway.flags.operators import Getter, attribute_getter, compile_rule
+from gateway.metrictally import TALLY
 
 log = logging.getLogger("gateway.flags")
 
@@ -68,7 +69,7 @@ class Evaluation:
 
     def count(self) -> None:
         if self.counter is not None:
-            self.counter.inc()
+            TALLY.inc(self.counter)  # applied once per loop turn (gateway/metrictally.py)
 
 
 def epoch_day(day: dt.date) -> int:

@@ -12,11 +12,7 @@
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,17 +25,7 @@ from gateway.config import load_config
 from gateway.context import RequestContext
 from gateway.flags.engine import FlagEngine
 from gateway.flags.evaluate import evaluate, today_utc
-from tests.harness import SPEC_DIR, free_port, wait_for_port
-
-UPSTREAM = """
-import sys
-from aiohttp import web
-async def ok(request):
-    return web.Response(body=b"ok")
-app = web.Application()
-app.router.add_route("*", "/{tail:.*}", ok)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
-"""
+from tests.harness import SPEC_DIR
 
 WRK_SCRIPT = """
 local n = 0
@@ -92,70 +78,45 @@ def bench_evaluator() -> None:
           f"{spent / (rounds * len(ctxs)) * 1e6:.2f} us per request")
 
 
-def wrk(url: str, seconds: int, script: str) -> float:
-    out = subprocess.run(["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", script, url],
-                         capture_output=True, text=True, check=True).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert match, out
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    assert errors is None, out
-    return float(match.group(1))
+def bench_gateway(seconds: int, repeat: int) -> None:
+    """`flags: all` vs no flags on two routes of one gateway, pinned, interleaved (perfkit)."""
+    from tests.perf.perfkit import Lab, gateway_config, interleaved, medians, table, with_cpu, wrk
 
-
-def bench_gateway(seconds: int) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-flags-"))
     reference = yaml.safe_load((SPEC_DIR / "gateway.yaml").read_text())
-    up_port, gw_port, admin_port = free_port(), free_port(), free_port()
-    config = {
-        "listen": {"host": "127.0.0.1", "port": gw_port},
-        "admin": {"host": "127.0.0.1", "port": admin_port},
-        "logging": {"level": "warning", "access_log": False},
-        "context": {k: reference["context"][k] for k in (
-            "trusted_proxies", "user_id", "tenant_id", "subscription_tier", "attributes")},
-        "upstreams": {"api": {"url": f"http://127.0.0.1:{up_port}"}},
-        "flags": reference["flags"],
-        "routes": [
+    with Lab() as lab:
+        up = lab.upstream()
+        config = gateway_config(up.url, flags=reference["flags"], routes=[
             {"name": "none", "match": {"path_prefix": "/none/"}, "upstream": "api"},
             {"name": "all", "match": {"path_prefix": "/all/"}, "upstream": "api",
              "flags": "all"},
-        ],
-    }
-    (tmp / "gateway.yaml").write_text(yaml.safe_dump(config))
-    (tmp / "wrk.lua").write_text(WRK_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM, str(up_port)], env=env)
-    log = open(tmp / "gateway.log", "wb")  # noqa: SIM115 - closed below
-    gateway = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config",
-                                str(tmp / "gateway.yaml")], env=env, cwd=REPO,
-                               stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(up_port)
-        wait_for_port(gw_port)
-        base = f"http://127.0.0.1:{gw_port}"
-        wrk(f"{base}/none/x", 1, str(tmp / "wrk.lua"))  # warm up
-        results: dict[str, list[float]] = {"none": [], "all": []}
-        for name in ("none", "all", "none", "all"):
-            results[name].append(wrk(f"{base}/{name}/x", seconds, str(tmp / "wrk.lua")))
-        none, every = (sum(v) / len(v) for v in (results["none"], results["all"]))
-        print(f"gateway, 1 worker, wrk -t1 -c32, {seconds}s x2 each, alternating: "
-              f"no flags {none:,.0f} rps {results['none']}, "
-              f"flags: all ({len(config['flags'])} flags) {every:,.0f} rps {results['all']}: "
-              f"{every / none:.1%} (target >= 95%)")
-    finally:
-        for proc in (gateway, upstream):
-            proc.terminate()
-            proc.wait(timeout=20)
-        log.close()
+        ])
+        config["context"] = {k: reference["context"][k] for k in (
+            "trusted_proxies", "user_id", "tenant_id", "subscription_tier", "attributes")}
+        gw = lab.gateway(config)
+
+        def run(route: str) -> object:
+            return lambda: with_cpu(gw.pid, lambda: wrk(
+                f"{gw.url}/{route}/x", duration=seconds, connections=32, lua=WRK_SCRIPT))
+
+        runs = interleaved({"none": run("none"), "all": run("all")},  # type: ignore[dict-item]
+                           repeat=repeat)
+        rows = medians(runs)
+        print(table(rows, ratios=[("all", "none")], runs=runs,
+                    title=f"gateway, 1 worker, wrk -c32 -d{seconds}s, 50,000 users, "
+                          f"{len(reference['flags'])} reference flags, medians of {repeat}"))
+        share = rows["all"].rps / rows["none"].rps
+        print(f"flags: all keeps {share:.1%} of the no-flag rps (target >= 95%)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved gateway rounds")
     parser.add_argument("--no-gateway", action="store_true")
     args = parser.parse_args()
     bench_evaluator()
     if not args.no_gateway:
-        bench_gateway(args.seconds)
+        bench_gateway(args.seconds, args.repeat)
 
 
 if __name__ == "__main__":

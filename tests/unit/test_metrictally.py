@@ -93,3 +93,32 @@ def test_tally_survives_a_loop_that_closed_with_a_flush_queued() -> None:
 
     asyncio.run(two())
     assert requests._value.get() >= seen + 1
+
+
+async def test_counter_increments_are_applied_at_the_end_of_the_loop_turn() -> None:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from gateway.metrictally import Tally
+
+    counter = Counter("tally_test_flag_evaluations", "test", ("flag",),
+                      registry=CollectorRegistry())
+    child = counter.labels("beta")
+    tally = Tally()
+    for _ in range(5):
+        tally.inc(child)
+    assert child._value.get() == 0  # nothing applied within the turn
+    await asyncio.sleep(0)
+    assert child._value.get() == 5
+
+
+def test_outside_a_loop_updates_apply_at_once() -> None:
+    from prometheus_client import CollectorRegistry, Counter
+
+    from gateway.metrictally import Tally
+
+    counter = Counter("tally_test_outside", "test", registry=CollectorRegistry())
+    tally = Tally()
+    tally.inc(counter)
+    assert counter._value.get() == 1
