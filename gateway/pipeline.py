@@ -131,7 +131,6 @@ class Pipeline:
     def __init__(self, runtime: Runtime, access_log: logging.Logger | None = None) -> None:
         self.runtime = runtime
         self.access_log = access_log
-        self.draining = False
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rt = self.runtime  # one config for the whole request, whatever a reload does meanwhile
