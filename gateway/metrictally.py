@@ -85,14 +85,16 @@ class Tally:
         self._schedule()
 
     def _schedule(self) -> None:
+        queued = self._queued_on
+        if queued is not None and not queued.is_closed():
+            return  # a flush is already queued for this turn (the usual case: no lookup)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # called outside the gateway's loop (a script, a unit test)
             self.flush()
             return
-        if self._queued_on is not loop:
-            self._queued_on = loop
-            loop.call_soon(self.flush)
+        self._queued_on = loop
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self._queued_on = None
