@@ -9,6 +9,7 @@ probe, and a success closes the breaker again.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from gateway import metrics
 from gateway.config.model import RedisSettings
 
 T = TypeVar("T")
+log = logging.getLogger("gateway.redis")
 
 FAILURES = 3
 COOLDOWN = 1.0
@@ -107,3 +109,94 @@ class RedisLink:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+class Subscription:
+    """One pub/sub channel followed for the life of the process, on a connection of its own.
+
+    A subscribed connection can do nothing else, and it must wait far longer than
+    `redis.timeout`, so it is not taken from the shared pool. The loop (re)connects with
+    back-off; after each SUBSCRIBE it awaits `on_connect(client)` before handing any message
+    to `on_message`, so whatever the caller re-reads there (stored state) cannot miss a change
+    published meanwhile. An idle connection is pinged every PING_EVERY seconds and declared
+    dead after DEAD_AFTER seconds without a word (a Redis that hangs or a path that drops
+    packets never closes the socket); `on_disconnect()` is called on every loss.
+    """
+
+    RETRY_MAX = 1.0  # seconds between reconnection attempts, at most
+    PING_EVERY = 5.0
+    DEAD_AFTER = 12.0
+
+    def __init__(self, settings: RedisSettings, channel: str,
+                 on_message: Callable[[Any], None],
+                 on_connect: Callable[[Any], Awaitable[None]],
+                 on_disconnect: Callable[[], None] = lambda: None, name: str = "") -> None:
+        self.settings = settings
+        self.channel = channel
+        self.on_message = on_message
+        self.on_connect = on_connect
+        self.on_disconnect = on_disconnect
+        self.name = name or channel
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._follow(), name=self.name)
+
+    async def close(self) -> None:
+        # redis-py's get_message may swallow a cancellation into its own read timeout, so the
+        # loop also checks a flag (it wakes at least once a second).
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task], timeout=3.0)
+            self._task = None
+
+    async def _follow(self) -> None:
+        delay = 0.1
+        while not self._stopping:
+            client = aioredis.Redis.from_url(
+                self.settings.url, socket_connect_timeout=max(self.settings.timeout, 1.0))
+            pubsub = client.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                await self.on_connect(client)
+                delay = 0.1
+                await self._listen(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever broke, reconnect
+                log.warning("%s: lost the Redis subscription (%s: %s); reconnecting",
+                            self.name, type(exc).__name__, exc)
+                self.on_disconnect()
+            finally:
+                await _quietly(pubsub.aclose())  # type: ignore[no-untyped-call]
+                await _quietly(client.aclose())
+            if not self._stopping:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.RETRY_MAX)
+
+    async def _listen(self, pubsub: Any) -> None:
+        last_heard = last_ping = time.monotonic()
+        while not self._stopping:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            now = time.monotonic()
+            if message is not None:
+                last_heard = now
+                if message.get("type") == "message":
+                    self.on_message(message.get("data"))
+                continue
+            if now - last_heard > self.DEAD_AFTER:
+                raise ConnectionError(f"no reply from Redis for {self.DEAD_AFTER:.0f}s")
+            if now - last_ping > self.PING_EVERY:
+                last_ping = now
+                await pubsub.ping()  # the PONG arrives as a message and refreshes last_heard
+
+
+async def _quietly(awaitable: Awaitable[Any]) -> None:
+    """Close a possibly broken connection: a connection cut mid-read can hang its own close."""
+    try:
+        async with asyncio.timeout(1.0):
+            await awaitable
+    except Exception as exc:  # noqa: BLE001 - closing a broken connection may fail any way
+        log.debug("closing a Redis subscription: %s", exc)

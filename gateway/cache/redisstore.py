@@ -22,10 +22,9 @@ that happened meanwhile can never be undone by reading an old generation.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -34,7 +33,7 @@ import orjson
 from gateway.cache.entry import Entry, decode, encode
 from gateway.cache.key import url_hash
 from gateway.luascripts import load_script
-from gateway.redisconn import RedisLink, RedisUnavailable
+from gateway.redisconn import RedisLink, RedisUnavailable, Subscription
 
 log = logging.getLogger("gateway.cache")
 
@@ -54,8 +53,7 @@ class RedisStore:
         self.origin = os.urandom(8).hex()
         self._store_variant = link.client.register_script(load_script("cache_store_variant").source)
         self._tag_url = link.client.register_script(load_script("cache_tag_url").source)
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._subscription: Subscription | None = None
 
     # ------------------------------------------------------------ keys
     def url_key(self, url: str) -> str:
@@ -130,48 +128,34 @@ class RedisStore:
     # ------------------------------------------------------------ subscriber
     async def start(self, on_purge: PurgeHandler, on_reconnect: Callable[[], object]) -> None:
         """Read the generation now (bounded by redis.timeout) so L2 serves from the first
-        request, then listen for purges in the background."""
+        request, then follow purges in the background."""
         try:
             await self._read_generation()
         except RedisUnavailable as exc:
             log.warning("cache L2 unused until Redis answers: %s", exc)
-        self._task = asyncio.get_running_loop().create_task(
-            self._listen(on_purge, on_reconnect), name="cache-purge-subscriber")
+        subscribed_before = False
+
+        async def connected(client: Any) -> None:
+            nonlocal subscribed_before
+            await self._read_generation()
+            if subscribed_before:
+                # Purges may have been missed while we were away: forget L1 rather than
+                # serve something an operator purged.
+                on_reconnect()
+            subscribed_before = True
+
+        def lost() -> None:
+            self.gen = None  # L2 unused until the generation is known again
+
+        self._subscription = Subscription(
+            self.link.settings, self.channel, lambda data: self._dispatch(data, on_purge),
+            connected, lost, name="cache purges")
+        self._subscription.start()
 
     async def close(self) -> None:
-        # redis-py's get_message may swallow a cancellation into its own read timeout, so the
-        # loop also checks a flag (it wakes at least once a second).
-        self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task], timeout=3.0)
-            self._task = None
-
-    async def _listen(self, on_purge: PurgeHandler, on_reconnect: Callable[[], object]) -> None:
-        connected_before = False
-        while not self._stopping:
-            pubsub = self.link.client.pubsub()
-            try:
-                await pubsub.subscribe(self.channel)
-                await self._read_generation()
-                if connected_before:
-                    # Purges may have been missed while we were away: forget L1 rather than
-                    # serve something an operator purged.
-                    on_reconnect()
-                connected_before = True
-                while not self._stopping:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True,
-                                                       timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._dispatch(message["data"], on_purge)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any Redis trouble: retry, never die
-                self.gen = None
-                log.debug("cache purge subscriber reconnecting: %s", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                await _quietly(pubsub.aclose())
+        if self._subscription is not None:
+            await self._subscription.close()
+            self._subscription = None
 
     async def _read_generation(self) -> None:
         raw = await self.link.call(lambda: self.link.client.get(f"{self.prefix}gen"))
@@ -187,14 +171,6 @@ class RedisStore:
             if "gen" in message and isinstance(message["gen"], int):
                 self.gen = max(self.gen or 0, message["gen"])
             on_purge(message)
-
-
-async def _quietly(awaitable: Awaitable[Any]) -> None:
-    try:
-        async with asyncio.timeout(1.0):  # a connection cut mid-read can hang its own close
-            await awaitable
-    except (TimeoutError, Exception) as exc:  # noqa: BLE001 - closing a broken connection may fail
-        log.debug("closing the purge subscription: %s", exc)
 
 
 __all__ = ["RedisStore", "decode"]

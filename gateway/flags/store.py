@@ -18,13 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
-from gateway.redisconn import RedisLink
+from gateway.redisconn import RedisLink, Subscription
 
 log = logging.getLogger("gateway.flags")
 
@@ -42,11 +40,6 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
-RETRY_MAX = 1.0  # seconds between reconnection attempts, at most
-PING_EVERY = 5.0  # an idle subscription is probed this often...
-DEAD_AFTER = 12.0  # ...and declared dead (then reconnected) after this long without a reply
-
-
 class FlagOverrides:
     """Definitions that replace (or add to) the config file's flags at run time."""
 
@@ -56,7 +49,7 @@ class FlagOverrides:
         self.version = 0  # bumped on every change; engines rebuild when it moves
         self.lock = asyncio.Lock()  # one admin change at a time: validate, then write
         self.synced = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._subscription: Subscription | None = None
         if redis is not None:
             prefix = redis.prefix
             self.hash_key = f"{prefix}flags:overrides"
@@ -99,7 +92,9 @@ class FlagOverrides:
         if self.redis is None:
             self.synced.set()
             return
-        self._task = asyncio.get_running_loop().create_task(self._follow())
+        self._subscription = Subscription(self.redis.settings, self.channel, self._on_message,
+                                          self._resync, name="flag overrides")
+        self._subscription.start()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.synced.wait(), wait)
         if not self.synced.is_set():
@@ -107,42 +102,12 @@ class FlagOverrides:
                         "flags and retrying in the background")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _follow(self) -> None:
-        assert self.redis is not None
-        delay = 0.1
-        while True:
-            # Its own connection: no socket timeout (it waits for messages), no pool.
-            client = aioredis.Redis.from_url(
-                self.redis.settings.url, socket_connect_timeout=max(self.redis.settings.timeout,
-                                                                    1.0))
-            pubsub = client.pubsub()
-            try:
-                await pubsub.subscribe(self.channel)
-                # Read the hash only once subscribed: nothing can fall between the two.
-                await self._resync(client)
-                self.synced.set()
-                delay = 0.1
-                await self._listen(pubsub)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - whatever broke, reconnect
-                log.warning("flag overrides: lost the Redis subscription (%s: %s); "
-                            "reconnecting", type(exc).__name__, exc)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                with contextlib.suppress(Exception):
-                    await client.aclose()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX)
+        if self._subscription is not None:
+            await self._subscription.close()
+            self._subscription = None
 
     async def _resync(self, client: Any) -> None:
+        """After every (re)subscription: the whole stored state, then announcements."""
         stored = await client.hgetall(self.hash_key)
         definitions: dict[str, Definition] = {}
         for field, raw in stored.items():
@@ -155,23 +120,7 @@ class FlagOverrides:
             if isinstance(definition, dict):
                 definitions[key] = definition
         self._replace_all(definitions)
-
-    async def _listen(self, pubsub: Any) -> None:
-        last_heard = time.monotonic()
-        last_ping = last_heard
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            now = time.monotonic()
-            if message is not None:
-                last_heard = now
-                if message.get("type") == "message":
-                    self._on_message(message.get("data"))
-                continue
-            if now - last_heard > DEAD_AFTER:
-                raise ConnectionError(f"no reply from Redis for {DEAD_AFTER:.0f}s")
-            if now - last_ping > PING_EVERY:
-                last_ping = now
-                await pubsub.ping()  # the PONG arrives as a message and refreshes last_heard
+        self.synced.set()
 
     def _on_message(self, data: object) -> None:
         try:
