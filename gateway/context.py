@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from gateway.config.model import ContextSettings, IPNetwork
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,32 +64,45 @@ def is_trusted(address: IPAddress | None, trusted: Sequence[IPNetwork]) -> bool:
     return address is not None and any(address in net for net in trusted)
 
 
+# Memos kept per config object (a trusted-proxy tuple, a ContextSettings): keyed by the
+# object's id and holding the object itself, so the id cannot be reused while the entry
+# lives. A reload brings new objects; after OWNERS_MAX of them the table starts afresh.
+OWNERS_MAX = 16
+MEMO_MAX = 4096  # entries one memo holds before it is emptied
+
+
+def _memo_of(table: dict[int, tuple[Any, T]], owner: object, make: Callable[[], T]) -> T:
+    entry = table.get(id(owner))
+    if entry is None or entry[0] is not owner:
+        if len(table) >= OWNERS_MAX:
+            table.clear()
+        entry = table[id(owner)] = (owner, make())
+    return entry[1]
+
+
+def _remember(memo: dict[K, V], key: K, value: V) -> V:
+    if len(memo) >= MEMO_MAX:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
 # (address as text) -> (normalised address or None when unparsable, trusted?), per trusted set.
 Verdict = tuple[str | None, bool]
-_VERDICTS: dict[int, tuple[Sequence[IPNetwork], dict[str, Verdict]]] = {}
-_VERDICTS_MAX = 4096  # distinct addresses remembered per trusted set
+_VERDICTS: dict[int, tuple[Any, dict[str, Verdict]]] = {}
 
 
 def classify(text: str, trusted: Sequence[IPNetwork]) -> Verdict:
     """parse_ip + is_trusted, memoised: the same few peers and proxies come back all the time.
 
-    Parsing with `ipaddress` was the largest cost of building a context (tests/perf). The
-    memo is keyed by the identity of the trusted set (a config's tuple, kept alive by the
-    entry so the id cannot be reused) and is simply emptied when it fills up.
+    Parsing with `ipaddress` was the largest cost of building a context (tests/perf).
     """
-    entry = _VERDICTS.get(id(trusted))
-    if entry is None or entry[0] is not trusted:
-        if len(_VERDICTS) >= 16:  # old configs after many reloads
-            _VERDICTS.clear()
-        entry = _VERDICTS[id(trusted)] = (trusted, {})
-    known = entry[1]
+    known = _memo_of(_VERDICTS, trusted, dict)
     verdict = known.get(text)
     if verdict is None:
         address = parse_ip(text)
-        verdict = (None if address is None else str(address), is_trusted(address, trusted))
-        if len(known) >= _VERDICTS_MAX:
-            known.clear()
-        known[text] = verdict
+        verdict = _remember(known, text, (None if address is None else str(address),
+                                          is_trusted(address, trusted)))
     return verdict
 
 
@@ -128,21 +145,19 @@ def identity_headers(settings: ContextSettings) -> tuple[str, ...]:
 # record (a measurable share of a bare request, tests/perf). Never keyed on an API key:
 # requests carrying one are built afresh, so raw keys are not kept around.
 ContextKey = tuple[str, str, tuple[str | None, ...] | None]
-_CONTEXTS: dict[int, tuple[ContextSettings, tuple[str, ...], dict[ContextKey, RequestContext]]] = {}
-_CONTEXTS_MAX = 4096
+_CONTEXTS: dict[int, tuple[Any, tuple[tuple[str, ...], dict[ContextKey, RequestContext]]]] = {}
 
 
 def _context_memo(settings: ContextSettings,
                   ) -> tuple[tuple[str, ...], dict[ContextKey, RequestContext]]:
-    entry = _CONTEXTS.get(id(settings))
-    if entry is None or entry[0] is not settings:
-        if len(_CONTEXTS) >= 16:  # old configs after many reloads
-            _CONTEXTS.clear()
+    """The identity header names to key on, and the contexts already built, for `settings`."""
+    def make() -> tuple[tuple[str, ...], dict[ContextKey, RequestContext]]:
         names = tuple(dict.fromkeys(
             [s.header for s in settings.fields.values()]
             + [s.header for s in settings.attributes.values()]))
-        entry = _CONTEXTS[id(settings)] = (settings, names, {})
-    return entry[1], entry[2]
+        return names, {}
+
+    return _memo_of(_CONTEXTS, settings, make)
 
 
 def build_context(
@@ -173,10 +188,8 @@ def build_context(
     if key is not None:
         context = known.get(key)
         if context is None:
-            context = _build(settings, client_ip, trusted, headers, environment)
-            if len(known) >= _CONTEXTS_MAX:
-                known.clear()
-            known[key] = context
+            context = _remember(known, key,
+                                _build(settings, client_ip, trusted, headers, environment))
         return context, trusted
     return _build(settings, client_ip, trusted, headers, environment), trusted
 

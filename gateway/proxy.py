@@ -29,7 +29,8 @@ HOP_BY_HOP = frozenset({
 })
 
 
-_KEEP_UPGRADE_DROP = HOP_BY_HOP - {"upgrade", "connection"}  # a WebSocket handshake
+_HANDSHAKE_FIELDS = frozenset({"upgrade", "connection"})  # kept for a WebSocket handshake
+_KEEP_UPGRADE_DROP = HOP_BY_HOP - _HANDSHAKE_FIELDS
 
 
 class UpstreamError(Exception):
@@ -65,7 +66,7 @@ def end_to_end(headers: Mapping[str, str] | CIMultiDictProxy[str],
             for value in result.getall("Connection")
             for token in value.split(",") if token.strip()
         }
-        drop = drop | (named - {"upgrade", "connection"} if keep_upgrade else named)
+        drop = drop | (named - _HANDSHAKE_FIELDS if keep_upgrade else named)
     for name in drop:
         if name in result:
             result.popall(name)
