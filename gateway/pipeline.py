@@ -23,14 +23,13 @@ from gateway import metrics
 from gateway.accesslog import AccessRecord
 from gateway.config.model import Config, Route
 from gateway.context import RequestContext, build_context, identity_headers
+from gateway.h1client import BodyTooLarge, UpstreamError
 from gateway.metrictally import TALLY
 from gateway.problem import problem
 from gateway.proxy import (
-    BodyTooLarge,
     Exchange,
     LimitedBody,
     Outgoing,
-    UpstreamError,
     UpstreamPool,
     end_to_end,
     relay,

@@ -1,4 +1,4 @@
-"""Talking to upstreams: one long-lived client session per upstream, bodies streamed both ways.
+"""Talking to upstreams: one keep-alive pool per upstream, bodies streamed both ways.
 
 `UpstreamPool.send` turns an `Outgoing` request into an `Exchange` (status, headers and a body
 iterator) without writing anything to the client, so the cache can sit between the two and
@@ -10,17 +10,26 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
-from aiohttp import hdrs, web
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config.model import Upstream
+from gateway.h1client import (
+    EMPTY_PAYLOAD,
+    BodyTooLarge,
+    H1Pool,
+    Response,
+    StreamedBody,
+    UpstreamError,
+)
 
 CHUNK = 64 * 1024
 SMALL_BODY = 64 * 1024  # at most this many bytes, already received, are relayed as bytes
+
+Closable = H1Pool | aiohttp.ClientSession  # what a reload retires, closed once unused
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus the proxy credentials that belong to this hop.
 HOP_BY_HOP = frozenset({
@@ -31,21 +40,6 @@ HOP_BY_HOP = frozenset({
 
 _HANDSHAKE_FIELDS = frozenset({"upgrade", "connection"})  # kept for a WebSocket handshake
 _KEEP_UPGRADE_DROP = HOP_BY_HOP - _HANDSHAKE_FIELDS
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached or broke the exchange: 502, or 504 for timeouts."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-class BodyTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body exceeds {limit} bytes")
-        self.limit = limit
 
 
 def end_to_end(headers: Mapping[str, str] | CIMultiDictProxy[str],
@@ -103,7 +97,7 @@ class Exchange:
 Fetch = Callable[[Outgoing], Awaitable[Exchange]]
 
 
-class LimitedBody:
+class LimitedBody(StreamedBody):
     """The request body as it arrives, stopping once it passes `limit` bytes.
 
     The client library reports a failing body generator as a broken connection, so the
@@ -125,89 +119,53 @@ class LimitedBody:
             yield chunk
 
 
-# Fields the client library would add on its own; the upstream must get what the client sent.
-_NOT_ADDED = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
-
-
-class _AsSent(aiohttp.ClientRequest):
-    """A client request that adds no default fields.
-
-    Passing skip_auto_headers makes aiohttp build a sorted CIMultiDict of the names and a
-    copy of the request headers on every request just to learn that nothing is to be added
-    (tests/perf/bench_proxy.py). Here the skip set is built once; it is still consulted
-    where aiohttp would add a Content-Type for a streamed body.
-    """
-
-    _SKIP: CIMultiDict[None] = CIMultiDict((name, None) for name in _NOT_ADDED)
-
-    def update_auto_headers(self, skip_auto_headers: Iterable[str] | None) -> None:
-        self._skip_auto_headers = self._SKIP
-
-    def update_headers(self, headers: Any) -> None:
-        """Adopt the session's header set instead of copying it field by field.
-
-        ClientSession._prepare_headers has just built this CIMultiDict for this request
-        alone, so nothing else holds it. aiohttp's own update_headers copies it in Python
-        into a new one that starts with Host (the client's, if it sent one); when the
-        client's single Host already comes first the copy would be identical, so it is
-        skipped. Anything else (no Host, several, not first) takes aiohttp's path.
-        """
-        if type(headers) is CIMultiDict and next(iter(headers), None) in hdrs.HOST_ALL \
-                and len(headers.getall(hdrs.HOST)) == 1:
-            self.headers = headers
-        else:
-            super().update_headers(headers)
-
-
 class UpstreamPool:
-    """One ClientSession per upstream: keep-alive pool, no cookie jar, no decompression."""
+    """The upstreams by name: a lean HTTP/1.1 pool each (gateway/h1client.py), and, made
+    on first use, an aiohttp session for WebSocket upgrades."""
 
     def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
         self.upstreams = dict(upstreams)
-        self.sessions: dict[str, aiohttp.ClientSession] = {}
-        for name, up in self.upstreams.items():
-            self.sessions[name] = self._session(up)
+        self.pools = {name: H1Pool(up) for name, up in self.upstreams.items()}
+        self._ws_sessions: dict[str, aiohttp.ClientSession] = {}
 
-    @staticmethod
-    def _session(up: Upstream) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=up.max_connections, limit_per_host=0, ttl_dns_cache=300,
-            enable_cleanup_closed=False,
-        )
-        return aiohttp.ClientSession(
-            base_url=None,
-            connector=connector,
-            # One user's cookies must never reach another user's request.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=up.timeout, sock_connect=up.connect_timeout),
-            # Send what the client sent, nothing the client library would add on its own.
-            request_class=_AsSent,
-            raise_for_status=False,
-        )
+    def websocket_session(self, upstream: str) -> aiohttp.ClientSession:
+        session = self._ws_sessions.get(upstream)
+        if session is None:
+            up = self.upstreams[upstream]
+            session = self._ws_sessions[upstream] = aiohttp.ClientSession(
+                # One user's cookies must never reach another user's request.
+                cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(total=up.timeout,
+                                              sock_connect=up.connect_timeout))
+        return session
 
-    def adopt(self, upstreams: Mapping[str, Upstream]) -> list[aiohttp.ClientSession]:
+    def adopt(self, upstreams: Mapping[str, Upstream]) -> list[Closable]:
         """Take a reloaded upstream set; unchanged upstreams keep their warm pools.
 
-        Returns the sessions that are no longer used, for the caller to close once the
-        requests still using them are done.
+        Returns the pools and sessions that are no longer used, for the caller to close
+        once the requests still using them are done.
         """
-        retired: list[aiohttp.ClientSession] = []
-        sessions: dict[str, aiohttp.ClientSession] = {}
+        retired: list[Closable] = []
+        pools: dict[str, H1Pool] = {}
         for name, up in upstreams.items():
-            if self.upstreams.get(name) == up and name in self.sessions:
-                sessions[name] = self.sessions.pop(name)
+            if self.upstreams.get(name) == up and name in self.pools:
+                pools[name] = self.pools.pop(name)
             else:
-                sessions[name] = self._session(up)
-        retired.extend(self.sessions.values())
-        self.sessions, self.upstreams = sessions, dict(upstreams)
+                pools[name] = H1Pool(up)
+                if name in self._ws_sessions:
+                    retired.append(self._ws_sessions.pop(name))
+        retired.extend(self.pools.values())
+        retired.extend(s for n, s in self._ws_sessions.items() if n not in upstreams)
+        self._ws_sessions = {n: s for n, s in self._ws_sessions.items() if n in upstreams}
+        self.pools, self.upstreams = pools, dict(upstreams)
         return retired
 
     async def close(self) -> None:
-        await asyncio.gather(*(s.close() for s in self.sessions.values()))
+        await asyncio.gather(*(p.close() for p in self.pools.values()),
+                             *(s.close() for s in self._ws_sessions.values()))
 
     def url(self, upstream: str, path_qs: str) -> URL:
-        return URL(self.upstreams[upstream].url + path_qs, encoded=True)
+        return URL(self.upstreams[upstream].url.rstrip("/") + path_qs, encoded=True)
 
     async def send(self, out: Outgoing, whole_small: bool = True) -> Exchange:
         """The upstream's answer; its body as bytes when it came whole with the head.
@@ -215,56 +173,38 @@ class UpstreamPool:
         `whole_small=False` always gives an iterator (the cache stage applies its size and
         conditional-request rules to streamed bodies).
         """
-        session = self.sessions[out.upstream]
-        try:
-            response = await session.request(
-                out.method, self.url(out.upstream, out.path_qs), headers=out.headers,
-                data=out.body, allow_redirects=False, compress=None,
-            )
-        except BodyTooLarge:
-            raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            if isinstance(out.body, LimitedBody) and out.body.exceeded:
-                raise BodyTooLarge(out.body.limit or 0) from exc
-            raise _upstream_error(out.upstream, exc) from exc
-        content = response.content
-        length = response.content_length
-        if whole_small and length is not None and length <= SMALL_BODY and \
-                content.is_eof() and content.exception() is None:
+        pool = self.pools[out.upstream]
+        response = await pool.request(out.method, out.path_qs, out.headers, out.body)
+        message, content = response.message, response.body
+        if content is EMPTY_PAYLOAD:
+            body: AsyncIterator[bytes] | bytes = b""
+        elif whole_small and content.is_eof() and content.exception() is None and \
+                content.total_bytes <= SMALL_BODY:
             # The whole (small) body came with the head: hand it over as bytes, so relay
             # writes head and body at once without a per-chunk iterator. It is already in
             # memory; anything larger or still arriving streams as before.
-            body: AsyncIterator[bytes] | bytes = content.read_nowait()
-            response.release()
+            body = content.read_nowait()
         else:
             body = _iterate(response, out.upstream)
+        if isinstance(body, bytes):
+            response.release()
         return Exchange(
-            status=response.status,
-            reason=response.reason,
-            headers=end_to_end(response.headers),
+            status=message.code,
+            reason=message.reason,
+            headers=end_to_end(message.headers),
             body=body,
             release=response.release,
         )
 
 
-def _upstream_error(upstream: str, exc: BaseException) -> UpstreamError:
-    """502 for a refused or broken exchange, 504 when the upstream ran out of time."""
-    if isinstance(exc, asyncio.TimeoutError):  # also aiohttp's ServerTimeoutError
-        return UpstreamError(504, f"upstream {upstream!r} did not answer in time")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError(502, f"upstream {upstream!r} is unreachable: "
-                             f"{exc.os_error.strerror or exc.os_error}")
-    return UpstreamError(502, f"upstream {upstream!r} broke the exchange: "
-                         f"{type(exc).__name__}: {exc}")
-
-
-async def _iterate(response: aiohttp.ClientResponse, upstream: str) -> AsyncIterator[bytes]:
+async def _iterate(response: Response, upstream: str) -> AsyncIterator[bytes]:
     try:
-        async for chunk in response.content.iter_any():
+        async for chunk in response.body.iter_any():
             yield chunk
-    except TimeoutError:
-        raise UpstreamError(504, f"upstream {upstream!r} timed out sending the body") from None
-    except (aiohttp.ClientError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        if response.timed_out:
+            raise UpstreamError(504, f"upstream {upstream!r} timed out sending the body"
+                                ) from None
         raise UpstreamError(502, f"upstream {upstream!r} broke off the body: {exc}") from exc
     finally:
         response.release()

@@ -26,7 +26,7 @@ async def proxy_websocket(request: web.BaseRequest, pool: UpstreamPool, upstream
     for name in _HANDSHAKE:
         headers.popall(name, None)
     url = pool.url(upstream, path_qs)
-    session = pool.sessions[upstream]
+    session = pool.websocket_session(upstream)
     try:
         upstream_ws = await session.ws_connect(url, headers=headers, protocols=protocols,
                                                autoping=False, autoclose=False,

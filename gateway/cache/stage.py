@@ -27,7 +27,8 @@ from gateway.cache.entry import Entry
 from gateway.cache.key import url_key, variant_id, vary_values
 from gateway.cache.service import CacheService, Flight
 from gateway.config.model import Config, Route, RouteCache
-from gateway.proxy import Exchange, Fetch, Outgoing, UpstreamError
+from gateway.h1client import UpstreamError
+from gateway.proxy import Exchange, Fetch, Outgoing
 
 log = logging.getLogger("gateway.cache")
 

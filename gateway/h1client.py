@@ -1,0 +1,366 @@
+"""A lean HTTP/1.1 client for the proxy path: one keep-alive pool per upstream.
+
+aiohttp's ClientSession was about half of the proxy path's CPU per request (the brief's
+measurements; tests/perf/bench_proxy.py): per request it builds a URL object, a ClientRequest
+that makes a dozen passes over the headers, a timer context, trace hooks, cookie handling and
+a ClientResponse. A proxy that forwards what it was sent needs none of that. This client keeps
+aiohttp's own connection protocol (`ResponseHandler`: the C llhttp parser, read flow control,
+payload errors when a connection drops mid-body) and replaces the rest with a pool of idle
+connections, a request head serialized once in C, one write, and one deadline for the whole
+exchange (`timeout`, issue 2: past it the client gets 504).
+
+A connection is reused only when its response was read to the end, nothing unasked-for
+arrived and neither side said `Connection: close`. A request that finds its reused
+connection closed by the upstream before any answer (an idle keep-alive the upstream had
+just timed out) is sent once more on a new connection when that is safe: an idempotent
+method and a body that is not a stream (RFC 9110 §9.2.2; aiohttp and Envoy do the same).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from aiohttp import ClientError, ServerDisconnectedError
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http import RawResponseMessage
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_writer import _serialize_headers
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from multidict import CIMultiDict
+
+from gateway.config.model import Upstream
+
+READ_BUFFER = 64 * 1024  # per connection; reading pauses at twice this (aiohttp's default)
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_EMPTY_BODY_MEANS_ZERO = frozenset({"POST", "PUT", "PATCH"})
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke the exchange: 502, or 504 for timeouts."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds {limit} bytes")
+        self.limit = limit
+
+
+class StreamedBody:
+    """What a request body that arrives while it is sent looks like to this client."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where an upstream URL points, taken apart once."""
+
+    host: str
+    port: int
+    ssl: ssl.SSLContext | None
+    base_path: str  # prepended to every request target, without a trailing slash
+    authority: str  # the Host field when the client sent none
+
+    @classmethod
+    def of(cls, url: str) -> Target:
+        parts = urlsplit(url)
+        secure = parts.scheme == "https"
+        default_port = 443 if secure else 80
+        port = parts.port or default_port
+        host = parts.hostname or ""
+        authority = host if port == default_port else f"{host}:{port}"
+        if ":" in host:  # an IPv6 literal keeps its brackets in Host
+            authority = f"[{host}]" if port == default_port else f"[{host}]:{port}"
+        return cls(host=host, port=port, ssl=ssl.create_default_context() if secure else None,
+                   base_path=parts.path.rstrip("/"), authority=authority)
+
+
+class Response:
+    """An upstream response head, its body stream, and the connection it holds until
+    `release`. `body` is a StreamReader (EMPTY_PAYLOAD for a response with no body)."""
+
+    __slots__ = ("_conn", "_pool", "_timer", "_writer", "body", "message", "timed_out")
+
+    def __init__(self, pool: H1Pool, conn: ResponseHandler, message: RawResponseMessage,
+                 body: StreamReader, writer: asyncio.Task[None] | None) -> None:
+        self._pool: H1Pool | None = pool
+        self._conn = conn
+        self._writer = writer
+        self._timer: asyncio.TimerHandle | None = None
+        self.message = message
+        self.body = body
+        self.timed_out = False
+
+    def watch(self, deadline: float) -> None:
+        """Bound the rest of the body by the exchange's deadline (loop time)."""
+        if self._timer is None and not self.body.is_eof():
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self.body.is_eof():
+            self.timed_out = True
+            self.body.set_exception(TimeoutError())
+            self._conn.abort()
+
+    def release(self) -> None:
+        """Give the connection back: to the idle pool when the exchange ended cleanly."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        body = self.body
+        # Fed to its end is enough: what the client did not read is not on the wire.
+        clean = (body.is_eof() and body.exception() is None
+                 and (self._writer is None or self._writer.done()))
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+        pool.give_back(self._conn, reusable=clean)
+
+
+class H1Pool:
+    """Keep-alive connections to one upstream, at most `max_connections` at a time.
+
+    Past the limit a request waits for a connection (like aiohttp's connector), within its
+    deadline. Idle connections are taken most recently used first, so a burst's extra
+    connections age out on the upstream's side instead of all staying half-warm.
+    """
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.name = upstream.name
+        self.target = Target.of(upstream.url)
+        self.limit = upstream.max_connections
+        self.idle: deque[ResponseHandler] = deque()
+        self.busy = 0  # connections lent out or being opened
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    # ------------------------------------------------------------------ connections
+    async def _lend(self) -> tuple[ResponseHandler, bool]:
+        """A connection and whether it was used before (then it may turn out stale)."""
+        while True:
+            idle = self.idle
+            while idle:
+                conn = idle.pop()
+                if conn.is_connected() and not conn.should_close:
+                    self.busy += 1
+                    return conn, True
+                conn.close()
+            if self.busy < self.limit:
+                break
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if not waiter.done() or waiter.cancelled():
+                    self._remove_waiter(waiter)
+        self.busy += 1
+        try:
+            return await self._connect(), False
+        except BaseException:
+            self.busy -= 1
+            self._wake()
+            raise
+
+    def _remove_waiter(self, waiter: asyncio.Future[None]) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:  # already woken: pass the wake-up on
+            self._wake()
+
+    async def _connect(self) -> ResponseHandler:
+        target, up = self.target, self.upstream
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(up.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: ResponseHandler(loop), target.host, target.port, ssl=target.ssl,
+                    server_hostname=target.host if target.ssl else None)
+        except TimeoutError:
+            raise UpstreamError(504, f"upstream {self.name!r} did not accept a connection "
+                                f"within {up.connect_timeout:g}s") from None
+        except OSError as exc:
+            reason = (exc.reason if isinstance(exc, ssl.SSLError) and exc.reason
+                      else exc.strerror or str(exc))
+            raise UpstreamError(502, f"upstream {self.name!r} is unreachable: {reason}") from exc
+        return conn
+
+    def give_back(self, conn: ResponseHandler, reusable: bool) -> None:
+        self.busy -= 1
+        if reusable and not self._closed and conn.is_connected() and not conn.should_close:
+            self.idle.append(conn)
+        else:
+            conn.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def close(self) -> None:
+        """Close the idle connections; those lent out close when they come back."""
+        self._closed = True
+        while self.idle:
+            self.idle.pop().close()
+
+    # ------------------------------------------------------------------ exchanges
+    async def request(self, method: str, path_qs: str, headers: CIMultiDict[str],
+                      body: StreamedBody | bytes | None) -> Response:
+        """Send a request and wait for the response head (interim 1xx answers skipped).
+
+        `headers` is sent as it is, Host first if it is there (the client's, for a
+        transparent proxy); framing fields are set here from what `body` is.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.upstream.timeout
+        chunked = False
+        first = next(iter(headers), "")
+        if first.lower() != "host" or len(headers.getall("Host")) != 1:
+            headers = self._host_first(headers)
+        if body is None:
+            if method in _EMPTY_BODY_MEANS_ZERO and "Content-Length" not in headers:
+                headers["Content-Length"] = "0"  # what aiohttp's client sent, too
+        elif isinstance(body, bytes):
+            headers["Content-Length"] = str(len(body))
+        elif "Content-Length" not in headers:
+            headers["Transfer-Encoding"] = "chunked"
+            chunked = True
+        try:
+            head = _serialize_headers(f"{method} {self.target.base_path}{path_qs} HTTP/1.1",
+                                      headers)
+        except ValueError:
+            raise UpstreamError(400, "a request header holds a control character") from None
+        retry = method in _IDEMPOTENT and not isinstance(body, StreamedBody)
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    conn, reused = await self._lend()
+                    try:
+                        response = await self._exchange(conn, method, head, body, chunked)
+                    except _Stale:
+                        if not (reused and retry):
+                            raise UpstreamError(502, f"upstream {self.name!r} broke the "
+                                                f"exchange: closed the connection before "
+                                                f"answering") from None
+                        retry = False  # once, on a fresh connection
+                        continue
+                    response.watch(deadline)
+                    return response
+        except TimeoutError:
+            raise UpstreamError(504, f"upstream {self.name!r} did not answer in time") from None
+
+    def _host_first(self, headers: CIMultiDict[str]) -> CIMultiDict[str]:
+        """Host leads the header section (RFC 9112 §3.2 asks user agents for that); the
+        client's own when it sent one, else the upstream's authority."""
+        hosts = headers.getall("Host", ())
+        ordered: CIMultiDict[str] = CIMultiDict(Host=hosts[0] if hosts else self.target.authority)
+        ordered.extend((k, v) for k, v in headers.items() if k.lower() != "host")
+        return ordered
+
+    async def _exchange(self, conn: ResponseHandler, method: str, head: bytes,
+                        body: StreamedBody | bytes | None, chunked: bool) -> Response:
+        writer: asyncio.Task[None] | None = None
+        answered = False
+        try:
+            conn.set_response_params(skip_payload=method == "HEAD", read_until_eof=True,
+                                     auto_decompress=False, read_bufsize=READ_BUFFER,
+                                     max_line_size=8190, max_field_size=65536)
+            transport = conn.transport
+            if transport is None:
+                raise _Stale
+            if body is None:
+                transport.write(head)
+            elif isinstance(body, bytes):
+                transport.writelines((head, body))  # one send for small bodies
+            else:
+                transport.write(head)
+                writer = asyncio.get_running_loop().create_task(_send_body(conn, body, chunked))
+                writer.add_done_callback(lambda task: _body_failed(conn, task))
+            while True:
+                try:
+                    message, payload = await conn.read()
+                except (ServerDisconnectedError, ConnectionResetError):
+                    raise _Stale from None
+                if not 100 <= message.code < 200 or message.code == 101:
+                    break  # 1xx interim answers (100, 103) are not relayed
+            answered = True
+            return Response(self, conn, message, payload, writer)
+        except _BodyFailure as failure:
+            raise failure.cause from None
+        except (HttpProcessingError, ClientError) as exc:
+            detail = getattr(exc, "message", "") or str(exc) or type(exc).__name__
+            raise UpstreamError(502, f"upstream {self.name!r} broke the exchange: "
+                                f"{detail}") from exc
+        except OSError as exc:
+            raise UpstreamError(502, f"upstream {self.name!r} broke the exchange: "
+                                f"{exc.strerror or exc}") from exc
+        finally:
+            if not answered:
+                if writer is not None and not writer.done():
+                    writer.cancel()
+                self.give_back(conn, reusable=False)
+
+
+class _Stale(Exception):
+    """The connection closed before any answer: maybe an idle keep-alive the upstream shut."""
+
+
+class _BodyFailure(Exception):
+    """Carries why the request body could not be sent to the reader of the response."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def _send_body(conn: ResponseHandler, body: StreamedBody, chunked: bool) -> None:
+    """Stream a request body to the upstream with write flow control."""
+    async for chunk in body:
+        transport = conn.transport
+        if transport is None:
+            raise ConnectionResetError("the upstream closed the connection")
+        if not chunk:
+            continue
+        if chunked:
+            transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            transport.write(chunk)
+        if conn.writing_paused:
+            await conn._drain_helper()
+    if chunked and conn.transport is not None:
+        conn.transport.write(b"0\r\n\r\n")
+
+
+def _body_failed(conn: ResponseHandler, task: asyncio.Task[None]) -> None:
+    """A request body that fails (too large, client gone) ends the exchange: the reader of
+    the response gets the cause, and the half-sent request's connection is dropped."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is None:
+        return
+    if not conn.is_eof():
+        conn.set_exception(_BodyFailure(exc))
+    conn.abort()
+
+
+__all__ = ["EMPTY_PAYLOAD", "BodyTooLarge", "H1Pool", "Response", "StreamedBody",
+           "UpstreamError"]
