@@ -179,7 +179,6 @@ class Pipeline:
                                      config.environment)
         record.client_ip = ctx.client_ip
         websocket = _is_websocket(request)
-        headers = self._upstream_headers(rt, request, trusted, request_id, websocket)
 
         length = request.content_length
         if route.max_body is not None and length is not None and length > route.max_body:
@@ -194,10 +193,18 @@ class Pipeline:
             for name, value in verdict.response_headers:
                 verdict.refusal.headers[name] = value
             return verdict.refusal
-        for name, value in verdict.upstream_headers:
-            headers[name] = value
-        for name, value in rt.flags.headers(route, ctx):
-            headers[name] = value
+        flag_headers = rt.flags.headers(route, ctx)
+        expect = request.headers.get("Expect", "").lower() == "100-continue"
+
+        def upstream_headers() -> CIMultiDict[str]:
+            headers = self._upstream_headers(rt, request, trusted, request_id, websocket)
+            for name, value in verdict.upstream_headers:
+                headers[name] = value
+            # The flag namespace was just emptied of what the client sent: no search needed.
+            headers.extend(flag_headers)
+            if expect:
+                headers.popall("Expect", None)  # answered here (below), not by the upstream
+            return headers
 
         upstream = verdict.upstream or route.upstream.for_method(request.method)
         record.upstream = upstream
@@ -206,23 +213,24 @@ class Pipeline:
             from gateway.websocket import proxy_websocket
 
             return await proxy_websocket(request, rt.upstreams, upstream,
-                                         strip(request.raw_path, route.strip_prefix), headers,
-                                         response_headers, request_id)
+                                         strip(request.raw_path, route.strip_prefix),
+                                         upstream_headers(), response_headers, request_id)
 
-        if request.headers.get("Expect", "").lower() == "100-continue":
+        if expect:
             # Only now, with the route, the size and the limits passed, ask for the body.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            headers.pop("Expect", None)
         body = LimitedBody(request.content, route.max_body) if request.body_exists else None
         out = Outgoing(
             method=request.method,
             path_qs=strip(request.raw_path, route.strip_prefix),
-            headers=headers,
+            # A cached route builds them only if the cache does not answer itself.
+            headers=upstream_headers if rt.cached else upstream_headers(),
             body=body,
             upstream=upstream,
             # What the cache keys on; nobody else reads it.
             client_url=f"{request.scheme}://{request.host}{request.raw_path}" if rt.cached
             else "",
+            asked=request.headers,
         )
 
         try:

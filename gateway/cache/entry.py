@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.cache.policy import Freshness, current_age
+
+if TYPE_CHECKING:
+    from gateway.proxy import StoredHead
 
 _OVERHEAD = 256  # bookkeeping bytes per entry, so a flood of empty bodies still counts
 _FORMAT = 1
@@ -30,7 +34,7 @@ class Entry:
     tags: tuple[str, ...] = ()
     # The headers a hit sends, built once per route's drop set (gateway.cache.stage): never
     # copied by dataclasses.replace (init=False), so a refreshed entry builds its own.
-    client: dict[frozenset[str], CIMultiDict[str]] = field(
+    client: dict[frozenset[str], StoredHead] = field(
         default_factory=dict, init=False, compare=False, repr=False)
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from gateway.cache.entry import Entry, decode
@@ -19,6 +19,9 @@ from gateway.cache.memory import MemoryStore
 from gateway.cache.redisstore import RedisStore
 from gateway.config.model import CacheSettings
 from gateway.redisconn import RedisLink, RedisUnavailable
+
+# The request's header section as the upstream would get it, built only if asked for.
+HeaderSource = Callable[[], Mapping[str, str]]
 
 log = logging.getLogger("gateway.cache")
 
@@ -73,7 +76,7 @@ class CacheService:
         task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------ lookups
-    async def lookup(self, url: str, request_headers: Mapping[str, str], now: float
+    async def lookup(self, url: str, request_headers: HeaderSource, now: float
                      ) -> Entry | None:
         """The stored variant matching this request: L1 first, then L2 (which fills L1).
         A hit-for-miss key skips L2: it just proved uncacheable, a round trip would be waste."""
@@ -82,7 +85,7 @@ class CacheService:
             return entry
         return await self.lookup_shared(url, request_headers, now)
 
-    def lookup_memory(self, url: str, request_headers: Mapping[str, str], now: float
+    def lookup_memory(self, url: str, request_headers: HeaderSource, now: float
                       ) -> Entry | None:
         """`lookup` in L1 alone, without a coroutine: the whole of an L1 hit."""
         found = self.memory.variants_of(url)
@@ -93,7 +96,7 @@ class CacheService:
             self.memory.touch(entry)
         return entry
 
-    async def lookup_shared(self, url: str, request_headers: Mapping[str, str], now: float
+    async def lookup_shared(self, url: str, request_headers: HeaderSource, now: float
                             ) -> Entry | None:
         """The L2 half of `lookup` (after an L1 miss)."""
         if self.l2 is None or self.is_hit_for_miss(url):
@@ -185,15 +188,18 @@ class CacheService:
             self.memory.drop_tag(tag)
 
 
-def _match(entries: Iterable[Entry], request_headers: Mapping[str, str], now: float
+def _match(entries: Iterable[Entry], request_headers: HeaderSource, now: float
            ) -> Entry | None:
-    """The newest variant whose Vary values equal the request's (RFC 9111 §4.1)."""
+    """The newest variant whose Vary values equal the request's (RFC 9111 §4.1).
+
+    The request's headers are what the upstream would get (flag headers included), asked
+    for only when a stored variant has a Vary to compare."""
     best: Entry | None = None
     for entry in entries:
         if entry.age(now) >= entry.fresh.keep_for and not _has_validator(entry):
             continue  # of no use any more
         # No Vary: nothing of the request to compare (vary_values would give () for ()).
-        if (vary_values(entry.vary, request_headers) if entry.vary else ()
+        if (vary_values(entry.vary, request_headers()) if entry.vary else ()
                 ) != entry.vary_values:
             continue
         if best is None or entry.response_time > best.response_time:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_writer import _serialize_headers
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import metrics
@@ -28,7 +30,7 @@ from gateway.cache.key import url_key, variant_id, vary_values
 from gateway.cache.service import CacheService, Flight
 from gateway.config.model import Config, Route, RouteCache
 from gateway.h1client import UpstreamError
-from gateway.proxy import Exchange, Fetch, Outgoing
+from gateway.proxy import Exchange, Fetch, Outgoing, StoredHead
 
 log = logging.getLogger("gateway.cache")
 
@@ -92,7 +94,7 @@ class ResponseCache:
             return await fetch(out)  # no cache policy: cost nothing
         if out.method in rfc.UNSAFE_METHODS:
             return await self._unsafe(p, out, fetch)
-        if out.method not in ("GET", "HEAD") or out.body is not None or _bypass(out.headers):
+        if out.method not in ("GET", "HEAD") or out.body is not None or _bypass(out.asked):
             return self._pass(p, await fetch(out), "BYPASS", rfc.cache_status(
                 hit=False, fwd="bypass"))
         return await self._read(p, p.key(out.client_url), out, fetch)
@@ -104,13 +106,13 @@ class ResponseCache:
         for _ in range(ATTEMPTS):
             now = time.time()
             # L1 without awaiting anything: a fresh L1 hit costs no coroutine.
-            stale = svc.lookup_memory(key, out.headers, now)
+            stale = svc.lookup_memory(key, out.sent_headers, now)
             if stale is None and svc.l2 is not None:
-                stale = await svc.lookup_shared(key, out.headers, now)
+                stale = await svc.lookup_shared(key, out.sent_headers, now)
             if stale is not None:
                 age = stale.age(now)
                 ttl = stale.fresh.lifetime - age  # Entry.ttl(now), the age computed once
-                use = rfc.evaluate(stale.fresh, age, out.headers)
+                use = rfc.evaluate(stale.fresh, age, out.asked)
                 if use is rfc.Use.FRESH:
                     p.count("hit")
                     return self._from_entry(p, stale, out, age, "HIT", rfc.hit_status(ttl))
@@ -222,7 +224,7 @@ class ResponseCache:
         status = rfc.cache_status(hit=False, fwd=fwd, fwd_status=exchange.status, stored=True)
         if isinstance(exchange.body, bytes):
             complete(exchange.body)
-        elif length.isdigit() and any(name in out.headers for name in rfc.CLIENT_CONDITIONALS):
+        elif length.isdigit() and any(name in out.asked for name in rfc.CLIENT_CONDITIONALS):
             # The client asked conditionally and the body is known to fit: keep it, then
             # answer the client from the entry (a 304 when its validators match, §4.3.2).
             body = await _read_all(exchange.body, svc.settings.max_object_size)
@@ -283,12 +285,13 @@ class ResponseCache:
     def _from_entry(self, p: RoutePolicy, entry: Entry, out: Outgoing, age: float | None,
                     x_cache: str, status: str) -> Exchange:
         """The entry as the client gets it; `age` None: no Age field (a fresh store)."""
-        if age is not None and not _conditional_request(out.headers):
+        if age is not None and not _conditional_request(out.asked):
+            stored, varying = _hit_head(p, entry, age)
             return _mark(Exchange(status=entry.status, reason=entry.reason or None,
-                                  headers=_hit_headers(p, entry, age), body=entry.body),
+                                  headers=varying, body=entry.body, stored=stored),
                          x_cache, status)
         headers = rfc.client_headers(entry.headers.items(), p.cache, stored=True, age=age)
-        if rfc.not_modified(out.headers, entry.headers):
+        if rfc.not_modified(out.asked, entry.headers):
             headers = CIMultiDict(rfc.not_modified_headers(headers.items()))
             exchange = Exchange(status=304, reason="Not Modified", headers=headers, body=b"")
         else:
@@ -315,30 +318,38 @@ class ResponseCache:
         return self._pass(p, exchange, "BYPASS", rfc.cache_status(hit=False, fwd="bypass"))
 
 
-def _conditional_request(headers: CIMultiDict[str]) -> bool:
+def _conditional_request(headers: Mapping[str, str]) -> bool:
     return "If-None-Match" in headers or "If-Modified-Since" in headers
 
 
-def _hit_headers(p: RoutePolicy, entry: Entry, age: float) -> CIMultiDict[str]:
-    """What rfc.client_headers + Content-Length give for a 200 from the entry, with the part
-    that does not change between hits built once per entry and copied in one call."""
-    base = entry.client.get(p.hit_drop)
-    if base is None:
+def _hit_head(p: RoutePolicy, entry: Entry, age: float) -> tuple[StoredHead, CIMultiDict[str]]:
+    """What rfc.client_headers + Content-Length give for a 200 from the entry, split in the
+    part that does not change between hits (built once per entry and route drop set, and
+    serialized once: proxy.relay writes it as it is) and the part that does (Age, and
+    Cache-Control when the route sets browser_ttl)."""
+    stored = entry.client.get(p.hit_drop)
+    if stored is None:
         base = CIMultiDict([(n, v) for n, v in entry.headers.items()
                             if n.lower() not in p.hit_drop])
-        if "Content-Length" in base:  # replaced where it stands, as the per-hit set did
-            base["Content-Length"] = str(len(entry.body))
-        entry.client[p.hit_drop] = base
-    headers = base.copy()
-    headers["Age"] = str(int(age))
-    if p.cache.browser_ttl is not None:  # rfc.client_headers' rewrite, same order
-        headers["Cache-Control"] = f"max-age={int(p.cache.browser_ttl + age)}"
-    if "Content-Length" not in base:
-        headers["Content-Length"] = str(len(entry.body))
-    return headers
+        base["Content-Length"] = str(len(entry.body))  # in place, as the per-hit set did
+        # What aiohttp's response would add on its own, added once here instead.
+        if entry.body and "Content-Type" not in base:
+            base["Content-Type"] = "application/octet-stream"
+        base.setdefault("Server", SERVER_SOFTWARE)
+        raw = None
+        if "Date" in base:  # else aiohttp adds the time of each answer
+            try:
+                raw = _serialize_headers("", base)[2:-2]  # lines only: no status, no end
+            except ValueError:  # a control character: let aiohttp refuse it as before
+                raw = None
+        stored = entry.client[p.hit_drop] = StoredHead(base, raw)
+    varying: CIMultiDict[str] = CIMultiDict(Age=str(int(age)))
+    if p.cache.browser_ttl is not None:  # rfc.client_headers' rewrite
+        varying["Cache-Control"] = f"max-age={int(p.cache.browser_ttl + age)}"
+    return stored, varying
 
 
-def _bypass(headers: CIMultiDict[str]) -> bool:
+def _bypass(headers: Mapping[str, str]) -> bool:
     for name in rfc.BYPASS_REQUEST_FIELDS:  # noqa: SIM110 - no generator per request
         if name in headers:
             return True
@@ -355,7 +366,7 @@ def _mark(exchange: Exchange, x_cache: str, status: str) -> Exchange:
 def _conditional(out: Outgoing, stale: Entry | None) -> Outgoing:
     """The request upstream: the client's own validators removed (we want a full, storable
     answer), the stored entry's added (§4.3.1)."""
-    if stale is None and not any(n in out.headers for n in rfc.CLIENT_CONDITIONALS):
+    if stale is None and not any(n in out.asked for n in rfc.CLIENT_CONDITIONALS):
         return out
     headers = CIMultiDict(out.headers)
     for name in rfc.CLIENT_CONDITIONALS:
@@ -365,8 +376,7 @@ def _conditional(out: Outgoing, stale: Entry | None) -> Outgoing:
             headers[name] = value
     return Outgoing(method="GET" if out.method == "HEAD" else out.method, path_qs=out.path_qs,
                     headers=headers, body=out.body, upstream=out.upstream,
-                    client_url=out.client_url,
-                    extra_response_headers=out.extra_response_headers)
+                    client_url=out.client_url, asked=out.asked)
 
 
 def _freshened(stale: Entry, exchange: Exchange, route: RouteCache, request_time: float,
