@@ -126,6 +126,13 @@ async def _fetch(rt: Runtime, route: Route, out: Outgoing, record: AccessRecord)
         TALLY.observe(metrics.UPSTREAM_DURATION_BY(route.name, out.upstream), spent)
 
 
+def _context(config: Config, request: web.BaseRequest) -> tuple[RequestContext, bool]:
+    """The request's context, and whether its peer is a trusted proxy."""
+    return build_context(config.context, request.remote or "", request.headers,
+                         request.headers.getall(config.context.client_ip.header, ()),
+                         config.environment)
+
+
 class Pipeline:
     def __init__(self, runtime: Runtime, access_log: logging.Logger | None = None) -> None:
         self.runtime = runtime
@@ -173,11 +180,14 @@ class Pipeline:
         route = found.route
         record.route = route.name
 
-        peer = request.remote or ""
-        ctx, trusted = build_context(config.context, peer, request.headers,
-                                     request.headers.getall(config.context.client_ip.header, ()),
-                                     config.environment)
-        record.client_ip = ctx.client_ip
+        flagged = bool(route.flags or route.all_flags)
+        ctx: RequestContext | None = None
+        trusted = False
+        # The context feeds limits, flags and the access log; a route that has none of them
+        # builds it only if the upstream header policy needs to know the peer is trusted.
+        if rt.limited or flagged or self.access_log is not None:
+            ctx, trusted = _context(config, request)
+            record.client_ip = ctx.client_ip
         websocket = _is_websocket(request)
 
         length = request.content_length
@@ -185,19 +195,20 @@ class Pipeline:
             return problem(413, f"the request body ({length} bytes) is larger than this "
                            f"route's limit of {route.max_body} bytes", request_id)
 
-        verdict = (await rt.limiter.check(route, ctx, request, request_id) if rt.limited
-                   else ADMIT)
+        verdict = (await rt.limiter.check(route, ctx, request, request_id)
+                   if rt.limited and ctx is not None else ADMIT)
         record.ratelimit = verdict.outcome
         if verdict.refusal is not None:
             verdict.refusal.headers["X-Request-Id"] = request_id
             for name, value in verdict.response_headers:
                 verdict.refusal.headers[name] = value
             return verdict.refusal
-        flag_headers = rt.flags.headers(route, ctx)
+        flag_headers = rt.flags.headers(route, ctx) if flagged and ctx is not None else ()
         expect = request.headers.get("Expect", "").lower() == "100-continue"
 
         def upstream_headers() -> CIMultiDict[str]:
-            headers = self._upstream_headers(rt, request, trusted, request_id, websocket)
+            peer_trusted = trusted if ctx is not None else _context(config, request)[1]
+            headers = self._upstream_headers(rt, request, peer_trusted, request_id, websocket)
             for name, value in verdict.upstream_headers:
                 headers[name] = value
             # The flag namespace was just emptied of what the client sent: no search needed.

@@ -35,14 +35,17 @@ def _host_only(host: str) -> str:
 class Router:
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = tuple(routes)
+        # Made once: a match allocates nothing, and the Host is parsed only when some
+        # route asks for it.
+        self._matches = tuple((route, route.match, RouteMatch(route)) for route in self.routes)
+        self._uses_host = any(route.match.host is not None for route in self.routes)
 
     def match(
         self, method: str, path: str, host: str, headers: Mapping[str, str]
     ) -> RouteMatch | MethodNotAllowed | None:
-        allowed: list[str] = []
-        hostname = _host_only(host) if host else ""
-        for route in self.routes:
-            rule = route.match
+        allowed: list[str] | None = None
+        hostname = _host_only(host) if host and self._uses_host else ""
+        for _, rule, found in self._matches:
             if rule.path is not None and path != rule.path:
                 continue
             if rule.path_prefix is not None and not path.startswith(rule.path_prefix):
@@ -51,12 +54,14 @@ class Router:
                 continue
             if rule.host is not None and hostname != rule.host.lower():
                 continue
-            if any(headers.get(name) != value for name, value in rule.headers):
+            if rule.headers and any(headers.get(name) != value for name, value in rule.headers):
                 continue
             if rule.methods is not None and method not in rule.methods:
+                if allowed is None:
+                    allowed = []
                 allowed.extend(x for x in sorted(rule.methods) if x not in allowed)
                 continue
-            return RouteMatch(route)
+            return found
         if allowed:
             return MethodNotAllowed(tuple(allowed))
         return None
