@@ -97,7 +97,25 @@ class ResponseCache:
         if out.method not in ("GET", "HEAD") or out.body is not None or _bypass(out.asked):
             return self._pass(p, await fetch(out), "BYPASS", rfc.cache_status(
                 hit=False, fwd="bypass"))
-        return await self._read(p, p.key(out.client_url), out, fetch)
+        key = p.key(out.client_url)
+        hit = self._fresh_in_memory(p, key, out)
+        if hit is not None:
+            return hit  # the usual hit: no further coroutine, nothing awaited
+        return await self._read(p, key, out, fetch)
+
+    def _fresh_in_memory(self, p: RoutePolicy, key: str, out: Outgoing) -> Exchange | None:
+        """The answer when L1 holds a variant fresh enough for this request, else None
+        (and `_read` takes the general path, which also covers this case)."""
+        now = time.time()
+        stored = self.service.lookup_memory(key, out.sent_headers, now)
+        if stored is None:
+            return None
+        age = stored.age(now)
+        if rfc.evaluate(stored.fresh, age, out.asked) is not rfc.Use.FRESH:
+            return None
+        p.count("hit")
+        return self._from_entry(p, stored, out, age, "HIT",
+                                rfc.hit_status(stored.fresh.lifetime - age))
 
     # ------------------------------------------------------------ GET / HEAD
     async def _read(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch) -> Exchange:
