@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gateway import metrics
@@ -82,6 +82,14 @@ class Tally:
         """`child.inc()` at the end of this loop turn (a flag evaluation, for instance)."""
         counts = self._counts
         counts[child] = counts.get(child, 0) + 1
+        self._schedule()
+
+    def inc_each(self, children: Iterable[Any]) -> None:
+        """`inc` for each child (None skipped), with one scheduling check for all of them."""
+        counts = self._counts
+        for child in children:
+            if child is not None:
+                counts[child] = counts.get(child, 0) + 1
         self._schedule()
 
     def _schedule(self) -> None:

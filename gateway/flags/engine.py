@@ -75,7 +75,7 @@ class FlagEngine:
         members: list[str] = []
         for flag in plan:
             result = evaluate(flag, ctx, compiled, today, memo)
-            out.append((flag.header_name, result.header))
+            out.append(result.pair)
             if result.member is not None:
                 members.append(result.member)
         count(memo)  # prerequisites evaluated on the way are evaluations too

@@ -64,6 +64,7 @@ class Evaluation:
     variant: str
     reason: Reason
     header: str = ""  # the per-flag header's value
+    pair: tuple[str, str] = ("", "")  # (header name, header) as the upstream request gets it
     member: str | None = None  # `key=item` in the summary, None when it has no RFC 8941 form
     counter: Any = field(default=None, repr=False)  # gateway_flag_evaluations_total child
 
@@ -149,9 +150,10 @@ class CompiledFlag:
 
         def outcome(value: Any, reason: Reason, variant: str | None = None) -> Evaluation:
             name = variant if variant is not None else variant_of(value)
+            header = render.header_value(value)
             return Evaluation(
                 flag=flag.key, value=value, variant=name, reason=reason,
-                header=render.header_value(value),
+                header=header, pair=(self.header_name, header),
                 member=render.summary_member(flag.key, value),
                 counter=metrics.FLAG_EVALUATIONS.labels(flag.key, name, reason.value),
             )
@@ -246,8 +248,8 @@ def evaluate(flag: CompiledFlag, ctx: RequestContext, flags: Mapping[str, Compil
 
 
 def count(memo: Mapping[str, Evaluation]) -> None:
-    for result in memo.values():
-        result.count()
+    """Count every evaluation of one request (prerequisites included) in one tally call."""
+    TALLY.inc_each([result.counter for result in memo.values()])
 
 
 def _variant_namer(flag: Flag) -> Callable[[Any], str]:
