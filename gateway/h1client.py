@@ -166,9 +166,12 @@ class H1Pool:
             self._waiters.append(waiter)
             try:
                 await waiter
-            finally:
-                if not waiter.done() or waiter.cancelled():
-                    self._remove_waiter(waiter)
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken, but leaving (deadline, client gone): pass it on
+                elif waiter in self._waiters:  # a wake-up may have skipped it already
+                    self._waiters.remove(waiter)
+                raise
         self.busy += 1
         try:
             return await self._connect(), False
@@ -176,12 +179,6 @@ class H1Pool:
             self.busy -= 1
             self._wake()
             raise
-
-    def _remove_waiter(self, waiter: asyncio.Future[None]) -> None:
-        try:
-            self._waiters.remove(waiter)
-        except ValueError:  # already woken: pass the wake-up on
-            self._wake()
 
     async def _connect(self) -> ResponseHandler:
         target, up = self.target, self.upstream
