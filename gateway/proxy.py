@@ -28,7 +28,6 @@ from gateway.h1client import (
     UpstreamError,
 )
 
-CHUNK = 64 * 1024
 SMALL_BODY = 64 * 1024  # at most this many bytes, already received, are relayed as bytes
 
 Closable = H1Pool | aiohttp.ClientSession  # what a reload retires, closed once unused

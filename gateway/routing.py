@@ -34,18 +34,17 @@ def _host_only(host: str) -> str:
 
 class Router:
     def __init__(self, routes: Sequence[Route]) -> None:
-        self.routes = tuple(routes)
         # Made once: a match allocates nothing, and the Host is parsed only when some
         # route asks for it.
-        self._matches = tuple((route, route.match, RouteMatch(route)) for route in self.routes)
-        self._uses_host = any(route.match.host is not None for route in self.routes)
+        self._matches = tuple((route.match, RouteMatch(route)) for route in routes)
+        self._uses_host = any(route.match.host is not None for route in routes)
 
     def match(
         self, method: str, path: str, host: str, headers: Mapping[str, str]
     ) -> RouteMatch | MethodNotAllowed | None:
         allowed: list[str] | None = None
         hostname = _host_only(host) if host and self._uses_host else ""
-        for _, rule, found in self._matches:
+        for rule, found in self._matches:
             if rule.path is not None and path != rule.path:
                 continue
             if rule.path_prefix is not None and not path.startswith(rule.path_prefix):

@@ -12,6 +12,7 @@ give up waiting after the upstream's timeout, since the leader's client sets the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -113,9 +114,13 @@ class ResponseCache:
         age = stored.age(now)
         if rfc.evaluate(stored.fresh, age, out.asked) is not rfc.Use.FRESH:
             return None
+        return self._hit(p, stored, out, age)
+
+    def _hit(self, p: RoutePolicy, entry: Entry, out: Outgoing, age: float) -> Exchange:
+        """A fresh entry's answer (RFC 9211: ttl is the freshness left)."""
         p.count("hit")
-        return self._from_entry(p, stored, out, age, "HIT",
-                                rfc.hit_status(stored.fresh.lifetime - age))
+        return self._from_entry(p, entry, out, age, "HIT",
+                                rfc.hit_status(entry.fresh.lifetime - age))
 
     # ------------------------------------------------------------ GET / HEAD
     async def _read(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch) -> Exchange:
@@ -132,8 +137,7 @@ class ResponseCache:
                 ttl = stale.fresh.lifetime - age  # Entry.ttl(now), the age computed once
                 use = rfc.evaluate(stale.fresh, age, out.asked)
                 if use is rfc.Use.FRESH:
-                    p.count("hit")
-                    return self._from_entry(p, stale, out, age, "HIT", rfc.hit_status(ttl))
+                    return self._hit(p, stale, out, age)
                 if use is rfc.Use.STALE_WHILE_REVALIDATE:
                     self._refresh_later(p, key, stale, out, fetch)
                     p.count("stale")
@@ -354,12 +358,11 @@ def _hit_head(p: RoutePolicy, entry: Entry, age: float) -> tuple[StoredHead, CIM
         if entry.body and "Content-Type" not in base:
             base["Content-Type"] = "application/octet-stream"
         base.setdefault("Server", SERVER_SOFTWARE)
-        raw = None
-        if "Date" in base:  # else aiohttp adds the time of each answer
-            try:
+        raw = None  # without a Date, aiohttp adds the time of each answer
+        # A control character (ValueError): leave it to aiohttp to refuse, as before.
+        if "Date" in base:
+            with contextlib.suppress(ValueError):
                 raw = _serialize_headers("", base)[2:-2]  # lines only: no status, no end
-            except ValueError:  # a control character: let aiohttp refuse it as before
-                raw = None
         stored = entry.client[p.hit_drop] = StoredHead(base, raw)
     varying: CIMultiDict[str] = CIMultiDict(Age=str(int(age)))
     if p.cache.browser_ttl is not None:  # rfc.client_headers' rewrite

@@ -68,10 +68,6 @@ class Evaluation:
     member: str | None = None  # `key=item` in the summary, None when it has no RFC 8941 form
     counter: Any = field(default=None, repr=False)  # gateway_flag_evaluations_total child
 
-    def count(self) -> None:
-        if self.counter is not None:
-            TALLY.inc(self.counter)  # applied once per loop turn (gateway/metrictally.py)
-
 
 def epoch_day(day: dt.date) -> int:
     return (day - _EPOCH).days
