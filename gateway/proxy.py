@@ -149,21 +149,20 @@ Fetch = Callable[[Outgoing], Awaitable[Exchange]]
 class LimitedBody(StreamedBody):
     """The request body as it arrives, stopping once it passes `limit` bytes.
 
-    The client library reports a failing body generator as a broken connection, so the
-    overrun is also remembered here for `UpstreamPool.send` to turn into a 413.
+    The overrun raises BodyTooLarge while the body is being sent; the upstream client
+    hands that cause to whoever waits for the response (gateway/h1client.py), so the
+    pipeline answers 413.
     """
 
     def __init__(self, stream: aiohttp.StreamReader, limit: int | None) -> None:
         self.stream = stream
         self.limit = limit
-        self.exceeded = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         seen = 0
         async for chunk in self.stream.iter_any():
             seen += len(chunk)
             if self.limit is not None and seen > self.limit:
-                self.exceeded = True
                 raise BodyTooLarge(self.limit)
             yield chunk
 
