@@ -10,19 +10,28 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import Any, NamedTuple, TypeVar
 
-from gateway.config.model import ContextSettings, IPNetwork
+from multidict import istr
+
+from gateway.config.model import CONTEXT_FIELDS, ContextSettings, IPNetwork
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 T = TypeVar("T")
+Owner = TypeVar("Owner")
 K = TypeVar("K")
 V = TypeVar("V")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestContext:
+class RequestContext(NamedTuple):
+    """Who is calling, from where, on what plan; immutable.
+
+    A NamedTuple rather than a frozen dataclass because one is built for every request that
+    needs it: making a frozen dataclass of these eleven members cost ~1.2 us (one
+    object.__setattr__ each), a tuple ~0.1 us (tests/perf/bench_flags.py).
+    """
+
     client_ip: str
     user_id: str | None = None
     tenant_id: str | None = None
@@ -32,7 +41,7 @@ class RequestContext:
     segment: str | None = None
     device: str | None = None
     api_key: str | None = None  # a hash of the key, never the key itself
-    attributes: Mapping[str, str] = field(default_factory=dict)
+    attributes: Mapping[str, str] = MappingProxyType({})
     environment: str = ""
 
     def get(self, name: str) -> str | None:
@@ -41,6 +50,10 @@ class RequestContext:
             return self.attributes.get(name[11:])
         value = getattr(self, name, None)
         return value if isinstance(value, str) else None
+
+
+_ATTRIBUTES = RequestContext._fields.index("attributes")
+assert RequestContext._fields[:len(CONTEXT_FIELDS)] == CONTEXT_FIELDS
 
 
 def hash_api_key(key: str) -> str:
@@ -71,12 +84,12 @@ OWNERS_MAX = 16
 MEMO_MAX = 4096  # entries one memo holds before it is emptied
 
 
-def _memo_of(table: dict[int, tuple[Any, T]], owner: object, make: Callable[[], T]) -> T:
+def _memo_of(table: dict[int, tuple[Any, T]], owner: Owner, make: Callable[[Owner], T]) -> T:
     entry = table.get(id(owner))
     if entry is None or entry[0] is not owner:
         if len(table) >= OWNERS_MAX:
             table.clear()
-        entry = table[id(owner)] = (owner, make())
+        entry = table[id(owner)] = (owner, make(owner))
     return entry[1]
 
 
@@ -97,7 +110,7 @@ def classify(text: str, trusted: Sequence[IPNetwork]) -> Verdict:
 
     Parsing with `ipaddress` was the largest cost of building a context (tests/perf).
     """
-    known = _memo_of(_VERDICTS, trusted, dict)
+    known: dict[str, Verdict] = _memo_of(_VERDICTS, trusted, lambda _: {})
     verdict = known.get(text)
     if verdict is None:
         address = parse_ip(text)
@@ -139,25 +152,36 @@ def identity_headers(settings: ContextSettings) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n.lower() for n in names))
 
 
-# Contexts already built, per settings object: (client ip, environment, the identity header
-# values when trusted) -> context. A context is immutable and a pure function of these, so
-# requests from the same caller share one instead of each building an 11-field frozen
-# record (a measurable share of a bare request, tests/perf). Never keyed on an API key:
-# requests carrying one are built afresh, so raw keys are not kept around.
-ContextKey = tuple[str, str, tuple[str | None, ...] | None]
-_CONTEXTS: dict[int, tuple[Any, tuple[tuple[str, ...], dict[ContextKey, RequestContext]]]] = {}
+class _Reader:
+    """How one `ContextSettings` turns header values into a context, worked out once.
+
+    `names` are the identity headers to read (each once, as `istr`, which multidict looks up
+    without lower-casing it again); `fields` and `attributes` say where each context member
+    takes its value from among them.
+    """
+
+    __slots__ = ("attributes", "fields", "names", "nothing")
+
+    def __init__(self, settings: ContextSettings) -> None:
+        names: dict[str, int] = {}
+
+        def position(header: str) -> int:
+            return names.setdefault(header.lower(), len(names))
+
+        # (index in RequestContext, position in names, default); index 1 is user_id.
+        self.fields = tuple((CONTEXT_FIELDS.index(name), position(source.header),
+                             source.default)
+                            for name, source in settings.fields.items()
+                            if name in CONTEXT_FIELDS and name != "client_ip")
+        self.attributes = tuple((name, position(source.header), source.default)
+                                for name, source in settings.attributes.items())
+        self.names = tuple(istr(name) for name in names)
+        self.nothing: tuple[str | None, ...] = (None,) * len(names)
 
 
-def _context_memo(settings: ContextSettings,
-                  ) -> tuple[tuple[str, ...], dict[ContextKey, RequestContext]]:
-    """The identity header names to key on, and the contexts already built, for `settings`."""
-    def make() -> tuple[tuple[str, ...], dict[ContextKey, RequestContext]]:
-        names = tuple(dict.fromkeys(
-            [s.header for s in settings.fields.values()]
-            + [s.header for s in settings.attributes.values()]))
-        return names, {}
-
-    return _memo_of(_CONTEXTS, settings, make)
+_READERS: dict[int, tuple[Any, _Reader]] = {}
+_API_KEY = CONTEXT_FIELDS.index("api_key")
+_EMPTY: Mapping[str, str] = RequestContext._field_defaults["attributes"]
 
 
 def build_context(
@@ -172,54 +196,27 @@ def build_context(
     `headers` is case-insensitive (aiohttp's CIMultiDict); `forwarded_for` all values of the
     client-IP header, since a proxy chain may send it more than once.
     """
+    reader = _memo_of(_READERS, settings, _Reader)
     trusted = classify(peer, settings.trusted_proxies)[1]
-    client_ip = peer
     if trusted:
-        client_ip = resolve_client_ip(peer, split_forwarded_for(forwarded_for),
-                                      settings.trusted_proxies)
-    names, known = _context_memo(settings)
-    api_key_source = settings.fields.get("api_key")
-    key: ContextKey | None = (client_ip, environment, None)
-    if trusted:
-        if api_key_source is not None and headers.get(api_key_source.header) is not None:
-            key = None
-        else:
-            key = (client_ip, environment, tuple([headers.get(name) for name in names]))
-    if key is not None:
-        context = known.get(key)
-        if context is None:
-            context = _remember(known, key,
-                                _build(settings, client_ip, trusted, headers, environment))
-        return context, trusted
-    return _build(settings, client_ip, trusted, headers, environment), trusted
-
-
-def _build(settings: ContextSettings, client_ip: str, trusted: bool,
-           headers: Mapping[str, str], environment: str) -> RequestContext:
-    def read(name: str) -> str | None:
-        source = settings.fields.get(name)
-        if source is None:
-            return None
-        value = headers.get(source.header) if trusted else None
-        return value.strip() or source.default if value is not None else source.default
-
-    api_key = read("api_key")
-    attributes = {}
-    for name, source in settings.attributes.items():
-        value = headers.get(source.header) if trusted else None
-        value = value.strip() if value is not None else source.default
-        if value:
-            attributes[name] = value
-    return RequestContext(
-        client_ip=client_ip,
-        user_id=read("user_id"),
-        tenant_id=read("tenant_id"),
-        role=read("role"),
-        subscription_tier=read("subscription_tier"),
-        region=read("region"),
-        segment=read("segment"),
-        device=read("device"),
-        api_key=hash_api_key(api_key) if api_key else None,
-        attributes=attributes,
-        environment=environment,
-    )
+        client_ip = (resolve_client_ip(peer, split_forwarded_for(forwarded_for),
+                                       settings.trusted_proxies) if forwarded_for else peer)
+        values = tuple(map(headers.get, reader.names))
+    else:
+        client_ip, values = peer, reader.nothing
+    members: list[Any] = [client_ip, None, None, None, None, None, None, None, None,
+                          _EMPTY, environment]
+    for index, at, default in reader.fields:
+        value = values[at]
+        members[index] = (value.strip() or default) if value is not None else default
+    if members[_API_KEY]:
+        members[_API_KEY] = hash_api_key(members[_API_KEY])
+    if reader.attributes:
+        attributes = {}
+        for name, at, default in reader.attributes:
+            value = values[at]
+            value = value.strip() if value is not None else default
+            if value:
+                attributes[name] = value
+        members[_ATTRIBUTES] = attributes
+    return RequestContext._make(members), trusted

@@ -5,7 +5,13 @@ import ipaddress
 from multidict import CIMultiDict
 
 from gateway.config.model import ContextSettings, HeaderSource
-from gateway.context import build_context, classify, hash_api_key, resolve_client_ip
+from gateway.context import (
+    RequestContext,
+    build_context,
+    classify,
+    hash_api_key,
+    resolve_client_ip,
+)
 
 TRUSTED = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("10.0.0.0/8"))
 SETTINGS = ContextSettings(
@@ -71,23 +77,30 @@ def test_memoised_trust_verdict_belongs_to_its_trusted_set() -> None:
     assert classify("not-an-ip", TRUSTED) == (None, False)
 
 
-def test_memoised_contexts_follow_every_input() -> None:
+def test_context_follows_every_input() -> None:
     def ctx_of(peer: str, env: str = "", forwarded: tuple[str, ...] = (),
-               **headers: str) -> object:
+               **headers: str) -> RequestContext:
         hdrs = CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()})
         return build_context(SETTINGS, peer, hdrs, forwarded, env)[0]
 
     first = ctx_of("127.0.0.1", X_User_Id="u1")
-    assert ctx_of("127.0.0.1", X_User_Id="u1") is first  # shared, it is immutable
-    assert ctx_of("127.0.0.1", X_User_Id="u2").user_id == "u2"  # type: ignore[attr-defined]
-    assert ctx_of("127.0.0.1", X_User_Id="u1", X_Tier="pro") != first
-    assert ctx_of("127.0.0.1", "staging", X_User_Id="u1") != first
-    assert ctx_of("127.0.0.1", "", ("203.0.113.9",),
-                  X_User_Id="u1").client_ip == "203.0.113.9"  # type: ignore[attr-defined]
+    assert ctx_of("127.0.0.1", X_User_Id="u1") == first
+    assert ctx_of("127.0.0.1", X_User_Id="u2").user_id == "u2"
+    assert ctx_of("127.0.0.1", X_User_Id="u1", X_Tier="pro").subscription_tier == "pro"
+    assert ctx_of("127.0.0.1", "staging", X_User_Id="u1").environment == "staging"
+    assert ctx_of("127.0.0.1", "", ("203.0.113.9",), X_User_Id="u1").client_ip == "203.0.113.9"
     # The same header values from an untrusted peer are not believed.
-    assert ctx_of("198.51.100.1", X_User_Id="u1").user_id is None  # type: ignore[attr-defined]
-    # Requests with an API key are built each time (raw keys are not kept in the memo).
-    a = ctx_of("127.0.0.1", X_Api_Key="k1")
-    b = ctx_of("127.0.0.1", X_Api_Key="k1")
-    assert a == b and a is not b
-    assert ctx_of("127.0.0.1", X_Api_Key="k2").api_key == hash_api_key("k2")  # type: ignore[attr-defined]
+    assert ctx_of("198.51.100.1", X_User_Id="u1").user_id is None
+    # Blank values fall back to the default; values are trimmed.
+    assert ctx_of("127.0.0.1", X_Tier="  ").subscription_tier == "free"
+    assert ctx_of("127.0.0.1", X_User_Id=" u3 ", X_App_Version=" 2.1.0 ") == RequestContext(
+        client_ip="127.0.0.1", user_id="u3", subscription_tier="free",
+        attributes={"app_version": "2.1.0"})
+    assert ctx_of("127.0.0.1", X_Api_Key="k2").api_key == hash_api_key("k2")
+
+
+def test_settings_without_attributes_or_fields() -> None:
+    bare = ContextSettings(trusted_proxies=TRUSTED)
+    ctx, trusted = build_context(bare, "127.0.0.1", CIMultiDict({"X-User-Id": "u1"}))
+    assert trusted and ctx == RequestContext(client_ip="127.0.0.1")
+    assert dict(ctx.attributes) == {} and ctx.get("attributes.x") is None
