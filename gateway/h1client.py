@@ -220,11 +220,12 @@ class H1Pool:
 
     # ------------------------------------------------------------------ exchanges
     async def request(self, method: str, path_qs: str, headers: CIMultiDict[str],
-                      body: StreamedBody | bytes | None) -> Response:
+                      body: StreamedBody | bytes | None, added: bytes = b"") -> Response:
         """Send a request and wait for the response head (interim 1xx answers skipped).
 
         `headers` is sent as it is, Host first if it is there (the client's, for a
-        transparent proxy); framing fields are set here from what `body` is.
+        transparent proxy); framing fields are set here from what `body` is. `added`:
+        further fields, already serialized (CRLF after each), sent after `headers`.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.upstream.timeout
@@ -245,6 +246,8 @@ class H1Pool:
                                       headers)
         except ValueError:
             raise UpstreamError(400, "a request header holds a control character") from None
+        if added:
+            head = head[:-2] + added + b"\r\n"
         retry = method in _IDEMPOTENT and not isinstance(body, StreamedBody)
         try:
             async with asyncio.timeout_at(deadline):

@@ -47,6 +47,15 @@ def observe_many(child: Any, amounts: Sequence[float]) -> None:
     child._sum.inc(sum(amounts))
 
 
+class CounterGroup:
+    """Counter children always incremented together; hashed by identity, so cheap to count."""
+
+    __slots__ = ("children",)
+
+    def __init__(self, children: Iterable[Any]) -> None:
+        self.children = tuple(children)
+
+
 class Tally:
     """The proxy path's request metrics for the current loop turn."""
 
@@ -55,6 +64,7 @@ class Tally:
         self._requests: dict[tuple[str, str, str], int] = {}
         self._durations: dict[Any, list[float]] = {}  # histogram child -> observations
         self._counts: dict[Any, int] = {}  # counter child -> increments
+        self._groups: dict[CounterGroup, int] = {}  # counter group -> increments
         # The loop a flush is queued on; None when none is. A loop that closed with one
         # queued (tests run one loop each) is simply replaced by the next one.
         self._queued_on: asyncio.AbstractEventLoop | None = None
@@ -84,13 +94,15 @@ class Tally:
         counts[child] = counts.get(child, 0) + 1
         self._schedule()
 
-    def inc_each(self, children: Iterable[Any]) -> None:
-        """`inc` for each child (None skipped), with one scheduling check for all of them."""
-        counts = self._counts
-        for child in children:
-            if child is not None:
-                counts[child] = counts.get(child, 0) + 1
-        self._schedule()
+    def inc_in_flight(self, group: CounterGroup) -> None:
+        """`inc` of every counter in `group`, for a request between `started` and `finished`.
+
+        Applied with that request's other metrics, by the flush its `finished` queues, so
+        nothing needs queuing here. One dict update however many counters the group holds:
+        a request with several flags counts its whole set of outcomes as one group.
+        """
+        groups = self._groups
+        groups[group] = groups.get(group, 0) + 1
 
     def _schedule(self) -> None:
         queued = self._queued_on
@@ -116,6 +128,10 @@ class Tally:
         counts, self._counts = self._counts, {}
         for child, n in counts.items():
             child._value.inc(n)
+        groups, self._groups = self._groups, {}
+        for group, n in groups.items():
+            for child in group.children:
+                child._value.inc(n)
         durations, self._durations = self._durations, {}
         for child, amounts in durations.items():
             observe_many(child, amounts)

@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from gateway import metrics
 from gateway.accesslog import AccessRecord
 from gateway.config.model import Config, Route
-from gateway.context import RequestContext, build_context, identity_headers
+from gateway.context import RequestContext, build_context, classify, identity_headers
 from gateway.h1client import BodyTooLarge, UpstreamError
 from gateway.metrictally import TALLY
 from gateway.problem import problem
@@ -203,16 +203,17 @@ class Pipeline:
             for name, value in verdict.response_headers:
                 verdict.refusal.headers[name] = value
             return verdict.refusal
-        flag_headers = rt.flags.headers(route, ctx) if flagged and ctx is not None else ()
+        flags = rt.flags.decide(route, ctx) if flagged and ctx is not None else None
+        if flags is not None:
+            TALLY.inc_in_flight(flags.counted)
         expect = request.headers.get("Expect", "").lower() == "100-continue"
 
         def upstream_headers() -> CIMultiDict[str]:
-            peer_trusted = trusted if ctx is not None else _context(config, request)[1]
+            peer_trusted = (trusted if ctx is not None else
+                            classify(request.remote or "", config.context.trusted_proxies)[1])
             headers = self._upstream_headers(rt, request, peer_trusted, request_id, websocket)
             for name, value in verdict.upstream_headers:
                 headers[name] = value
-            # The flag namespace was just emptied of what the client sent: no search needed.
-            headers.extend(flag_headers)
             if expect:
                 headers.popall("Expect", None)  # answered here (below), not by the upstream
             return headers
@@ -223,9 +224,12 @@ class Pipeline:
         if websocket:
             from gateway.websocket import proxy_websocket
 
+            headers = upstream_headers()
+            if flags is not None:
+                headers.extend(flags.fields.pairs)
             return await proxy_websocket(request, rt.upstreams, upstream,
                                          strip(request.raw_path, route.strip_prefix),
-                                         upstream_headers(), response_headers, request_id)
+                                         headers, response_headers, request_id)
 
         if expect:
             # Only now, with the route, the size and the limits passed, ask for the body.
@@ -242,6 +246,9 @@ class Pipeline:
             client_url=f"{request.scheme}://{request.host}{request.raw_path}" if rt.cached
             else "",
             asked=request.headers,
+            # The flag namespace was emptied of what the client sent: these are added as
+            # they are (serialized once per outcome, not per request).
+            added=flags.fields if flags is not None else None,
         )
 
         try:

@@ -14,8 +14,8 @@ from http import HTTPStatus
 
 import aiohttp
 from aiohttp import HttpVersion11, web
-from aiohttp.http_writer import StreamWriter
-from multidict import CIMultiDict, CIMultiDictProxy
+from aiohttp.http_writer import StreamWriter, _serialize_headers
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from gateway.config.model import Upstream
@@ -68,6 +68,27 @@ def end_to_end(headers: Mapping[str, str] | CIMultiDictProxy[str],
     return result
 
 
+class AddedFields:
+    """Fields a stage adds to every request it decides the same way (the flag headers).
+
+    Serialized once when made, so a request that carries them sends ready bytes instead of
+    serializing the same few fields again (the flag headers were about half of what flags
+    cost a request, tests/perf/bench_flags.py). `raw` is None when a value holds a control
+    character: such fields then go through the header section, whose serializer refuses the
+    request (400), as it would if they had been added there.
+    """
+
+    __slots__ = ("pairs", "raw")
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self.pairs = tuple((istr(name), value) for name, value in pairs)
+        try:
+            # The serializer writes "<line>\r\n" + "name: value\r\n"... + "\r\n".
+            self.raw: bytes | None = _serialize_headers("", CIMultiDict(self.pairs))[2:-2]
+        except ValueError:
+            self.raw = None
+
+
 class Outgoing:
     """The request as it will leave for the upstream.
 
@@ -76,16 +97,21 @@ class Outgoing:
     a hit's CPU, tests/perf/bench_cache.py). `asked` is the client's own header section,
     read for what the client asks of this hop (Cache-Control, Pragma, conditionals, Range:
     fields the header policy does not rewrite); it defaults to `headers`.
+
+    `added` (the flag headers) belong to `headers` for whoever reads them; only the wire
+    (`wire`) may take them in their serialized form, when nobody has read `headers` before.
     """
 
-    __slots__ = ("_build", "_headers", "asked", "body", "client_url", "method", "path_qs",
-                 "upstream")
+    __slots__ = ("_added", "_build", "_headers", "asked", "body", "client_url", "method",
+                 "path_qs", "upstream")
 
     def __init__(self, method: str, path_qs: str,
                  headers: CIMultiDict[str] | Callable[[], CIMultiDict[str]],
                  body: StreamedBody | bytes | None, upstream: str, client_url: str = "",
-                 asked: Mapping[str, str] | None = None) -> None:
+                 asked: Mapping[str, str] | None = None,
+                 added: AddedFields | None = None) -> None:
         self.method = method
+        self._added = added
         self.path_qs = path_qs  # raw path and query, after strip_prefix
         self.body = body
         self.upstream = upstream
@@ -101,14 +127,28 @@ class Outgoing:
                 raise TypeError("lazily built headers need the client's own as `asked`")
             self.asked = asked
 
-    @property
-    def headers(self) -> CIMultiDict[str]:
+    def _built(self) -> CIMultiDict[str]:
         headers = self._headers
         if headers is None:
             assert self._build is not None
             headers = self._headers = self._build()
             self._build = None
         return headers
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        headers = self._built()
+        if self._added is not None:
+            headers.extend(self._added.pairs)
+            self._added = None
+        return headers
+
+    def wire(self) -> tuple[CIMultiDict[str], bytes]:
+        """The header section to send, and serialized fields to send after it."""
+        added = self._added
+        if added is None or added.raw is None:
+            return self.headers, b""
+        return self._built(), added.raw
 
     def sent_headers(self) -> CIMultiDict[str]:
         """`headers`, as a function (what the cache's Vary matching calls, if it must)."""
@@ -222,7 +262,8 @@ class UpstreamPool:
         conditional-request rules to streamed bodies).
         """
         pool = self.pools[out.upstream]
-        response = await pool.request(out.method, out.path_qs, out.headers, out.body)
+        headers, added = out.wire()
+        response = await pool.request(out.method, out.path_qs, headers, out.body, added)
         message, content = response.message, response.body
         if content is EMPTY_PAYLOAD:
             body: AsyncIterator[bytes] | bytes = b""

@@ -14,7 +14,8 @@ from aiohttp import web
 
 from gateway.config.model import Route
 from gateway.context import RequestContext
-from gateway.proxy import Exchange, Fetch, Outgoing
+from gateway.metrictally import CounterGroup
+from gateway.proxy import AddedFields, Exchange, Fetch, Outgoing
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +42,17 @@ class CacheStage(Protocol):
     async def serve(self, route: Route, out: Outgoing, fetch: Fetch) -> Exchange: ...
 
 
+@dataclass(frozen=True, slots=True)
+class FlagResult:
+    """What the flag stage decided for one request: the fields the upstream gets, and the
+    evaluations to count (once the request is done, with its other metrics)."""
+
+    fields: AddedFields
+    counted: CounterGroup
+
+
 class FlagStage(Protocol):
-    def headers(self, route: Route, ctx: RequestContext) -> list[tuple[str, str]]: ...
+    def decide(self, route: Route, ctx: RequestContext) -> FlagResult | None: ...
 
 
 class NoLimits:
@@ -57,5 +67,5 @@ class NoCache:
 
 
 class NoFlags:
-    def headers(self, route: Route, ctx: RequestContext) -> list[tuple[str, str]]:
-        return []
+    def decide(self, route: Route, ctx: RequestContext) -> FlagResult | None:
+        return None

@@ -13,8 +13,10 @@ import time
 from gateway.config.model import Config, Flag, Route
 from gateway.context import RequestContext
 from gateway.flags.definition import check_flag_set, parse_definition
-from gateway.flags.evaluate import CompiledFlag, Evaluation, count, evaluate, today_utc
+from gateway.flags.evaluate import CompiledFlag, Evaluation, evaluate, today_utc
+from gateway.flags.plan import FlagPlan
 from gateway.flags.store import FlagOverrides
+from gateway.stages import FlagResult
 
 log = logging.getLogger("gateway.flags")
 
@@ -28,7 +30,7 @@ class FlagEngine:
         self._version = -1
         self.flags: dict[str, Flag] = {}
         self.compiled: dict[str, CompiledFlag] = {}
-        self._plans: dict[str, tuple[CompiledFlag, ...]] = {}
+        self._plans: dict[str, FlagPlan] = {}
         self.refresh()
 
     # ------------------------------------------------------------------ building
@@ -55,33 +57,21 @@ class FlagEngine:
         self._version = self.overrides.version
         self.flags = self.effective_flags()
         self.compiled = {key: CompiledFlag(flag, self.prefix) for key, flag in self.flags.items()}
-        plans: dict[str, tuple[CompiledFlag, ...]] = {}
+        plans: dict[str, FlagPlan] = {}
         for route in self.config.routes:
             keys = tuple(self.flags) if route.all_flags else route.flags
-            plans[route.name] = tuple(self.compiled[k] for k in keys if k in self.compiled)
+            shown = [self.compiled[k] for k in keys if k in self.compiled]
+            if shown:
+                plans[route.name] = FlagPlan(shown, self.compiled, self.summary)
         self._plans = plans
 
     # ------------------------------------------------------------------ serving
-    def headers(self, route: Route, ctx: RequestContext) -> list[tuple[str, str]]:
+    def decide(self, route: Route, ctx: RequestContext) -> FlagResult | None:
+        """The route's flags for this request (None when it has none)."""
         if self._version != self.overrides.version:
             self.refresh()
         plan = self._plans.get(route.name)
-        if not plan:
-            return []
-        compiled = self.compiled
-        today = today_utc(time.time())
-        memo: dict[str, Evaluation] = {}
-        out: list[tuple[str, str]] = []
-        members: list[str] = []
-        for flag in plan:
-            result = evaluate(flag, ctx, compiled, today, memo)
-            out.append(result.pair)
-            if result.member is not None:
-                members.append(result.member)
-        count(memo)  # prerequisites evaluated on the way are evaluations too
-        if self.summary and members:
-            out.append((self.summary, ", ".join(members)))
-        return out
+        return plan.decide(ctx, time.time()) if plan is not None else None
 
     def evaluate_one(self, key: str, ctx: RequestContext) -> Evaluation | None:
         """For the admin API: one flag for a given context (not counted in the metric)."""

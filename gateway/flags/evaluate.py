@@ -32,7 +32,6 @@ from gateway.config.model import Flag, FlagStatus, FlagType
 from gateway.context import RequestContext
 from gateway.flags import render
 from gateway.flags.operators import Getter, attribute_getter, compile_rule
-from gateway.metrictally import TALLY
 
 log = logging.getLogger("gateway.flags")
 
@@ -80,7 +79,7 @@ def today_utc(now: float) -> int:
 
 def murmur3_32(text: str) -> int:
     """murmur3 x86 32-bit, seed 0, of the UTF-8 bytes, unsigned: flagd's StringSum32."""
-    return mmh3.hash(text, 0, signed=False)
+    return mmh3.hash(text, 0, False)  # (key, seed, signed)
 
 
 def thresholds(weights: list[Fraction] | list[int]) -> tuple[int, ...]:
@@ -186,8 +185,9 @@ class CompiledFlag:
             self.cuts = thresholds([share, 100 - share])
             self.outcomes = (outcome(True, Reason.ROLLOUT), self.r_excluded)
 
-    def decide(self, ctx: RequestContext, flags: Mapping[str, CompiledFlag], today: int,
-               memo: MutableMapping[str, Evaluation]) -> Evaluation:
+    def settled(self, today: int, environment: str) -> Evaluation | None:
+        """The outcome when the request cannot change it (status, kill switch, expiry,
+        environment), else None: the same for every request of one day and environment."""
         if not self.active:
             return self.r_disabled
         if self.killed:
@@ -195,17 +195,17 @@ class CompiledFlag:
         if self.expires_day is not None and today > self.expires_day:
             return self.r_expired
         if self.environments:
-            override = self.environments.get(ctx.environment)
-            if override is not None:
-                return override
-        if self.tiers is not None and ctx.subscription_tier not in self.tiers:
-            return self.r_tier
-        for key in self.prerequisites:
-            other = flags.get(key)
-            if other is None or not evaluate(other, ctx, flags, today, memo).value:
-                return self.r_prereq
-        if self.rules and not any(rule(ctx) for rule in self.rules):
-            return self.r_targeting
+            return self.environments.get(environment)
+        return None
+
+    def targeted(self, ctx: RequestContext) -> Evaluation:
+        """The outcome for a request that its tier and the prerequisites let through."""
+        if self.rules:
+            for rule in self.rules:
+                if rule(ctx):
+                    break
+            else:
+                return self.r_targeting
         if self.cuts is None:
             return self.static
         value = self.bucket_value(ctx)
@@ -214,11 +214,31 @@ class CompiledFlag:
             return self.r_excluded
         return self.outcomes[bisect_right(self.cuts, murmur3_32(self.key + value))]
 
+    def decide(self, ctx: RequestContext, flags: Mapping[str, CompiledFlag], today: int,
+               memo: MutableMapping[str, Evaluation]) -> Evaluation:
+        settled = self.settled(today, ctx.environment)
+        if settled is not None:
+            return settled
+        if self.tiers is not None and ctx.subscription_tier not in self.tiers:
+            return self.r_tier
+        for key in self.prerequisites:
+            other = flags.get(key)
+            if other is None or not evaluate(other, ctx, flags, today, memo).value:
+                return self.r_prereq
+        return self.targeted(ctx)
+
+    def failed(self) -> Evaluation:
+        """What an evaluation that raised serves: the default, reason ERROR (logged once)."""
+        if self.key not in _LOGGED:  # once per flag, not once per request
+            _LOGGED.add(self.key)
+            log.exception("flag %r: evaluation failed; serving its default", self.key)
+        return self.r_error
+
 
 # Stands in memo for a flag being evaluated: a prerequisite cycle (only possible through
 # a bad runtime change) then reads as a falsy prerequisite instead of recursing forever.
 _LOGGED: set[str] = set()
-_IN_PROGRESS = Evaluation(flag="", value=None, variant="", reason=Reason.PREREQUISITE_FAILED)
+IN_PROGRESS = Evaluation(flag="", value=None, variant="", reason=Reason.PREREQUISITE_FAILED)
 
 
 def evaluate(flag: CompiledFlag, ctx: RequestContext, flags: Mapping[str, CompiledFlag],
@@ -231,21 +251,13 @@ def evaluate(flag: CompiledFlag, ctx: RequestContext, flags: Mapping[str, Compil
     done = memo.get(flag.key)
     if done is not None:
         return done
-    memo[flag.key] = _IN_PROGRESS
+    memo[flag.key] = IN_PROGRESS
     try:
         result = flag.decide(ctx, flags, today, memo)
     except Exception:
-        if flag.key not in _LOGGED:  # once per flag, not once per request
-            _LOGGED.add(flag.key)
-            log.exception("flag %r: evaluation failed; serving its default", flag.key)
-        result = flag.r_error
+        result = flag.failed()
     memo[flag.key] = result
     return result
-
-
-def count(memo: Mapping[str, Evaluation]) -> None:
-    """Count every evaluation of one request (prerequisites included) in one tally call."""
-    TALLY.inc_each([result.counter for result in memo.values()])
 
 
 def _variant_namer(flag: Flag) -> Callable[[Any], str]:

@@ -10,14 +10,13 @@ listed value, `not_equals`/`not_in` when it equals none.
 
 from __future__ import annotations
 
-import functools
 import operator
 import socket
 from collections.abc import Callable
 from typing import Any
 
 from gateway.config.model import IPNetwork, Operator, TargetRule
-from gateway.context import RequestContext
+from gateway.context import MEMO_MAX, RequestContext
 from gateway.semver import SemVer, parse_semver
 
 Predicate = Callable[[RequestContext], bool]
@@ -26,22 +25,15 @@ Getter = Callable[[RequestContext], "str | None"]
 
 
 def attribute_getter(name: str) -> Getter:
-    """`user_id` -> ctx.user_id; `attributes.x` -> ctx.attributes.get('x')."""
+    """`user_id` -> ctx.user_id; `attributes.x` -> ctx.attributes.get('x'); "" reads as None."""
     if name.startswith("attributes."):
         attr = name[len("attributes."):]
-        return lambda ctx: ctx.attributes.get(attr)
-    field_getter = operator.attrgetter(name)
-
-    def get(ctx: RequestContext) -> str | None:
-        value = field_getter(ctx)
-        return value if isinstance(value, str) and value else None
-
-    return get
+        return lambda ctx: ctx.attributes.get(attr) or None
+    read: Callable[[RequestContext], str | None] = operator.attrgetter(name)
+    return lambda ctx: read(ctx) or None
 
 
-@functools.lru_cache(maxsize=4096)
 def _semver(text: str) -> SemVer | None:
-    # App versions have few distinct values: parse each once.
     try:
         return parse_semver(text)
     except ValueError:
@@ -67,6 +59,23 @@ def _ip_int(text: str) -> tuple[int, int] | None:
         return None
 
 
+def _memoised(test: Test) -> Test:
+    """`test` remembered per value: for operators that parse the value (versions, numbers,
+    addresses) or run regexes, whose values repeat across requests. Bounded like every memo
+    here; a full memo starts afresh."""
+    memo: dict[str, bool] = {}
+
+    def remembered(value: str) -> bool:
+        verdict = memo.get(value)
+        if verdict is None:
+            if len(memo) >= MEMO_MAX:
+                memo.clear()
+            verdict = memo[value] = test(value)
+        return verdict
+
+    return remembered
+
+
 def _cidr(networks: tuple[IPNetwork, ...]) -> Test:
     spans = tuple((n.version, int(n.network_address), int(n.netmask)) for n in networks)
 
@@ -77,7 +86,7 @@ def _cidr(networks: tuple[IPNetwork, ...]) -> Test:
         version, address = parsed
         return any(v == version and address & mask == net for v, net, mask in spans)
 
-    return test
+    return _memoised(test)
 
 
 def _compare(parse: Callable[[str], Any], compare: Callable[[Any, Any], bool],
@@ -86,7 +95,7 @@ def _compare(parse: Callable[[str], Any], compare: Callable[[Any, Any], bool],
         parsed = parse(value)
         return parsed is not None and any(compare(parsed, v) for v in values)
 
-    return test
+    return _memoised(test)
 
 
 def _make_test(op: Operator, values: tuple[Any, ...]) -> Test:
@@ -105,7 +114,7 @@ def _make_test(op: Operator, values: tuple[Any, ...]) -> Test:
         suffixes = tuple(values)
         return lambda v: v.endswith(suffixes)
     if op is Operator.REGEX:
-        return lambda v: any(p.fullmatch(v) is not None for p in values)
+        return _memoised(lambda v: any(p.fullmatch(v) is not None for p in values))
     if op is Operator.CIDR:
         return _cidr(values)
     if op in _ORDERS:
@@ -124,11 +133,19 @@ _ORDERS: dict[Operator, Callable[[Any, Any], bool]] = {
 
 
 def compile_rule(rule: TargetRule) -> Predicate:
-    get = attribute_getter(rule.attribute)
     test = _make_test(rule.operator, rule.compiled or rule.values)
+    if rule.attribute.startswith("attributes."):
+        attr = rule.attribute[len("attributes."):]
+
+        def match_attribute(ctx: RequestContext) -> bool:
+            value = ctx.attributes.get(attr)
+            return test(value) if value else False
+
+        return match_attribute
+    read: Callable[[RequestContext], str | None] = operator.attrgetter(rule.attribute)
 
     def match(ctx: RequestContext) -> bool:
-        value = get(ctx)
-        return value is not None and test(value)
+        value = read(ctx)
+        return test(value) if value else False
 
     return match

@@ -12,6 +12,7 @@ import aiohttp
 import mmh3
 import orjson
 import pytest
+from aiohttp import web
 
 from gateway.flags.evaluate import thresholds
 from tests.harness import InProcessGateway, RedisServer, Upstream, base_config, client_session
@@ -78,6 +79,39 @@ async def test_flags_are_injected_and_client_sent_flag_headers_removed(
     assert "maintenance_mode=?1" in seen["x-feature-flags"][0]
     # A route without flags forwards none, and none of the client's either.
     assert plain == {}
+
+
+async def test_a_cached_route_varies_on_a_flag_header_and_revalidates_with_it(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    """The flag headers a cached route sends are what its stored variants are keyed on
+    (RFC 9111 §4.1, Vary), on a miss and on a revalidation alike."""
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def by_flag(request: web.Request) -> web.Response:
+        flag = request.headers.get("X-Flag-Beta-Reports")
+        seen.append((flag, request.headers.get("If-None-Match")))
+        etag = f'"{flag}"'
+        headers = {"Cache-Control": "max-age=0, must-revalidate", "ETag": etag,
+                   "Vary": "X-Flag-Beta-Reports"}
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=headers)
+        return web.Response(text=f"beta={flag}", headers=headers)
+
+    upstream.on("/cached/report", by_flag)
+    config = flag_config(upstream)
+    config["cache"] = {"memory_max": "1MiB"}
+    config["routes"].insert(0, {"name": "cached", "match": {"path_prefix": "/cached/"},
+                                "upstream": "api", "flags": ["beta_reports"],
+                                "cache": {"ttl": "30s"}})
+    gw: InProcessGateway = await gateway_factory(config)
+    async with client_session() as s:
+        for tenant, beta in (("acme", "true"), ("other", "false"),
+                             ("acme", "true"), ("other", "false")):
+            async with s.get(f"{gw.url}/cached/report", headers={"X-Tenant-Id": tenant}) as r:
+                assert (r.status, await r.text()) == (200, f"beta={beta}")
+    # Two misses, one per variant; then each variant revalidated with its own flag value.
+    assert seen == [("true", None), ("false", None), ("true", '"true"'),
+                    ("false", '"false"')]
 
 
 async def test_flags_are_sticky_across_two_worker_processes(

@@ -391,7 +391,9 @@ def test_engine_headers_for_reference_config_flags_all_route() -> None:
     default_route = config.routes[-1]
     c = ctx(user_id="u1", tenant_id="acme", subscription_tier="free",
             attributes={"app_version": "2.8.0"})
-    headers = dict(engine.headers(default_route, c))
+    decided = engine.decide(default_route, c)
+    assert decided is not None
+    headers = dict(decided.fields.pairs)
     assert headers["X-Flag-New-Dashboard"] == "false"  # free tier is not eligible
     assert headers["X-Flag-Checkout-Button"] == "blue"  # prerequisite failed -> default
     assert headers["X-Flag-Beta-Reports"] == "true"  # tenant acme is targeted
@@ -399,7 +401,8 @@ def test_engine_headers_for_reference_config_flags_all_route() -> None:
     assert headers["X-Feature-Flags"] == ('new_dashboard=?0, checkout_button="blue", '
                                           'beta_reports=?1, maintenance_mode=?0')
     reports = next(r for r in config.routes if r.name == "reports")
-    assert [n for n, _ in engine.headers(reports, c)] == [
+    decided = engine.decide(reports, c)
+    assert decided is not None and [n for n, _ in decided.fields.pairs] == [
         "X-Flag-New-Dashboard", "X-Flag-Beta-Reports", "X-Feature-Flags"]
     market = next(r for r in config.routes if r.name == "market")
-    assert engine.headers(market, c) == []
+    assert engine.decide(market, c) is None

@@ -113,6 +113,30 @@ async def test_counter_increments_are_applied_at_the_end_of_the_loop_turn() -> N
     assert child._value.get() == 5
 
 
+async def test_a_counter_group_increments_each_of_its_counters() -> None:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from gateway.metrictally import CounterGroup, Tally
+
+    counter = Counter("tally_test_groups", "test", ("flag",), registry=CollectorRegistry())
+    a, b, c = counter.labels("a"), counter.labels("b"), counter.labels("c")
+    ab, bc = CounterGroup([a, b]), CounterGroup([b, c])
+    tally = Tally()
+    tally.started()
+    for _ in range(3):
+        tally.inc_in_flight(ab)
+    tally.inc_in_flight(bc)
+    await asyncio.sleep(0)  # the flush `started` queued
+    assert (a._value.get(), b._value.get(), c._value.get()) == (3, 4, 1)
+    tally.inc_in_flight(ab)
+    tally.finished("r", "GET", "200", 0.001)
+    assert a._value.get() == 3  # nothing applied within the turn
+    await asyncio.sleep(0)
+    assert (a._value.get(), b._value.get(), c._value.get()) == (4, 5, 1)
+
+
 def test_outside_a_loop_updates_apply_at_once() -> None:
     from prometheus_client import CollectorRegistry, Counter
 
