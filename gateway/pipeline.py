@@ -252,13 +252,15 @@ class Pipeline:
         )
 
         try:
-            if rt.cached:
+            if not rt.cached:
+                exchange = await _fetch(rt, route, out, record)
+            elif (hit := rt.cache.fresh(route, out)) is not None:
+                exchange = hit  # the usual hit: answered without awaiting anything
+            else:
                 async def fetch(out: Outgoing) -> Exchange:
                     return await _fetch(rt, route, out, record)
 
                 exchange = await rt.cache.serve(route, out, fetch)
-            else:
-                exchange = await _fetch(rt, route, out, record)
         except BodyTooLarge as exc:
             return problem(413, f"the request body is larger than this route's limit of "
                            f"{exc.limit} bytes", request_id, headers={"Connection": "close"})

@@ -329,36 +329,21 @@ class _Prebuilt(web.StreamResponse):
         self._head = head
         self._length = length
 
-    async def _prepare_headers(self) -> None:
-        self._keep_alive = True
-        assert self._payload_writer is not None
-        self._payload_writer.length = self._length
-
-    async def _write_headers(self) -> None:
-        writer = self._payload_writer
+    async def prepare(self, request: web.BaseRequest) -> StreamWriter | None:
+        """StreamResponse.prepare in one step: its _start awaits three more coroutines
+        (_prepare_headers, the request's prepare hook, _write_headers) whose work here is
+        four assignments. The hook is a no-op for the low-level server's BaseRequest."""
+        if self._payload_writer is not None or self._eof_sent:
+            return None
+        writer = request._payload_writer
         assert isinstance(writer, StreamWriter)
-        writer._headers_buf = self._head
+        self._req, self._payload_writer = request, writer
+        self._must_be_empty_body = False  # relay sends only bodies of GET answers here
+        self._keep_alive = True
+        writer.length = self._length
+        writer._headers_buf = self._head  # written with the body, by write_eof
         writer._headers_written = False
-
-
-async def _relay_prebuilt(request: web.BaseRequest, exchange: Exchange, raw: bytes,
-                          body: bytes, extra: Iterable[tuple[str, str]]) -> web.StreamResponse:
-    reason = exchange.reason or _REASONS.get(exchange.status, "")
-    # The varying fields are the gateway's own (Age, Cache-Status, X-Cache, the request id:
-    # validated or generated, rate-limit fields): no control characters to screen.
-    varying = "".join([f"{name}: {value}\r\n" for name, value in exchange.headers.items()]
-                      + [f"{name}: {value}\r\n" for name, value in extra])
-    head = b"".join((f"HTTP/1.1 {exchange.status} {reason}\r\n".encode(), raw,
-                     varying.encode(), b"\r\n"))
-    response = _Prebuilt(exchange.status, exchange.reason, head, len(body))
-    try:
-        await response.prepare(request)
-        await response.write_eof(body)
-    except ConnectionResetError:
-        pass  # the client went away; nobody is left to answer
-    finally:
-        exchange.release()
-    return response
+        return writer
 
 
 async def relay(request: web.BaseRequest, exchange: Exchange,
@@ -370,7 +355,22 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
         if stored.raw is not None and isinstance(body, bytes) and body and \
                 request.version == HttpVersion11 and request.keep_alive and \
                 request.method == "GET" and exchange.status not in BODILESS_STATUSES:
-            return await _relay_prebuilt(request, exchange, stored.raw, body, extra)
+            reason = exchange.reason or _REASONS.get(exchange.status, "")
+            # The varying fields are the gateway's own (Age, Cache-Status, X-Cache, the
+            # request id: validated or generated, rate-limit fields): nothing to screen.
+            varying = "".join([f"{name}: {value}\r\n" for name, value in exchange.headers.items()]
+                              + [f"{name}: {value}\r\n" for name, value in extra])
+            head = b"".join((f"HTTP/1.1 {exchange.status} {reason}\r\n".encode(), stored.raw,
+                             varying.encode(), b"\r\n"))
+            prebuilt = _Prebuilt(exchange.status, exchange.reason, head, len(body))
+            try:
+                await prebuilt.prepare(request)
+                await prebuilt.write_eof(body)
+            except ConnectionResetError:
+                pass  # the client went away; nobody is left to answer
+            finally:
+                exchange.release()
+            return prebuilt
         headers = stored.fields.copy()
         headers.extend(exchange.headers)
         exchange.headers, exchange.stored = headers, None

@@ -39,6 +39,8 @@ class RateLimitStage(Protocol):
 
 
 class CacheStage(Protocol):
+    def fresh(self, route: Route, out: Outgoing) -> Exchange | None: ...
+
     async def serve(self, route: Route, out: Outgoing, fetch: Fetch) -> Exchange: ...
 
 
@@ -62,6 +64,9 @@ class NoLimits:
 
 
 class NoCache:
+    def fresh(self, route: Route, out: Outgoing) -> Exchange | None:
+        return None
+
     async def serve(self, route: Route, out: Outgoing, fetch: Fetch) -> Exchange:
         return await fetch(out)
 

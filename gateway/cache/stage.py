@@ -85,6 +85,16 @@ class ResponseCache:
             self.policies[route.name] = policy
         service.configure(config.cache, frozenset(p.ignore for p in self.policies.values()))
 
+    def fresh(self, route: Route, out: Outgoing) -> Exchange | None:
+        """The answer when L1 holds a variant fresh enough for this request (the usual
+        hit: no coroutine, nothing awaited), else None: then `serve` answers, by its general
+        path, which covers this case too."""
+        p = self.policies.get(route.name)
+        if p is None or out.method not in ("GET", "HEAD") or out.body is not None or \
+                _bypass(out.asked):
+            return None
+        return self._fresh_in_memory(p, p.key(out.client_url), out)
+
     async def serve(self, route: Route, out: Outgoing, fetch: Fetch) -> Exchange:
         p = self.policies.get(route.name)
         if p is None:
@@ -98,15 +108,9 @@ class ResponseCache:
         if out.method not in ("GET", "HEAD") or out.body is not None or _bypass(out.asked):
             return self._pass(p, await fetch(out), "BYPASS", rfc.cache_status(
                 hit=False, fwd="bypass"))
-        key = p.key(out.client_url)
-        hit = self._fresh_in_memory(p, key, out)
-        if hit is not None:
-            return hit  # the usual hit: no further coroutine, nothing awaited
-        return await self._read(p, key, out, fetch)
+        return await self._read(p, p.key(out.client_url), out, fetch)
 
     def _fresh_in_memory(self, p: RoutePolicy, key: str, out: Outgoing) -> Exchange | None:
-        """The answer when L1 holds a variant fresh enough for this request, else None
-        (and `_read` takes the general path, which also covers this case)."""
         now = time.time()
         stored = self.service.lookup_memory(key, out.sent_headers, now)
         if stored is None:
