@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -252,15 +253,15 @@ class Pipeline:
         )
 
         try:
-            if not rt.cached:
-                exchange = await _fetch(rt, route, out, record)
-            elif (hit := rt.cache.fresh(route, out)) is not None:
-                exchange = hit  # the usual hit: answered without awaiting anything
-            else:
-                async def fetch(out: Outgoing) -> Exchange:
-                    return await _fetch(rt, route, out, record)
+            if rt.cached:
+                def fetch(out: Outgoing) -> Awaitable[Exchange]:
+                    return _fetch(rt, route, out, record)
 
-                exchange = await rt.cache.serve(route, out, fetch)
+                answer = rt.cache.serve(route, out, fetch)
+                # A fresh hit comes as it is: nothing to await.
+                exchange = answer if isinstance(answer, Exchange) else await answer
+            else:
+                exchange = await _fetch(rt, route, out, record)
         except BodyTooLarge as exc:
             return problem(413, f"the request body is larger than this route's limit of "
                            f"{exc.limit} bytes", request_id, headers={"Connection": "close"})

@@ -7,6 +7,7 @@ pass-through implementation used when a config has nothing for that stage.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,9 +40,8 @@ class RateLimitStage(Protocol):
 
 
 class CacheStage(Protocol):
-    def fresh(self, route: Route, out: Outgoing) -> Exchange | None: ...
-
-    async def serve(self, route: Route, out: Outgoing, fetch: Fetch) -> Exchange: ...
+    def serve(self, route: Route, out: Outgoing, fetch: Fetch
+              ) -> Exchange | Awaitable[Exchange]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +64,9 @@ class NoLimits:
 
 
 class NoCache:
-    def fresh(self, route: Route, out: Outgoing) -> Exchange | None:
-        return None
-
-    async def serve(self, route: Route, out: Outgoing, fetch: Fetch) -> Exchange:
-        return await fetch(out)
+    def serve(self, route: Route, out: Outgoing, fetch: Fetch
+              ) -> Exchange | Awaitable[Exchange]:
+        return fetch(out)
 
 
 class NoFlags:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,32 +85,32 @@ class ResponseCache:
             self.policies[route.name] = policy
         service.configure(config.cache, frozenset(p.ignore for p in self.policies.values()))
 
-    def fresh(self, route: Route, out: Outgoing) -> Exchange | None:
-        """The answer when L1 holds a variant fresh enough for this request (the usual
-        hit: no coroutine, nothing awaited), else None: then `serve` answers, by its general
-        path, which covers this case too."""
-        p = self.policies.get(route.name)
-        if p is None or out.method not in ("GET", "HEAD") or out.body is not None or \
-                _bypass(out.asked):
-            return None
-        return self._fresh_in_memory(p, p.key(out.client_url), out)
-
-    async def serve(self, route: Route, out: Outgoing, fetch: Fetch) -> Exchange:
+    def serve(self, route: Route, out: Outgoing, fetch: Fetch
+              ) -> Exchange | Awaitable[Exchange]:
+        """The answer itself for a fresh L1 hit (the usual hit: no coroutine, nothing
+        awaited), else an awaitable of it."""
         p = self.policies.get(route.name)
         if p is None:
             if out.method in rfc.UNSAFE_METHODS:
                 # §4.4 binds the cache, not the route: a POST routed elsewhere (a GET-only
                 # cached route falls through to a catch-all) still invalidates the URL.
-                return await self._unsafe(None, out, fetch)
-            return await fetch(out)  # no cache policy: cost nothing
+                return self._unsafe(None, out, fetch)
+            return fetch(out)  # no cache policy: cost nothing
         if out.method in rfc.UNSAFE_METHODS:
-            return await self._unsafe(p, out, fetch)
+            return self._unsafe(p, out, fetch)
         if out.method not in ("GET", "HEAD") or out.body is not None or _bypass(out.asked):
-            return self._pass(p, await fetch(out), "BYPASS", rfc.cache_status(
-                hit=False, fwd="bypass"))
-        return await self._read(p, p.key(out.client_url), out, fetch)
+            return self._bypass(p, out, fetch)
+        key = p.key(out.client_url)
+        hit = self._fresh_in_memory(p, key, out)
+        return hit if hit is not None else self._read(p, key, out, fetch)
+
+    async def _bypass(self, p: RoutePolicy, out: Outgoing, fetch: Fetch) -> Exchange:
+        return self._pass(p, await fetch(out), "BYPASS", rfc.cache_status(
+            hit=False, fwd="bypass"))
 
     def _fresh_in_memory(self, p: RoutePolicy, key: str, out: Outgoing) -> Exchange | None:
+        """The answer when L1 holds a variant fresh enough for this request, else None
+        (and `_read` takes the general path, which also covers this case)."""
         now = time.time()
         stored = self.service.lookup_memory(key, out.sent_headers, now)
         if stored is None:
