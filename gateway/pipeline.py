@@ -64,7 +64,7 @@ def new_request_id() -> str:
     """
     if not _fresh_ids:
         pool = os.urandom(16 * _ID_BATCH).hex()
-        _fresh_ids.extend(pool[i:i + 32] for i in range(0, len(pool), 32))
+        _fresh_ids.extend([pool[i:i + 32] for i in range(0, len(pool), 32)])
     return _fresh_ids.pop()
 
 

@@ -356,12 +356,13 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
                 request.version == HttpVersion11 and request.keep_alive and \
                 request.method == "GET" and exchange.status not in BODILESS_STATUSES:
             reason = exchange.reason or _REASONS.get(exchange.status, "")
-            # The varying fields are the gateway's own (Age, Cache-Status, X-Cache, the
-            # request id: validated or generated, rate-limit fields): nothing to screen.
-            varying = "".join([f"{name}: {value}\r\n" for name, value in exchange.headers.items()]
-                              + [f"{name}: {value}\r\n" for name, value in extra])
-            head = b"".join((f"HTTP/1.1 {exchange.status} {reason}\r\n".encode(), stored.raw,
-                             varying.encode(), b"\r\n"))
+            # Status line and the fields that vary from hit to hit (Age, Cache-Status,
+            # X-Cache, the request id, rate-limit fields) in one C call, then the stored
+            # part. Distinct names: their relative order means nothing (RFC 9110 §5.3).
+            varying = exchange.headers
+            varying.extend(extra)
+            head = _serialize_headers(f"HTTP/1.1 {exchange.status} {reason}", varying)
+            head = b"".join((head[:-2], stored.raw, b"\r\n"))
             prebuilt = _Prebuilt(exchange.status, exchange.reason, head, len(body))
             try:
                 await prebuilt.prepare(request)

@@ -435,3 +435,41 @@ async def test_rfc9111_4_4_unsafe_method_on_another_route_still_invalidates(
             assert "X-Cache" not in r.headers  # the catch-all route is not a cached route
     _, headers, body = await get(f"{gw.url}/market/item?a=1")
     assert headers["X-Cache"] == "MISS" and body == b"payload-3"
+
+
+async def test_a_hit_on_the_wire_is_one_well_formed_head_and_its_body(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    """The prebuilt hit (stored fields serialized once, the varying ones per hit, rate-limit
+    fields included) read off a raw socket: one status line, each field once, the body
+    exactly Content-Length long, and the connection kept alive for the next request."""
+    upstream.on("/market/raw", counting(Cache_Control="max-age=60", X_Stored="yes"))
+    config = cached_config(upstream.url)
+    config["rate_limits"] = {"ip": {"algorithm": "fixed_window", "limit": 100,
+                                    "window": "60s", "scope": "ip"}}
+    config["rate_limit_headers"] = "both"
+    config["routes"][0]["rate_limits"] = ["ip"]
+    gw = await gateway_factory(config)
+    await get(f"{gw.url}/market/raw")  # stored
+    port = config["listen"]["port"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        # The Host of the stored request: the cache key is the URL the client asked for.
+        request = (f"GET /market/raw HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                   f"X-Request-Id: wire-1\r\n\r\n").encode()
+        for _ in range(2):  # the second on the same connection: kept alive, framed right
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")[:-2]
+            assert lines[0] == "HTTP/1.1 200 OK"
+            fields = [line.split(": ", 1) for line in lines[1:]]
+            names = [name.lower() for name, _ in fields]
+            assert len(names) == len(set(names)), names  # no field twice
+            values = dict((name.lower(), value) for name, value in fields)
+            body = await reader.readexactly(int(values["content-length"]))
+            assert body == b"payload-1"
+            assert values["x-cache"] == "HIT" and values["x-stored"] == "yes"
+            assert values["x-request-id"] == "wire-1" and "age" in values and "date" in values
+            assert "ratelimit" in values and "x-ratelimit-limit" in values
+    finally:
+        writer.close()
+    assert upstream.count("/market/raw") == 1
