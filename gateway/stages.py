@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from aiohttp import web
 
@@ -19,9 +19,9 @@ from gateway.metrictally import CounterGroup
 from gateway.proxy import AddedFields, Exchange, Fetch, Outgoing
 
 
-@dataclass(frozen=True, slots=True)
-class LimitVerdict:
-    """What the rate limiter decided for one request."""
+class LimitVerdict(NamedTuple):
+    """What the rate limiter decided for one request (a tuple: one is made per request, in
+    a third of a frozen dataclass's time)."""
 
     # Answer this instead of forwarding (429, or 503 when Redis is down and failure_mode closed).
     refusal: web.StreamResponse | None = None
