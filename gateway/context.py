@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
-from multidict import istr
+from multidict import MultiMapping, istr
 
 from gateway.config.model import CONTEXT_FIELDS, ContextSettings, IPNetwork
 
@@ -217,17 +217,20 @@ _EMPTY: Mapping[str, str] = RequestContext._field_defaults["attributes"]
 def build_context(
     settings: ContextSettings,
     peer: str,
-    headers: Mapping[str, str],
-    forwarded_for: Sequence[str] = (),
+    headers: MultiMapping[str],
+    forwarded_for: Sequence[str] | None = None,
     environment: str = "",
 ) -> tuple[RequestContext, bool]:
     """(context, peer_trusted). Headers are read only when the peer is a trusted proxy.
 
     `headers` is case-insensitive (aiohttp's CIMultiDict); `forwarded_for` all values of the
-    client-IP header, since a proxy chain may send it more than once.
+    client-IP header, since a proxy chain may send it more than once (None: read them from
+    `headers`, and only for a trusted peer).
     """
     reader = _memo_of(_READERS, settings, _Reader)
     if classify(peer, settings.trusted_proxies)[1]:
+        if forwarded_for is None:
+            forwarded_for = headers.getall(settings.client_ip.header, ())
         client_ip = (resolve_client_ip(peer, split_forwarded_for(forwarded_for),
                                        settings.trusted_proxies) if forwarded_for else peer)
         return reader.build(client_ip, tuple(map(headers.get, reader.names)),

@@ -130,8 +130,7 @@ async def _fetch(rt: Runtime, route: Route, out: Outgoing, record: AccessRecord)
 def _context(config: Config, request: web.BaseRequest) -> tuple[RequestContext, bool]:
     """The request's context, and whether its peer is a trusted proxy."""
     return build_context(config.context, request.remote or "", request.headers,
-                         request.headers.getall(config.context.client_ip.header, ()),
-                         config.environment)
+                         environment=config.environment)
 
 
 class Pipeline:

@@ -104,3 +104,12 @@ def test_settings_without_attributes_or_fields() -> None:
     ctx, trusted = build_context(bare, "127.0.0.1", CIMultiDict({"X-User-Id": "u1"}))
     assert trusted and ctx == RequestContext(client_ip="127.0.0.1")
     assert dict(ctx.attributes) == {} and ctx.get("attributes.x") is None
+
+
+def test_forwarded_for_read_from_the_headers_only_for_a_trusted_peer() -> None:
+    headers = CIMultiDict([("X-Forwarded-For", "203.0.113.5, 10.0.0.2"),
+                           ("X-Forwarded-For", "10.0.0.3"), ("X-User-Id", "u1")])
+    ctx, trusted = build_context(SETTINGS, "127.0.0.1", headers)
+    assert trusted and ctx.client_ip == "203.0.113.5" and ctx.user_id == "u1"
+    ctx, trusted = build_context(SETTINGS, "198.51.100.1", headers)
+    assert not trusted and ctx.client_ip == "198.51.100.1" and ctx.user_id is None
