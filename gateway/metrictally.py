@@ -126,12 +126,12 @@ class Tally:
         for key, n in requests.items():
             metrics.REQUESTS_BY(*key)._value.inc(n)
         counts, self._counts = self._counts, {}
+        groups, self._groups = self._groups, {}
+        for group, n in groups.items():  # groups share counters: one `inc` per counter
+            for child in group.children:
+                counts[child] = counts.get(child, 0) + n
         for child, n in counts.items():
             child._value.inc(n)
-        groups, self._groups = self._groups, {}
-        for group, n in groups.items():
-            for child in group.children:
-                child._value.inc(n)
         durations, self._durations = self._durations, {}
         for child, amounts in durations.items():
             observe_many(child, amounts)
