@@ -39,7 +39,10 @@ class Entry:
 
     @property
     def size(self) -> int:
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers.items()) + _OVERHEAD
+        """What `memory_max` counts for this entry: the body, the stored fields, and the
+        head a hit builds from them once (`client`: those fields again, and serialized)."""
+        fields = sum(len(k) + len(v) for k, v in self.headers.items())
+        return len(self.body) + 3 * fields + _OVERHEAD
 
     def age(self, now: float) -> float:
         return current_age(self.initial_age, self.response_time, now)

@@ -95,3 +95,18 @@ def test_route_key_memo_gives_url_key_and_stays_bounded() -> None:
         assert policy.key(url) == url_key(url, frozenset({"utm"}))
         assert policy.key(url) == url_key(url, frozenset({"utm"}))
     assert len(policy.keys) <= stage.KEY_MEMO
+
+
+def test_memory_max_counts_the_prebuilt_head_a_hit_adds() -> None:
+    date = ("Date", "Fri, 27 Nov 2026 12:00:00 GMT")
+    long = ("X-Long", "v" * 2000)  # a large stored field must not be counted only once
+    for headers in ([date], [*STORED[0], date], [*STORED[1], date, long]):
+        stored = entry(headers)
+        stored_fields = sum(len(k) + len(v) for k, v in stored.headers.items())
+        for route in ROUTES:
+            policy = RoutePolicy("r", route, frozenset(), 1.0,
+                                 hit_drop=rfc.dropped_fields(route, stored=True, age=True))
+            head, _ = _hit_head(policy, stored, 1.0)
+            assert head.raw is not None
+            prebuilt = sum(len(k) + len(v) for k, v in head.fields.items()) + len(head.raw)
+            assert stored.size >= len(stored.body) + stored_fields + prebuilt
