@@ -101,24 +101,17 @@ class ResponseCache:
         if out.method not in ("GET", "HEAD") or out.body is not None or _bypass(out.asked):
             return self._bypass(p, out, fetch)
         key = p.key(out.client_url)
-        hit = self._fresh_in_memory(p, key, out)
-        return hit if hit is not None else self._read(p, key, out, fetch)
+        now = time.time()
+        stored = self.service.lookup_memory(key, out.sent_headers, now)
+        if stored is not None:
+            age = stored.age(now)
+            if rfc.evaluate(stored.fresh, age, out.asked) is rfc.Use.FRESH:
+                return self._hit(p, stored, out, age)
+        return self._read(p, key, out, fetch, stored)
 
     async def _bypass(self, p: RoutePolicy, out: Outgoing, fetch: Fetch) -> Exchange:
         return self._pass(p, await fetch(out), "BYPASS", rfc.cache_status(
             hit=False, fwd="bypass"))
-
-    def _fresh_in_memory(self, p: RoutePolicy, key: str, out: Outgoing) -> Exchange | None:
-        """The answer when L1 holds a variant fresh enough for this request, else None
-        (and `_read` takes the general path, which also covers this case)."""
-        now = time.time()
-        stored = self.service.lookup_memory(key, out.sent_headers, now)
-        if stored is None:
-            return None
-        age = stored.age(now)
-        if rfc.evaluate(stored.fresh, age, out.asked) is not rfc.Use.FRESH:
-            return None
-        return self._hit(p, stored, out, age)
 
     def _hit(self, p: RoutePolicy, entry: Entry, out: Outgoing, age: float) -> Exchange:
         """A fresh entry's answer (RFC 9211: ttl is the freshness left)."""
@@ -127,13 +120,15 @@ class ResponseCache:
                                 rfc.hit_status(entry.fresh.lifetime - age))
 
     # ------------------------------------------------------------ GET / HEAD
-    async def _read(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch) -> Exchange:
+    async def _read(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch,
+                    in_memory: Entry | None) -> Exchange:
+        """Everything but a fresh L1 hit; `in_memory` is what `serve` found in L1 (stale, or
+        not fresh enough for this request), looked up again only after waiting."""
         svc = self.service
         stale: Entry | None = None
-        for _ in range(ATTEMPTS):
+        for attempt in range(ATTEMPTS):
             now = time.time()
-            # L1 without awaiting anything: a fresh L1 hit costs no coroutine.
-            stale = svc.lookup_memory(key, out.sent_headers, now)
+            stale = in_memory if attempt == 0 else svc.lookup_memory(key, out.sent_headers, now)
             if stale is None and svc.l2 is not None:
                 stale = await svc.lookup_shared(key, out.sent_headers, now)
             if stale is not None:
