@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ from tests.harness import (
     Upstream,
     base_config,
     client_session,
+    free_port,
     gather_limited,
     require_admin_token,
+    write_config,
 )
 
 
@@ -310,3 +313,25 @@ async def test_metrics_families_and_labels(gateway_factory: Callable[..., object
     assert 'le="0.0005"' in text and 'le="30.0"' in text
     # Label values come from the config, never from paths or user ids.
     assert "/c/page" not in text and "m1" not in text
+
+
+async def test_container_health_check_follows_the_configured_admin_port(
+        gateway_factory: Callable[..., Any], upstream: Upstream, tmp_path: Path) -> None:
+    """`python -m gateway.healthcheck` (the Dockerfile's HEALTHCHECK) against a gateway whose
+    admin listener is not on 9901: healthy; and unhealthy, with the reason, for a config
+    whose admin port nobody listens on."""
+    config = base_config(upstream.url)
+    gw = await gateway_factory(config)
+    assert config["admin"]["port"] != 9901
+
+    async def check(path: Path) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.healthcheck", "--config", str(path),
+            stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        return proc.returncode or 0, err.decode()
+
+    assert await check(gw.config_path) == (0, "")
+    config["admin"]["port"] = free_port()
+    code, err = await check(write_config(tmp_path, config, "elsewhere.yaml"))
+    assert code == 1 and "unhealthy" in err and f":{config['admin']['port']}/healthz" in err
