@@ -376,3 +376,26 @@ async def test_without_redis_a_change_reaches_every_worker_of_the_gateway(
                                 {"kill_switch": True})
     assert status == 200
     await every_worker_shows(gw.url, "x-flag-maintenance-mode", "false", within=2)
+
+
+async def test_flag_headers_travel_with_request_bodies_of_either_framing(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    """The serialized flag fields go after the header section: a sized body and a chunked
+    (streamed, unknown length) one still arrive whole, with the flags beside them."""
+    gw: InProcessGateway = await gateway_factory(flag_config(upstream))
+
+    async def chunks() -> Any:
+        for _ in range(4):
+            yield b"x" * 1000
+
+    async with client_session() as s:
+        for body in (b"y" * 3000, chunks()):
+            async with s.post(f"{gw.url}/echo", data=body,
+                              headers={"X-Tenant-Id": "acme"}) as r:
+                assert r.status == 200
+                echoed = orjson.loads(await r.read())
+            seen = received(orjson.dumps(echoed))
+            assert echoed["body_bytes"] in (3000, 4000)
+            assert seen["x-flag-beta-reports"] == ["true"]
+            assert "beta_reports=?1" in seen["x-feature-flags"][0]
+    assert upstream.bodies == [b"y" * 3000, b"x" * 4000]
