@@ -68,6 +68,13 @@ def end_to_end(headers: Mapping[str, str] | CIMultiDictProxy[str],
     return result
 
 
+def field_lines(fields: CIMultiDict[str]) -> bytes:
+    """`fields` serialized as aiohttp writes them ("name: value\r\n" each), nothing else:
+    no start line, no empty line after. ValueError if a field holds a control character."""
+    # The serializer writes "<line>\r\n" + the fields + "\r\n": drop the ends.
+    return _serialize_headers("", fields)[2:-2]
+
+
 class AddedFields:
     """Fields a stage adds to every request it decides the same way (the flag headers).
 
@@ -83,8 +90,7 @@ class AddedFields:
     def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
         self.pairs = tuple((istr(name), value) for name, value in pairs)
         try:
-            # The serializer writes "<line>\r\n" + "name: value\r\n"... + "\r\n".
-            self.raw: bytes | None = _serialize_headers("", CIMultiDict(self.pairs))[2:-2]
+            self.raw: bytes | None = field_lines(CIMultiDict(self.pairs))
         except ValueError:
             self.raw = None
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp.http import SERVER_SOFTWARE
-from aiohttp.http_writer import _serialize_headers
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import metrics
@@ -31,7 +30,7 @@ from gateway.cache.key import url_key, variant_id, vary_values
 from gateway.cache.service import CacheService, Flight
 from gateway.config.model import Config, Route, RouteCache
 from gateway.h1client import UpstreamError
-from gateway.proxy import Exchange, Fetch, Outgoing, StoredHead
+from gateway.proxy import Exchange, Fetch, Outgoing, StoredHead, field_lines
 
 log = logging.getLogger("gateway.cache")
 
@@ -361,7 +360,7 @@ def _hit_head(p: RoutePolicy, entry: Entry, age: float) -> tuple[StoredHead, CIM
         # A control character (ValueError): leave it to aiohttp to refuse, as before.
         if "Date" in base:
             with contextlib.suppress(ValueError):
-                raw = _serialize_headers("", base)[2:-2]  # lines only: no status, no end
+                raw = field_lines(base)
         stored = entry.client[p.hit_drop] = StoredHead(base, raw)
     varying: CIMultiDict[str] = CIMultiDict(Age=str(int(age)))
     if p.cache.browser_ttl is not None:  # rfc.client_headers' rewrite
