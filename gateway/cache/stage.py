@@ -97,7 +97,8 @@ class ResponseCache:
             return fetch(out)  # no cache policy: cost nothing
         if out.method in rfc.UNSAFE_METHODS:
             return self._unsafe(p, out, fetch)
-        if out.method not in ("GET", "HEAD") or out.body is not None or _bypass(out.asked):
+        if out.method not in ("GET", "HEAD") or out.body is not None or \
+                _any_field(out.asked, rfc.BYPASS_REQUEST_FIELDS):
             return self._bypass(p, out, fetch)
         key = p.key(out.client_url)
         now = time.time()
@@ -244,7 +245,7 @@ class ResponseCache:
         status = rfc.cache_status(hit=False, fwd=fwd, fwd_status=exchange.status, stored=True)
         if isinstance(exchange.body, bytes):
             complete(exchange.body)
-        elif length.isdigit() and any(name in out.asked for name in rfc.CLIENT_CONDITIONALS):
+        elif length.isdigit() and _any_field(out.asked, rfc.CLIENT_CONDITIONALS):
             # The client asked conditionally and the body is known to fit: keep it, then
             # answer the client from the entry (a 304 when its validators match, §4.3.2).
             body = await _read_all(exchange.body, svc.settings.max_object_size)
@@ -305,7 +306,7 @@ class ResponseCache:
     def _from_entry(self, p: RoutePolicy, entry: Entry, out: Outgoing, age: float | None,
                     x_cache: str, status: str) -> Exchange:
         """The entry as the client gets it; `age` None: no Age field (a fresh store)."""
-        if age is not None and not _conditional_request(out.asked):
+        if age is not None and not _any_field(out.asked, rfc.CLIENT_CONDITIONALS):
             stored, varying = _hit_head(p, entry, age)
             return _mark(Exchange(status=entry.status, reason=entry.reason or None,
                                   headers=varying, body=entry.body, stored=stored),
@@ -338,10 +339,6 @@ class ResponseCache:
         return self._pass(p, exchange, "BYPASS", rfc.cache_status(hit=False, fwd="bypass"))
 
 
-def _conditional_request(headers: Mapping[str, str]) -> bool:
-    return "If-None-Match" in headers or "If-Modified-Since" in headers
-
-
 def _hit_head(p: RoutePolicy, entry: Entry, age: float) -> tuple[StoredHead, CIMultiDict[str]]:
     """What rfc.client_headers + Content-Length give for a 200 from the entry, split in the
     part that does not change between hits (built once per entry and route drop set, and
@@ -368,8 +365,9 @@ def _hit_head(p: RoutePolicy, entry: Entry, age: float) -> tuple[StoredHead, CIM
     return stored, varying
 
 
-def _bypass(headers: Mapping[str, str]) -> bool:
-    for name in rfc.BYPASS_REQUEST_FIELDS:  # noqa: SIM110 - no generator per request
+def _any_field(headers: Mapping[str, str], names: tuple[str, ...]) -> bool:
+    """Whether the request has any of `names` (BYPASS_REQUEST_FIELDS, CLIENT_CONDITIONALS)."""
+    for name in names:  # noqa: SIM110 - no generator per request
         if name in headers:
             return True
     return False
@@ -385,7 +383,7 @@ def _mark(exchange: Exchange, x_cache: str, status: str) -> Exchange:
 def _conditional(out: Outgoing, stale: Entry | None) -> Outgoing:
     """The request upstream: the client's own validators removed (we want a full, storable
     answer), the stored entry's added (§4.3.1)."""
-    if stale is None and not any(n in out.asked for n in rfc.CLIENT_CONDITIONALS):
+    if stale is None and not _any_field(out.asked, rfc.CLIENT_CONDITIONALS):
         return out
     headers = CIMultiDict(out.headers)
     for name in rfc.CLIENT_CONDITIONALS:
