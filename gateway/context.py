@@ -93,8 +93,11 @@ def _memo_of(table: dict[int, tuple[Any, T]], owner: Owner, make: Callable[[Owne
     return entry[1]
 
 
-def _remember(memo: dict[K, V], key: K, value: V) -> V:
-    if len(memo) >= MEMO_MAX:
+def remember(memo: dict[K, V], key: K, value: V, limit: int = MEMO_MAX) -> V:
+    """`memo[key] = value`, emptying `memo` first when it holds `limit` entries already:
+    every per-request memo here is bounded this way, so a scan of distinct values costs
+    memory only up to the bound."""
+    if len(memo) >= limit:
         memo.clear()
     memo[key] = value
     return value
@@ -114,8 +117,8 @@ def classify(text: str, trusted: Sequence[IPNetwork]) -> Verdict:
     verdict = known.get(text)
     if verdict is None:
         address = parse_ip(text)
-        verdict = _remember(known, text, (None if address is None else str(address),
-                                          is_trusted(address, trusted)))
+        verdict = remember(known, text, (None if address is None else str(address),
+                                         is_trusted(address, trusted)))
     return verdict
 
 

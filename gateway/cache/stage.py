@@ -29,6 +29,7 @@ from gateway.cache.entry import Entry
 from gateway.cache.key import url_key, variant_id, vary_values
 from gateway.cache.service import CacheService, Flight
 from gateway.config.model import Config, Route, RouteCache
+from gateway.context import remember
 from gateway.h1client import UpstreamError
 from gateway.proxy import Exchange, Fetch, Outgoing, StoredHead, field_lines
 
@@ -59,11 +60,8 @@ class RoutePolicy:
 
     def key(self, client_url: str) -> str:
         key = self.keys.get(client_url)
-        if key is None:
-            key = url_key(client_url, self.ignore)
-            if len(self.keys) >= KEY_MEMO:
-                self.keys.clear()  # bounded: a scan of distinct URLs costs what it did before
-            self.keys[client_url] = key
+        if key is None:  # bounded: a scan of distinct URLs costs what it did before
+            key = remember(self.keys, client_url, url_key(client_url, self.ignore), KEY_MEMO)
         return key
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config.model import IPNetwork, Operator, TargetRule
-from gateway.context import MEMO_MAX, RequestContext
+from gateway.context import RequestContext, remember
 from gateway.semver import SemVer, parse_semver
 
 Predicate = Callable[[RequestContext], bool]
@@ -61,17 +61,12 @@ def _ip_int(text: str) -> tuple[int, int] | None:
 
 def _memoised(test: Test) -> Test:
     """`test` remembered per value: for operators that parse the value (versions, numbers,
-    addresses) or run regexes, whose values repeat across requests. Bounded like every memo
-    here; a full memo starts afresh."""
+    addresses) or run regexes, whose values repeat across requests (bounded: `remember`)."""
     memo: dict[str, bool] = {}
 
     def remembered(value: str) -> bool:
         verdict = memo.get(value)
-        if verdict is None:
-            if len(memo) >= MEMO_MAX:
-                memo.clear()
-            verdict = memo[value] = test(value)
-        return verdict
+        return verdict if verdict is not None else remember(memo, value, test(value))
 
     return remembered
 

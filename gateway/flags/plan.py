@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from gateway.context import RequestContext
+from gateway.context import RequestContext, remember
 from gateway.flags.evaluate import IN_PROGRESS, CompiledFlag, Evaluation, today_utc
 from gateway.metrictally import CounterGroup
 from gateway.proxy import AddedFields
@@ -109,8 +109,5 @@ class FlagPlan:
             pairs.append((self.summary, ", ".join(members)))
         counters = [result.counter for result in outcome
                     if result is not None and result.counter is not None]
-        combo = FlagResult(AddedFields(pairs), CounterGroup(counters))
-        if len(self._combos) >= COMBOS_MAX:
-            self._combos.clear()
-        self._combos[outcome] = combo
-        return combo
+        return remember(self._combos, outcome,
+                        FlagResult(AddedFields(pairs), CounterGroup(counters)), COMBOS_MAX)
