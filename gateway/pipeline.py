@@ -184,7 +184,7 @@ class Pipeline:
         ctx: RequestContext | None = None
         trusted = False
         # The context feeds limits, flags and the access log; a route that has none of them
-        # builds it only if the upstream header policy needs to know the peer is trusted.
+        # never builds one (the upstream header policy asks only whether the peer is trusted).
         if rt.limited or flagged or self.access_log is not None:
             ctx, trusted = _context(config, request)
             record.client_ip = ctx.client_ip
