@@ -31,7 +31,7 @@ from gateway import metrics
 from gateway.config.model import Flag, FlagStatus, FlagType
 from gateway.context import RequestContext
 from gateway.flags import render
-from gateway.flags.operators import Getter, attribute_getter, compile_rule
+from gateway.flags.operators import Getter, Test, attribute_getter, predicate, rule_test
 
 log = logging.getLogger("gateway.flags")
 
@@ -134,6 +134,7 @@ class CompiledFlag:
         "r_tier",
         "rules",
         "static",
+        "targets",
         "tiers",
     )
 
@@ -161,7 +162,10 @@ class CompiledFlag:
                              for env, value in flag.environments.items()}
         self.tiers = frozenset(flag.tiers) if flag.tiers is not None else None
         self.prerequisites = flag.prerequisites
-        self.rules = tuple(compile_rule(rule) for rule in flag.targeting)
+        # (attribute, test) per rule; `rules` are the same tests as predicates of a context.
+        self.targets: tuple[tuple[str, Test], ...] = tuple(
+            (rule.attribute, rule_test(rule)) for rule in flag.targeting)
+        self.rules = tuple(predicate(attribute, test) for attribute, test in self.targets)
         self.bucket_value: Getter = (attribute_getter(flag.bucket_by) if flag.bucket_by
                                      else _default_bucket_value)
         self.r_disabled = outcome(default, Reason.DISABLED)

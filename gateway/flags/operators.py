@@ -59,16 +59,25 @@ def _ip_int(text: str) -> tuple[int, int] | None:
         return None
 
 
+class _Verdicts(dict[str, bool]):
+    """A test's verdict per value, looked up by dict's own C code; a value not seen yet is
+    tested (and remembered, bounded: `remember`) by `__missing__`."""
+
+    __slots__ = ("test",)
+
+    def __init__(self, test: Test) -> None:
+        super().__init__()
+        self.test = test
+
+    def __missing__(self, value: str) -> bool:
+        return remember(self, value, self.test(value))
+
+
 def _memoised(test: Test) -> Test:
     """`test` remembered per value: for operators that parse the value (versions, numbers,
-    addresses) or run regexes, whose values repeat across requests (bounded: `remember`)."""
-    memo: dict[str, bool] = {}
-
-    def remembered(value: str) -> bool:
-        verdict = memo.get(value)
-        return verdict if verdict is not None else remember(memo, value, test(value))
-
-    return remembered
+    addresses) or run regexes, whose values repeat across requests. A remembered verdict
+    costs one C-level dict lookup, no Python frame."""
+    return _Verdicts(test).__getitem__
 
 
 def _cidr(networks: tuple[IPNetwork, ...]) -> Test:
@@ -127,17 +136,22 @@ _ORDERS: dict[Operator, Callable[[Any, Any], bool]] = {
 }
 
 
-def compile_rule(rule: TargetRule) -> Predicate:
-    test = _make_test(rule.operator, rule.compiled or rule.values)
-    if rule.attribute.startswith("attributes."):
-        attr = rule.attribute[len("attributes."):]
+def rule_test(rule: TargetRule) -> Test:
+    """The rule's operator and values as a test of one attribute value (never None or "")."""
+    return _make_test(rule.operator, rule.compiled or rule.values)
+
+
+def predicate(attribute: str, test: Test) -> Predicate:
+    """`test` applied to a context's `attribute`; a missing or empty attribute never matches."""
+    if attribute.startswith("attributes."):
+        attr = attribute[len("attributes."):]
 
         def match_attribute(ctx: RequestContext) -> bool:
             value = ctx.attributes.get(attr)
             return test(value) if value else False
 
         return match_attribute
-    read: Callable[[RequestContext], str | None] = operator.attrgetter(rule.attribute)
+    read: Callable[[RequestContext], str | None] = operator.attrgetter(attribute)
 
     def match(ctx: RequestContext) -> bool:
         value = read(ctx)
