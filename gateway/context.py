@@ -217,6 +217,23 @@ _ENVIRONMENT = RequestContext._fields.index("environment")
 _EMPTY: Mapping[str, str] = RequestContext._field_defaults["attributes"]
 
 
+def client_address(settings: ContextSettings, peer: str, headers: MultiMapping[str],
+                   forwarded_for: Sequence[str] | None = None) -> tuple[str, bool]:
+    """(client IP, whether the peer is a trusted proxy): the peer itself, unless it is a
+    trusted proxy that says (X-Forwarded-For) whom it forwards for.
+
+    `forwarded_for`: every value of the client-IP header (None: read them from `headers`,
+    and only for a trusted peer)."""
+    if not classify(peer, settings.trusted_proxies)[1]:
+        return peer, False
+    if forwarded_for is None:
+        forwarded_for = headers.getall(settings.client_ip.header, ())
+    if not forwarded_for:
+        return peer, True
+    return resolve_client_ip(peer, split_forwarded_for(forwarded_for),
+                             settings.trusted_proxies), True
+
+
 def build_context(
     settings: ContextSettings,
     peer: str,
@@ -231,11 +248,67 @@ def build_context(
     `headers`, and only for a trusted peer).
     """
     reader = _memo_of(_READERS, settings, _Reader)
-    if classify(peer, settings.trusted_proxies)[1]:
-        if forwarded_for is None:
-            forwarded_for = headers.getall(settings.client_ip.header, ())
-        client_ip = (resolve_client_ip(peer, split_forwarded_for(forwarded_for),
-                                       settings.trusted_proxies) if forwarded_for else peer)
+    client_ip, trusted = client_address(settings, peer, headers, forwarded_for)
+    if trusted:
         return reader.build(client_ip, tuple(map(headers.get, reader.names)),
                             environment), True
     return reader.build(peer, reader.nothing, environment), False
+
+
+class FieldSource(NamedTuple):
+    """Python statements that set one variable per context field named, and the constants
+    they use: what generated code (gateway/flags/plan.py) runs instead of building a whole
+    context when it needs only a few fields.
+
+    `from_headers` reads as `_Reader.build` does, from `get` (the header section's lookup
+    for a trusted peer, a lookup of nothing otherwise), `client_ip` and `environment`;
+    `from_context` reads the same fields off a built context `ctx`. tests/unit/test_context.py
+    checks both against build_context.
+    """
+
+    variables: dict[str, str]  # field name (user_id, attributes.x, client_ip) -> variable
+    from_headers: list[str]
+    from_context: list[str]
+    constants: dict[str, Any]
+
+
+_ARGUMENTS = ("client_ip", "environment")  # given to the generated code as they are
+
+
+def field_source(settings: ContextSettings, names: Iterable[str]) -> FieldSource:
+    variables: dict[str, str] = {}
+    headers: list[str] = []
+    context: list[str] = []
+    constants: dict[str, Any] = {"_hash_api_key": hash_api_key}
+    for name in dict.fromkeys(names):
+        if name in _ARGUMENTS:
+            variables[name] = name
+            if name == "client_ip":
+                context.append("client_ip = ctx.client_ip")
+            continue
+        v = variables[name] = f"v{sum(1 for n in variables if n not in _ARGUMENTS)}"
+        if name.startswith("attributes."):
+            attribute = name[len("attributes."):]
+            constants[f"_n_{v}"] = attribute
+            context.append(f"{v} = ctx.attributes.get(_n_{v})")
+            source = settings.attributes.get(attribute)
+            if source is None:
+                headers.append(f"{v} = None")
+                continue
+            constants[f"_h_{v}"], constants[f"_d_{v}"] = istr(source.header.lower()), source.default
+            headers += [f"{v} = get(_h_{v})",
+                        f"{v} = ({v}.strip() if {v} is not None else _d_{v}) or None"]
+            continue
+        context.append(f"{v} = ctx.{name}")
+        field = settings.fields.get(name)
+        if field is None or name not in CONTEXT_FIELDS:
+            headers.append(f"{v} = None")
+            continue
+        constants[f"_h_{v}"], constants[f"_d_{v}"] = istr(field.header.lower()), field.default
+        headers += [f"{v} = get(_h_{v})",
+                    f"{v} = ({v}.strip() or _d_{v}) if {v} is not None else _d_{v}"]
+        if name == "api_key":
+            headers.append(f"{v} = _hash_api_key({v}) if {v} else {v}")
+    if "environment" in variables:
+        context.append("environment = ctx.environment")
+    return FieldSource(variables, headers, context, constants)

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 
 from multidict import CIMultiDict
 
-from gateway.config.model import ContextSettings, HeaderSource
+from gateway.config.model import CONTEXT_FIELDS, ContextSettings, HeaderSource
 from gateway.context import (
     RequestContext,
     build_context,
     classify,
+    client_address,
+    field_source,
     hash_api_key,
     resolve_client_ip,
 )
@@ -113,3 +116,50 @@ def test_forwarded_for_read_from_the_headers_only_for_a_trusted_peer() -> None:
     assert trusted and ctx.client_ip == "203.0.113.5" and ctx.user_id == "u1"
     ctx, trusted = build_context(SETTINGS, "198.51.100.1", headers)
     assert not trusted and ctx.client_ip == "198.51.100.1" and ctx.user_id is None
+
+
+def random_headers(rng: random.Random) -> CIMultiDict[str]:
+    """Identity headers present, absent, blank or padded; sometimes a forwarding chain."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, values in (("X-User-Id", ["u1", " u2 ", "user-3"]), ("X-Tenant-Id", ["acme"]),
+                         ("X-Tier", ["gold", " business"]), ("X-Api-Key", ["k1", " k2"]),
+                         ("X-App-Version", ["2.7.0", "3.0.0 "]), ("X-Seats", ["12"]),
+                         ("X-Forwarded-For", ["203.0.113.5", "10.0.0.2, 198.51.100.7"])):
+        roll = rng.random()
+        if roll < 0.5:
+            headers[name] = rng.choice(values)
+        elif roll < 0.65:
+            headers[name] = rng.choice(["", "   "])
+    return headers
+
+
+def test_generated_field_reading_gives_what_build_context_gives() -> None:
+    """field_source's statements (flag plans run them instead of building a context) read
+    every field exactly as build_context does: trust, blanks, defaults, API key hashing."""
+    settings = ContextSettings(
+        trusted_proxies=TRUSTED, fields=SETTINGS.fields,
+        attributes={"app_version": HeaderSource("X-App-Version"),
+                    "seats": HeaderSource("X-Seats", default="5")})
+    names = [*CONTEXT_FIELDS, "environment", "attributes.app_version", "attributes.seats",
+             "attributes.undeclared"]
+    source = field_source(settings, names)
+    code = "\n".join(["def from_headers(get, client_ip, environment):",
+                      *("    " + line for line in source.from_headers),
+                      f"    return {', '.join(source.variables[n] for n in names)}",
+                      "def from_context(ctx):",
+                      *("    " + line for line in source.from_context),
+                      f"    return {', '.join(source.variables[n] for n in names)}"])
+    namespace = dict(source.constants)
+    exec(code, namespace)  # noqa: S102
+    rng = random.Random(7)
+    for _ in range(500):
+        headers = random_headers(rng)
+        peer = rng.choice(["127.0.0.1", "10.1.2.3", "198.51.100.1"])
+        ctx, trusted = build_context(settings, peer, headers, environment="staging")
+        want = tuple(ctx.get(n) if n != "environment" else ctx.environment for n in names)
+        client_ip, peer_trusted = client_address(settings, peer, headers)
+        assert (client_ip, peer_trusted) == (ctx.client_ip, trusted)
+        got = namespace["from_headers"](headers.get if trusted else {}.get, client_ip,
+                                        "staging")
+        assert got == want, (headers, peer)
+        assert namespace["from_context"](ctx) == want
