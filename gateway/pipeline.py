@@ -23,7 +23,13 @@ from multidict import CIMultiDict
 from gateway import metrics
 from gateway.accesslog import AccessRecord
 from gateway.config.model import Config, Route
-from gateway.context import RequestContext, build_context, classify, identity_headers
+from gateway.context import (
+    RequestContext,
+    build_context,
+    classify,
+    client_address,
+    identity_headers,
+)
 from gateway.h1client import BodyTooLarge, UpstreamError
 from gateway.metrictally import TALLY
 from gateway.problem import problem
@@ -39,6 +45,7 @@ from gateway.routing import MethodNotAllowed, Router, strip
 from gateway.stages import (
     ADMIT,
     CacheStage,
+    FlagResult,
     FlagStage,
     NoCache,
     NoFlags,
@@ -49,6 +56,7 @@ from gateway.stages import (
 log = logging.getLogger("gateway")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_NOTHING: dict[str, str] = {}  # the identity headers of an untrusted peer: none believed
 
 
 _ID_BATCH = 256
@@ -181,11 +189,13 @@ class Pipeline:
         record.route = route.name
 
         flagged = bool(route.flags or route.all_flags)
+        limited = rt.limited and bool(route.rate_limits)  # only a route's own rules apply
         ctx: RequestContext | None = None
-        trusted = False
-        # The context feeds limits, flags and the access log; a route that has none of them
-        # never builds one (the upstream header policy asks only whether the peer is trusted).
-        if rt.limited or flagged or self.access_log is not None:
+        trusted: bool | None = None  # whether the peer is a trusted proxy, once asked
+        # The context feeds limits and the access log; a route that has neither never builds
+        # one. Its flags then read just the fields they use (FlagStage.decide_headers), and
+        # the upstream header policy asks only whether the peer is trusted.
+        if limited or self.access_log is not None:
             ctx, trusted = _context(config, request)
             record.client_ip = ctx.client_ip
         websocket = _is_websocket(request)
@@ -196,20 +206,28 @@ class Pipeline:
                            f"route's limit of {route.max_body} bytes", request_id)
 
         verdict = (await rt.limiter.check(route, ctx, request, request_id)
-                   if rt.limited and ctx is not None else ADMIT)
+                   if limited and ctx is not None else ADMIT)
         record.ratelimit = verdict.outcome
         if verdict.refusal is not None:
             verdict.refusal.headers["X-Request-Id"] = request_id
             for name, value in verdict.response_headers:
                 verdict.refusal.headers[name] = value
             return verdict.refusal
-        flags = rt.flags.decide(route, ctx) if flagged and ctx is not None else None
-        if flags is not None:
-            TALLY.inc_in_flight(flags.counted)
+        flags: FlagResult | None = None
+        if flagged:
+            if ctx is not None:
+                flags = rt.flags.decide(route, ctx)
+            else:
+                client_ip, trusted = client_address(config.context, request.remote or "",
+                                                    request.headers)
+                flags = rt.flags.decide_headers(
+                    route, request.headers.get if trusted else _NOTHING.get, client_ip)
+            if flags is not None:
+                TALLY.inc_in_flight(flags.counted)
         expect = request.headers.get("Expect", "").lower() == "100-continue"
 
         def upstream_headers() -> CIMultiDict[str]:
-            peer_trusted = (trusted if ctx is not None else
+            peer_trusted = (trusted if trusted is not None else
                             classify(request.remote or "", config.context.trusted_proxies)[1])
             headers = self._upstream_headers(rt, request, peer_trusted, request_id, websocket)
             for name, value in verdict.upstream_headers:

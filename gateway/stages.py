@@ -7,7 +7,7 @@ pass-through implementation used when a config has nothing for that stage.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -56,6 +56,12 @@ class FlagResult:
 class FlagStage(Protocol):
     def decide(self, route: Route, ctx: RequestContext) -> FlagResult | None: ...
 
+    # For a route that builds no context for anything else: the stage reads what it needs
+    # from `get`, the header lookup of a trusted peer (a lookup of nothing otherwise), as
+    # build_context would.
+    def decide_headers(self, route: Route, get: Callable[[str], str | None],
+                       client_ip: str) -> FlagResult | None: ...
+
 
 class NoLimits:
     async def check(self, route: Route, ctx: RequestContext, request: web.BaseRequest,
@@ -71,4 +77,8 @@ class NoCache:
 
 class NoFlags:
     def decide(self, route: Route, ctx: RequestContext) -> FlagResult | None:
+        return None
+
+    def decide_headers(self, route: Route, get: Callable[[str], str | None],
+                       client_ip: str) -> FlagResult | None:
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from gateway.config.model import Config, Flag, Route
 from gateway.context import RequestContext
@@ -62,7 +63,8 @@ class FlagEngine:
             keys = tuple(self.flags) if route.all_flags else route.flags
             shown = [self.compiled[k] for k in keys if k in self.compiled]
             if shown:
-                plans[route.name] = FlagPlan(shown, self.compiled, self.summary)
+                plans[route.name] = FlagPlan(shown, self.compiled, self.summary,
+                                             self.config.context)
         self._plans = plans
 
     # ------------------------------------------------------------------ serving
@@ -71,7 +73,17 @@ class FlagEngine:
         if self._version != self.overrides.version:
             self.refresh()
         plan = self._plans.get(route.name)
-        return plan.decide(ctx, time.time()) if plan is not None else None
+        return plan.from_context(ctx, time.time()) if plan is not None else None
+
+    def decide_headers(self, route: Route, get: Callable[[str], str | None],
+                       client_ip: str) -> FlagResult | None:
+        """`decide` for a route that builds no context: the flags read the fields they need
+        from `get` (the header lookup of a trusted peer, a lookup of nothing otherwise)."""
+        if self._version != self.overrides.version:
+            self.refresh()
+        plan = self._plans.get(route.name)
+        return (plan.from_headers(get, client_ip, self.config.environment, time.time())
+                if plan is not None else None)
 
     def evaluate_one(self, key: str, ctx: RequestContext) -> Evaluation | None:
         """For the admin API: one flag for a given context (not counted in the metric)."""

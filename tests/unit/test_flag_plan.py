@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from collections import Counter
 from typing import Any
 
-from gateway.config.model import Flag
-from gateway.context import RequestContext
+import pytest
+from multidict import CIMultiDict
+
+from gateway.config.model import ContextSettings, Flag, HeaderSource
+from gateway.context import RequestContext, build_context, client_address
+from gateway.flags import plan as plan_module
 from gateway.flags.definition import parse_definition
 from gateway.flags.evaluate import CompiledFlag, Evaluation, Reason, evaluate
 from gateway.flags.plan import FlagPlan
@@ -96,7 +101,16 @@ def served(plan: FlagPlan, context: RequestContext, day: int = TODAY
     return fields, Counter(result.counted.children)
 
 
-def test_plan_matches_evaluate_over_generated_flag_sets() -> None:
+@pytest.fixture(params=["inline", "functions"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a plan is generated: every prerequisite inlined (the usual case) and one
+    function per prerequisite (what a dense prerequisite graph gets)."""
+    if request.param == "functions":
+        monkeypatch.setattr(plan_module, "INLINE_MAX", 0)
+    return str(request.param)
+
+
+def test_plan_matches_evaluate_over_generated_flag_sets(mode: str) -> None:
     rng = random.Random(20261127)
     compared = 0
     reasons: set[Reason] = set()
@@ -122,7 +136,7 @@ def test_plan_matches_evaluate_over_generated_flag_sets() -> None:
     assert reasons == set(Reason) - {Reason.ERROR}
 
 
-def test_prerequisite_outside_the_route_is_counted_only_when_reached() -> None:
+def test_prerequisite_outside_the_route_is_counted_only_when_reached(mode: str) -> None:
     flags = compile_flags({
         "gate": {"default": False, "targeting": [RULES[0]]},
         "f": {"default": False, "tiers": ["business"], "prerequisites": ["gate"]},
@@ -134,13 +148,13 @@ def test_prerequisite_outside_the_route_is_counted_only_when_reached() -> None:
     assert business == Counter({flags["f"].static.counter: 1, flags["gate"].static.counter: 1})
 
 
-def test_internal_error_and_cycle_fail_closed_like_evaluate() -> None:
+def test_internal_error_and_cycle_fail_closed_like_evaluate(mode: str) -> None:
     flags = compile_flags({"f": {"default": False, "targeting": [RULES[0]]}})
 
-    def broken(_: RequestContext) -> bool:
+    def broken(_: object) -> bool:
         raise RuntimeError("boom")
 
-    flags["f"].rules = (broken,)
+    flags["f"].targets = (("tenant_id", broken),)
     plan = FlagPlan([flags["f"]], flags, None)
     assert served(plan, ctx(tenant_id="acme"))[0] == [("X-Flag-F", "false")]
 
@@ -157,7 +171,7 @@ def test_internal_error_and_cycle_fail_closed_like_evaluate() -> None:
     assert [v for _, v in want[:2]] == ["false", "false"]
 
 
-def test_expiry_takes_effect_on_the_next_day_without_a_rebuild() -> None:
+def test_expiry_takes_effect_on_the_next_day_without_a_rebuild(mode: str) -> None:
     flags = compile_flags({"f": {"default": False, "expires": "2026-01-15"}})
     plan = FlagPlan([flags["f"]], flags, None)
     assert served(plan, ctx())[0] == [("X-Flag-F", "true")]
@@ -173,3 +187,68 @@ def test_added_fields_serialize_once_and_refuse_control_characters() -> None:
     # get here anyway, it is left to the header section's serializer, which refuses it.
     assert AddedFields([("X-Flag-F", "a\r\nX-Admin: 1")]).raw is None
     assert AddedFields([]).raw == b""
+
+
+def test_dense_prerequisite_graph_stays_small_and_matches_evaluate(mode: str) -> None:
+    """Each flag needing every earlier one would inline 2^n copies; past INLINE_MAX lines
+    the plan is generated with one function per prerequisite instead."""
+    definitions: dict[str, dict[str, Any]] = {}
+    for i in range(14):
+        definitions[f"f{i}"] = {"default": False, "rollout": 90,
+                                "prerequisites": [f"f{j}" for j in range(i)]}
+    flags = compile_flags(definitions)
+    plan = FlagPlan([flags["f13"], flags["f0"]], flags, SUMMARY)
+    rng = random.Random(3)
+    for _ in range(50):
+        context = random_context(rng)
+        assert served(plan, context) == reference([flags["f13"], flags["f0"]], flags,
+                                                  context, TODAY)
+    assert len(plan.source.splitlines()) < 1000
+    assert "def _prerequisite_" in plan.source  # in both modes: the inlined code was too long
+
+
+SETTINGS = ContextSettings(
+    trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),),
+    fields={"user_id": HeaderSource("X-User-Id"), "tenant_id": HeaderSource("X-Tenant-Id"),
+            "subscription_tier": HeaderSource("X-Tier", default="free")},
+    attributes={"app_version": HeaderSource("X-App-Version"),
+                "plan_seats": HeaderSource("X-Seats", default="12")})
+
+
+def random_headers(rng: random.Random) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, values in (("X-User-Id", [f"user-{rng.randint(0, 300)}", " user-7 ", ""]),
+                         ("X-Tenant-Id", ["acme", "globex", "t3", "  "]),
+                         ("X-Tier", ["free", "business", "enterprise", " "]),
+                         ("X-App-Version", [f"2.{rng.randint(0, 12)}.0", " 2.9.0 ", "x", ""]),
+                         ("X-Seats", [str(rng.randint(0, 20)), ""]),
+                         ("X-Forwarded-For", ["10.20.3.4", "192.0.2.9, 10.1.1.1"])):
+        if rng.random() < 0.7:
+            headers[name] = rng.choice(values)
+    return headers
+
+
+def test_plan_reading_headers_decides_as_with_a_built_context(mode: str) -> None:
+    """decide_headers (a route that builds no context) and decide (one that does) give the
+    very same result for every request: same fields read, same outcomes, same counts."""
+    rng = random.Random(20261128)
+    compared = 0
+    for _ in range(40):
+        keys = [f"f{i}" for i in range(rng.randint(1, 5))]
+        flags = compile_flags({key: random_definition(rng, keys[:i])
+                               for i, key in enumerate(keys)})
+        shown = [flags[k] for k in rng.sample(keys, rng.randint(1, len(keys)))]
+        plan = FlagPlan(shown, flags, SUMMARY, SETTINGS)
+        for _ in range(30):
+            headers = random_headers(rng)
+            peer = rng.choice(["10.9.9.9", "198.51.100.1"])
+            environment = rng.choice(["production", "staging"])
+            context, trusted = build_context(SETTINGS, peer, headers, environment=environment)
+            client_ip, _ = client_address(SETTINGS, peer, headers)
+            now = at(TODAY)
+            want = plan.decide(context, now)
+            got = plan.decide_headers(headers.get if trusted else {}.get, client_ip,
+                                      environment, now)
+            assert got is want, (plan.source, headers, peer)
+            compared += 1
+    assert compared == 1200
