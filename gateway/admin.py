@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from gateway import metrics
+from gateway.metrictally import TALLY
 from gateway.problem import problem
 
 if TYPE_CHECKING:
@@ -87,6 +88,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_text(request: web.Request) -> web.Response:
+    TALLY.apply_all()  # this worker's figures up to now, held-back counter groups included
     return web.Response(body=metrics.render(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

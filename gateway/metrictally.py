@@ -16,12 +16,14 @@ is `livesum`, set from this process's count), and /metrics sums the files.
 from __future__ import annotations
 
 import asyncio
+import time
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gateway import metrics
 
+GROUPS_EVERY = 1.0  # seconds between two applications of the counter groups (see below)
 
 def observe_many(child: Any, amounts: Sequence[float]) -> None:
     """What `child.observe(a) for a in amounts` does, with one increment per bucket.
@@ -65,6 +67,7 @@ class Tally:
         self._durations: dict[Any, list[float]] = {}  # histogram child -> observations
         self._counts: dict[Any, int] = {}  # counter child -> increments
         self._groups: dict[CounterGroup, int] = {}  # counter group -> increments
+        self._groups_due = 0.0  # monotonic time the groups are next applied by a flush
         # The loop a flush is queued on; None when none is. A loop that closed with one
         # queued (tests run one loop each) is simply replaced by the next one.
         self._queued_on: asyncio.AbstractEventLoop | None = None
@@ -97,9 +100,12 @@ class Tally:
     def inc_in_flight(self, group: CounterGroup) -> None:
         """`inc` of every counter in `group`, for a request between `started` and `finished`.
 
-        Applied with that request's other metrics, by the flush its `finished` queues, so
-        nothing needs queuing here. One dict update however many counters the group holds:
-        a request with several flags counts its whole set of outcomes as one group.
+        One dict update however many counters the group holds: a request with several flags
+        counts its whole set of outcomes as one group. Groups are applied at most once per
+        GROUPS_EVERY seconds, and whenever /metrics is rendered (`apply_all`): spreading a
+        few groups over their counters each loop turn cost ~2,500 instructions per request
+        (callgrind, tests/perf/bench_flags.py's routes). In multiprocess mode another
+        worker's flag counters may therefore lag by up to that second.
         """
         groups = self._groups
         groups[group] = groups.get(group, 0) + 1
@@ -116,7 +122,11 @@ class Tally:
         self._queued_on = loop
         loop.call_soon(self.flush)
 
-    def flush(self) -> None:
+    def apply_all(self) -> None:
+        """Everything gathered so far, counter groups included: before /metrics is read."""
+        self.flush(everything=True)
+
+    def flush(self, everything: bool = False) -> None:
         self._queued_on = None
         # Straight to the value holders, like observe_many: the public set()/inc() only
         # add argument and exemplar checks around the same call (tests/unit checks the
@@ -126,10 +136,12 @@ class Tally:
         for key, n in requests.items():
             metrics.REQUESTS_BY(*key)._value.inc(n)
         counts, self._counts = self._counts, {}
-        groups, self._groups = self._groups, {}
-        for group, n in groups.items():  # groups share counters: one `inc` per counter
-            for child in group.children:
-                counts[child] = counts.get(child, 0) + n
+        if self._groups and (everything or time.monotonic() >= self._groups_due):
+            self._groups_due = time.monotonic() + GROUPS_EVERY
+            groups, self._groups = self._groups, {}
+            for group, n in groups.items():  # groups share counters: one `inc` per counter
+                for child in group.children:
+                    counts[child] = counts.get(child, 0) + n
         for child, n in counts.items():
             child._value.inc(n)
         durations, self._durations = self._durations, {}

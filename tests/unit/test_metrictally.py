@@ -128,13 +128,20 @@ async def test_a_counter_group_increments_each_of_its_counters() -> None:
     for _ in range(3):
         tally.inc_in_flight(ab)
     tally.inc_in_flight(bc)
-    await asyncio.sleep(0)  # the flush `started` queued
+    await asyncio.sleep(0)  # the flush `started` queued: the first one applies groups
     assert (a._value.get(), b._value.get(), c._value.get()) == (3, 4, 1)
     tally.inc_in_flight(ab)
     tally.finished("r", "GET", "200", 0.001)
     assert a._value.get() == 3  # nothing applied within the turn
     await asyncio.sleep(0)
+    # Groups wait up to GROUPS_EVERY seconds after the last application...
+    assert (a._value.get(), b._value.get(), c._value.get()) == (3, 4, 1)
+    tally.apply_all()  # ...unless /metrics is read
     assert (a._value.get(), b._value.get(), c._value.get()) == (4, 5, 1)
+    tally.inc_in_flight(bc)
+    tally._groups_due = 0.0  # as if the second had passed
+    tally.flush()
+    assert (a._value.get(), b._value.get(), c._value.get()) == (4, 6, 2)
 
 
 def test_outside_a_loop_updates_apply_at_once() -> None:
