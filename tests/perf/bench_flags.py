@@ -1,20 +1,28 @@
 """Flag engine speed (issue 5). A script, not collected by pytest:
 
-    /work/main/.venv/bin/python tests/perf/bench_flags.py [--seconds 5]
+    /work/main/.venv/bin/python tests/perf/bench_flags.py [--seconds 5] [--instructions 300]
 
 1. The pure evaluator over the reference config's flags (../shared/spec/gateway.yaml) for
    varied contexts: microseconds per flag evaluation (target <= 3 us).
 2. The gateway's requests per second with `flags: all` and with no flags on otherwise
    identical routes of the same gateway process, measured in the same run with wrk,
    alternating (none, all, none, all) so drift hits both alike (target: all >= 95% of none).
+3. With --instructions N: the same two routes' instructions per request under callgrind,
+   a count that does not move with the neighbours' load.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -82,21 +90,115 @@ def bench_evaluator() -> None:
           f"flags): {spent / (rounds * len(ctxs)) * 1e6:.2f} us per request")
 
 
+def _request(route: str, n: int) -> bytes:
+    """What WRK_SCRIPT sends as its n-th request."""
+    tenant = "acme" if n % 7 == 0 else f"tenant-{n % 97}"
+    tier = ("free", "business", "enterprise")[n % 3]
+    return (f"GET /{route}/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: user-{n % 50000}\r\n"
+            f"X-Tenant-Id: {tenant}\r\nX-Subscription-Tier: {tier}\r\n"
+            f"X-App-Version: 2.{n % 12}.0\r\n\r\n").encode()
+
+
+def _drive(port: int, route: str, count: int, first: int, connections: int = 4) -> None:
+    """`count` requests over `connections` keep-alive sockets, one in flight on each."""
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+    for start in range(0, count, connections):
+        for i, sock in enumerate(socks):
+            sock.sendall(_request(route, first + start + i))
+        for sock in socks:
+            data = b""
+            while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < int(
+                    re.search(rb"(?i)content-length: *(\d+)", data).group(1)):  # type: ignore[union-attr]
+                data += sock.recv(65536)
+            assert data.startswith(b"HTTP/1.1 200"), data[:200]
+    for sock in socks:
+        sock.close()
+
+
+def bench_instructions(requests: int) -> None:
+    """Instructions per request of the gateway process on both routes, under callgrind.
+
+    Counting instructions is repeatable whatever the neighbours do (wrk's rps moved by
+    +-15% between rounds on the shared machine); it leaves out the kernel's work and cache
+    misses, so it is a guide to the gap, not a throughput figure.
+    """
+    from tests.harness import write_config
+    from tests.perf.perfkit import Lab
+
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("instructions: valgrind not installed (apt-get install valgrind), skipped")
+        return
+    reference = yaml.safe_load((SPEC_DIR / "gateway.yaml").read_text())
+    with Lab() as lab, tempfile.TemporaryDirectory() as out:
+        up = lab.upstream()
+        config = _config(up.url, reference)
+        port = config["listen"]["port"]
+        path = write_config(lab.dir, config, "callgrind.yaml")
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+             f"--callgrind-out-file={out}/cg.out", sys.executable, "-m", "gateway", "run",
+             "--config", str(path)], cwd=REPO, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+        def control(*args: str) -> None:
+            subprocess.run(["callgrind_control", *args, str(proc.pid)], capture_output=True,
+                           check=False)
+
+        try:
+            wait = time.monotonic() + 120
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port)).close()
+                    break
+                except OSError:
+                    if time.monotonic() > wait or proc.poll() is not None:
+                        raise RuntimeError("the gateway did not start under valgrind") from None
+                    time.sleep(0.5)
+            for route in ("none", "all"):
+                _drive(port, route, 400, first=0)  # warm: plans, memos, connections
+            counts: dict[str, list[float]] = {"none": [], "all": []}
+            for round_ in range(2):
+                for route in ("none", "all"):
+                    control("-z")  # counters to zero, count only while the requests run
+                    control("-i", "on")
+                    _drive(port, route, requests, first=1000 + round_ * requests)
+                    control("-i", "off")
+                    control("-d")  # write the counts out
+                    time.sleep(1)
+                    newest = max(Path(out).glob("cg.out*"), key=lambda p: p.stat().st_mtime)
+                    totals = [line for line in newest.read_text().splitlines()
+                              if line.startswith(("summary:", "totals:"))]
+                    counts[route].append(int(totals[-1].split()[1]) / requests)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    none, all_ = min(counts["none"]), min(counts["all"])
+    print(f"instructions per request (callgrind, {requests} requests per route, best of 2): "
+          f"none {none:,.0f}, all {all_:,.0f}: flags add {all_ - none:,.0f} "
+          f"({all_ / none - 1:.1%}); none/all {none / all_:.1%}")
+
+
+def _config(upstream_url: str, reference: dict[str, Any]) -> dict[str, Any]:
+    from tests.perf.perfkit import gateway_config
+
+    config = gateway_config(upstream_url, flags=reference["flags"], routes=[
+        {"name": "none", "match": {"path_prefix": "/none/"}, "upstream": "api"},
+        {"name": "all", "match": {"path_prefix": "/all/"}, "upstream": "api",
+         "flags": "all"},
+    ])
+    config["context"] = {k: reference["context"][k] for k in (
+        "trusted_proxies", "user_id", "tenant_id", "subscription_tier", "attributes")}
+    return config
+
+
 def bench_gateway(seconds: int, repeat: int) -> None:
     """`flags: all` vs no flags on two routes of one gateway, pinned, interleaved (perfkit)."""
-    from tests.perf.perfkit import Lab, gateway_config, interleaved, medians, table, with_cpu, wrk
+    from tests.perf.perfkit import Lab, interleaved, medians, table, with_cpu, wrk
 
     reference = yaml.safe_load((SPEC_DIR / "gateway.yaml").read_text())
     with Lab() as lab:
         up = lab.upstream()
-        config = gateway_config(up.url, flags=reference["flags"], routes=[
-            {"name": "none", "match": {"path_prefix": "/none/"}, "upstream": "api"},
-            {"name": "all", "match": {"path_prefix": "/all/"}, "upstream": "api",
-             "flags": "all"},
-        ])
-        config["context"] = {k: reference["context"][k] for k in (
-            "trusted_proxies", "user_id", "tenant_id", "subscription_tier", "attributes")}
-        gw = lab.gateway(config)
+        gw = lab.gateway(_config(up.url, reference))
 
         def run(route: str) -> object:
             return lambda: with_cpu(gw.pid, lambda: wrk(
@@ -117,8 +219,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved gateway rounds")
     parser.add_argument("--no-gateway", action="store_true")
+    parser.add_argument("--instructions", type=int, default=0, metavar="N",
+                        help="also count instructions per request under callgrind, N requests "
+                             "per route (300 takes about a minute)")
     args = parser.parse_args()
     bench_evaluator()
+    if args.instructions:
+        bench_instructions(args.instructions)
     if not args.no_gateway:
         bench_gateway(args.seconds, args.repeat)
 
