@@ -228,10 +228,15 @@ def client_address(settings: ContextSettings, peer: str, headers: MultiMapping[s
         return peer, False
     if forwarded_for is None:
         forwarded_for = headers.getall(settings.client_ip.header, ())
+    return forwarded_client(peer, forwarded_for, settings.trusted_proxies), True
+
+
+def forwarded_client(peer: str, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]
+                     ) -> str:
+    """The client of a trusted peer that sent these values of the client-IP header."""
     if not forwarded_for:
-        return peer, True
-    return resolve_client_ip(peer, split_forwarded_for(forwarded_for),
-                             settings.trusted_proxies), True
+        return peer
+    return resolve_client_ip(peer, split_forwarded_for(forwarded_for), trusted)
 
 
 def build_context(
@@ -260,10 +265,11 @@ class FieldSource(NamedTuple):
     they use: what generated code (gateway/flags/plan.py) runs instead of building a whole
     context when it needs only a few fields.
 
-    `from_headers` reads as `_Reader.build` does, from `get` (the header section's lookup
-    for a trusted peer, a lookup of nothing otherwise), `client_ip` and `environment`;
-    `from_context` reads the same fields off a built context `ctx`. tests/unit/test_context.py
-    checks both against build_context.
+    `from_headers` reads as `build_context` does, from `headers` (the request's header
+    section), `peer` (its address) and `trusted` (whether the peer is a trusted proxy, as
+    `classify` says), with `_environment` for the environment; `from_context` reads the same
+    fields off a built context `ctx`. tests/unit/test_context.py checks both against
+    build_context.
     """
 
     variables: dict[str, str]  # field name (user_id, attributes.x, client_ip) -> variable
@@ -272,19 +278,18 @@ class FieldSource(NamedTuple):
     constants: dict[str, Any]
 
 
-_ARGUMENTS = ("client_ip", "environment")  # given to the generated code as they are
+_ARGUMENTS = ("client_ip", "environment")  # read by every entry point in its own way
 
 
 def field_source(settings: ContextSettings, names: Iterable[str]) -> FieldSource:
     variables: dict[str, str] = {}
-    headers: list[str] = []
+    fields: list[str] = []  # from the header lookup `get`
     context: list[str] = []
     constants: dict[str, Any] = {"_hash_api_key": hash_api_key}
     for name in dict.fromkeys(names):
         if name in _ARGUMENTS:
             variables[name] = name
-            if name == "client_ip":
-                context.append("client_ip = ctx.client_ip")
+            context.append(f"{name} = ctx.{name}")
             continue
         v = variables[name] = f"v{sum(1 for n in variables if n not in _ARGUMENTS)}"
         if name.startswith("attributes."):
@@ -293,22 +298,39 @@ def field_source(settings: ContextSettings, names: Iterable[str]) -> FieldSource
             context.append(f"{v} = ctx.attributes.get(_n_{v})")
             source = settings.attributes.get(attribute)
             if source is None:
-                headers.append(f"{v} = None")
+                fields.append(f"{v} = None")
                 continue
             constants[f"_h_{v}"], constants[f"_d_{v}"] = istr(source.header.lower()), source.default
-            headers += [f"{v} = get(_h_{v})",
-                        f"{v} = ({v}.strip() if {v} is not None else _d_{v}) or None"]
+            fields += [f"{v} = get(_h_{v})",
+                       f"{v} = ({v}.strip() if {v} is not None else _d_{v}) or None"]
             continue
         context.append(f"{v} = ctx.{name}")
         field = settings.fields.get(name)
         if field is None or name not in CONTEXT_FIELDS:
-            headers.append(f"{v} = None")
+            fields.append(f"{v} = None")
             continue
         constants[f"_h_{v}"], constants[f"_d_{v}"] = istr(field.header.lower()), field.default
-        headers += [f"{v} = get(_h_{v})",
-                    f"{v} = ({v}.strip() or _d_{v}) if {v} is not None else _d_{v}"]
+        fields += [f"{v} = get(_h_{v})",
+                   f"{v} = ({v}.strip() or _d_{v}) if {v} is not None else _d_{v}"]
         if name == "api_key":
-            headers.append(f"{v} = _hash_api_key({v}) if {v} else {v}")
+            fields.append(f"{v} = _hash_api_key({v}) if {v} else {v}")
+    # Identity headers are believed only from a trusted peer (build_context).
+    uses_get = any("get(" in line for line in fields)
+    trusted, untrusted = [], []
+    if uses_get:
+        trusted.append("get = headers.get")
+        untrusted.append("get = _nothing")
+    if "client_ip" in variables:
+        trusted += ["forwarded = headers.getall(_client_ip_header, ())",
+                    "client_ip = _forwarded_client(peer, forwarded, _trusted_proxies) "
+                    "if forwarded else peer"]
+        untrusted.append("client_ip = peer")
+    headers = ["if trusted:", *("    " + line for line in trusted),
+               "else:", *("    " + line for line in untrusted)] if trusted else []
+    headers += fields
     if "environment" in variables:
-        context.append("environment = ctx.environment")
+        headers.append("environment = _environment")
+    constants.update(_nothing={}.get, _client_ip_header=istr(settings.client_ip.header.lower()),
+                     _forwarded_client=forwarded_client,
+                     _trusted_proxies=settings.trusted_proxies)
     return FieldSource(variables, headers, context, constants)

@@ -66,7 +66,9 @@ class Tally:
         self._requests: dict[tuple[str, str, str], int] = {}
         self._durations: dict[Any, list[float]] = {}  # histogram child -> observations
         self._counts: dict[Any, int] = {}  # counter child -> increments
-        self._groups: dict[CounterGroup, int] = {}  # counter group -> increments
+        # counter group -> increments; the same dict for the process's life (emptied in
+        # place), so generated flag code can count into it without a call.
+        self.groups: dict[CounterGroup, int] = {}
         self._groups_due = 0.0  # monotonic time the groups are next applied by a flush
         # The loop a flush is queued on; None when none is. A loop that closed with one
         # queued (tests run one loop each) is simply replaced by the next one.
@@ -107,7 +109,7 @@ class Tally:
         (callgrind, tests/perf/bench_flags.py's routes). In multiprocess mode another
         worker's flag counters may therefore lag by up to that second.
         """
-        groups = self._groups
+        groups = self.groups
         groups[group] = groups.get(group, 0) + 1
 
     def _schedule(self) -> None:
@@ -136,12 +138,13 @@ class Tally:
         for key, n in requests.items():
             metrics.REQUESTS_BY(*key)._value.inc(n)
         counts, self._counts = self._counts, {}
-        if self._groups and (everything or time.monotonic() >= self._groups_due):
+        groups = self.groups
+        if groups and (everything or time.monotonic() >= self._groups_due):
             self._groups_due = time.monotonic() + GROUPS_EVERY
-            groups, self._groups = self._groups, {}
             for group, n in groups.items():  # groups share counters: one `inc` per counter
                 for child in group.children:
                     counts[child] = counts.get(child, 0) + n
+            groups.clear()
         for child, n in counts.items():
             child._value.inc(n)
         durations, self._durations = self._durations, {}

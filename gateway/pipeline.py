@@ -23,13 +23,7 @@ from multidict import CIMultiDict
 from gateway import metrics
 from gateway.accesslog import AccessRecord
 from gateway.config.model import Config, Route
-from gateway.context import (
-    RequestContext,
-    build_context,
-    classify,
-    client_address,
-    identity_headers,
-)
+from gateway.context import RequestContext, build_context, classify, identity_headers
 from gateway.h1client import BodyTooLarge, UpstreamError
 from gateway.metrictally import TALLY
 from gateway.problem import problem
@@ -56,7 +50,6 @@ from gateway.stages import (
 log = logging.getLogger("gateway")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_NOTHING: dict[str, str] = {}  # the identity headers of an untrusted peer: none believed
 
 
 _ID_BATCH = 256
@@ -193,7 +186,7 @@ class Pipeline:
         ctx: RequestContext | None = None
         trusted: bool | None = None  # whether the peer is a trusted proxy, once asked
         # The context feeds limits and the access log; a route that has neither never builds
-        # one. Its flags then read just the fields they use (FlagStage.decide_headers), and
+        # one. Its flags then read just the fields they use (FlagStage.by_headers), and
         # the upstream header policy asks only whether the peer is trusted.
         if limited or self.access_log is not None:
             ctx, trusted = _context(config, request)
@@ -214,16 +207,17 @@ class Pipeline:
                 verdict.refusal.headers[name] = value
             return verdict.refusal
         flags: FlagResult | None = None
-        if flagged:
+        if flagged:  # the deciders count what they decide
             if ctx is not None:
-                flags = rt.flags.decide(route, ctx)
+                decide = rt.flags.by_context.get(route.name)
+                if decide is not None:
+                    flags = decide(ctx, time.time())
             else:
-                client_ip, trusted = client_address(config.context, request.remote or "",
-                                                    request.headers)
-                flags = rt.flags.decide_headers(
-                    route, request.headers.get if trusted else _NOTHING.get, client_ip)
-            if flags is not None:
-                TALLY.inc_in_flight(flags.counted)
+                peer = request.remote or ""
+                trusted = classify(peer, config.context.trusted_proxies)[1]
+                from_headers = rt.flags.by_headers.get(route.name)
+                if from_headers is not None:
+                    flags = from_headers(request.headers, peer, trusted, time.time())
         expect = request.headers.get("Expect", "").lower() == "100-continue"
 
         def upstream_headers() -> CIMultiDict[str]:

@@ -7,11 +7,12 @@ pass-through implementation used when a config has nothing for that stage.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from gateway.config.model import Route
 from gateway.context import RequestContext
@@ -54,13 +55,14 @@ class FlagResult:
 
 
 class FlagStage(Protocol):
-    def decide(self, route: Route, ctx: RequestContext) -> FlagResult | None: ...
+    """Per route with flags, what decides them for one request: from its context, or (for
+    a route that builds none) straight from its header section, peer address and whether
+    the peer is a trusted proxy, reading the fields as build_context would. Either is given
+    the time; None means the route has no flag now. Deciders count what they decide."""
 
-    # For a route that builds no context for anything else: the stage reads what it needs
-    # from `get`, the header lookup of a trusted peer (a lookup of nothing otherwise), as
-    # build_context would.
-    def decide_headers(self, route: Route, get: Callable[[str], str | None],
-                       client_ip: str) -> FlagResult | None: ...
+    by_context: Mapping[str, Callable[[RequestContext, float], FlagResult | None]]
+    by_headers: Mapping[str, Callable[[MultiMapping[str], str, bool, float],
+                                      FlagResult | None]]
 
 
 class NoLimits:
@@ -76,9 +78,6 @@ class NoCache:
 
 
 class NoFlags:
-    def decide(self, route: Route, ctx: RequestContext) -> FlagResult | None:
-        return None
-
-    def decide_headers(self, route: Route, get: Callable[[str], str | None],
-                       client_ip: str) -> FlagResult | None:
-        return None
+    by_context: Mapping[str, Callable[[RequestContext, float], FlagResult | None]] = {}
+    by_headers: Mapping[str, Callable[[MultiMapping[str], str, bool, float],
+                                      FlagResult | None]] = {}

@@ -7,15 +7,17 @@ the compiled set, so a change applies to the very next request of every worker.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Callable
+
+from multidict import MultiMapping
 
 from gateway.config.model import Config, Flag, Route
 from gateway.context import RequestContext
 from gateway.flags.definition import check_flag_set, parse_definition
 from gateway.flags.evaluate import CompiledFlag, Evaluation, evaluate, today_utc
-from gateway.flags.plan import FlagPlan
+from gateway.flags.plan import ContextDecider, FlagPlan, HeadersDecider
 from gateway.flags.store import FlagOverrides
 from gateway.stages import FlagResult
 
@@ -32,6 +34,10 @@ class FlagEngine:
         self.flags: dict[str, Flag] = {}
         self.compiled: dict[str, CompiledFlag] = {}
         self._plans: dict[str, FlagPlan] = {}
+        # Per route with flags: its deciders (FlagStage), the plan's generated code once it
+        # has some. They check by themselves that flags have not changed since.
+        self.by_context: dict[str, ContextDecider] = {}
+        self.by_headers: dict[str, HeadersDecider] = {}
         self.refresh()
 
     # ------------------------------------------------------------------ building
@@ -59,31 +65,50 @@ class FlagEngine:
         self.flags = self.effective_flags()
         self.compiled = {key: CompiledFlag(flag, self.prefix) for key, flag in self.flags.items()}
         plans: dict[str, FlagPlan] = {}
+        by_context: dict[str, ContextDecider] = {}
+        by_headers: dict[str, HeadersDecider] = {}
         for route in self.config.routes:
+            if not (route.flags or route.all_flags):
+                continue
             keys = tuple(self.flags) if route.all_flags else route.flags
             shown = [self.compiled[k] for k in keys if k in self.compiled]
+            # Until its plan has generated code (or when it has no flag now), a route's
+            # deciders are the engine's own: they rebuild first if flags changed meanwhile.
+            by_context[route.name] = functools.partial(self._stale_context, route.name)
+            by_headers[route.name] = functools.partial(self._stale_headers, route.name)
             if shown:
-                plans[route.name] = FlagPlan(shown, self.compiled, self.summary,
-                                             self.config.context)
+                plan = FlagPlan(shown, self.compiled, self.summary, self.config.context,
+                                self.config.environment, self.overrides, self._version)
+                plan.stale_context = by_context[route.name]
+                plan.stale_headers = by_headers[route.name]
+                plan.published = functools.partial(self._publish, route.name)
+                plans[route.name] = plan
         self._plans = plans
+        self.by_context, self.by_headers = by_context, by_headers
+
+    def _publish(self, name: str, plan: FlagPlan) -> None:
+        """A plan generated its code: callers now get it directly."""
+        if self._plans.get(name) is plan:
+            self.by_context[name] = plan.from_context
+            self.by_headers[name] = plan.from_headers
+
+    def _stale_context(self, name: str, ctx: RequestContext, now: float) -> FlagResult | None:
+        self.refresh()
+        plan = self._plans.get(name)
+        return plan.decide(ctx, now) if plan is not None else None
+
+    def _stale_headers(self, name: str, headers: MultiMapping[str], peer: str, trusted: bool,
+                       now: float) -> FlagResult | None:
+        self.refresh()
+        plan = self._plans.get(name)
+        return plan.decide_headers(headers, peer, trusted, now) if plan is not None else None
 
     # ------------------------------------------------------------------ serving
     def decide(self, route: Route, ctx: RequestContext) -> FlagResult | None:
-        """The route's flags for this request (None when it has none)."""
-        if self._version != self.overrides.version:
-            self.refresh()
-        plan = self._plans.get(route.name)
-        return plan.from_context(ctx, time.time()) if plan is not None else None
-
-    def decide_headers(self, route: Route, get: Callable[[str], str | None],
-                       client_ip: str) -> FlagResult | None:
-        """`decide` for a route that builds no context: the flags read the fields they need
-        from `get` (the header lookup of a trusted peer, a lookup of nothing otherwise)."""
-        if self._version != self.overrides.version:
-            self.refresh()
-        plan = self._plans.get(route.name)
-        return (plan.from_headers(get, client_ip, self.config.environment, time.time())
-                if plan is not None else None)
+        """The route's flags for this request (None when it has none); what the pipeline
+        does through `by_context`."""
+        decider = self.by_context.get(route.name)
+        return decider(ctx, time.time()) if decider is not None else None
 
     def evaluate_one(self, key: str, ctx: RequestContext) -> Evaluation | None:
         """For the admin API: one flag for a given context (not counted in the metric)."""

@@ -24,14 +24,15 @@ from __future__ import annotations
 import functools
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import mmh3
+from multidict import MultiMapping
 
 from gateway.config.model import ContextSettings
 from gateway.context import RequestContext, field_source, remember
 from gateway.flags.evaluate import IN_PROGRESS, CompiledFlag, Evaluation, today_utc
-from gateway.metrictally import CounterGroup
+from gateway.metrictally import TALLY, CounterGroup
 from gateway.proxy import AddedFields
 from gateway.stages import FlagResult
 
@@ -40,12 +41,34 @@ INLINE_MAX = 400  # lines of code with every prerequisite inlined; beyond, one f
 _DAY = 86400.0
 
 Outcome = tuple[Evaluation | None, ...]
-HeaderLookup = Callable[[str], "str | None"]
+# A route's flags for one request, from its context or straight from its header section
+# (headers, peer address, peer trusted?), at a time; None when the route has no flag now.
+ContextDecider = Callable[[RequestContext, float], "FlagResult | None"]
+HeadersDecider = Callable[[MultiMapping[str], str, bool, float], "FlagResult | None"]
+
+
+class Versioned(Protocol):
+    """What a plan watches for run-time flag changes (FlagOverrides)."""
+
+    version: int
 
 
 class FlagPlan:
+    """One route's flags, decided by generated code (see the module's docstring).
+
+    `decide(ctx, now)` and `decide_headers(headers, peer, trusted, now)` generate the code
+    when it is missing or out of date, then call it; afterwards `from_context` and
+    `from_headers` are the generated functions themselves, which callers may keep and call
+    directly (the engine does): each checks it is still current (same day, environment and,
+    with `overrides`, the same run-time flag version) and otherwise calls `stale_context` /
+    `stale_headers` (by default `decide` / `decide_headers`; the engine puts its own, which
+    rebuild the plans first when flags changed). Every decision is counted in TALLY.groups.
+    """
+
     def __init__(self, shown: Sequence[CompiledFlag], compiled: Mapping[str, CompiledFlag],
-                 summary: str | None, settings: ContextSettings | None = None) -> None:
+                 summary: str | None, settings: ContextSettings | None = None,
+                 environment: str = "", overrides: Versioned | None = None,
+                 version: int = 0) -> None:
         # The route's flags first, in its order; then every prerequisite they reach, which
         # is evaluated (and counted) only when a flag needs it, as `evaluate` does.
         order = list(shown)
@@ -63,32 +86,30 @@ class FlagPlan:
                                    for flag in order)
         self.summary = summary
         self.settings = settings if settings is not None else ContextSettings()
+        self.environment = environment  # what a decision from the headers is made in
+        self.overrides, self.version = overrides, version
         self.source = ""  # the generated code of the day settled for
-        # The generated deciders; each first checks it was generated for this day and
-        # environment, and calls `_settle` (which replaces them) when not.
-        self.from_context: Callable[[RequestContext, float], FlagResult] = self._resettle_ctx
-        self.from_headers: Callable[[HeaderLookup, str, str, float], FlagResult] = \
-            self._resettle_headers
+        self._since = self._until = 0.0
+        self._settled_for: str | None = None  # the environment settled for
+        self.stale_context: ContextDecider = self.decide
+        self.stale_headers: HeadersDecider = self.decide_headers
+        self.published: Callable[[FlagPlan], None] | None = None
+        self.from_context: ContextDecider = self.decide
+        self.from_headers: HeadersDecider = self.decide_headers
 
-    def decide(self, ctx: RequestContext, now: float) -> FlagResult:
+    def decide(self, ctx: RequestContext, now: float) -> FlagResult | None:
         """The route's flag headers for this request, and the evaluations to count."""
+        if not (self._since <= now < self._until and ctx.environment == self._settled_for):
+            self._settle(now, ctx.environment)
         return self.from_context(ctx, now)
 
-    def decide_headers(self, get: HeaderLookup, client_ip: str, environment: str,
-                       now: float) -> FlagResult:
-        """`decide` without a context: the fields the flags read come from `get` (the request's
-        header lookup for a trusted peer, a lookup of nothing otherwise) as `build_context`
-        would give them."""
-        return self.from_headers(get, client_ip, environment, now)
-
-    def _resettle_ctx(self, ctx: RequestContext, now: float) -> FlagResult:
-        self._settle(now, ctx.environment)
-        return self.from_context(ctx, now)
-
-    def _resettle_headers(self, get: HeaderLookup, client_ip: str, environment: str,
-                          now: float) -> FlagResult:
-        self._settle(now, environment)
-        return self.from_headers(get, client_ip, environment, now)
+    def decide_headers(self, headers: MultiMapping[str], peer: str, trusted: bool,
+                       now: float) -> FlagResult | None:
+        """`decide` without a context: the fields the flags read come straight from the
+        header section (believed only when `trusted`, as `build_context` does)."""
+        if not (self._since <= now < self._until and self.environment == self._settled_for):
+            self._settle(now, self.environment)
+        return self.from_headers(headers, peer, trusted, now)
 
     def _settle(self, now: float, environment: str) -> None:
         today = today_utc(now)
@@ -97,8 +118,9 @@ class FlagPlan:
         constants = {"_since": today * _DAY, "_until": (today + 1) * _DAY,
                      "_environment": environment, "_combos": combos,
                      "_combine": functools.partial(self._combine, combos),
-                     "_resettle_ctx": self._resettle_ctx,
-                     "_resettle_headers": self._resettle_headers}
+                     "_counts": TALLY.groups, "_overrides": self.overrides,
+                     "_version": self.version, "_stale_context": self.stale_context,
+                     "_stale_headers": self.stale_headers}
         try:
             source, namespace = _Generator(self, settled, inline=True).module(constants)
         except _TooLong:
@@ -108,6 +130,10 @@ class FlagPlan:
         self.source = source
         self.from_context = namespace["from_context"]
         self.from_headers = namespace["from_headers"]
+        self._since, self._until = today * _DAY, (today + 1) * _DAY
+        self._settled_for = environment
+        if self.published is not None:
+            self.published(self)
 
     def _combine(self, combos: dict[Outcome, FlagResult], outcome: Outcome) -> FlagResult:
         shown = outcome[:self.shown]
@@ -126,17 +152,10 @@ class _TooLong(Exception):
     """The inlined code would pass INLINE_MAX lines (a dense prerequisite graph)."""
 
 
-_PROLOGUE = {
-    "from_context": ("ctx, now", "ctx.environment", "_resettle_ctx(ctx, now)"),
-    "from_headers": ("get, client_ip, environment, now", "environment",
-                     "_resettle_headers(get, client_ip, environment, now)"),
-}
-
-
 class _Generator:
     """Writes the plan's module for one settled day and environment: `from_context(ctx, now)`
-    and `from_headers(get, client_ip, environment, now)`, which differ only in how they read
-    the context fields.
+    and `from_headers(headers, peer, trusted, now)`, which differ only in how they read the
+    context fields (context.field_source).
 
     A flag's code is a `while True:` block left with `break` at its first decisive step,
     inside `try:` so that an internal error serves the default with reason ERROR, as
@@ -277,7 +296,10 @@ class _Generator:
             body.extend(code)
             decided.add(i)
         body += [f"outcome = ({', '.join(outcome)},)", "found = _combos.get(outcome)",
-                 "return found if found is not None else _combine(outcome)"]
+                 "if found is None:", "    found = _combine(outcome)",
+                 "counted = found.counted",
+                 "_counts[counted] = _counts.get(counted, 0) + 1",  # TALLY.inc_in_flight
+                 "return found"]
         self.constants.update(constants)
 
         source = field_source(plan.settings, self.reads)
@@ -296,10 +318,18 @@ class _Generator:
         text: list[str] = []
         for j, code in self.functions.items():
             text += [f"def _prerequisite_{j}(r, {arguments}):", *fill(code), ""]
-        for name, (parameters, environment, resettle) in _PROLOGUE.items():
-            reading = source.from_context if name == "from_context" else source.from_headers
-            text += [f"def {name}({parameters}):",
-                     f"    if not (_since <= now < _until and {environment} == _environment):",
-                     f"        return {resettle}",
-                     *fill(reading), *fill(body), ""]
+        current = "_since <= now < _until"
+        if plan.overrides is not None:
+            current += " and _overrides.version == _version"
+        text += ["def from_context(ctx, now):",
+                 f"    if not ({current} and ctx.environment == _environment):",
+                 "        return _stale_context(ctx, now)",
+                 *fill(source.from_context), *fill(body), "",
+                 "def from_headers(headers, peer, trusted, now):"]
+        if constants["_environment"] == plan.environment:
+            text += [f"    if not ({current}):",
+                     "        return _stale_headers(headers, peer, trusted, now)",
+                     *fill(source.from_headers), *fill(body), ""]
+        else:  # settled for another environment than the one decisions from headers are in
+            text += ["    return _stale_headers(headers, peer, trusted, now)", ""]
         return "\n".join(text), dict(self.constants)

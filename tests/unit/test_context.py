@@ -143,13 +143,13 @@ def test_generated_field_reading_gives_what_build_context_gives() -> None:
     names = [*CONTEXT_FIELDS, "environment", "attributes.app_version", "attributes.seats",
              "attributes.undeclared"]
     source = field_source(settings, names)
-    code = "\n".join(["def from_headers(get, client_ip, environment):",
+    code = "\n".join(["def from_headers(headers, peer, trusted):",
                       *("    " + line for line in source.from_headers),
                       f"    return {', '.join(source.variables[n] for n in names)}",
                       "def from_context(ctx):",
                       *("    " + line for line in source.from_context),
                       f"    return {', '.join(source.variables[n] for n in names)}"])
-    namespace = dict(source.constants)
+    namespace = {**source.constants, "_environment": "staging"}
     exec(code, namespace)  # noqa: S102
     rng = random.Random(7)
     for _ in range(500):
@@ -159,7 +159,6 @@ def test_generated_field_reading_gives_what_build_context_gives() -> None:
         want = tuple(ctx.get(n) if n != "environment" else ctx.environment for n in names)
         client_ip, peer_trusted = client_address(settings, peer, headers)
         assert (client_ip, peer_trusted) == (ctx.client_ip, trusted)
-        got = namespace["from_headers"](headers.get if trusted else {}.get, client_ip,
-                                        "staging")
+        got = namespace["from_headers"](headers, peer, classify(peer, TRUSTED)[1])
         assert got == want, (headers, peer)
         assert namespace["from_context"](ctx) == want

@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.config.model import ContextSettings, Flag, HeaderSource
-from gateway.context import RequestContext, build_context, client_address
+from gateway.context import RequestContext, build_context
 from gateway.flags import plan as plan_module
 from gateway.flags.definition import parse_definition
 from gateway.flags.evaluate import CompiledFlag, Evaluation, Reason, evaluate
@@ -238,17 +238,17 @@ def test_plan_reading_headers_decides_as_with_a_built_context(mode: str) -> None
         flags = compile_flags({key: random_definition(rng, keys[:i])
                                for i, key in enumerate(keys)})
         shown = [flags[k] for k in rng.sample(keys, rng.randint(1, len(keys)))]
-        plan = FlagPlan(shown, flags, SUMMARY, SETTINGS)
+        environment = rng.choice(["production", "staging"])
+        plan = FlagPlan(shown, flags, SUMMARY, SETTINGS, environment)
         for _ in range(30):
             headers = random_headers(rng)
             peer = rng.choice(["10.9.9.9", "198.51.100.1"])
-            environment = rng.choice(["production", "staging"])
             context, trusted = build_context(SETTINGS, peer, headers, environment=environment)
-            client_ip, _ = client_address(SETTINGS, peer, headers)
             now = at(TODAY)
             want = plan.decide(context, now)
-            got = plan.decide_headers(headers.get if trusted else {}.get, client_ip,
-                                      environment, now)
+            got = plan.decide_headers(headers, peer, trusted, now)
             assert got is want, (plan.source, headers, peer)
+            # The generated code itself, as a caller keeping it (the engine) calls it.
+            assert plan.from_headers(headers, peer, trusted, now) is want
             compared += 1
     assert compared == 1200
