@@ -9,14 +9,18 @@
    alternating (none, all, none, all) so drift hits both alike (target: all >= 95% of none).
 3. With --instructions N: the same two routes' instructions per request under callgrind,
    a count that does not move with the neighbours' load.
+4. With --simultaneous ROUNDS: the two routes loaded at the same time, on two gateways
+   sharing one core, compared round by round.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -192,7 +196,7 @@ def _config(upstream_url: str, reference: dict[str, Any]) -> dict[str, Any]:
 
 def bench_gateway(seconds: int, repeat: int) -> None:
     """`flags: all` vs no flags on two routes of one gateway, pinned, interleaved (perfkit)."""
-    from tests.perf.perfkit import Lab, interleaved, medians, table, with_cpu, wrk
+    from tests.perf.perfkit import Lab, interleaved, medians, rps_ratios, table, with_cpu, wrk
 
     reference = yaml.safe_load((SPEC_DIR / "gateway.yaml").read_text())
     with Lab() as lab:
@@ -210,7 +214,34 @@ def bench_gateway(seconds: int, repeat: int) -> None:
                     title=f"gateway, 1 worker, wrk -c32 -d{seconds}s, 50,000 users, "
                           f"{len(reference['flags'])} reference flags, medians of {repeat}"))
         share = rows["all"].rps / rows["none"].rps
-        print(f"flags: all keeps {share:.1%} of the no-flag rps (target >= 95%)")
+        print(f"flags: all keeps {share:.1%} of the no-flag rps (target >= 95%); median of "
+              f"the per-round ratios {statistics.median(rps_ratios(runs, 'all', 'none')):.1%}")
+
+
+def bench_simultaneous(seconds: int, rounds: int) -> None:
+    """The same comparison with both routes loaded at the same time: two gateway processes
+    of the same config pinned to the same core, one loaded on /none/, the other on /all/
+    (perfkit.simultaneous), so a neighbour's burst hits both alike."""
+    from tests.harness import free_port
+    from tests.perf.perfkit import Lab, medians, rps_ratios, simultaneous, table
+
+    reference = yaml.safe_load((SPEC_DIR / "gateway.yaml").read_text())
+    with Lab() as lab:
+        up = lab.upstream()
+        config = _config(up.url, reference)
+        services = {}
+        for route in ("none", "all"):
+            config["listen"]["port"], config["admin"]["port"] = free_port(), free_port()
+            gw = lab.gateway(config, name=f"gateway-{route}")
+            services[route] = dataclasses.replace(gw, url=f"{gw.url}/{route}")
+        runs = simultaneous(services, rounds=rounds, duration=seconds, path="/x",
+                            lua=WRK_SCRIPT)
+        print(table(medians(runs), ratios=[("all", "none")], runs=runs,
+                    title=f"simultaneous: two gateways sharing one core, wrk -c32 "
+                          f"-d{seconds}s on each, medians of {rounds}"))
+        ratios = rps_ratios(runs, "all", "none")
+        print(f"flags: all keeps {statistics.median(ratios):.1%} of the no-flag rps, median "
+              f"of the per-round ratios ({min(ratios):.1%}-{max(ratios):.1%}; target >= 95%)")
 
 
 def main() -> None:
@@ -218,6 +249,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved gateway rounds")
     parser.add_argument("--no-gateway", action="store_true")
+    parser.add_argument("--simultaneous", type=int, default=0, metavar="ROUNDS",
+                        help="also the simultaneous comparison (two gateways on one core)")
     parser.add_argument("--instructions", type=int, default=0, metavar="N",
                         help="also count instructions per request under callgrind, N requests "
                              "per route (300 takes about a minute)")
@@ -227,6 +260,8 @@ def main() -> None:
         bench_instructions(args.instructions)
     if not args.no_gateway:
         bench_gateway(args.seconds, args.repeat)
+    if args.simultaneous:
+        bench_simultaneous(args.seconds, args.simultaneous)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ machine (issue 2: absolute figures on a shared 2-core box mean little). The piec
   be had), `lab.nginx_proxy(url)`, `lab.naive_proxy(url)`, `lab.gateway(config_dict)`.
 - `wrk(url, ...)` (closed loop: throughput) and `open_loop(url, rate, ...)` (fixed rate:
   latency below saturation), both returning a `LoadResult`.
-- `interleaved({...}, repeat)`: runs A B C A B C ... so drift on a shared machine hits every
+- `interleaved({...}, repeat)`: runs A B C C B A ... so drift on a shared machine hits every
   contender alike; `medians()` and `table()` turn the runs into a printed comparison.
 - `simultaneous({...}, rounds)`: the simultaneous A/B, for changes of a few microseconds
   per request: all servers pinned to the same core and loaded AT THE SAME TIME, so a
@@ -482,14 +482,21 @@ def open_loop(url: str, rate: float, *, duration: float = 5.0, connections: int 
 def interleaved(runs: Mapping[str, Callable[[], LoadResult]], repeat: int = 3,
                 warmup: Callable[[str], None] | None = None, pause: float = 0.5
                 ) -> dict[str, list[LoadResult]]:
-    """Each run `repeat` times in the order A B C A B C ...; `warmup(name)` first, once each."""
+    """Each run `repeat` times, A B C then C B A and so on; `warmup(name)` first, once each.
+
+    The order turns round each time because going second is not neutral here: an A/A run
+    (the same route measured as 'first' and 'second', 9 rounds of 5 s, 2026-11-27) read the
+    second at 0.95x the first by median rps, though the median of the per-round ratios was
+    0.997.
+    """
     if warmup is not None:
         for name in runs:
             warmup(name)
     results: dict[str, list[LoadResult]] = {name: [] for name in runs}
     for round_no in range(repeat):
-        for name, run in runs.items():
-            result = run()
+        order = list(runs) if round_no % 2 == 0 else list(runs)[::-1]
+        for name in order:
+            result = runs[name]()
             results[name].append(result)
             say(f"round {round_no + 1}/{repeat} {name}: {result.rps:,.0f} rps, "
                 f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms"
@@ -502,7 +509,8 @@ def interleaved(runs: Mapping[str, Callable[[], LoadResult]], repeat: int = 3,
 
 
 def simultaneous(services: Mapping[str, Service], rounds: int = 7, duration: float = 3.0,
-                 connections: int = 32, path: str = "/bench") -> dict[str, list[LoadResult]]:
+                 connections: int = 32, path: str = "/bench", lua: str = ""
+                 ) -> dict[str, list[LoadResult]]:
     """The simultaneous A/B: every service loaded by its own wrk at the same time, `rounds` times.
 
     On this shared 2-core machine a neighbour's burst moves one measurement by more than a
@@ -514,7 +522,7 @@ def simultaneous(services: Mapping[str, Service], rounds: int = 7, duration: flo
     one-second warm-up first.
     """
     for service in services.values():
-        wrk(service.url + path, duration=1, connections=connections)
+        wrk(service.url + path, duration=1, connections=connections, lua=lua)
     results: dict[str, list[LoadResult]] = {name: [] for name in services}
     names = list(services)
     for round_no in range(rounds):
@@ -522,7 +530,7 @@ def simultaneous(services: Mapping[str, Service], rounds: int = 7, duration: flo
 
         def run(name: str, done: dict[str, LoadResult] = done) -> None:
             load = partial(wrk, services[name].url + path, duration=duration,
-                           connections=connections)
+                           connections=connections, lua=lua)
             done[name] = with_cpu(services[name].pid, load)
 
         order = names if round_no % 2 == 0 else names[::-1]
@@ -540,6 +548,11 @@ def simultaneous(services: Mapping[str, Service], rounds: int = 7, duration: flo
             f"{name} {done[name].rps:,.0f} rps {done[name].extra['cpu_us']:.1f} us/req"
             for name in names))
     return results
+
+
+def rps_ratios(results: Mapping[str, Sequence[LoadResult]], a: str, b: str) -> list[float]:
+    """Per-round rps ratios a / b (of `interleaved` or `simultaneous` rounds)."""
+    return [x.rps / y.rps for x, y in zip(results[a], results[b], strict=True)]
 
 
 def paired(results: Mapping[str, Sequence[LoadResult]], a: str, b: str) -> list[float]:
