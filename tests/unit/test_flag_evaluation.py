@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import time
 from typing import Any
 
 import mmh3
 import pytest
+from multidict import CIMultiDict
 
 from gateway.config import load_config
 from gateway.config.model import Config, ContextSettings, HeaderSource
@@ -29,6 +31,7 @@ from gateway.flags.evaluate import (
     thresholds,
 )
 from gateway.flags.render import header_name, header_value, sf_item, summary_member
+from gateway.flags.store import FlagOverrides
 from tests.harness import SPEC_DIR
 
 CONFIG = Config(source="test", environment="production", context=ContextSettings(
@@ -406,3 +409,33 @@ def test_engine_headers_for_reference_config_flags_all_route() -> None:
         "X-Flag-New-Dashboard", "X-Flag-Beta-Reports", "X-Feature-Flags"]
     market = next(r for r in config.routes if r.name == "market")
     assert engine.decide(market, c) is None
+
+
+def test_engine_deciders_follow_runtime_changes_on_the_very_next_call() -> None:
+    """The deciders the pipeline keeps per route (the plans' generated code) notice a run-time
+    change by themselves: from a context and from the header section alike."""
+    config = load_config(str(SPEC_DIR / "gateway.yaml"))
+    overrides = FlagOverrides()
+    engine = FlagEngine(config, overrides)
+    route = config.routes[-1]  # flags: all
+    c = ctx(user_id="u1", environment=config.environment)
+    headers = CIMultiDict({"X-User-Id": "u1"})
+
+    def served() -> list[dict[str, str]]:
+        by_context = engine.by_context[route.name](c, time.time())
+        by_headers = engine.by_headers[route.name](headers, "127.0.0.1", True, time.time())
+        assert by_context is not None and by_headers is not None
+        return [dict(by_context.fields.pairs), dict(by_headers.fields.pairs)]
+
+    for seen in served():
+        assert seen["X-Flag-Maintenance-Mode"] == "false" and "X-Flag-Dark-Mode" not in seen
+    kept = (engine.by_context[route.name], engine.by_headers[route.name])
+    overrides.apply("maintenance_mode", {"type": "operational", "default": False})
+    overrides.apply("dark_mode", {"type": "boolean", "default": False, "rollout": 100})
+    # What a caller kept from before the change still answers for the new flag set.
+    after = [kept[0](c, time.time()), kept[1](headers, "127.0.0.1", True, time.time())]
+    for result in after:
+        assert result is not None
+        assert dict(result.fields.pairs)["X-Flag-Maintenance-Mode"] == "true"
+    for seen in served():
+        assert seen["X-Flag-Maintenance-Mode"] == "true" and seen["X-Flag-Dark-Mode"] == "true"
