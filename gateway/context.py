@@ -304,9 +304,11 @@ def field_source(settings: ContextSettings, names: Iterable[str]) -> FieldSource
             fields += [f"{v} = get(_h_{v})",
                        f"{v} = ({v}.strip() if {v} is not None else _d_{v}) or None"]
             continue
+        if name not in CONTEXT_FIELDS:  # never a name of the request's into the code
+            raise ValueError(f"not a context field: {name!r}")
         context.append(f"{v} = ctx.{name}")
         field = settings.fields.get(name)
-        if field is None or name not in CONTEXT_FIELDS:
+        if field is None:
             fields.append(f"{v} = None")
             continue
         constants[f"_h_{v}"], constants[f"_d_{v}"] = istr(field.header.lower()), field.default
