@@ -16,6 +16,7 @@ is `livesum`, set from this process's count), and /metrics sums the files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 from gateway import metrics
 
 GROUPS_EVERY = 1.0  # seconds between two applications of the counter groups (see below)
+
 
 def observe_many(child: Any, amounts: Sequence[float]) -> None:
     """What `child.observe(a) for a in amounts` does, with one increment per bucket.
@@ -70,6 +72,7 @@ class Tally:
         # place), so generated flag code can count into it without a call.
         self.groups: dict[CounterGroup, int] = {}
         self._groups_due = 0.0  # monotonic time the groups are next applied by a flush
+        self._groups_timer: asyncio.TimerHandle | None = None
         # The loop a flush is queued on; None when none is. A loop that closed with one
         # queued (tests run one loop each) is simply replaced by the next one.
         self._queued_on: asyncio.AbstractEventLoop | None = None
@@ -124,6 +127,10 @@ class Tally:
         self._queued_on = loop
         loop.call_soon(self.flush)
 
+    def _groups_timer_fired(self) -> None:
+        self._groups_timer = None
+        self.flush(everything=True)
+
     def apply_all(self) -> None:
         """Everything gathered so far, counter groups included: before /metrics is read."""
         self.flush(everything=True)
@@ -145,6 +152,11 @@ class Tally:
                 for child in group.children:
                     counts[child] = counts.get(child, 0) + n
             groups.clear()
+        elif groups and self._groups_timer is None:
+            # Held back: applied within the second even if no request comes to flush.
+            with contextlib.suppress(RuntimeError):  # no loop: a script, a unit test
+                self._groups_timer = asyncio.get_running_loop().call_later(
+                    GROUPS_EVERY, self._groups_timer_fired)
         for child, n in counts.items():
             child._value.inc(n)
         durations, self._durations = self._durations, {}

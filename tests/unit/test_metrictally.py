@@ -153,3 +153,30 @@ def test_outside_a_loop_updates_apply_at_once() -> None:
     tally = Tally()
     tally.inc(counter)
     assert counter._value.get() == 1
+
+
+async def test_held_back_groups_are_applied_within_the_interval_without_more_requests(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from gateway import metrictally
+
+    monkeypatch.setattr(metrictally, "GROUPS_EVERY", 0.05)
+    counter = Counter("tally_test_timer", "test", ("flag",), registry=CollectorRegistry())
+    a = counter.labels("a")
+    tally = metrictally.Tally()
+    group = metrictally.CounterGroup([a])
+    tally.started()
+    tally.inc_in_flight(group)
+    tally.finished("r", "GET", "200", 0.001)
+    await asyncio.sleep(0)
+    assert a._value.get() == 1  # the first flush applies at once
+    tally.started()
+    tally.inc_in_flight(group)
+    tally.finished("r", "GET", "200", 0.001)
+    await asyncio.sleep(0)
+    assert a._value.get() == 1  # held back ...
+    await asyncio.sleep(0.2)
+    assert a._value.get() == 2  # ... and applied though no request came since
