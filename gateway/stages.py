@@ -48,7 +48,7 @@ class CacheStage(Protocol):
 @dataclass(frozen=True, slots=True)
 class FlagResult:
     """What the flag stage decided for one request: the fields the upstream gets, and the
-    evaluations to count (once the request is done, with its other metrics)."""
+    evaluations it counted (the metric's children, incremented together)."""
 
     fields: AddedFields
     counted: CounterGroup
