@@ -166,8 +166,9 @@ def test_internal_error_and_cycle_fail_closed_like_evaluate(mode: str) -> None:
         parsed[key] = flag
     cyclic = {key: CompiledFlag(flag) for key, flag in parsed.items()}
     plan = FlagPlan([cyclic["a"], cyclic["b"]], cyclic, SUMMARY)
-    want, _ = reference([cyclic["a"], cyclic["b"]], cyclic, ctx(), TODAY)
-    assert served(plan, ctx())[0] == want
+    want, counted = reference([cyclic["a"], cyclic["b"]], cyclic, ctx(), TODAY)
+    # Same headers and the same evaluations counted (PREREQUISITE_FAILED, not ERROR).
+    assert served(plan, ctx()) == (want, counted)
     assert [v for _, v in want[:2]] == ["false", "false"]
 
 
