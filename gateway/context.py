@@ -292,34 +292,30 @@ def field_source(settings: ContextSettings, names: Iterable[str]) -> FieldSource
             context.append(f"{name} = ctx.{name}")
             continue
         v = variables[name] = f"v{sum(1 for n in variables if n not in _ARGUMENTS)}"
+        # Each as _Reader.build: an attribute header that is absent takes the default and
+        # a blank one is no attribute; a blank field takes its default like an absent one.
         if name.startswith("attributes."):
             attribute = name[len("attributes."):]
             constants[f"_n_{v}"] = attribute
             context.append(f"{v} = ctx.attributes.get(_n_{v})")
             source = settings.attributes.get(attribute)
-            if source is None:
-                fields.append(f"{v} = None")
-                continue
-            constants[f"_h_{v}"], constants[f"_d_{v}"] = istr(source.header.lower()), source.default
-            fields += [f"{v} = get(_h_{v})",
-                       f"{v} = ({v}.strip() if {v} is not None else _d_{v}) or None"]
-            continue
-        if name not in CONTEXT_FIELDS:  # never a name of the request's into the code
-            raise ValueError(f"not a context field: {name!r}")
-        context.append(f"{v} = ctx.{name}")
-        field = settings.fields.get(name)
-        if field is None:
+            value = f"({v}.strip() if {v} is not None else _d_{v}) or None"
+        else:
+            if name not in CONTEXT_FIELDS:  # never a name of the request's into the code
+                raise ValueError(f"not a context field: {name!r}")
+            context.append(f"{v} = ctx.{name}")
+            source = settings.fields.get(name)
+            value = f"({v}.strip() or _d_{v}) if {v} is not None else _d_{v}"
+        if source is None:
             fields.append(f"{v} = None")
             continue
-        constants[f"_h_{v}"], constants[f"_d_{v}"] = istr(field.header.lower()), field.default
-        fields += [f"{v} = get(_h_{v})",
-                   f"{v} = ({v}.strip() or _d_{v}) if {v} is not None else _d_{v}"]
+        constants[f"_h_{v}"], constants[f"_d_{v}"] = istr(source.header.lower()), source.default
+        fields += [f"{v} = get(_h_{v})", f"{v} = {value}"]
         if name == "api_key":
             fields.append(f"{v} = _hash_api_key({v}) if {v} else {v}")
     # Identity headers are believed only from a trusted peer (build_context).
-    uses_get = any("get(" in line for line in fields)
     trusted, untrusted = [], []
-    if uses_get:
+    if any(name.startswith("_h_") for name in constants):  # some header is read
         trusted.append("get = headers.get")
         untrusted.append("get = _nothing")
     if "client_ip" in variables:
