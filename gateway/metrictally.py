@@ -68,8 +68,15 @@ class Tally:
         self._requests: dict[tuple[str, str, str], int] = {}
         self._durations: dict[Any, list[float]] = {}  # histogram child -> observations
         self._counts: dict[Any, int] = {}  # counter child -> increments
-        # counter group -> increments; the same dict for the process's life (emptied in
-        # place), so generated flag code can count into it without a call.
+        # Counter group -> increments, counted by whoever decides one (the flags' generated
+        # code: `groups[g] = groups.get(g, 0) + 1`, no call), for a request between
+        # `started` and `finished`; the same dict for the process's life, emptied in place.
+        # One update however many counters a group holds (a request's whole set of flag
+        # outcomes). Groups are applied at most once per GROUPS_EVERY seconds (a timer sees
+        # to it when requests stop), and whenever /metrics is rendered (`apply_all`):
+        # spreading a few groups over their counters each loop turn cost ~2,500
+        # instructions per request (callgrind, tests/perf/bench_flags.py's routes). In
+        # multiprocess mode another worker's flag counters may lag by up to that second.
         self.groups: dict[CounterGroup, int] = {}
         self._groups_due = 0.0  # monotonic time the groups are next applied by a flush
         self._groups_timer: asyncio.TimerHandle | None = None
@@ -101,19 +108,6 @@ class Tally:
         counts = self._counts
         counts[child] = counts.get(child, 0) + 1
         self._schedule()
-
-    def inc_in_flight(self, group: CounterGroup) -> None:
-        """`inc` of every counter in `group`, for a request between `started` and `finished`.
-
-        One dict update however many counters the group holds: a request with several flags
-        counts its whole set of outcomes as one group. Groups are applied at most once per
-        GROUPS_EVERY seconds, and whenever /metrics is rendered (`apply_all`): spreading a
-        few groups over their counters each loop turn cost ~2,500 instructions per request
-        (callgrind, tests/perf/bench_flags.py's routes). In multiprocess mode another
-        worker's flag counters may therefore lag by up to that second.
-        """
-        groups = self.groups
-        groups[group] = groups.get(group, 0) + 1
 
     def _schedule(self) -> None:
         queued = self._queued_on

@@ -300,7 +300,7 @@ class _Generator:
         body += [f"outcome = ({', '.join(outcome)},)", "found = _combos.get(outcome)",
                  "if found is None:", "    found = _combine(outcome)",
                  "counted = found.counted",
-                 "_counts[counted] = _counts.get(counted, 0) + 1",  # TALLY.inc_in_flight
+                 "_counts[counted] = _counts.get(counted, 0) + 1",  # TALLY.groups
                  "return found"]
         self.constants.update(constants)
 
