@@ -36,6 +36,12 @@ from multidict import CIMultiDict
 from gateway.config.model import Upstream
 
 READ_BUFFER = 64 * 1024  # per connection; reading pauses at twice this (aiohttp's default)
+def with_fields(head: bytes, fields: bytes) -> bytes:
+    """A serialized head (ending in its empty line) with serialized fields ("name: value"
+    and CRLF each) added after its own."""
+    return b"".join((head[:-2], fields, b"\r\n"))
+
+
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _EMPTY_BODY_MEANS_ZERO = frozenset({"POST", "PUT", "PATCH"})
 
@@ -247,7 +253,7 @@ class H1Pool:
         except ValueError:
             raise UpstreamError(400, "a request header holds a control character") from None
         if added:
-            head = head[:-2] + added + b"\r\n"
+            head = with_fields(head, added)
         retry = method in _IDEMPOTENT and not isinstance(body, StreamedBody)
         try:
             async with asyncio.timeout_at(deadline):

@@ -26,6 +26,7 @@ from gateway.h1client import (
     Response,
     StreamedBody,
     UpstreamError,
+    with_fields,
 )
 
 SMALL_BODY = 64 * 1024  # at most this many bytes, already received, are relayed as bytes
@@ -368,7 +369,7 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
             varying = exchange.headers
             varying.extend(extra)
             head = _serialize_headers(f"HTTP/1.1 {exchange.status} {reason}", varying)
-            head = b"".join((head[:-2], stored.raw, b"\r\n"))
+            head = with_fields(head, stored.raw)
             prebuilt = _Prebuilt(exchange.status, exchange.reason, head, len(body))
             try:
                 await prebuilt.prepare(request)
