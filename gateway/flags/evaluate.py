@@ -239,9 +239,9 @@ class CompiledFlag:
         return self.r_error
 
 
+_LOGGED: set[str] = set()  # flags whose failed evaluation has been logged
 # Stands in memo for a flag being evaluated: a prerequisite cycle (only possible through
 # a bad runtime change) then reads as a falsy prerequisite instead of recursing forever.
-_LOGGED: set[str] = set()
 IN_PROGRESS = Evaluation(flag="", value=None, variant="", reason=Reason.PREREQUISITE_FAILED)
 
 
