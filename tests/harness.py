@@ -358,3 +358,36 @@ async def gather_limited(coros: list[Awaitable[Any]], limit: int = 200) -> list[
             return await c
 
     return await asyncio.gather(*(one(c) for c in coros))
+
+
+# ---------------------------------------------------------------- reference config + next/
+
+def _merge_spec(base: Any, extra: Any) -> Any:
+    """Mappings merge key by key; `routes` entries merge by `name` (spec/next/README.md)."""
+    if isinstance(base, dict) and isinstance(extra, dict):
+        merged = dict(base)
+        for key, value in extra.items():
+            if key == "routes" and isinstance(value, list) and isinstance(base.get(key), list):
+                routes = [dict(r) for r in base[key]]
+                by_name = {r.get("name"): r for r in routes}
+                for route in value:
+                    if route.get("name") in by_name:
+                        by_name[route["name"]].update(_merge_spec(by_name[route["name"]],
+                                                                  route))
+                    else:
+                        routes.append(route)
+                merged[key] = routes
+            else:
+                merged[key] = _merge_spec(base.get(key), value) if key in base else value
+        return merged
+    return extra
+
+
+def reference_config_with(tmp_path: Path, *names: str) -> Path:
+    """The reference config with the keys of spec/next/<name>.yaml merged in, as a file."""
+    data = yaml.safe_load((SPEC_DIR / "gateway.yaml").read_text())
+    for name in names:
+        data = _merge_spec(data, yaml.safe_load((SPEC_DIR / "next" / f"{name}.yaml").read_text()))
+    path = tmp_path / "reference-merged.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

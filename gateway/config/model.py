@@ -36,6 +36,21 @@ class Action(enum.StrEnum):
     DEGRADE = "degrade"
 
 
+class EscapedSlashes(enum.StrEnum):
+    """What an encoded slash or backslash (%2F, %5C) in a request path gets."""
+
+    KEEP = "keep"  # stays encoded and never separates segments
+    REJECT = "reject"  # 400
+
+
+class WhenAbsent(enum.StrEnum):
+    """What a rule does for a request that lacks the value its scope counts per."""
+
+    SKIP = "skip"  # the rule does not apply
+    IP = "ip"  # counted per client IP instead
+    REJECT = "reject"  # refused: the rule cannot count the request
+
+
 class HeaderStyle(enum.StrEnum):
     IETF = "ietf"
     LEGACY = "legacy"
@@ -91,12 +106,20 @@ class Listen:
     host: str = "0.0.0.0"
     port: int = 8080
     max_header_size: int = 16 * 1024
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    body_timeout: float = 30.0
+    max_connections: int = 10_000
+    merge_slashes: bool = True
+    escaped_slashes: EscapedSlashes = EscapedSlashes.KEEP
+    underscores_in_headers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Logging:
     level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
+    bad_request_lines_per_second: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +195,7 @@ class RateLimitRule:
     tiers: dict[str, TierOverride] = field(default_factory=dict)
     degrade_upstream: str | None = None
     shadow: bool = False
+    when_absent: WhenAbsent = WhenAbsent.SKIP
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +327,7 @@ class Config:
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     rate_limit_headers: HeaderStyle = HeaderStyle.IETF
     rate_limits: dict[str, RateLimitRule] = field(default_factory=dict)
+    rate_limits_local_max_keys: int = 100_000
     cache: CacheSettings = CacheSettings()
     flag_headers: FlagHeaders = FlagHeaders()
     flags: dict[str, Flag] = field(default_factory=dict)

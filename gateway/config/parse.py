@@ -34,13 +34,19 @@ from gateway.units import parse_duration, parse_size
 
 TOP_KEYS = (
     "environment", "listen", "workers", "drain_timeout", "logging", "admin", "redis",
-    "context", "upstreams", "rate_limit_headers", "rate_limits", "cache", "flag_headers",
+    "context", "upstreams", "rate_limit_headers", "rate_limits", "rate_limits_local_max_keys",
+    "cache", "flag_headers",
     "flags", "experiments", "routes",
 )
 RULE_KEYS = (
     "algorithm", "scope", "limit", "window", "burst", "action", "max_wait", "queue_size",
-    "tiers", "degrade_upstream", "shadow",
+    "tiers", "degrade_upstream", "shadow", "when_absent",
 )
+LISTEN_KEYS = (
+    "host", "port", "max_header_size", "header_timeout", "idle_timeout", "body_timeout",
+    "max_connections", "merge_slashes", "escaped_slashes", "underscores_in_headers",
+)
+LOGGING_KEYS = ("level", "access_log", "bad_request_lines_per_second")
 FLAG_KEYS = (
     "description", "owner", "status", "type", "default", "rollout", "bucket_by",
     "environments", "tiers", "expires", "variants", "prerequisites", "targeting", "kill_switch",
@@ -125,6 +131,14 @@ def parse_listen(s: Section | None) -> m.Listen:
         host=s.get("host", string, "0.0.0.0"),
         port=s.get("port", integer(0, 65535), 8080),
         max_header_size=s.get("max_header_size", size, 16 * 1024),
+        header_timeout=s.get("header_timeout", positive_duration, 10.0),
+        idle_timeout=s.get("idle_timeout", positive_duration, 60.0),
+        body_timeout=s.get("body_timeout", positive_duration, 30.0),
+        max_connections=s.get("max_connections", integer(1, 1_000_000), 10_000),
+        merge_slashes=s.get("merge_slashes", boolean, True),
+        escaped_slashes=m.EscapedSlashes(
+            s.get("escaped_slashes", choice(list(m.EscapedSlashes)), "keep") or "keep"),
+        underscores_in_headers=s.get("underscores_in_headers", boolean, False),
     )
 
 
@@ -134,6 +148,8 @@ def parse_logging(s: Section | None) -> m.Logging:
     return m.Logging(
         level=s.get("level", choice(("debug", "info", "warning", "error")), "info"),
         access_log=s.get("access_log", boolean, True),
+        bad_request_lines_per_second=s.get("bad_request_lines_per_second",
+                                           integer(0, 1_000_000), 10),
     )
 
 
@@ -249,13 +265,17 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
         max_wait = 1.0
     if "queue_size" in s and action != "queue":
         s.error("queue_size", "applies only to action queue")
+    rule_scope = s.get("scope", scope)
+    if "when_absent" in s and rule_scope is not None and rule_scope.kind in ("global", "ip"):
+        s.error("when_absent", f"a {rule_scope.kind} rule always has its value; when_absent "
+                "applies to rules scoped by user, tenant, api_key or an attribute")
     degrade = s.get("degrade_upstream", string, None)
     if degrade is not None and action != "degrade":
         s.error("degrade_upstream", f"applies only to action degrade, not {action}")
     return m.RateLimitRule(
         name=name,
         algorithm=m.Algorithm(algorithm) if algorithm else m.Algorithm.TOKEN_BUCKET,
-        scope=s.get("scope", scope),
+        scope=rule_scope,
         limit=s.get("limit", integer(1)),
         window=s.get("window", positive_duration),
         burst=s.get("burst", integer(0), 0),
@@ -265,6 +285,8 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
         tiers=tiers,
         degrade_upstream=degrade,
         shadow=s.get("shadow", boolean, False),
+        when_absent=m.WhenAbsent(
+            s.get("when_absent", choice(list(m.WhenAbsent)), "skip") or "skip"),
     )
 
 
@@ -734,10 +756,10 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
     config = m.Config(
         source=file,
         environment=environment or "production",
-        listen=parse_listen(top.section("listen", ("host", "port", "max_header_size"))),
+        listen=parse_listen(top.section("listen", LISTEN_KEYS)),
         workers=workers or 1,
         drain_timeout=top.get("drain_timeout", duration, 15.0),
-        logging=parse_logging(top.section("logging", ("level", "access_log"))),
+        logging=parse_logging(top.section("logging", LOGGING_KEYS)),
         admin=parse_admin(top.section("admin", ("host", "port", "token_env"))),
         redis=redis_settings,
         context=context,
@@ -745,6 +767,8 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
         rate_limit_headers=m.HeaderStyle(
             top.get("rate_limit_headers", choice(list(m.HeaderStyle)), "ietf") or "ietf"),
         rate_limits=rules,
+        rate_limits_local_max_keys=top.get("rate_limits_local_max_keys",
+                                           integer(1, 100_000_000), 100_000) or 100_000,
         cache=cache,
         flag_headers=flag_headers,
         flags=flags,

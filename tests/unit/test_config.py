@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, load_config
-from gateway.config.model import Algorithm, FailureMode, HeaderStyle
-from tests.harness import REPO, SPEC_DIR
+from gateway.config.model import (
+    Algorithm,
+    EscapedSlashes,
+    FailureMode,
+    HeaderStyle,
+    WhenAbsent,
+)
+from tests.harness import REPO, SPEC_DIR, reference_config_with
 
 
 def check(tmp_path: Path, text: str) -> list[str]:
@@ -46,6 +52,27 @@ def test_reference_config_from_the_contract_passes() -> None:
     assert config.routes[-1].flags == tuple(config.flags)  # flags: all
     assert config.routes[2].upstream.for_method("GET") == "api_replica"
     assert config.routes[2].upstream.for_method("POST") == "api"
+
+
+def test_reference_config_with_the_hardening_keys_passes(tmp_path: Path) -> None:
+    config = load_config(str(reference_config_with(tmp_path, "hardening")))
+    listen = config.listen
+    assert (listen.header_timeout, listen.idle_timeout, listen.body_timeout) == (10, 60, 30)
+    assert listen.max_connections == 10_000 and listen.merge_slashes
+    assert listen.escaped_slashes is EscapedSlashes.KEEP and not listen.underscores_in_headers
+    assert config.logging.bad_request_lines_per_second == 10
+    assert config.rate_limits_local_max_keys == 100_000
+    assert config.rate_limits["user_requests"].when_absent is WhenAbsent.IP
+    assert config.rate_limits["tenant_requests"].when_absent is WhenAbsent.SKIP
+
+
+def test_when_absent_is_refused_where_the_scope_is_always_there(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text(MINIMAL + "rate_limits:\n  r: {algorithm: fixed_window, scope: ip, limit: 1, window: 1s, "
+                    "when_absent: reject}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    assert "when_absent applies to rules scoped by user" in str(info.value.issues[0])
 
 
 def test_cli_check_passes_on_reference_file() -> None:
