@@ -17,13 +17,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -102,80 +97,29 @@ def _request(route: str, n: int) -> bytes:
             f"X-App-Version: 2.{n % 12}.0\r\n\r\n").encode()
 
 
-def _drive(port: int, route: str, count: int, first: int, connections: int = 4) -> None:
-    """`count` requests over `connections` keep-alive sockets, one in flight on each."""
-    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
-    for start in range(0, count, connections):
-        for i, sock in enumerate(socks):
-            sock.sendall(_request(route, first + start + i))
-        for sock in socks:
-            data = b""
-            while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < int(
-                    re.search(rb"(?i)content-length: *(\d+)", data).group(1)):  # type: ignore[union-attr]
-                data += sock.recv(65536)
-            assert data.startswith(b"HTTP/1.1 200"), data[:200]
-    for sock in socks:
-        sock.close()
+def _drive(port: int, route: str, count: int, first: int) -> None:
+    from tests.perf.perfkit import drive_keepalive
+
+    drive_keepalive(port, lambda n: _request(route, n), count, first)
 
 
 def bench_instructions(requests: int) -> None:
-    """Instructions per request of the gateway process on both routes, under callgrind.
+    """Instructions per request of the gateway process on both routes, under callgrind."""
+    from tests.perf.perfkit import Lab, instructions_per_request
 
-    Counting instructions is repeatable whatever the neighbours do (wrk's rps moved by
-    +-15% between rounds on the shared machine); it leaves out the kernel's work and cache
-    misses, so it is a guide to the gap, not a throughput figure.
-    """
-    from tests.harness import write_config
-    from tests.perf.perfkit import Lab
-
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        print("instructions: valgrind not installed (apt-get install valgrind), skipped")
-        return
     reference = yaml.safe_load((SPEC_DIR / "gateway.yaml").read_text())
-    with Lab() as lab, tempfile.TemporaryDirectory() as out:
+    with Lab() as lab:
         up = lab.upstream()
         config = _config(up.url, reference)
         port = config["listen"]["port"]
-        path = write_config(lab.dir, config, "callgrind.yaml")
-        proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-             f"--callgrind-out-file={out}/cg.out", sys.executable, "-m", "gateway", "run",
-             "--config", str(path)], cwd=REPO, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-
-        def control(*args: str) -> None:
-            subprocess.run(["callgrind_control", *args, str(proc.pid)], capture_output=True,
-                           check=False)
-
         try:
-            wait = time.monotonic() + 120
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port)).close()
-                    break
-                except OSError:
-                    if time.monotonic() > wait or proc.poll() is not None:
-                        raise RuntimeError("the gateway did not start under valgrind") from None
-                    time.sleep(0.5)
-            for route in ("none", "all"):
-                _drive(port, route, 400, first=0)  # warm: plans, memos, connections
-            counts: dict[str, list[float]] = {"none": [], "all": []}
-            for round_ in range(2):
-                for route in ("none", "all"):
-                    control("-z")  # counters to zero, count only while the requests run
-                    control("-i", "on")
-                    _drive(port, route, requests, first=1000 + round_ * requests)
-                    control("-i", "off")
-                    control("-d")  # write the counts out
-                    time.sleep(1)
-                    newest = max(Path(out).glob("cg.out*"), key=lambda p: p.stat().st_mtime)
-                    totals = [line for line in newest.read_text().splitlines()
-                              if line.startswith(("summary:", "totals:"))]
-                    counts[route].append(int(totals[-1].split()[1]) / requests)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-    none, all_ = min(counts["none"]), min(counts["all"])
+            counts = instructions_per_request(
+                config, lambda route, count, first: _drive(port, route, count, first),
+                ("none", "all"), requests)
+        except RuntimeError as exc:
+            print(f"instructions: {exc}, skipped")
+            return
+    none, all_ = counts["none"], counts["all"]
     print(f"instructions per request (callgrind, {requests} requests per route, best of 2): "
           f"none {none:,.0f}, all {all_:,.0f}: flags add {all_ - none:,.0f} "
           f"({all_ / none - 1:.1%}); none/all {none / all_:.1%}")

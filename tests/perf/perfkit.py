@@ -30,7 +30,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -360,6 +362,77 @@ class Lab:
         service = Service(name, handle.url, handle.proc.pid, stop, self.layout.server)
         self.services.append(service)
         return service
+
+
+def drive_keepalive(port: int, make_request: Callable[[int], bytes], count: int, first: int,
+                    connections: int = 4) -> None:
+    """`count` requests (the n-th is `make_request(n)`) over `connections` keep-alive
+    sockets, one in flight on each; every answer must be a 200 with a Content-Length."""
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+    for start in range(0, count, connections):
+        for i, sock in enumerate(socks):
+            sock.sendall(make_request(first + start + i))
+        for sock in socks:
+            data = b""
+            while True:
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head) if _ else None
+                if length is not None and len(body) >= int(length.group(1)):
+                    break
+                data += sock.recv(65536)
+            assert data.startswith(b"HTTP/1.1 200"), data[:200]
+    for sock in socks:
+        sock.close()
+
+
+def instructions_per_request(config: dict[str, Any], drive: Callable[[str, int, int], None],
+                             labels: Sequence[str], requests: int, warm: int = 400,
+                             source: Path | None = None, rounds: int = 2) -> dict[str, float]:
+    """Instructions per request of a gateway process under callgrind, per label.
+
+    `drive(label, count, first)` sends `count` requests of kind `label` to the gateway on
+    `config`'s port and waits for their answers. Each label is counted `rounds` times with
+    the counters zeroed before and dumped after, and the least is kept. Counting is
+    repeatable whatever the neighbours do (wrk's rps moved by +-15% between rounds on the
+    shared machine); it leaves out the kernel's work and cache misses, so it is a guide to
+    a gap, not a throughput figure. `source`: the gateway package of another checkout.
+    """
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise RuntimeError("valgrind not installed (apt-get install valgrind)")
+    cwd = source or REPO
+    with tempfile.TemporaryDirectory() as out:
+        path = write_config(Path(out), config, "callgrind.yaml")
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+             f"--callgrind-out-file={out}/cg.out", PYTHON, "-m", "gateway", "run",
+             "--config", str(path)], cwd=cwd, env=dict(os.environ, PYTHONPATH=str(cwd)),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def control(*args: str) -> None:
+            subprocess.run(["callgrind_control", *args, str(proc.pid)], capture_output=True,
+                           check=False)
+
+        counts: dict[str, list[float]] = {label: [] for label in labels}
+        try:
+            wait_for_port(config["listen"]["port"], timeout=120, proc=proc)
+            for label in labels:
+                drive(label, warm, 0)  # plans, memos, connections
+            for round_ in range(rounds):
+                for label in labels:
+                    control("-z")  # counters to zero, count only while the requests run
+                    control("-i", "on")
+                    drive(label, requests, 1000 + round_ * requests)
+                    control("-i", "off")
+                    control("-d")  # write the counts out
+                    time.sleep(1)
+                    newest = max(Path(out).glob("cg.out*"), key=lambda p: p.stat().st_mtime)
+                    totals = [line for line in newest.read_text().splitlines()
+                              if line.startswith(("summary:", "totals:"))]
+                    counts[label].append(int(totals[-1].split()[1]) / requests)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return {label: min(values) for label, values in counts.items()}
 
 
 def gateway_config(upstream_url: str, **overrides: Any) -> dict[str, Any]:
