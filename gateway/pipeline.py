@@ -21,9 +21,15 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway import metrics
-from gateway.accesslog import AccessRecord
+from gateway.accesslog import AccessLog, AccessRecord
 from gateway.config.model import Config, Route
-from gateway.context import RequestContext, build_context, classify, identity_headers
+from gateway.context import (
+    RequestContext,
+    build_context,
+    classify,
+    client_address,
+    identity_headers,
+)
 from gateway.h1client import BodyTooLarge, UpstreamError
 from gateway.metrictally import TALLY
 from gateway.problem import problem
@@ -135,7 +141,7 @@ def _context(config: Config, request: web.BaseRequest) -> tuple[RequestContext, 
 
 
 class Pipeline:
-    def __init__(self, runtime: Runtime, access_log: logging.Logger | None = None) -> None:
+    def __init__(self, runtime: Runtime, access_log: AccessLog | None = None) -> None:
         self.runtime = runtime
         self.access_log = access_log
 
@@ -164,7 +170,7 @@ class Pipeline:
             TALLY.finished(route_label, metrics.method_label(request.method),
                            str(record.status), duration)
             if self.access_log is not None:
-                self.access_log.info(record.to_json())
+                self.access_log.write(record)
 
     async def _walk(self, rt: Runtime, request: web.BaseRequest, request_id: str,
                     record: AccessRecord) -> web.StreamResponse:
@@ -185,12 +191,16 @@ class Pipeline:
         limited = rt.limited and bool(route.rate_limits)  # only a route's own rules apply
         ctx: RequestContext | None = None
         trusted: bool | None = None  # whether the peer is a trusted proxy, once asked
-        # The context feeds limits and the access log; a route that has neither never builds
-        # one. Its flags then read just the fields they use (FlagStage.by_headers), and
-        # the upstream header policy asks only whether the peer is trusted.
-        if limited or self.access_log is not None:
+        # The whole context feeds limits only; a route without rules never builds one. Its
+        # flags then read just the fields they use (FlagStage.by_headers), the access log
+        # just the client address, and the upstream header policy asks only whether the
+        # peer is trusted.
+        if limited:
             ctx, trusted = _context(config, request)
             record.client_ip = ctx.client_ip
+        elif self.access_log is not None:
+            record.client_ip, trusted = client_address(config.context, request.remote or "",
+                                                       request.headers)
         websocket = _is_websocket(request)
 
         length = request.content_length

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway import metrics
-from gateway.accesslog import access_logger
+from gateway.accesslog import access_log
 from gateway.admin import build_admin_app
 from gateway.cache import CacheService, ResponseCache
 from gateway.config import Config, ConfigError, load_config
@@ -85,7 +85,7 @@ class GatewayProcess:
         self.reuse_port = reuse_port
         self.services: Services | None = None
         self.pipeline = Pipeline(Runtime.build(config, UpstreamPool({})),
-                                 access_logger(config.logging.access_log))
+                                 access_log(config.logging.access_log))
         self._initial = config
         self._runners: list[web.BaseRunner] = []
         self.stopping = asyncio.Event()
@@ -141,6 +141,8 @@ class GatewayProcess:
         proxy_runner, admin_runner = self._runners
         await proxy_runner.cleanup()  # stops accepting, waits for handlers up to drain_timeout
         await admin_runner.cleanup()
+        if self.pipeline.access_log is not None:
+            self.pipeline.access_log.close()  # the lines of the last requests, written now
         if self.services is not None:
             await self.services.close()
         self.stopping.set()
