@@ -34,7 +34,7 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
-__all__ = ["BadTarget", "Target", "TargetRules", "canonical_path", "parse_target",
+__all__ = ["DEFAULT_RULES", "BadTarget", "Target", "TargetRules", "canonical_path", "parse_target",
            "without_params"]
 
 
@@ -47,6 +47,9 @@ class TargetRules(NamedTuple):
 
     merge_slashes: bool = True
     reject_escaped_slashes: bool = False
+
+
+DEFAULT_RULES = TargetRules()  # the listen defaults: merge slashes, keep escaped ones
 
 
 class Target(NamedTuple):
@@ -133,7 +136,7 @@ def _remove_dot_segments(segments: list[str], merge_slashes: bool) -> str:
     return "/" + "/".join(kept)
 
 
-def canonical_path(path: str, rules: TargetRules = TargetRules()) -> str:
+def canonical_path(path: str, rules: TargetRules = DEFAULT_RULES) -> str:
     """The canonical form of an absolute path (starting with "/"), or BadTarget."""
     forbidden = _FORBIDDEN.search(path)
     if forbidden is not None:
@@ -165,7 +168,7 @@ def _host_field(hosts: Sequence[str], http11: bool) -> str:
 
 
 def parse_target(raw: str, hosts: Sequence[str], http11: bool = True,
-                 rules: TargetRules = TargetRules()) -> Target:
+                 rules: TargetRules = DEFAULT_RULES) -> Target:
     """The canonical target of a request line's `raw` target and its Host field values.
 
     Origin-form and absolute-form only: asterisk-form (`OPTIONS *`) and authority-form
