@@ -29,8 +29,11 @@ def drop_underscored(headers: CIMultiDictProxy[str]) -> CIMultiDictProxy[str]:
 
 
 def first_values_only(headers: CIMultiDict[str], names: Iterable[str]) -> None:
-    """Leave one value, the first, of each field in `names` that came more than once."""
+    """Leave one value, the first, of each field in `names` that came more than once.
+
+    `names` as `istr`, which multidict looks up without folding their case again."""
+    getall = headers.getall
     for name in names:
-        values = headers.getall(name, ())
+        values = getall(name, ())
         if len(values) > 1:
             headers[name] = values[0]

@@ -18,7 +18,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from aiohttp import HttpVersion10, hdrs, web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway import metrics
 from gateway.accesslog import AccessRecord
@@ -47,14 +47,7 @@ from gateway.stages import (
     NoLimits,
     RateLimitStage,
 )
-from gateway.target import (
-    DEFAULT_RULES,
-    BadTarget,
-    Target,
-    TargetRules,
-    parse_target,
-    without_params,
-)
+from gateway.target import BadTarget, Target, TargetReader, TargetRules, without_params
 
 log = logging.getLogger("gateway")
 
@@ -94,10 +87,10 @@ class Runtime:
     identity: tuple[str, ...] = ()
     flag_prefix: str = "x-flag-"
     flag_summary: str | None = "x-feature-flags"
-    target_rules: TargetRules = DEFAULT_RULES
+    targets: TargetReader = field(default_factory=TargetReader)
     keep_underscores: bool = False  # listen.underscores_in_headers
     # Identity fields forwarded with one value (the client-IP header is a list: appended to).
-    single_identity: tuple[str, ...] = ()
+    single_identity: tuple[istr, ...] = ()
     # Per cached route, the query parameters its key ignores, which the upstream never gets.
     ignore_query: dict[str, frozenset[str]] = field(default_factory=dict)
     # Whether a stage does anything at all: a pass-through one is not even called, which
@@ -118,11 +111,11 @@ class Runtime:
             router=Router(config.routes),
             upstreams=upstreams,
             identity=identity_headers(config.context),
-            target_rules=TargetRules(
+            targets=TargetReader(TargetRules(
                 merge_slashes=config.listen.merge_slashes,
-                reject_escaped_slashes=config.listen.escaped_slashes is EscapedSlashes.REJECT),
+                reject_escaped_slashes=config.listen.escaped_slashes is EscapedSlashes.REJECT)),
             keep_underscores=config.listen.underscores_in_headers,
-            single_identity=tuple(name for name in identity_headers(config.context)
+            single_identity=tuple(istr(name) for name in identity_headers(config.context)
                                   if name != config.context.client_ip.header.lower()),
             ignore_query={route.name: frozenset(route.cache.ignore_query)
                           for route in config.routes
@@ -162,8 +155,8 @@ def _context(config: Config, request: web.BaseRequest, headers: CIMultiDictProxy
 def _target(rt: Runtime, request: web.BaseRequest, headers: CIMultiDictProxy[str]) -> Target:
     """The canonical target (gateway/target.py): after this, nothing reads the request's
     own path, query or Host."""
-    return parse_target(request.raw_path, headers.getall(hdrs.HOST, ()),
-                        request.version != HttpVersion10, rt.target_rules)
+    return rt.targets.read(request.raw_path, headers.getall(hdrs.HOST, ()),
+                           request.version != HttpVersion10)
 
 
 class Pipeline:
@@ -202,7 +195,9 @@ class Pipeline:
                     record: AccessRecord) -> web.StreamResponse:
         config = rt.config
         # Before anything reads a field (gateway/hygiene.py).
-        headers = request.headers if rt.keep_underscores else drop_underscored(request.headers)
+        headers = request.headers
+        if not rt.keep_underscores and "_" in "".join(headers):  # the names, joined
+            headers = drop_underscored(headers)
         try:
             target = _target(rt, request, headers)
         except BadTarget as exc:

@@ -34,8 +34,8 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
-__all__ = ["DEFAULT_RULES", "BadTarget", "Target", "TargetRules", "canonical_path", "parse_target",
-           "without_params"]
+__all__ = ["DEFAULT_RULES", "BadTarget", "Target", "TargetReader", "TargetRules",
+           "canonical_path", "parse_target", "without_params"]
 
 
 class BadTarget(ValueError):
@@ -74,11 +74,12 @@ class Target(NamedTuple):
 _UNRESERVED = "A-Za-z0-9\\-._~"
 _SUB_DELIMS = "!$&'()*+,;="
 _PCHAR = _UNRESERVED + _SUB_DELIMS + ":@"  # RFC 3986 §3.3, without pct-encoded
-# A target that is canonical already: "/"-led segments of pchars, none empty, none "." or
-# "..", no escape at all, then an optional query of URI characters. Nearly every request
-# is one, and then this one match is all the work (RFC 3986 §3.3, §3.4).
-_CANONICAL = re.compile(
-    rf"(?=/)(?:/(?!\.\.?(?:[/?]|\Z))[{_PCHAR}]+)*/?(?:\?[{_PCHAR}/?%]*)?")
+# A target that is canonical already: a "/"-led path of pchars and slashes, no escape at
+# all, then an optional query of URI characters (RFC 3986 §3.3, §3.4); with no "//" and no
+# "/." (so no empty and no dot segment) anywhere. Nearly every request is one, and then
+# this match and two substring tests are all the work on the path: 0.3 us together, where
+# a single regex that also excluded the dot segments took 0.3 us alone (timeit).
+_PLAIN = re.compile(rf"/[{_PCHAR}/]*(?:\?[{_PCHAR}/?%]*)?")
 _AUTHORITY = re.compile(  # RFC 3986 §3.2.2-3: IP-literal or reg-name / IPv4, then a port
     rf"(?:\[[0-9A-Fa-f:.]+\]|[{_UNRESERVED}{_SUB_DELIMS}%]+)(?::[0-9]{{1,5}})?")
 _ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)", re.DOTALL)
@@ -88,6 +89,11 @@ _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})?")
 _UNRESERVED_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                               b"0123456789-._~")
 _SLASHES = ("%2F", "%5C")
+# Host field values seen valid, lower-cased: a gateway sees a handful of them, and a dict
+# hit costs a tenth of the regex (0.02 against 0.2 us). Emptied whole when full.
+_HOSTS: dict[str, str] = {}
+_HOSTS_MAX = 1024
+_new = tuple.__new__  # a Target without NamedTuple's keyword handling (0.12 against 0.2 us)
 
 
 def _describe(char: str) -> str:
@@ -156,6 +162,16 @@ def _authority(text: str, where: str) -> str:
     return text.lower()  # RFC 3986 §6.2.2.1: the host is case-insensitive
 
 
+def _known_host(text: str) -> str:
+    known = _HOSTS.get(text)
+    if known is None:
+        known = _authority(text, "the Host field")
+        if len(_HOSTS) >= _HOSTS_MAX:
+            _HOSTS.clear()
+        _HOSTS[text] = known
+    return known
+
+
 def _host_field(hosts: Sequence[str], http11: bool) -> str:
     """The authority from the Host field: exactly one on HTTP/1.1 (RFC 9112 §3.2)."""
     if len(hosts) > 1:
@@ -164,7 +180,7 @@ def _host_field(hosts: Sequence[str], http11: bool) -> str:
         if http11:
             raise BadTarget("an HTTP/1.1 request needs a Host field")
         return ""
-    return _authority(hosts[0], "the Host field")
+    return _known_host(hosts[0])
 
 
 def parse_target(raw: str, hosts: Sequence[str], http11: bool = True,
@@ -174,10 +190,10 @@ def parse_target(raw: str, hosts: Sequence[str], http11: bool = True,
     Origin-form and absolute-form only: asterisk-form (`OPTIONS *`) and authority-form
     (`CONNECT`) are nothing a reverse proxy of routes serves.
     """
-    if _CANONICAL.fullmatch(raw) is not None and len(hosts) == 1 and \
-            _AUTHORITY.fullmatch(hosts[0]) is not None:
+    if _PLAIN.fullmatch(raw) is not None and "//" not in raw and "/." not in raw and \
+            len(hosts) == 1 and (known := _HOSTS.get(hosts[0])) is not None:
         path, question, query = raw.partition("?")
-        return Target(path, question + query, hosts[0].lower())
+        return _new(Target, (path, question + query, known, False))
     absolute = raw[:1] != "/" and _ABSOLUTE.fullmatch(raw)
     if absolute:
         scheme, authority, rest = absolute.groups()
@@ -210,3 +226,36 @@ def without_params(qs: str, names: frozenset[str]) -> str:
         return qs
     kept = [pair for pair in qs[1:].split("&") if pair.partition("=")[0] not in names]
     return "?" + "&".join(kept) if any(kept) else ""
+
+
+class TargetReader:
+    """`parse_target` under one listener's rules, remembering recent answers.
+
+    Under callgrind the fast path of parse_target is ~6,400 instructions (the regex match
+    alone ~2,400) and a remembered answer ~1,600; a route's clients ask for the same few
+    targets most of the time. Only targets of at most MEMO_TARGET bytes with one Host are
+    kept, at most MEMO_MAX of them (emptied whole when full), so a scan of distinct or long
+    targets costs a bounded amount of memory (~2 MB at most) and one dict insert each.
+    Refused targets are never kept.
+    """
+
+    MEMO_MAX = 4096
+    MEMO_TARGET = 512
+
+    __slots__ = ("_memo", "rules")
+
+    def __init__(self, rules: TargetRules = DEFAULT_RULES) -> None:
+        self.rules = rules
+        self._memo: dict[tuple[str, str], Target] = {}
+
+    def read(self, raw: str, hosts: Sequence[str], http11: bool = True) -> Target:
+        if len(hosts) != 1 or len(raw) > self.MEMO_TARGET:
+            return parse_target(raw, hosts, http11, self.rules)
+        key = (raw, hosts[0])
+        target = self._memo.get(key)
+        if target is None:
+            target = parse_target(raw, hosts, http11, self.rules)
+            if len(self._memo) >= self.MEMO_MAX:
+                self._memo.clear()
+            self._memo[key] = target
+        return target
