@@ -3,12 +3,16 @@ and RFC 9112 §3.2."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gateway.cache.key import url_key
+from gateway.config import ConfigError, load_config
 from gateway.target import (
     BadTarget,
     Target,
+    TargetReader,
     TargetRules,
     canonical_path,
     parse_target,
@@ -190,3 +194,52 @@ def test_without_params_drops_what_the_cache_key_drops() -> None:
     assert without_params("?utm_source=a&id=7&b", ignore) == "?id=7&b"
     assert without_params("?utm_source=a", ignore) == ""
     assert without_params("?a=1", frozenset()) == "?a=1"
+
+
+def test_route_paths_must_be_written_in_canonical_form(tmp_path: Path) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text("""\
+upstreams:
+  api: {url: "http://127.0.0.1:8000"}
+routes:
+  - name: a
+    match: {path_prefix: "/caf\u00e9/"}
+    upstream: api
+  - name: b
+    match: {path: /a/./b}
+    upstream: api
+    strip_prefix: /x%2fy
+  - name: c
+    match: {path_prefix: /a/../../b}
+    upstream: api
+  - name: ok
+    match: {path_prefix: "/a%2Fb/~x//y"}
+    upstream: api
+    strip_prefix: /a%2Fb
+""")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    issues = [str(issue) for issue in caught.value.issues]
+    assert len(issues) == 4, issues
+    assert "routes[0].match.path_prefix: requests are matched in canonical form" in issues[0]
+    assert "write '/caf%C3%A9/'" in issues[0]
+    assert "routes[1].match.path:" in issues[1] and "write '/a/b'" in issues[1]
+    assert "routes[1].strip_prefix:" in issues[2] and "write '/x%2Fy'" in issues[2]
+    assert "routes[2].match.path_prefix:" in issues[3] and "above the root" in issues[3]
+
+
+def test_target_reader_remembers_answers_but_never_refusals_and_stays_bounded() -> None:
+    reader = TargetReader(TargetRules(reject_escaped_slashes=True))
+    assert reader.read("/a/./b", ["H"]) == parse_target("/a/./b", ["H"])
+    assert reader.read("/a/./b", ["H"]) is reader.read("/a/./b", ["H"])
+    for _ in range(2):  # the rules hold for a remembered target too
+        with pytest.raises(BadTarget, match="escaped_slashes"):
+            reader.read("/a%2Fb", ["h"])
+    with pytest.raises(BadTarget, match="more than one Host"):
+        reader.read("/a", ["h", "h"])
+    for n in range(TargetReader.MEMO_MAX + 10):
+        reader.read(f"/n/{n}", ["h"])
+    assert len(reader._memo) <= TargetReader.MEMO_MAX
+    long = "/" + "x" * TargetReader.MEMO_TARGET
+    assert reader.read(long, ["h"]).path == long
+    assert (long, "h") not in reader._memo
