@@ -3,6 +3,8 @@ and RFC 9112 §3.2."""
 
 from __future__ import annotations
 
+import random
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from gateway.cache.key import url_key
 from gateway.config import ConfigError, load_config
 from gateway.target import (
+    _PLAIN,
     BadTarget,
     Target,
     TargetReader,
@@ -243,3 +246,29 @@ def test_target_reader_remembers_answers_but_never_refusals_and_stays_bounded() 
     long = "/" + "x" * TargetReader.MEMO_TARGET
     assert reader.read(long, ["h"]).path == long
     assert (long, "h") not in reader._memo
+
+
+def test_canonical_paths_are_fixed_points_and_the_fast_path_agrees() -> None:
+    """Random paths over the characters that matter: every answer is canonical (a second
+    pass changes nothing, no dot or empty segment, no lower-case or unreserved escape), and
+    whatever the one-regex fast path lets through unchanged is what the full walk gives."""
+    rng = random.Random(3986)
+    pieces = ["/", "/", "a", "B", ".", "..", "%2e", "%2E", "%2f", "%5C", "%41", "%7e", "%e2",
+              "%", "~", ";", "=", "@", ":", "\\", "\u00e9", "?", "x=1", "&"]
+    refused = 0
+    for _ in range(5000):
+        raw = "/" + "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        try:
+            target = parse_target(raw, ["h"])
+        except BadTarget:
+            refused += 1
+            continue
+        path = target.path
+        assert canonical_path(path) == path, raw
+        segments = path.split("/")[1:]
+        assert "" not in segments[:-1] and "." not in segments and ".." not in segments, raw
+        assert not re.search(r"%(?:[0-9A-F][a-f]|[a-f][0-9A-Fa-f]|2[DdEe]|5[Ff]|7[Ee]|"
+                             r"[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9])", path), raw
+        if _PLAIN.fullmatch(raw) and "//" not in raw and "/." not in raw:
+            assert target.path_qs == raw, raw
+    assert 0 < refused < 5000
