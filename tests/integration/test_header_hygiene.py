@@ -11,7 +11,13 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-from tests.harness import InProcessGateway, Upstream, base_config, client_session
+from tests.harness import (
+    GatewayProcessHandle,
+    InProcessGateway,
+    Upstream,
+    base_config,
+    client_session,
+)
 
 Factory = Callable[..., Awaitable[InProcessGateway]]
 
@@ -132,3 +138,17 @@ async def test_gateway_answers_carry_no_server_version(gateway: InProcessGateway
     assert len(answers) == 3
     for value in answers:
         assert "/" not in value and "aiohttp" not in value.lower(), value
+
+
+async def test_server_field_has_no_version_with_workers_either(
+        process_factory: Callable[..., GatewayProcessHandle], upstream: Upstream) -> None:
+    config = base_config(upstream.url)
+    config["routes"][0]["match"] = {"path_prefix": "/only/"}
+    gw = process_factory(config, workers=2)
+    async with client_session() as s:
+        async with s.get(f"{gw.admin_url}/readyz") as r:  # the supervisor's own answer
+            assert r.status == 200
+            assert r.headers["Server"] == "sidecar-gateway"
+        async with s.get(f"{gw.url}/elsewhere") as r:  # a worker's 404
+            assert r.status == 404
+            assert r.headers["Server"] == "sidecar-gateway"
