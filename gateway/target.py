@@ -14,7 +14,8 @@ cannot be made safe:
   reject`), since an upstream that decodes them would see another path than the router;
 - repeated slashes are merged (`merge_slashes`, as nginx), then dot segments removed (§5.2.4,
   §6.2.2.3); a `..` that would climb above the root is refused instead of clamped, since
-  no client of ours has a reason to send one;
+  no client of ours has a reason to send one, and so is a dot segment with parameters
+  (`..;x`), which servlet containers resolve as `..`;
 - a control byte, a space or a `#` is refused (RFC 9112 §3.2: none belongs in a target);
   a character outside the URI grammar (a raw non-ASCII byte, `"`, `<`, `\\`, ...) is
   percent-encoded as UTF-8, as browsers do, so a raw backslash is the encoded one above.
@@ -89,6 +90,9 @@ _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})?")
 _UNRESERVED_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                               b"0123456789-._~")
 _SLASHES = ("%2F", "%5C")
+# "..;x" is a plain segment to RFC 3986, but Tomcat and other servlet containers strip the
+# ";x" path parameter first and then resolve "..": "/public/..;/admin" is "/admin" there.
+_DOT_PARAMETERS = (".;", "..;")
 # Host field values seen valid, lower-cased: a gateway sees a handful of them, and a dict
 # hit costs a tenth of the regex (0.02 against 0.2 us). Emptied whole when full.
 _HOSTS: dict[str, str] = {}
@@ -138,6 +142,9 @@ def _remove_dot_segments(segments: list[str], merge_slashes: bool) -> str:
             continue
         if not segment and merge_slashes and index != last:
             continue
+        if segment.startswith(_DOT_PARAMETERS):
+            raise BadTarget(f"the path holds a dot segment with parameters ({segment[:20]!r}), "
+                            "which servlet containers resolve as '.' or '..'")
         kept.append(segment)
     return "/" + "/".join(kept)
 

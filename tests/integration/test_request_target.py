@@ -132,12 +132,13 @@ async def test_escaped_slashes_reject_answers_400(gateway_factory: Factory,
     assert upstream.count() == 0
 
 
-async def test_invalid_escape_encoded_nul_and_fragment_are_400(
+async def test_invalid_escape_nul_fragment_and_dot_parameters_are_400(
         gateway_factory: Factory, upstream: Upstream) -> None:
     gw = await gateway_factory(routed(upstream.url, DEFAULT))
     port = gw.config.listen.port
     for target, why in (("/a%zz", "two hex digits"), ("/a%0", "two hex digits"),
-                        ("/a%00b", "NUL"), ("/..", "above the root"), ("/a#b", "fragment")):
+                        ("/a%00b", "NUL"), ("/..", "above the root"), ("/a#b", "fragment"),
+                        ("/public/..;/admin", "parameters")):
         status, fields, body = await send(port, target)
         assert status == 400, target
         assert fields["content-type"] == "application/problem+json"

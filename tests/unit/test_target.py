@@ -67,6 +67,15 @@ def test_rfc3986_5_4_2_dot_dot_at_the_root_is_refused(path: str) -> None:
         canonical_path(path)
 
 
+@pytest.mark.parametrize("path", ["/public/..;/admin", "/public/.;x/admin", "/a/%2e%2e;/b",
+                                  "/a/..;jsessionid=1"])
+def test_dot_segments_with_parameters_are_refused(path: str) -> None:
+    # RFC 3986 keeps "..;" as a segment; Tomcat strips ";..." and resolves "..".
+    with pytest.raises(BadTarget, match="parameters"):
+        canonical_path(path)
+    assert canonical_path("/a/..b;/c;x/.a;") == "/a/..b;/c;x/.a;"
+
+
 def test_rfc3986_6_2_2_example_normalises_case_escapes_and_dot_segments() -> None:
     # "eXAMPLE://a/./b/../b/%63/%7bfoo%7d" is equivalent to "example://a/b/c/%7Bfoo%7D".
     assert canonical_path("/./b/../b/%63/%7bfoo%7d") == "/b/c/%7Bfoo%7D"
