@@ -17,12 +17,12 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
-from aiohttp import web
-from multidict import CIMultiDict
+from aiohttp import HttpVersion10, hdrs, web
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway import metrics
 from gateway.accesslog import AccessLog, AccessRecord
-from gateway.config.model import Config, Route
+from gateway.config.model import Config, EscapedSlashes, Route
 from gateway.context import (
     RequestContext,
     build_context,
@@ -31,6 +31,7 @@ from gateway.context import (
     identity_headers,
 )
 from gateway.h1client import BodyTooLarge, UpstreamError
+from gateway.hygiene import drop_underscored, first_values_only
 from gateway.metrictally import TALLY
 from gateway.problem import problem
 from gateway.proxy import (
@@ -52,6 +53,7 @@ from gateway.stages import (
     NoLimits,
     RateLimitStage,
 )
+from gateway.target import BadTarget, Target, TargetReader, TargetRules, without_params
 
 log = logging.getLogger("gateway")
 
@@ -91,6 +93,12 @@ class Runtime:
     identity: tuple[str, ...] = ()
     flag_prefix: str = "x-flag-"
     flag_summary: str | None = "x-feature-flags"
+    targets: TargetReader = field(default_factory=TargetReader)
+    keep_underscores: bool = False  # listen.underscores_in_headers
+    # Identity fields forwarded with one value (the client-IP header is a list: appended to).
+    single_identity: tuple[istr, ...] = ()
+    # Per cached route, the query parameters its key ignores, which the upstream never gets.
+    ignore_query: dict[str, frozenset[str]] = field(default_factory=dict)
     # Whether a stage does anything at all: a pass-through one is not even called, which
     # saves a coroutine (and the cache's fetch closure) per request on a bare route.
     limited: bool = field(init=False)
@@ -109,6 +117,15 @@ class Runtime:
             router=Router(config.routes),
             upstreams=upstreams,
             identity=identity_headers(config.context),
+            targets=TargetReader(TargetRules(
+                merge_slashes=config.listen.merge_slashes,
+                reject_escaped_slashes=config.listen.escaped_slashes is EscapedSlashes.REJECT)),
+            keep_underscores=config.listen.underscores_in_headers,
+            single_identity=tuple(istr(name) for name in identity_headers(config.context)
+                                  if name != config.context.client_ip.header.lower()),
+            ignore_query={route.name: frozenset(route.cache.ignore_query)
+                          for route in config.routes
+                          if route.cache is not None and route.cache.ignore_query},
             flag_prefix=config.flag_headers.prefix.lower(),
             flag_summary=(config.flag_headers.summary or "").lower() or None,
             **stages,  # type: ignore[arg-type]
@@ -119,9 +136,9 @@ def _header_bytes(request: web.BaseRequest) -> int:
     return sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
 
 
-def _is_websocket(request: web.BaseRequest) -> bool:
-    return (request.headers.get("Upgrade", "").lower() == "websocket"
-            and "upgrade" in request.headers.get("Connection", "").lower())
+def _is_websocket(headers: CIMultiDictProxy[str]) -> bool:
+    return (headers.get("Upgrade", "").lower() == "websocket"
+            and "upgrade" in headers.get("Connection", "").lower())
 
 
 async def _fetch(rt: Runtime, route: Route, out: Outgoing, record: AccessRecord) -> Exchange:
@@ -134,10 +151,18 @@ async def _fetch(rt: Runtime, route: Route, out: Outgoing, record: AccessRecord)
         TALLY.observe(metrics.UPSTREAM_DURATION_BY(route.name, out.upstream), spent)
 
 
-def _context(config: Config, request: web.BaseRequest) -> tuple[RequestContext, bool]:
+def _context(config: Config, request: web.BaseRequest, headers: CIMultiDictProxy[str]
+             ) -> tuple[RequestContext, bool]:
     """The request's context, and whether its peer is a trusted proxy."""
-    return build_context(config.context, request.remote or "", request.headers,
+    return build_context(config.context, request.remote or "", headers,
                          environment=config.environment)
+
+
+def _target(rt: Runtime, request: web.BaseRequest, headers: CIMultiDictProxy[str]) -> Target:
+    """The canonical target (gateway/target.py): after this, nothing reads the request's
+    own path, query or Host."""
+    return rt.targets.read(request.raw_path, headers.getall(hdrs.HOST, ()),
+                           request.version != HttpVersion10)
 
 
 class Pipeline:
@@ -148,10 +173,10 @@ class Pipeline:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rt = self.runtime  # one config for the whole request, whatever a reload does meanwhile
         started = time.perf_counter()
-        sent_id = request.headers.get("X-Request-Id")
+        sent_id = request.headers.get("X-Request-Id")  # a name without "_": never dropped
         request_id = sent_id if sent_id and _REQUEST_ID.match(sent_id) else new_request_id()
         record = AccessRecord(request_id=request_id, method=request.method,
-                              path=request.path, client_ip=request.remote or "")
+                              path="", client_ip=request.remote or "")
         TALLY.started()
         response: web.StreamResponse | None = None
         try:
@@ -175,12 +200,22 @@ class Pipeline:
     async def _walk(self, rt: Runtime, request: web.BaseRequest, request_id: str,
                     record: AccessRecord) -> web.StreamResponse:
         config = rt.config
+        # Before anything reads a field (gateway/hygiene.py).
+        headers = request.headers
+        if not rt.keep_underscores and "_" in "".join(headers):  # the names, joined
+            headers = drop_underscored(headers)
+        try:
+            target = _target(rt, request, headers)
+        except BadTarget as exc:
+            record.path = request.raw_path  # the refused target as it came, for the log only
+            return problem(400, str(exc), request_id)
+        record.path = target.path
         if _header_bytes(request) > config.listen.max_header_size:
             return problem(431, f"the request header section is larger than "
                            f"{config.listen.max_header_size} bytes", request_id)
-        found = rt.router.match(request.method, request.path, request.host, request.headers)
+        found = rt.router.match(request.method, target.path, target.authority, headers)
         if found is None:
-            return problem(404, f"no route matches {request.method} {request.path}", request_id)
+            return problem(404, f"no route matches {request.method} {target.path}", request_id)
         if isinstance(found, MethodNotAllowed):
             return problem(405, f"{request.method} is not allowed here", request_id,
                            headers={"Allow": ", ".join(found.allow)})
@@ -196,12 +231,12 @@ class Pipeline:
         # just the client address, and the upstream header policy asks only whether the
         # peer is trusted.
         if limited:
-            ctx, trusted = _context(config, request)
+            ctx, trusted = _context(config, request, headers)
             record.client_ip = ctx.client_ip
         elif self.access_log is not None:
             record.client_ip, trusted = client_address(config.context, request.remote or "",
-                                                       request.headers)
-        websocket = _is_websocket(request)
+                                                       headers)
+        websocket = _is_websocket(headers)
 
         length = request.content_length
         if route.max_body is not None and length is not None and length > route.max_body:
@@ -227,31 +262,35 @@ class Pipeline:
                 trusted = classify(peer, config.context.trusted_proxies)[1]
                 from_headers = rt.flags.by_headers.get(route.name)
                 if from_headers is not None:
-                    flags = from_headers(request.headers, peer, trusted, time.time())
-        expect = request.headers.get("Expect", "").lower() == "100-continue"
+                    flags = from_headers(headers, peer, trusted, time.time())
+        expect = headers.get("Expect", "").lower() == "100-continue"
 
         def upstream_headers() -> CIMultiDict[str]:
             peer_trusted = (trusted if trusted is not None else
                             classify(request.remote or "", config.context.trusted_proxies)[1])
-            headers = self._upstream_headers(rt, request, peer_trusted, request_id, websocket)
+            sent = self._upstream_headers(rt, request, headers, target, peer_trusted,
+                                          request_id, websocket)
             for name, value in verdict.upstream_headers:
-                headers[name] = value
+                sent[name] = value
             if expect:
-                headers.popall("Expect", None)  # answered here (below), not by the upstream
-            return headers
+                sent.popall("Expect", None)  # answered here (below), not by the upstream
+            return sent
 
         upstream = verdict.upstream or route.upstream.for_method(request.method)
         record.upstream = upstream
         response_headers = [*verdict.response_headers, ("X-Request-Id", request_id)]
+        # What the cache key leaves out never reaches the upstream either.
+        ignored = rt.ignore_query.get(route.name)
+        qs = without_params(target.qs, ignored) if ignored else target.qs
+        path_qs = strip(target.path, route.strip_prefix) + qs
         if websocket:
             from gateway.websocket import proxy_websocket
 
-            headers = upstream_headers()
+            sent = upstream_headers()
             if flags is not None:
-                headers.extend(flags.fields.pairs)
-            return await proxy_websocket(request, rt.upstreams, upstream,
-                                         strip(request.raw_path, route.strip_prefix),
-                                         headers, response_headers, request_id)
+                sent.extend(flags.fields.pairs)
+            return await proxy_websocket(request, rt.upstreams, upstream, path_qs, sent,
+                                         response_headers, request_id)
 
         if expect:
             # Only now, with the route, the size and the limits passed, ask for the body.
@@ -259,15 +298,15 @@ class Pipeline:
         body = LimitedBody(request.content, route.max_body) if request.body_exists else None
         out = Outgoing(
             method=request.method,
-            path_qs=strip(request.raw_path, route.strip_prefix),
+            path_qs=path_qs,
             # A cached route builds them only if the cache does not answer itself.
             headers=upstream_headers if rt.cached else upstream_headers(),
             body=body,
             upstream=upstream,
             # What the cache keys on; nobody else reads it.
-            client_url=f"{request.scheme}://{request.host}{request.raw_path}" if rt.cached
+            client_url=f"{request.scheme}://{target.authority}{target.path}{qs}" if rt.cached
             else "",
-            asked=request.headers,
+            asked=headers,
             # The flag namespace was emptied of what the client sent: these are added as
             # they are (serialized once per outcome, not per request).
             added=flags.fields if flags is not None else None,
@@ -298,12 +337,17 @@ class Pipeline:
             record.error = exc.detail
             raise
 
-    def _upstream_headers(self, rt: Runtime, request: web.BaseRequest, trusted: bool,
+    def _upstream_headers(self, rt: Runtime, request: web.BaseRequest,
+                          received: CIMultiDictProxy[str], target: Target, trusted: bool,
                           request_id: str, websocket: bool) -> CIMultiDict[str]:
-        headers = end_to_end(request.headers, keep_upgrade=websocket)
+        headers = end_to_end(received, keep_upgrade=websocket)
         if not trusted:
             for name in rt.identity:
                 headers.popall(name, None)
+        else:  # the one value the context read (gateway/hygiene.py)
+            first_values_only(headers, rt.single_identity)
+        if target.absolute:  # RFC 9112 §3.2.2: a Host made from the target, not the one sent
+            headers[hdrs.HOST] = target.authority
         # A client never chooses its own flags: drop anything in the flag header namespace.
         prefix, summary = rt.flag_prefix, rt.flag_summary
         for name in [n for n in headers
@@ -315,8 +359,8 @@ class Pipeline:
         headers[xff] = f"{prior}, {peer}" if prior else peer
         if not (trusted and "X-Forwarded-Proto" in headers):
             headers["X-Forwarded-Proto"] = request.scheme
-        if not (trusted and "X-Forwarded-Host" in headers) and request.host:
-            headers["X-Forwarded-Host"] = request.host
+        if not (trusted and "X-Forwarded-Host" in headers) and target.authority:
+            headers["X-Forwarded-Host"] = target.authority
         headers["X-Request-Id"] = request_id
         return headers
 

@@ -26,6 +26,7 @@ from gateway.pipeline import Pipeline, Runtime
 from gateway.proxy import UpstreamPool
 from gateway.ratelimit import LocalStore, RateLimiter, RedisStore
 from gateway.redisconn import RedisLink
+from gateway.wire import servername
 
 log = logging.getLogger("gateway")
 
@@ -97,6 +98,7 @@ class GatewayProcess:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         config = self._initial
+        servername.install()  # before the first response: no version in Server
         self.services = await Services.create(config)
         self.pipeline.runtime = build_runtime(config, self.services)
         server = web.Server(

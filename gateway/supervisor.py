@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.wire import servername
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -166,6 +167,7 @@ class Supervisor:
         for worker in self.workers:
             await self._spawn(worker)
         watchers = [loop.create_task(self._watch(w)) for w in self.workers]
+        servername.install()  # the admin answers it writes itself: no version in Server
         self._runner = web.AppRunner(self._admin_app(), handle_signals=False, access_log=None)
         await self._runner.setup()
         try:

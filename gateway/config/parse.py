@@ -30,6 +30,7 @@ from gateway.config.reader import (
 )
 from gateway.config.yamlsrc import load_yaml
 from gateway.semver import parse_semver
+from gateway.target import BadTarget, TargetRules, canonical_path
 from gateway.units import parse_duration, parse_size
 
 TOP_KEYS = (
@@ -563,6 +564,25 @@ def parse_experiment(r: Reader, name: str, value: object, path: str, line: int
     )
 
 
+_AS_WRITTEN = TargetRules(merge_slashes=False)  # "//" may be meant: merge_slashes is per listener
+
+
+def path_text(value: object) -> str:
+    """A path or prefix that requests are compared with: they are compared in canonical form
+    (gateway/target.py), so one written otherwise would never match."""
+    text = string(value)
+    if not text.startswith("/"):
+        raise ValueError(f"must start with '/', got {text!r}")
+    try:
+        canonical = canonical_path(text, _AS_WRITTEN)
+    except BadTarget as exc:
+        raise ValueError(f"{text!r} is no request path: {exc}") from None
+    if canonical != text:
+        raise ValueError(f"requests are matched in canonical form (RFC 3986 §6.2.2), so "
+                         f"{text!r} would never match; write {canonical!r}")
+    return text
+
+
 def parse_match(r: Reader, s: Section | None) -> m.Match:
     if s is None:
         return m.Match()
@@ -585,12 +605,6 @@ def parse_match(r: Reader, s: Section | None) -> m.Match:
             r.error(line, path, "expected the header's exact value as a string")
             continue
         headers.append((name, str(value)))
-
-    def path_text(value: object) -> str:
-        text = string(value)
-        if not text.startswith("/"):
-            raise ValueError(f"must start with '/', got {text!r}")
-        return text
 
     return m.Match(
         path=s.get("path", path_text, None),
@@ -631,7 +645,7 @@ def parse_route(r: Reader, index: int, value: object, path: str, line: int) -> m
         match=parse_match(r, s.section("match", (
             "path", "path_prefix", "path_regex", "methods", "host", "headers"))),
         upstream=ref,
-        strip_prefix=s.get("strip_prefix", string, None),
+        strip_prefix=s.get("strip_prefix", path_text, None),
         rate_limits=s.get("rate_limits", string_list, ()),
         cost=s.get("cost", integer(1), 1),
         max_body=s.get("max_body", size, None),
