@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.admin import ADMIN_ROUTES, PROCESS, Refused, mutating
+from gateway.admin import ADMIN_ROUTES, PROCESS, Refused
 from gateway.config.reader import nearest
 from gateway.problem import problem
 from gateway.ratelimit.stage import RateLimiter
@@ -47,7 +47,6 @@ async def show_state(request: web.Request) -> web.Response:
     return web.json_response(state)
 
 
-@mutating
 async def reset_state(request: web.Request) -> web.Response:
     limiter, name, key = _target(request)
     try:
