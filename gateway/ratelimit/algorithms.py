@@ -21,7 +21,7 @@ from gateway.ratelimit.rules import Check
 SLACK_US = 1_000_000  # a key outlives the moment it stops mattering by this much (as in Lua)
 
 
-@dataclass
+@dataclass(slots=True)  # no per-instance __dict__: one is kept per key (see LocalStore)
 class Slot:
     """One key's state and the instant (store clock) it is forgotten."""
 
@@ -29,7 +29,7 @@ class Slot:
     expires_us: int
 
 
-@dataclass
+@dataclass(slots=True)
 class SlidingLog:
     entries: deque[tuple[int, int]] = field(default_factory=deque)  # (time, cost), oldest first
     total: int = 0
