@@ -95,3 +95,17 @@ def test_a_decision_evicts_only_keys_it_did_not_touch() -> None:
              check("c", limit=5)]
     assert store.decide_now(rules).admitted
     assert sorted(k.rsplit(":", 1)[1] for k in store.slots) == ["c", "x", "y"]
+
+
+def test_a_sliding_log_stays_compact_and_exact_over_a_long_run() -> None:
+    """Entries leave from the front of one flat list: it must not grow with the run."""
+    store = LocalStore(max_keys=10)
+    c = check("a", limit=5, algorithm=Algorithm.SLIDING_WINDOW)._replace(window_us=1_000_000)
+    admitted = []
+    for step in range(2000):
+        now = T0 + step * 50_000  # 20 attempts per second, 5 admitted per trailing second
+        admitted.append((now, store.decide_now([c], now).admitted))
+        log = store.slots[c.keys[0]].value
+        assert len(log.entries) <= 4 * 5 * 2  # live pairs plus at most as many dead ones
+        live = [t for t, ok in admitted if ok and t > now - 1_000_000]
+        assert log.total == len(live) <= 5
