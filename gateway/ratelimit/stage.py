@@ -14,6 +14,8 @@ Held requests hold no upstream connection (the stage runs before the upstream) a
 released when the client goes away: the server cancels the handler, and the `finally`
 leaves the lane.
 * degrade (and shadow rules) never block: see `Check.soft`.
+A request lacking the scope value of a blocking `when_absent: reject` rule is refused with
+403 before anything is decided (see `_refuse_unidentified`), so it consumes nothing.
 
 Redis trouble (`RedisUnavailable`: deadline, refused, breaker open): failure_mode `open`
 admits, `closed` answers 503, `local` decides with the in-process store meanwhile; the
