@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
-import hmac
 import ipaddress
 import os
 import re
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from gateway import metrics
+from gateway import adminauth, metrics
 from gateway.metrictally import TALLY
 from gateway.problem import problem
 
@@ -31,48 +30,16 @@ PROCESS: web.AppKey[GatewayProcess] = web.AppKey("process")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def authorize(request: web.Request) -> web.Response | None:
-    """None when a mutating call may go ahead, else the 401/403 answer.
-
-    With `admin.token_env` naming a set variable, the call needs that bearer token (compared
-    in constant time, never logged). With no token configured, only a loopback admin
-    listener accepts changes.
-    """
-    config = request.app[PROCESS].pipeline.runtime.config
-    token_env = config.admin.token_env
-    token = os.environ.get(token_env) if token_env else None
-    if not token:
-        if _loopback(config.admin.host):
-            return None
-        return problem(403, "no admin token is configured (admin.token_env), so changes are "
-                       "accepted only on a loopback admin listener")
-    sent = request.headers.get("Authorization", "")
-    scheme, _, credentials = sent.partition(" ")
-    if scheme.lower() != "bearer" or not credentials:
-        return problem(401, "this call needs 'Authorization: Bearer <token>'",
-                       headers={"WWW-Authenticate": 'Bearer realm="gateway-admin"'})
-    if not hmac.compare_digest(credentials.strip().encode(), token.encode()):
-        return problem(403, "the bearer token is not valid")
-    return None
-
-
-def mutating(handler: Handler) -> Handler:
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        refused = authorize(request)
-        return refused if refused is not None else await handler(request)
-
-    guarded.__name__ = handler.__name__
-    guarded.__doc__ = handler.__doc__
-    return guarded
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every admin call passes here first; `gateway.adminauth` decides which need the token."""
+    admin = request.app[PROCESS].pipeline.runtime.config.admin
+    refusal = adminauth.check(request.path, request.headers.get("Authorization"), admin,
+                              adminauth.configured_token(admin, os.environ))
+    if refusal is None:
+        return await handler(request)
+    headers = {"WWW-Authenticate": refusal.challenge} if refusal.challenge else None
+    return problem(refusal.status, refusal.detail, headers=headers)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -129,7 +96,6 @@ async def show_config(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-@mutating
 async def reload_config(request: web.Request) -> web.Response:
     ok, outcome = await request.app[PROCESS].reload()
     if ok:
@@ -175,7 +141,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 def build_admin_app(process: GatewayProcess) -> web.Application:
-    app = web.Application(client_max_size=1024**2, middlewares=[problems])
+    app = web.Application(client_max_size=1024**2, middlewares=[guard, problems])
     app[PROCESS] = process
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway.config import Config, ConfigError, load_config
+from gateway.config.lint import config_warnings
 
 
 def _load(path: str, checking: bool) -> Config | None:
@@ -50,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None:
         return 1
 
+    if args.command != "worker":  # the supervisor that started a worker has said it already
+        for warning in config_warnings(config, os.environ):
+            print(f"{args.config}: warning: {warning}",
+                  file=sys.stdout if args.command == "check" else sys.stderr)
     if args.command == "check":
         print(f"{args.config}: OK: {config.summary()}")
         return 0

@@ -52,6 +52,11 @@ INFLIGHT = Gauge(
     "gateway_inflight_requests", "Requests being handled right now.",
     multiprocess_mode="livesum",
 )
+RATELIMIT_LOCAL_EVICTIONS = Counter(
+    "gateway_ratelimit_local_evictions",
+    "Keys the in-process rate-limit store forgot because it held rate_limits_local_max_keys "
+    "keys (least recently used first).",
+)
 CONFIG_RELOADS = Counter(
     "gateway_config_reloads", "Configuration reloads by result.", ("result",),
 )

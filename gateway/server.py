@@ -69,6 +69,7 @@ class Services:
 def build_runtime(config: Config, services: Services) -> Runtime:
     """The stages this config asks for, wired to the long-lived services."""
     stages: dict[str, object] = {"flags": FlagEngine(config, services.flag_overrides)}
+    services.limits_local.bound(config.rate_limits_local_max_keys)
     if any(route.rate_limits for route in config.routes):
         stages["limiter"] = RateLimiter(config, services.limits_local, services.limits_remote)
     if services.cache is not None and any(r.cache is not None for r in config.routes):

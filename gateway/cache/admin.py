@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from gateway.admin import ADMIN_ROUTES, PROCESS, Refused, json_object, mutating
+from gateway.admin import ADMIN_ROUTES, PROCESS, Refused, json_object
 from gateway.problem import problem
 from gateway.redisconn import RedisUnavailable
 
@@ -41,7 +41,6 @@ def _one_target(body: dict[str, object]) -> tuple[str, object]:
     return name, value
 
 
-@mutating
 async def purge(request: web.Request) -> web.Response:
     name, value = _one_target(await json_object(request, "a purge"))
     services = request.app[PROCESS].services

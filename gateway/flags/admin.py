@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.admin import ADMIN_ROUTES, PROCESS, mutating
+from gateway.admin import ADMIN_ROUTES, PROCESS
 from gateway.admin import Refused as _Refused
 from gateway.admin import json_object as _json_object
 from gateway.config.model import CONTEXT_FIELDS
@@ -197,9 +197,9 @@ async def delete_flag(request: web.Request) -> web.StreamResponse:
 def register(app: web.Application) -> None:
     app.router.add_get("/admin/flags", list_flags)
     app.router.add_get("/admin/flags/{key}", get_flag)
-    app.router.add_put("/admin/flags/{key}", mutating(put_flag))
-    app.router.add_patch("/admin/flags/{key}", mutating(patch_flag))
-    app.router.add_delete("/admin/flags/{key}", mutating(delete_flag))
+    app.router.add_put("/admin/flags/{key}", put_flag)
+    app.router.add_patch("/admin/flags/{key}", patch_flag)
+    app.router.add_delete("/admin/flags/{key}", delete_flag)
 
 
 if register not in ADMIN_ROUTES:

@@ -14,10 +14,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.config.model import Action, Config, HeaderStyle, RateLimitRule
+from gateway.config.model import Action, Config, HeaderStyle, RateLimitRule, Scope, WhenAbsent
 from gateway.context import RequestContext
 from gateway.ratelimit.headers import FieldMaker, Fields, field_maker
-from gateway.ratelimit.rules import Check, key_bases, scope_value, tier_params
+from gateway.ratelimit.rules import Check, key_bases, scope_value, soft, tier_params
 
 MAX_PREPARED = 4096  # combinations of scope values cached per route
 
@@ -29,11 +29,14 @@ _MISSING = object()
 class Prepared:
     """The checks of one route for one combination of scope values and tier."""
 
-    __slots__ = ("_makers", "checks", "queue", "style", "wire")
+    __slots__ = ("_makers", "absent", "checks", "queue", "style", "wire")
 
-    def __init__(self, checks: tuple[Check, ...], style: HeaderStyle) -> None:
+    def __init__(self, checks: tuple[Check, ...], style: HeaderStyle,
+                 absent: tuple[RateLimitRule, ...] = ()) -> None:
         self.checks = checks
         self.style = style
+        # Blocking `when_absent: reject` rules whose value the request lacks: it is refused.
+        self.absent = absent
         # The rule whose FIFO lane a held request waits in (`action: queue`).
         self.queue = next((c for c in checks if c.rule.action is Action.QUEUE and not c.soft),
                           None)
@@ -58,16 +61,19 @@ class RoutePlan:
         self.prefix = prefix
         self.style = style
         self._tiers = frozenset(t for rule in rules for t in rule.tiers)
-        fields = [_FIELDS.get(rule.scope.kind) for rule in rules if rule.scope.kind != "global"]
+        scopes = [rule.scope for rule in rules if rule.scope.kind != "global"]
+        if any(rule.when_absent is WhenAbsent.IP for rule in rules):
+            scopes.append(Scope("ip"))  # the address is then part of what a request counts by
+        fields = [_FIELDS.get(scope.kind) for scope in scopes]
         self._values: Callable[[RequestContext], Any]
         if fields and all(fields):
             self._values = operator.attrgetter(*fields)  # type: ignore[arg-type]
         else:  # attribute scopes (or only global rules)
-            scopes = [rule.scope for rule in rules]
             self._values = lambda ctx: tuple([scope_value(s, ctx) for s in scopes])
         self._cache: OrderedDict[Any, Prepared | None] = OrderedDict()  # O(1) oldest-out
-        # (rule index, configured tier) -> key bases and parameters: worked out once.
-        self._templates: dict[tuple[int, str | None], tuple[tuple[str, ...], int, int, int]] = {}
+        # (rule index, configured tier, by ip) -> key bases and parameters: worked out once.
+        self._templates: dict[tuple[int, str | None, bool],
+                              tuple[tuple[str, ...], int, int, int]] = {}
 
     def prepare(self, ctx: RequestContext) -> Prepared | None:
         """The checks for this request; None when no rule applies (no scope value present)."""
@@ -75,8 +81,8 @@ class RoutePlan:
         key = (tier if tier in self._tiers else None, self._values(ctx))
         prepared = self._cache.get(key, _MISSING)
         if prepared is _MISSING:
-            checks = self.checks(ctx)
-            prepared = Prepared(checks, self.style) if checks else None
+            checks, absent = self.checks(ctx), self.refusing(ctx)
+            prepared = Prepared(checks, self.style, absent) if checks or absent else None
             cache = self._cache
             if len(cache) >= MAX_PREPARED:
                 cache.popitem(last=False)
@@ -84,22 +90,34 @@ class RoutePlan:
         return prepared  # type: ignore[return-value]
 
     def checks(self, ctx: RequestContext) -> tuple[Check, ...]:
+        """The checks of the rules that apply: those whose scope value the request carries,
+        and `when_absent: ip` rules counting per address for want of it."""
         out = []
         tier = ctx.subscription_tier
         for i, rule in enumerate(self.rules):
             value = scope_value(rule.scope, ctx)
+            by_ip = False
             if value is None:
-                continue
+                if rule.when_absent is not WhenAbsent.IP or not ctx.client_ip:
+                    continue
+                value, by_ip = ctx.client_ip, True
             known = tier if tier in rule.tiers else None  # only configured tiers: bounded
-            template = self._templates.get((i, known))
+            template = self._templates.get((i, known, by_ip))
             if template is None:
-                template = (key_bases(self.prefix, rule.name, rule.algorithm),
+                template = (key_bases(self.prefix, rule.name, rule.algorithm, by_ip),
                             *tier_params(rule, known))
-                self._templates[(i, known)] = template
+                self._templates[(i, known, by_ip)] = template
             bases, limit, burst, window = template
             out.append(Check(rule, tuple(b + value for b in bases), limit, burst, window,
                              self.cost))
         return tuple(out)
+
+    def refusing(self, ctx: RequestContext) -> tuple[RateLimitRule, ...]:
+        """The `when_absent: reject` rules whose scope value the request lacks. A shadow or
+        degrade rule never refuses a request, so for those reject acts as skip."""
+        return tuple(rule for rule in self.rules
+                     if rule.when_absent is WhenAbsent.REJECT and not soft(rule)
+                     and scope_value(rule.scope, ctx) is None)
 
 
 def compile_plans(config: Config, prefix: str) -> Mapping[str, RoutePlan]:

@@ -15,7 +15,12 @@ Keys: `{key_prefix}{rl}:<rule>:<kind>:<scope value>`, e.g. `gw:{rl}:user_request
 * The scope value comes last: rule names cannot contain ':', so no user id can forge the key
   of another rule or part. API keys arrive hashed (`RequestContext.api_key`).
 * A rule whose scope value is absent from the request (no user id for a `user` rule, no such
-  attribute for `attribute:<name>`) is skipped for that request.
+  attribute for `attribute:<name>`) does what its `when_absent` says: `skip` (the rule does
+  not apply), `reject` (the stage refuses the request), or `ip`: the rule counts per client
+  address under `{key_prefix}{rl}:<rule>:@ip:<kind>:<address>`. The `@ip` part sits where
+  the algorithm part of every other key is, and no algorithm part starts with `@`, so an
+  address counter can never share a key with the counter of a user (or tenant...) whose id
+  happens to be that address, nor with an ip-scoped rule (whose keys carry its own name).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from gateway.context import RequestContext
 
 HASH_TAG = "{rl}"
 GLOBAL_VALUE = "*"
+BY_IP = "@ip:"  # the key part of a rule counting per address for want of its own value
 
 ALGORITHM_CODE = {
     Algorithm.TOKEN_BUCKET: 1, Algorithm.LEAKY_BUCKET: 2,
@@ -55,13 +61,23 @@ def scope_value(scope: Scope, ctx: RequestContext) -> str | None:
     return _SCOPE_READERS[scope.kind](ctx, scope) or None
 
 
-def key_bases(prefix: str, rule_name: str, algorithm: Algorithm) -> tuple[str, ...]:
-    """The keys of a rule without the scope value, which comes last."""
-    return tuple(f"{prefix}{HASH_TAG}:{rule_name}:{part}:" for part in _KEY_PARTS[algorithm])
+def soft(rule: RateLimitRule) -> bool:
+    """Reported but never blocking: shadow rules, and degrade (forwarded anyway)."""
+    return rule.shadow or rule.action is Action.DEGRADE
 
 
-def rule_keys(prefix: str, rule_name: str, algorithm: Algorithm, value: str) -> tuple[str, ...]:
-    return tuple(base + value for base in key_bases(prefix, rule_name, algorithm))
+def key_bases(prefix: str, rule_name: str, algorithm: Algorithm, by_ip: bool = False
+              ) -> tuple[str, ...]:
+    """The keys of a rule without the scope value, which comes last; `by_ip`: the keys of
+    its `when_absent: ip` counters."""
+    middle = BY_IP if by_ip else ""
+    return tuple(f"{prefix}{HASH_TAG}:{rule_name}:{middle}{part}:"
+                 for part in _KEY_PARTS[algorithm])
+
+
+def rule_keys(prefix: str, rule_name: str, algorithm: Algorithm, value: str,
+              by_ip: bool = False) -> tuple[str, ...]:
+    return tuple(base + value for base in key_bases(prefix, rule_name, algorithm, by_ip))
 
 
 class Check(NamedTuple):
@@ -80,8 +96,7 @@ class Check(NamedTuple):
 
     @property
     def soft(self) -> bool:
-        """Reported but never blocking: shadow rules, and degrade (forwarded anyway)."""
-        return self.rule.shadow or self.rule.action is Action.DEGRADE
+        return soft(self.rule)
 
     def script_args(self) -> tuple[bytes, ...]:
         """ARGV of this rule for lua/ratelimit.lua, encoded once per rule and tier."""
@@ -110,6 +125,6 @@ def tier_params(rule: RateLimitRule, tier: str | None) -> tuple[int, int, int]:
 
 
 def make_check(rule: RateLimitRule, prefix: str, value: str, tier: str | None,
-               cost: int) -> Check:
-    return Check(rule, rule_keys(prefix, rule.name, rule.algorithm, value),
+               cost: int, by_ip: bool = False) -> Check:
+    return Check(rule, rule_keys(prefix, rule.name, rule.algorithm, value, by_ip),
                  *tier_params(rule, tier), cost)

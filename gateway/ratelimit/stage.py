@@ -14,6 +14,8 @@ Held requests hold no upstream connection (the stage runs before the upstream) a
 released when the client goes away: the server cancels the handler, and the `finally`
 leaves the lane.
 * degrade (and shadow rules) never block: see `Check.soft`.
+A request lacking the scope value of a blocking `when_absent: reject` rule is refused with
+403 before anything is decided (see `_refuse_unidentified`), so it consumes nothing.
 
 Redis trouble (`RedisUnavailable`: deadline, refused, breaker open): failure_mode `open`
 admits, `closed` answers 503, `local` decides with the in-process store meanwhile; the
@@ -77,6 +79,8 @@ class RateLimiter:
         prepared = plan.prepare(ctx) if plan is not None else None
         if prepared is None:  # no rule of the route applies to this request
             return ADMIT
+        if prepared.absent:
+            return _refuse_unidentified(prepared.absent, request_id)
         checks, queue = prepared.checks, prepared.queue
         loop = asyncio.get_running_loop()
         deadline: float | None = None
@@ -248,35 +252,60 @@ class RateLimiter:
         return LimitVerdict(outcome="failed_open")
 
     # ------------------------------------------------------------------ admin API
-    def admin_check(self, rule_name: str, key: str, tier: str | None = None) -> Check:
-        """The check of `rule_name` for scope value `key` (a raw API key is hashed)."""
+    def admin_check(self, rule_name: str, key: str, tier: str | None = None,
+                    by_ip: bool = False) -> Check:
+        """The check of `rule_name` for scope value `key` (a raw API key is hashed); `by_ip`:
+        its `when_absent: ip` counter of address `key`."""
         rule = self.rules.get(rule_name)
         if rule is None:
             raise KeyError(f"unknown rate-limit rule {rule_name!r}")
         value = GLOBAL_VALUE if rule.scope.kind == "global" else key
-        if rule.scope.kind == "api_key":
+        if rule.scope.kind == "api_key" and not by_ip:
             value = hash_api_key(key)
-        return make_check(rule, self.prefix, value, tier, 0)
+        return make_check(rule, self.prefix, value, tier, 0, by_ip)
 
-    async def state(self, rule_name: str, key: str, tier: str | None = None) -> dict[str, Any]:
+    async def state(self, rule_name: str, key: str, tier: str | None = None,
+                    by_ip: bool = False) -> dict[str, Any]:
         """`GET /admin/ratelimits/{rule}?key=...`: what the rule has left for this key."""
-        check = self.admin_check(rule_name, key, tier)
+        check = self.admin_check(rule_name, key, tier, by_ip)
         store: LimitStore = self.remote if self.remote is not None else self.local
         result = (await store.decide([check], commit=False)).results[0]
         return {
-            "rule": rule_name, "key": key, "algorithm": check.rule.algorithm.value,
+            "rule": rule_name, "key": key, "by_ip": by_ip,
+            "algorithm": check.rule.algorithm.value,
             "scope": str(check.rule.scope), "limit": check.limit, "burst": check.burst,
             "window": check.window_us / 1_000_000, "quota": check.quota,
             "remaining": result.remaining, "reset_seconds": result.reset_us / 1_000_000,
             "store": "redis" if self.remote is not None else "local",
         }
 
-    async def reset(self, rule_name: str, key: str) -> None:
+    async def reset(self, rule_name: str, key: str, by_ip: bool = False) -> None:
         """`DELETE /admin/ratelimits/{rule}?key=...`: forget the key's state (both stores)."""
-        check = self.admin_check(rule_name, key)
+        check = self.admin_check(rule_name, key, by_ip=by_ip)
         await self.local.reset(check.keys)
         if self.remote is not None:
             await self.remote.reset(check.keys)
+
+
+# What a request lacks when a rule of this scope kind finds no value (the context field).
+_MISSING_FIELD = {"user": "user_id", "tenant": "tenant_id", "api_key": "api_key"}
+
+
+def _refuse_unidentified(rules: Sequence[RateLimitRule], request_id: str) -> LimitVerdict:
+    """`when_absent: reject`: 403. No limit was reached, so not 429; the request is well
+    formed, so not 400; and 401 would need a WWW-Authenticate challenge (RFC 9110 §15.5.2)
+    naming a scheme the gateway does not run: identity comes from headers an authenticating
+    proxy sets. 403 (§15.5.4) says the server understood and refuses, and repeating the
+    request unchanged will not help."""
+    missing = [_MISSING_FIELD.get(r.scope.kind) or f"attributes.{r.scope.attribute}"
+               for r in rules]
+    names = ", ".join(r.name for r in rules)
+    refusal = problem(
+        403, f"this route counts requests per {', '.join(str(r.scope) for r in rules)} "
+        f"({names}) and refuses requests without one; this request carries no "
+        f"{' and no '.join(missing)}", request_id, policies=[r.name for r in rules],
+        missing=missing)
+    return LimitVerdict(refusal=refusal, outcome="unidentified")
 
 
 def _hold_action(blocking: Sequence[Check]) -> Action | None:

@@ -94,11 +94,13 @@ async def test_reset_needs_the_token(gateway_factory: Callable[..., Any], upstre
         async with s.delete(url) as r:
             assert r.status == 401
         async with s.delete(url, headers={"Authorization": "Bearer nope"}) as r:
-            assert r.status == 403
+            assert r.status == 401
         async with s.delete(url, headers=auth) as r:
             assert r.status == 200
         async with s.get(url) as r:
-            assert r.status == 200  # reading needs no token
+            assert r.status == 401  # other clients' quotas are not public either
+        async with s.get(url, headers=auth) as r:
+            assert r.status == 200
 
 
 async def test_redis_down_is_503(gateway_factory: Callable[..., Any], upstream: Upstream,

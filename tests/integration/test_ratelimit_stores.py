@@ -18,9 +18,18 @@ from typing import Any
 import pytest
 import redis
 
-from gateway.config.model import Action, Algorithm, RateLimitRule, RedisSettings, Scope
+from gateway.config.model import (
+    Action,
+    Algorithm,
+    RateLimitRule,
+    RedisSettings,
+    Scope,
+    WhenAbsent,
+)
+from gateway.context import RequestContext
 from gateway.ratelimit.decision import NEVER, Decision, LimitStore
 from gateway.ratelimit.local import LocalStore
+from gateway.ratelimit.plan import RoutePlan
 from gateway.ratelimit.redis_store import RedisStore
 from gateway.ratelimit.rules import Check, make_check
 from gateway.redisconn import RedisLink, RedisUnavailable
@@ -155,6 +164,70 @@ async def test_soft_rules_report_but_do_not_block(store: LimitStore) -> None:
     assert [d.results[0].allowed for d in decisions] == [True, False, False, False]
 
 
+# ---------------------------------------------------------------- when_absent: ip
+
+def by_ip_plan() -> RoutePlan:
+    user = RateLimitRule("per_user", Algorithm.SLIDING_WINDOW, Scope("user"), 3, 60.0,
+                         when_absent=WhenAbsent.IP)
+    return RoutePlan((user,), cost=1, prefix="t:")
+
+
+async def test_when_absent_ip_counts_anonymous_requests_per_address(store: LimitStore) -> None:
+    plan = by_ip_plan()
+    anonymous = plan.prepare(RequestContext("192.0.2.7"))
+    elsewhere = plan.prepare(RequestContext("192.0.2.8"))
+    assert anonymous is not None and elsewhere is not None
+    assert [await admitted(store, anonymous.checks, T0) for _ in range(4)] == \
+        [True, True, True, False]
+    assert await admitted(store, elsewhere.checks, T0)  # another address, its own count
+
+
+async def test_when_absent_ip_never_shares_a_counter_with_a_user_named_like_the_address(
+        store: LimitStore) -> None:
+    plan = by_ip_plan()
+    anonymous = plan.prepare(RequestContext("192.0.2.7"))
+    impostor = plan.prepare(RequestContext("198.51.100.1", user_id="192.0.2.7"))
+    assert anonymous is not None and impostor is not None
+    assert await count(store, anonymous.checks[0], T0, 5) == 3
+    assert await count(store, impostor.checks[0], T0, 5) == 3  # untouched by the address
+
+
+async def test_both_stores_decide_when_absent_plans_identically(
+        redis_server: RedisServer) -> None:
+    rules = (
+        RateLimitRule("u", Algorithm.SLIDING_WINDOW, Scope("user"), 4, 2.0, 1,
+                      when_absent=WhenAbsent.IP),
+        RateLimitRule("t", Algorithm.TOKEN_BUCKET, Scope("tenant"), 3, 1.0, 2),
+        RateLimitRule("a", Algorithm.LEAKY_BUCKET, Scope("attribute", "plan"), 5, 1.0, 1,
+                      when_absent=WhenAbsent.IP),
+        RateLimitRule("g", Algorithm.FIXED_WINDOW, Scope("global"), 40, 1.0),
+    )
+    rng = random.Random(11)
+    contexts = [RequestContext(f"192.0.2.{rng.randint(1, 3)}",
+                               user_id=rng.choice([None, "u1", "192.0.2.1"]),
+                               tenant_id=rng.choice([None, "acme"]),
+                               attributes=rng.choice([{}, {"plan": "pro"}]))
+                for _ in range(300)]
+    steps = [rng.choice([0, 1, 50_000, 333_333]) for _ in contexts]
+
+    async def run(store: LimitStore) -> list[Decision]:
+        plan, now, out = RoutePlan(rules, cost=1, prefix="t:"), T0, []
+        for ctx, step in zip(contexts, steps, strict=True):
+            now += step
+            prepared = plan.prepare(ctx)
+            assert prepared is not None
+            out.append(await store.decide(prepared.checks, now))
+        return out
+
+    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
+    try:
+        local, remote = await run(LocalStore()), await run(RedisStore(link))
+    finally:
+        await link.close()
+    assert local == remote
+    assert any(d.admitted for d in local) and not all(d.admitted for d in local)
+
+
 # ---------------------------------------------------------------- identical decisions
 
 async def replay(store: LimitStore, seed: int) -> list[Decision]:
@@ -178,9 +251,13 @@ async def test_both_stores_decide_identically(redis_server: RedisServer) -> None
     link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
     try:
         for seed in range(3):
-            local = await replay(LocalStore(), seed)
+            # The local store is exactly as large as the 12 keys the schedule can use: its
+            # LRU bookkeeping runs on every decision and must change none of them.
+            bounded = LocalStore(max_keys=12)
+            local = await replay(bounded, seed)
             remote = await replay(RedisStore(link, batched=seed % 2 == 0), seed)
             assert local == remote
+            assert bounded.evictions == 0 and len(bounded.slots) <= 12
             assert any(d.admitted for d in local) and not all(d.admitted for d in local)
             redis_server.cli("FLUSHALL")
     finally:

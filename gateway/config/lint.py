@@ -1,0 +1,50 @@
+"""Warnings about a valid configuration that probably does not do what its author meant.
+
+They never stop a gateway: `gateway check` prints them and exits 0, `gateway run` prints
+them at start. Each is `dotted.path: what happens, and what to set instead`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gateway.adminauth import configured_token, loopback, unset_token_hint
+from gateway.config.model import Config, RateLimitRule, Scope, WhenAbsent
+
+_ABSENT = {"user": "a user id", "tenant": "a tenant id", "api_key": "an API key"}
+
+
+def _missing(scope: Scope) -> str:
+    return _ABSENT.get(scope.kind) or f"the attribute {scope.attribute!r}"
+
+
+def skippable(rule: RateLimitRule) -> bool:
+    """True when some request can lack the rule's scope value and the rule then skips it."""
+    return rule.scope.kind not in ("global", "ip") and rule.when_absent is WhenAbsent.SKIP
+
+
+def route_limit_warnings(config: Config) -> list[str]:
+    """A route whose every rule can be skipped does not limit a client that omits the values:
+    an anonymous client of a route with only user rules is never limited."""
+    out = []
+    for i, route in enumerate(config.routes):
+        rules = [config.rate_limits[name] for name in route.rate_limits]
+        if rules and all(skippable(rule) for rule in rules):
+            lacking = "; ".join(f"{rule.name} without {_missing(rule.scope)}" for rule in rules)
+            out.append(f"routes[{i}] ({route.name}): a request can skip every rate limit of "
+                       f"this route ({lacking}); set when_absent: ip or reject on one of its "
+                       "rules, or add an ip-scoped rule")
+    return out
+
+
+def admin_warnings(config: Config, environ: Mapping[str, str]) -> list[str]:
+    admin = config.admin
+    if configured_token(admin, environ) is not None or loopback(admin.host):
+        return []
+    return [f"admin.host: {admin.host!r} is not a loopback address and no admin token is set, "
+            "so every /admin/* call will be refused (403); /healthz, /readyz and /metrics "
+            f"stay open; {unset_token_hint(admin)}"]
+
+
+def config_warnings(config: Config, environ: Mapping[str, str]) -> list[str]:
+    return [*admin_warnings(config, environ), *route_limit_warnings(config)]
