@@ -18,6 +18,22 @@ from gateway.config.model import RouteCache
 NO_ROUTE = RouteCache()
 DATE = "Sun, 06 Nov 1994 08:49:37 GMT"
 T0 = http_date(DATE) or 0.0
+FUTURE = "Thu, 18 Aug 2050 02:01:18 GMT"
+# Not HTTP-dates (RFC 9110 §5.6.7), though email.utils reads each as 18 Aug 2050.
+NOT_HTTP_DATES = (
+    "Thu, 18 Aug 2050 02:01:18 +1000",   # numeric zone
+    "Thu, 18 Aug 2050 02:01:18 UTC",     # UTC, not GMT
+    "Thu, 18 Aug 50 02:01:18 GMT",       # two-digit year in the IMF form
+    "Thu 18 Aug 2050 02:01:18 GMT",      # no comma
+    "Thu, 18  Aug  2050 02:01:18 GMT",   # doubled spaces
+    "Thu, 18-Aug-2050 02:01:18 GMT",     # dashes in the IMF form
+    "Thu, 18 Aug 2050 02.01.18 GMT",     # dots in the time
+    "Thu, 18 Aug 2050 2:01:18 GMT",      # one-digit hour
+    "THU, 18 Aug 2050 02:01:18 GMT",     # case (HTTP-date is case-sensitive)
+    "Thu, 18 Aug 2050 02:01:18",         # no zone
+    "Thu, 31 Feb 2050 02:01:18 GMT",     # no such day
+    "Thu, 18 Aug 2050 24:01:18 GMT",     # no such hour
+)
 
 
 def h(**fields: str) -> CIMultiDict[str]:
@@ -102,6 +118,58 @@ def test_rfc9111_4_2_1_invalid_or_conflicting_max_age_is_stale() -> None:
 
 def test_rfc9111_1_2_2_huge_delta_seconds_are_capped_not_invalid() -> None:
     assert parse_directives(["max-age=99999999999999"]).seconds("max-age") == 2**31
+
+
+def test_rfc9110_5_6_7_http_date_is_one_of_three_forms_and_nothing_else() -> None:
+    for form in ("Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT",
+                 "Sun Nov  6 08:49:37 1994", "Sun Nov 06 08:49:37 1994"):
+        assert http_date(form) == 784111777.0, form
+    assert http_date(FUTURE) == 2544400878.0
+    assert http_date("Thu, 31 Dec 1998 23:59:60 GMT") == 915148800.0  # a leap second
+    for value in (*NOT_HTTP_DATES, "0", "", None, "Sun, 06 Nov 1994 08:49:37 GMT\x00",
+                  "Sun, \uff106 Nov 1994 08:49:37 GMT", "Sun, 06 Nov 0000 08:49:37 GMT",
+                  "Sunday, 06-Nov-1994 08:49:37 GMT", "Sun Nov  6 08:49:37 1994 GMT"):
+        assert http_date(value) is None, value
+
+
+def test_rfc9110_5_6_7_rfc850_two_digit_year_at_most_fifty_years_ahead() -> None:
+    now = http_date("Sat, 01 Jan 2026 00:00:00 GMT")
+    assert http_date("Sunday, 18-Aug-76 02:01:18 GMT", now) == http_date(
+        "Tue, 18 Aug 2076 02:01:18 GMT")
+    assert http_date("Sunday, 18-Aug-77 02:01:18 GMT", now) == http_date(
+        "Thu, 18 Aug 1977 02:01:18 GMT")
+    later = http_date("Mon, 01 Jan 2080 00:00:00 GMT")
+    assert http_date("Sunday, 18-Aug-10 02:01:18 GMT", later) == http_date(
+        "Wed, 18 Aug 2110 02:01:18 GMT")
+
+
+def test_rfc9111_5_3_expires_that_is_not_an_http_date_is_already_expired() -> None:
+    fresh = rfc.freshness(200, h(Date=DATE, Expires=FUTURE), NO_ROUTE, T0)
+    assert fresh.lifetime > 0
+    for value in NOT_HTTP_DATES:
+        headers = h(Date=DATE, Expires=value)
+        assert rfc.freshness(200, headers, NO_ROUTE, T0).lifetime == 0, value
+        assert rfc.freshness(200, h(Expires=value), NO_ROUTE, T0).lifetime == 0, value
+        assert not rfc.worth_storing(rfc.freshness(200, headers, NO_ROUTE, T0), headers)
+
+
+def test_rfc9110_13_1_3_if_modified_since_that_is_not_an_http_date_is_ignored() -> None:
+    stored = h(Last_Modified=DATE)
+    assert rfc.not_modified(h(If_Modified_Since=FUTURE), stored)
+    for value in NOT_HTTP_DATES:
+        assert not rfc.not_modified(h(If_Modified_Since=value), stored), value
+
+
+def test_rfc9111_4_2_2_last_modified_or_date_not_an_http_date_gives_no_heuristic() -> None:
+    lm = "Sun, 30 Oct 1994 08:49:37 GMT"
+    assert rfc.freshness(200, h(Date=DATE, Last_Modified=lm), NO_ROUTE, T0).lifetime > 0
+    bad_lm = "Sun, 30 Oct 1994 08:49:37 UTC"
+    assert rfc.freshness(200, h(Date=DATE, Last_Modified=bad_lm), NO_ROUTE, T0).lifetime == 0
+    # An invalid Date: the response time stands in for it (§4.2.3).
+    three_days = "Thu, 03 Nov 1994 08:49:37 GMT"
+    bad_date = rfc.freshness(200, h(Date="Sun, 06 Nov 1994 08:49:37 +0000",
+                                    Last_Modified=three_days), NO_ROUTE, T0 + 86400)
+    assert abs(bad_date.lifetime - 4 * 86400 * 0.1) < 1
 
 
 def test_rfc9111_5_3_invalid_expires_is_in_the_past() -> None:

@@ -1,0 +1,95 @@
+"""RFC 9111 / 9110 / 9211 / 9213 conformance of the cache through the real gateway: what a
+client sees when dates are not HTTP-dates, CDN-Cache-Control is not a Dictionary, a method
+not known to be safe succeeds, a status outside the usual list has explicit freshness, the
+client forces a forward, a 304 sets a cookie, or equivalent requests differ only in form.
+
+Each test names the clause it checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from tests.harness import InProcessGateway, Upstream, client_session
+from tests.integration.test_cache import cached_config, counting, get
+
+Factory = Callable[..., Awaitable[InProcessGateway]]
+
+# Each read as 18 Aug 2050 by a lenient parser; none is an HTTP-date (RFC 9110 §5.6.7).
+NOT_HTTP_DATES = (
+    "Thu, 18 Aug 2050 02:01:18 +1000",
+    "Thu, 18 Aug 2050 02:01:18 UTC",
+    "Thu, 18 Aug 50 02:01:18 GMT",
+    "Thu 18 Aug 2050 02:01:18 GMT",
+    "Thu, 18  Aug  2050 02:01:18 GMT",
+    "Thu, 18-Aug-2050 02:01:18 GMT",
+    "Thu, 18 Aug 2050 02.01.18 GMT",
+    "Thu, 18 Aug 2050 2:01:18 GMT",
+)
+FUTURE = "Thu, 18 Aug 2050 02:01:18 GMT"
+
+
+def now_date() -> str:
+    return formatdate(usegmt=True)
+
+
+def answering(status: int, **headers: str
+              ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """GET gets `status` with `headers` and a numbered body; other methods get a 200."""
+    state = {"n": 0}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method != "GET":
+            await request.read()
+            return web.Response(text=f"{request.method} done")
+        state["n"] += 1
+        fields = {k.replace("_", "-"): v for k, v in headers.items()}
+        return web.Response(status=status, body=f"{status}-{state['n']}".encode(),
+                            headers=fields)
+
+    return handler
+
+
+async def send(url: str, method: str, body: bytes | None = None, **headers: str
+               ) -> tuple[int, CIMultiDict[str], bytes]:
+    sent = {name.replace("_", "-"): value for name, value in headers.items()}
+    async with client_session() as s, s.request(method, url, data=body, headers=sent) as r:
+        return r.status, CIMultiDict(r.headers), await r.read()
+
+
+# ---------------------------------------------------------------- HTTP-dates
+
+async def test_rfc9111_5_3_expires_not_an_http_date_is_already_expired(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    async def expiring(request: web.Request) -> web.Response:
+        index = int(request.path.rsplit("/", 1)[1])
+        value = FUTURE if index == len(NOT_HTTP_DATES) else NOT_HTTP_DATES[index]
+        return web.Response(text="x", headers={"Date": now_date(), "Expires": value})
+
+    upstream.on("/market/exp/*", expiring)
+    gw = await gateway_factory(cached_config(upstream.url, ttl=None))
+    for index in range(len(NOT_HTTP_DATES) + 1):
+        for _ in range(2):
+            _, headers, _ = await get(f"{gw.url}/market/exp/{index}")
+    # The last one (a real HTTP-date in the future) was stored; none of the others.
+    assert headers["X-Cache"] == "HIT"
+    for index in range(len(NOT_HTTP_DATES)):
+        assert upstream.count(f"/market/exp/{index}") == 2, NOT_HTTP_DATES[index]
+    assert upstream.count(f"/market/exp/{len(NOT_HTTP_DATES)}") == 1
+
+
+async def test_rfc9110_13_1_3_if_modified_since_not_an_http_date_is_ignored(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    upstream.on("/market/lm", counting(Cache_Control="max-age=60",
+                                       Last_Modified="Sun, 06 Nov 1994 08:49:37 GMT"))
+    gw = await gateway_factory(cached_config(upstream.url))
+    await get(f"{gw.url}/market/lm")
+    status, _, _ = await get(f"{gw.url}/market/lm", If_Modified_Since=FUTURE)
+    assert status == 304
+    for value in NOT_HTTP_DATES:
+        status, headers, body = await get(f"{gw.url}/market/lm", If_Modified_Since=value)
+        assert (status, body, headers["X-Cache"]) == (200, b"payload-1", "HIT"), value
