@@ -5,7 +5,8 @@ What malformed values mean is the RFC's choice, not ours:
   different values, makes the response stale (RFC 9111 §4.2.1, §1.2.2);
 - an `Expires` that is not an HTTP-date is a time in the past (§5.3);
 - an invalid `Age` is ignored (§5.1);
-- a targeted field (RFC 9213) whose value is not a valid Dictionary is ignored (§2.1).
+- a targeted field (RFC 9213) whose value is not a valid Dictionary, or whose known
+  directives have values of the wrong type, is ignored as a whole (§2.1).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
+
+from gateway.cache.sfv import parse_dictionary
 
 # RFC 9111 §1.2.2: a cache may cap delta-seconds at 2^31 and must not treat a larger value
 # as invalid.
@@ -100,6 +103,43 @@ def parse_surrogate_control(fields: Iterable[str]) -> Directives:
     if age is not None and "+" in age:
         values["max-age"] = age.split("+", 1)[0]
     return Directives(values, parsed.conflicting, parsed.valid)
+
+
+# RFC 9213 §2.1: the value types a targeted field's known directives must have (RFC 9111 §5.2.2
+# defines them: delta-seconds are Integers, no-cache and private a Boolean or a String of field
+# names, the rest Booleans). A field that breaks them is not consumed at all.
+_INTEGER_DIRECTIVES = frozenset({"max-age", "s-maxage", "stale-while-revalidate",
+                                 "stale-if-error"})
+_BOOLEAN_OR_STRING_DIRECTIVES = frozenset({"no-cache", "private"})
+_BOOLEAN_DIRECTIVES = frozenset({"no-store", "public", "must-revalidate", "proxy-revalidate",
+                                 "must-understand", "no-transform", "immutable"})
+
+
+def parse_targeted(fields: Iterable[str]) -> Directives | None:
+    """A targeted field (CDN-Cache-Control) as the Dictionary RFC 9213 §2.1 makes it, or None
+    when it is empty or invalid, so the caller falls back to the next field."""
+    members = parse_dictionary(fields)
+    if not members:
+        return None
+    values: dict[str, str | None] = {}
+    for name, member in members.items():
+        if member is False:
+            continue  # a Boolean false directive is not there (RFC 8941 §3.3.6)
+        if name in _INTEGER_DIRECTIVES:
+            if type(member) is not int or member < 0:
+                return None
+            values[name] = str(member)
+        elif name in _BOOLEAN_OR_STRING_DIRECTIVES:
+            if member is not True and type(member) is not str:  # an sf-token is not a String
+                return None
+            values[name] = None if member is True else str(member)
+        elif name in _BOOLEAN_DIRECTIVES:
+            if member is not True:
+                return None
+            values[name] = None
+        else:  # an extension: its name is what a cache can act on
+            values[name] = None if isinstance(member, (bool, bytes, tuple)) else str(member)
+    return Directives(values)
 
 
 # RFC 9110 §5.6.7: the three HTTP-date forms, case-sensitive, single spaces, two-digit time

@@ -7,6 +7,9 @@ driver (gateway.cache.stage) asks these questions and performs the answers.
 Choices the RFCs leave to us (also in the README):
 - Targeted fields (RFC 9213) in the order Surrogate-Control, CDN-Cache-Control: the first valid,
   non-empty one replaces Cache-Control *and* Expires for this cache (RFC 9213 §2.1).
+  CDN-Cache-Control must parse as an RFC 8941 Dictionary with the directive types RFC 9111
+  gives (max-age an Integer...), else it is ignored whole; Surrogate-Control, older than
+  Structured Fields, is read like Cache-Control.
 - Route `ttl` and heuristic freshness apply only to heuristically cacheable status codes
   (RFC 9111 §4.2.2), so a `ttl` never makes a 500 or a 302 cacheable; `override: true` replaces
   only the lifetime, never `no-store`, `private` or `no-cache`.
@@ -34,6 +37,7 @@ from gateway.cache.directives import (
     opaque_tag,
     parse_directives,
     parse_surrogate_control,
+    parse_targeted,
     vary_names,
 )
 from gateway.config.model import RouteCache
@@ -49,8 +53,6 @@ HEURISTIC_MAX = 86400.0
 # stored body, not the empty 304).
 _KEEP_ON_FRESHEN = frozenset({"content-length", "content-encoding", "content-type",
                               "content-range", "transfer-encoding"})
-# Sent by the upstream for us, never to the client (RFC 9213 §2.1, contract).
-CDN_FIELDS = ("Surrogate-Control", "CDN-Cache-Control")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 ERROR_STATUSES = frozenset({500, 502, 503, 504})  # RFC 5861 §4 "error": what stale-if-error covers
 
@@ -66,9 +68,9 @@ def cache_directives(headers: Mapping[str, str]) -> tuple[Directives, bool]:
             return parsed, True
     targeted = field_values(headers, "CDN-Cache-Control")
     if targeted:
-        parsed = parse_directives(targeted)
-        if parsed.valid and parsed.values:
-            return parsed, True
+        cdn = parse_targeted(targeted)  # an RFC 8941 Dictionary, or ignored whole (§2.1)
+        if cdn is not None:
+            return cdn, True
     cache_control = field_values(headers, "Cache-Control")
     return (parse_directives(cache_control) if cache_control else EMPTY), False
 
@@ -339,8 +341,9 @@ def _origin(url: str) -> tuple[str, str]:
 
 def client_headers(headers: Iterable[tuple[str, str]], route: RouteCache, *,
                    stored: bool, age: float | None = None) -> CIMultiDict[str]:
-    """Headers for the client: targeted fields and the tags header removed (contract), Age on a
-    response from the cache, and `browser_ttl` as the client's Cache-Control.
+    """Headers for the client: Surrogate-Control and the tags header removed (contract), Age
+    on a response from the cache, and `browser_ttl` as the client's Cache-Control.
+    CDN-Cache-Control is sent on: a CDN tier in front may use it, browsers ignore it (RFC 9213).
 
     With `browser_ttl` the client gets max-age = browser_ttl + Age: a browser subtracts Age
     (§4.2.3), so this keeps it browser_ttl seconds from the moment it arrives.
@@ -361,7 +364,7 @@ def client_headers(headers: Iterable[tuple[str, str]], route: RouteCache, *,
 
 def dropped_fields(route: RouteCache, *, stored: bool, age: bool) -> frozenset[str]:
     """The lower-cased fields `client_headers` leaves out (it adds Age / Cache-Control anew)."""
-    drop = {"surrogate-control", "cdn-cache-control"}
+    drop = {"surrogate-control"}
     if route.tags_header:
         drop.add(route.tags_header.lower())
     if age:

@@ -93,3 +93,36 @@ async def test_rfc9110_13_1_3_if_modified_since_not_an_http_date_is_ignored(
     for value in NOT_HTTP_DATES:
         status, headers, body = await get(f"{gw.url}/market/lm", If_Modified_Since=value)
         assert (status, body, headers["X-Cache"]) == (200, b"payload-1", "HIT"), value
+
+
+# ---------------------------------------------------------------- RFC 9213
+
+async def test_rfc9213_2_1_cdn_cache_control_not_a_dictionary_falls_back_to_cache_control(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    targeted = {"/market/junk": "max-age=10000, &&&&&", "/market/string": 'max-age="10000"',
+                "/market/good": "max-age=10000"}
+    for path, value in targeted.items():
+        upstream.on(path, counting(CDN_Cache_Control=value, Cache_Control="no-store"))
+    gw = await gateway_factory(cached_config(upstream.url))
+    for path in targeted:
+        for _ in range(2):
+            _, headers, _ = await get(f"{gw.url}{path}")
+    assert upstream.count("/market/junk") == 2
+    assert upstream.count("/market/string") == 2
+    assert upstream.count("/market/good") == 1 and headers["X-Cache"] == "HIT"
+
+
+async def test_rfc9213_cdn_cache_control_reaches_the_client_surrogate_control_does_not(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    upstream.on("/market/cdn", counting(CDN_Cache_Control="max-age=60, foo",
+                                        Surrogate_Control="max-age=30",
+                                        Cache_Control="max-age=5"))
+    upstream.on("/market/other", counting(CDN_Cache_Control="no-store"))
+    gw = await gateway_factory(cached_config(upstream.url))
+    seen = []
+    for path in ("/market/cdn", "/market/cdn", "/market/other"):
+        _, headers, _ = await get(f"{gw.url}{path}")
+        seen.append((headers["X-Cache"], headers.get("CDN-Cache-Control"),
+                     headers.get("Surrogate-Control")))
+    assert seen == [("MISS", "max-age=60, foo", None), ("HIT", "max-age=60, foo", None),
+                    ("MISS", "no-store", None)]

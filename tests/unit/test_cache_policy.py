@@ -10,6 +10,7 @@ from gateway.cache.directives import (
     age_value,
     http_date,
     parse_directives,
+    parse_targeted,
     vary_names,
 )
 from gateway.cache.key import url_key, variant_id, vary_values
@@ -96,6 +97,31 @@ def test_rfc9213_2_1_targeted_field_replaces_cache_control_and_expires() -> None
     headers = h(Date=DATE, Expires="Sun, 06 Nov 1994 09:49:37 GMT",
                 Surrogate_Control="max-age=10+30")
     assert rfc.freshness(200, headers, NO_ROUTE, T0).lifetime == 10
+
+
+def test_rfc9213_2_1_cdn_cache_control_not_a_dictionary_is_ignored_whole() -> None:
+    # Not an RFC 8941 Dictionary, or a known directive with a value of the wrong type: the
+    # field is ignored and Cache-Control governs (here: no-store).
+    for value in ("max-age=10000, &&&&&", 'max-age="10000"', "max-age =100", "max-age= 100",
+                  "MaX-aGe=3600", "max-age=-1", "max-age=1.5", "no-store=1", "public=?1;a=",
+                  "no-cache=tok", "max-age=10000,", "max-age=(10000)", "max-age=10000;"):
+        headers = h(CDN_Cache_Control=value, Cache_Control="no-store")
+        assert parse_targeted([value]) is None, value
+        assert storable(headers) == "no-store", value
+        assert rfc.freshness(200, h(CDN_Cache_Control=value, Cache_Control="max-age=7"),
+                             NO_ROUTE, T0).lifetime == 7, value
+    # Valid Dictionaries govern: extensions, parameters, qualified no-cache, huge integers.
+    for value, lifetime in (("foobar, max-age=3600", 3600), ("max-age=3600;x=1", 3600),
+                            ('no-cache="Set-Cookie", max-age=5', 5),
+                            ("max-age=99999999999", 2**31), ("max-age=1, max-age=9", 9)):
+        headers = h(CDN_Cache_Control=value, Cache_Control="no-store")
+        assert storable(headers) is None, value
+        assert rfc.freshness(200, headers, NO_ROUTE, T0).lifetime == lifetime, value
+    assert storable(h(CDN_Cache_Control="no-store", Cache_Control="max-age=60")) == "no-store"
+    assert storable(h(CDN_Cache_Control="private", Cache_Control="max-age=60")) == "private"
+    # Two field lines are one Dictionary (RFC 8941 §4.2).
+    two = CIMultiDict([("CDN-Cache-Control", "max-age=60"), ("CDN-Cache-Control", "public")])
+    assert rfc.cache_directives(two)[0].values == {"max-age": "60", "public": None}
 
 
 # ---------------------------------------------------------------- §4.2 freshness
@@ -341,12 +367,18 @@ def test_rfc9111_4_1_vary_values_normalised_and_absent_distinguished() -> None:
 
 # ---------------------------------------------------------------- what the client sees
 
-def test_contract_targeted_fields_and_tags_header_removed_browser_ttl_applied() -> None:
+def test_rfc9213_cdn_cache_control_sent_on_surrogate_control_and_tags_removed() -> None:
     route = RouteCache(browser_ttl=5, tags_header="Surrogate-Key")
     out = rfc.client_headers([("Cache-Control", "s-maxage=600"), ("Surrogate-Key", "a b"),
                               ("CDN-Cache-Control", "max-age=1"), ("Surrogate-Control", "x"),
                               ("Age", "100"), ("X-Kept", "1")], route, stored=True, age=12)
-    assert dict(out) == {"X-Kept": "1", "Age": "12", "Cache-Control": "max-age=17"}
+    assert dict(out) == {"CDN-Cache-Control": "max-age=1", "X-Kept": "1", "Age": "12",
+                         "Cache-Control": "max-age=17"}
+    for stored, age in ((False, None), (True, None), (True, 3.0)):
+        assert "cdn-cache-control" not in rfc.dropped_fields(route, stored=stored,
+                                                             age=age is not None)
+        assert "surrogate-control" in rfc.dropped_fields(route, stored=stored,
+                                                         age=age is not None)
     untouched = rfc.client_headers([("Cache-Control", "private")], route, stored=False)
     assert untouched["Cache-Control"] == "private"
 
