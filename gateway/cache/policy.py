@@ -53,7 +53,9 @@ HEURISTIC_MAX = 86400.0
 # stored body, not the empty 304).
 _KEEP_ON_FRESHEN = frozenset({"content-length", "content-encoding", "content-type",
                               "content-range", "transfer-encoding"})
-UNSAFE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+# RFC 9110 §9.2.1: the methods known to be safe. Every other one, extensions such as M-SEARCH,
+# PURGE or LINK included, invalidates on success (§4.4).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 ERROR_STATUSES = frozenset({500, 502, 503, 504})  # RFC 5861 §4 "error": what stale-if-error covers
 
 
@@ -318,8 +320,9 @@ def not_modified_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, 
 def invalidated_urls(method: str, status: int, request_url: str,
                      headers: Mapping[str, str]) -> list[str]:
     """The URLs a successful unsafe request makes stale: its target and same-origin
-    Location / Content-Location (§4.4; other origins are ignored to stop cache poisoning)."""
-    if method not in UNSAFE_METHODS or not 200 <= status < 400:
+    Location / Content-Location (§4.4; other origins are ignored to stop cache poisoning).
+    Every method not known to be safe counts, whatever its name."""
+    if method in SAFE_METHODS or not 200 <= status < 400:
         return []
     urls = [request_url]
     origin = _origin(request_url)

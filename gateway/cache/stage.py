@@ -88,12 +88,12 @@ class ResponseCache:
         awaited), else an awaitable of it."""
         p = self.policies.get(route.name)
         if p is None:
-            if out.method in rfc.UNSAFE_METHODS:
+            if out.method not in rfc.SAFE_METHODS:
                 # §4.4 binds the cache, not the route: a POST routed elsewhere (a GET-only
                 # cached route falls through to a catch-all) still invalidates the URL.
                 return self._unsafe(None, out, fetch)
             return fetch(out)  # no cache policy: cost nothing
-        if out.method in rfc.UNSAFE_METHODS:
+        if out.method not in rfc.SAFE_METHODS:  # any other name, extensions included (§4.4)
             return self._unsafe(p, out, fetch)
         if out.method not in ("GET", "HEAD") or out.body is not None or \
                 _any_field(out.asked, rfc.BYPASS_REQUEST_FIELDS):

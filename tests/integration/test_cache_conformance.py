@@ -126,3 +126,42 @@ async def test_rfc9213_cdn_cache_control_reaches_the_client_surrogate_control_do
                      headers.get("Surrogate-Control")))
     assert seen == [("MISS", "max-age=60, foo", None), ("HIT", "max-age=60, foo", None),
                     ("MISS", "no-store", None)]
+
+
+# ---------------------------------------------------------------- §4.4 methods
+
+async def test_rfc9111_4_4_methods_not_known_safe_pass_through_and_invalidate(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    upstream.on("/market/m", answering(200, Cache_Control="max-age=60"))
+    gw = await gateway_factory(cached_config(upstream.url))
+    url = f"{gw.url}/market/m"
+    for method in ("M-SEARCH", "PURGE", "LINK"):
+        await get(url)
+        _, headers, _ = await get(url)
+        assert headers["X-Cache"] == "HIT"
+        status, headers, body = await send(url, method, b"abc")
+        # Relayed to the upstream as it came, body included, and answered from there.
+        assert (status, body) == (200, f"{method} done".encode()), method
+        assert upstream.hits[-1].method == method
+        _, headers, _ = await get(url)
+        assert headers["X-Cache"] == "MISS", method  # the stored response was invalidated
+
+
+async def test_rfc9111_4_4_unknown_method_invalidates_same_origin_content_location(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    async def linked(request: web.Request) -> web.Response:
+        await request.read()
+        status = 500 if request.headers.get("X-Fail") else 200
+        return web.Response(status=status, text="linked",
+                            headers={"Content-Location": "/market/target"})
+
+    upstream.on("/market/target", counting(Cache_Control="max-age=60"))
+    upstream.on("/market/source", linked)
+    gw = await gateway_factory(cached_config(upstream.url))
+    await get(f"{gw.url}/market/target")
+    await send(f"{gw.url}/market/source", "LINK", X_Fail="1")  # a failure invalidates nothing
+    _, headers, _ = await get(f"{gw.url}/market/target")
+    assert headers["X-Cache"] == "HIT"
+    await send(f"{gw.url}/market/source", "LINK")
+    _, headers, _ = await get(f"{gw.url}/market/target")
+    assert headers["X-Cache"] == "MISS"

@@ -335,6 +335,18 @@ def test_rfc9110_15_4_5_a_304_drops_content_fields() -> None:
 
 # ---------------------------------------------------------------- §4.4 invalidation
 
+def test_rfc9111_4_4_every_method_not_known_safe_invalidates() -> None:
+    url = "http://shop.example/items/1"
+    headers = h(Content_Location="/items/3")
+    for method in ("M-SEARCH", "PURGE", "LINK", "UNLINK", "PROPPATCH", "POST"):
+        assert rfc.invalidated_urls(method, 200, url, headers) == [
+            url, "http://shop.example/items/3"], method
+        assert rfc.invalidated_urls(method, 302, url, headers) != [], method
+        assert rfc.invalidated_urls(method, 404, url, headers) == [], method
+    for method in ("GET", "HEAD", "OPTIONS", "TRACE"):  # RFC 9110 §9.2.1
+        assert rfc.invalidated_urls(method, 200, url, headers) == [], method
+
+
 def test_rfc9111_4_4_unsafe_success_invalidates_target_and_same_origin_locations() -> None:
     url = "http://shop.example/items/1"
     headers = h(Location="/items/2", Content_Location="http://evil.example/items/1")
