@@ -10,6 +10,10 @@ Choices the RFCs leave to us (also in the README):
   CDN-Cache-Control must parse as an RFC 8941 Dictionary with the directive types RFC 9111
   gives (max-age an Integer...), else it is ignored whole; Surrogate-Control, older than
   Structured Fields, is read like Cache-Control.
+- Any final status (200-599 but 206 and 304) with explicit freshness is stored (§3); a status
+  this cache does not know (`UNDERSTOOD_STATUSES`) is not when the response says
+  `must-understand` (§5.2.2.3), which otherwise lets an understood one be stored despite
+  `no-store`.
 - Route `ttl` and heuristic freshness apply only to heuristically cacheable status codes
   (RFC 9111 §4.2.2), so a `ttl` never makes a 500 or a 302 cacheable; `override: true` replaces
   only the lifetime, never `no-store`, `private` or `no-cache`.
@@ -44,9 +48,13 @@ from gateway.config.model import RouteCache
 
 # §4.2.2 / RFC 9110 §15.1: status codes "heuristically cacheable" by default.
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
-# What this cache understands well enough to store with explicit freshness (§3: "understood").
-# 206 needs range handling and 304 is not a complete response: neither is stored.
-UNDERSTOOD_STATUSES = HEURISTIC_STATUSES | {302, 307}
+# Never stored: 206 is part of a representation and 304 none at all (§3.3, §4.3.4).
+INCOMPLETE_STATUSES = frozenset({206, 304})
+# The final statuses RFC 9110 §15 defines, whose semantics this cache knows (§5.2.2.3's
+# "understands"): a `must-understand` response with any other status is not stored.
+UNDERSTOOD_STATUSES = frozenset(
+    {*range(200, 206), *range(300, 306), 307, 308, *range(400, 418), 421, 422, 426,
+     *range(500, 506)}) - INCOMPLETE_STATUSES
 HEURISTIC_FRACTION = 0.1
 HEURISTIC_MAX = 86400.0
 # Fields of a 304 that must not replace the stored ones (§3.2: Content-Length describes the
@@ -84,11 +92,17 @@ def not_storable_reason(method: str, status: int, headers: Mapping[str, str],
     """None when the response may be stored (§3), else why not (for Cache-Status detail)."""
     if method != "GET":
         return "method"
-    if status not in UNDERSTOOD_STATUSES:
-        return "status"
+    if not 200 <= status <= 599 or status in INCOMPLETE_STATUSES:
+        return "status"  # §3: a final, complete response (RFC 9110 §15: 600+ is invalid)
     directives, targeted = cache_directives(headers)
     request_cc = parse_directives(field_values(request_headers, "Cache-Control"))
-    if "no-store" in directives or "no-store" in request_cc:
+    if "no-store" in request_cc:
+        return "no-store"
+    if "must-understand" in directives:
+        if status not in UNDERSTOOD_STATUSES:
+            return "must-understand"
+        # §5.2.2.3: a cache that understands the status ignores the response's no-store.
+    elif "no-store" in directives:
         return "no-store"
     if "private" in directives:  # §5.2.2.7: a shared cache never stores it, qualified or not
         return "private"

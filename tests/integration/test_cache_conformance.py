@@ -165,3 +165,34 @@ async def test_rfc9111_4_4_unknown_method_invalidates_same_origin_content_locati
     await send(f"{gw.url}/market/source", "LINK")
     _, headers, _ = await get(f"{gw.url}/market/target")
     assert headers["X-Cache"] == "MISS"
+
+
+# ---------------------------------------------------------------- §3 statuses
+
+async def test_rfc9111_3_any_final_status_with_explicit_freshness_is_reused(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    statuses = (299, 303, 400, 499, 500, 503, 599)
+    for status in statuses:
+        upstream.on(f"/market/s{status}", answering(status, Cache_Control="max-age=60"))
+    # Heuristic freshness stays with the heuristically cacheable statuses (§4.2.2).
+    upstream.on("/market/heuristic", answering(400, Last_Modified="Sun, 06 Nov 1994 08:49:37 GMT"))
+    gw = await gateway_factory(cached_config(upstream.url, ttl=None))
+    for status in statuses:
+        await get(f"{gw.url}/market/s{status}")
+        got, headers, body = await get(f"{gw.url}/market/s{status}")
+        assert (got, body, headers["X-Cache"]) == (status, f"{status}-1".encode(), "HIT")
+    for _ in range(2):
+        _, headers, _ = await get(f"{gw.url}/market/heuristic")
+    assert headers["X-Cache"] == "MISS" and upstream.count("/market/heuristic") == 2
+
+
+async def test_rfc9111_5_2_2_3_must_understand_stores_an_understood_status_despite_no_store(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    upstream.on("/market/mu", counting(Cache_Control="must-understand, no-store, max-age=60"))
+    upstream.on("/market/mu299", answering(299, Cache_Control="must-understand, max-age=60"))
+    gw = await gateway_factory(cached_config(upstream.url))
+    for _ in range(2):
+        _, understood, _ = await get(f"{gw.url}/market/mu")
+        _, unknown, _ = await get(f"{gw.url}/market/mu299")
+    assert understood["X-Cache"] == "HIT" and upstream.count("/market/mu") == 1
+    assert unknown["X-Cache"] == "MISS" and "detail=must-understand" in unknown["Cache-Status"]

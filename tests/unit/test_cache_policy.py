@@ -55,13 +55,42 @@ def test_rfc9111_3_no_store_and_private_are_not_stored() -> None:
     assert storable(h(Cache_Control="max-age=60")) is None
 
 
-def test_rfc9111_3_only_get_and_understood_final_statuses() -> None:
+def test_rfc9111_3_only_get_and_final_complete_statuses() -> None:
     assert rfc.not_storable_reason("HEAD", 200, h(), h(), NO_ROUTE) == "method"
-    assert storable(h(Cache_Control="max-age=60"), status=206) == "status"
-    assert storable(h(Cache_Control="max-age=60"), status=500) == "status"
+    for status in (206, 304, 100, 199, 600, 999):
+        assert storable(h(Cache_Control="max-age=60"), status=status) == "status", status
     assert storable(h(), status=302) == "status"  # not heuristically cacheable, no freshness
     assert storable(h(Cache_Control="max-age=60"), status=302) is None
     assert storable(h(), status=404) is None
+
+
+def test_rfc9111_3_any_final_status_with_explicit_freshness_is_storable() -> None:
+    for status in (299, 303, 400, 401, 499, 500, 502, 503, 504, 599):
+        for fields in (h(Cache_Control="max-age=60"), h(Cache_Control="s-maxage=60"),
+                       h(Date=DATE, Expires="Sun, 06 Nov 1994 09:49:37 GMT"),
+                       h(CDN_Cache_Control="max-age=60")):
+            assert storable(fields, status=status) is None, (status, fields)
+        assert rfc.freshness(status, h(Cache_Control="max-age=60"), NO_ROUTE, T0).lifetime == 60
+        # No explicit freshness: not heuristically cacheable (§4.2.2), so nothing to store.
+        assert storable(h(Date=DATE, Last_Modified="Sun, 30 Oct 1994 08:49:37 GMT"),
+                        status=status) == "status"
+        assert rfc.freshness(status, h(Date=DATE, Last_Modified="Sun, 30 Oct 1994 08:49:37 GMT"),
+                             NO_ROUTE, T0).lifetime == 0
+        assert rfc.freshness(status, h(), RouteCache(ttl=30), T0).lifetime == 0
+
+
+def test_rfc9111_5_2_2_3_must_understand_stores_an_understood_status_despite_no_store() -> None:
+    for status in (200, 203, 301, 404, 410, 500):
+        assert storable(h(Cache_Control="must-understand, no-store, max-age=60"),
+                        status=status) is None, status
+    # A status this cache does not know the semantics of is not stored, no-store or not.
+    for cc in ("must-understand, no-store, max-age=60", "must-understand, max-age=60"):
+        assert storable(h(Cache_Control=cc), status=299) == "must-understand"
+    # The request's no-store still binds (§5.2.1.5); private still applies (§5.2.2.7).
+    assert storable(h(Cache_Control="must-understand, no-store, max-age=60"),
+                    h(Cache_Control="no-store")) == "no-store"
+    assert storable(h(Cache_Control="must-understand, private, max-age=60")) == "private"
+    assert storable(h(Cache_Control="no-store, max-age=60")) == "no-store"
 
 
 def test_rfc9111_3_5_authorization_needs_public_must_revalidate_or_s_maxage() -> None:
