@@ -271,6 +271,16 @@ def evaluate(fresh: Freshness, age: float, request_headers: Mapping[str, str]) -
     return Use.REVALIDATE
 
 
+def forward_reason(fresh: Freshness, age: float) -> str:
+    """RFC 9211 §2.2 `fwd` when a stored response was not used as it is: `stale` when its own
+    rules ask for validation, `request` when only the request's directives did (no-cache,
+    max-age, Pragma: no-cache in front of a response that was still usable)."""
+    return "stale" if evaluate(fresh, age, _NO_FIELDS) is Use.REVALIDATE else "request"
+
+
+_NO_FIELDS: Mapping[str, str] = {}
+
+
 def stale_if_error_allows(fresh: Freshness, age: float) -> bool:
     """RFC 5861 §4: within the window after it became stale, an error may be answered with it."""
     return age < fresh.lifetime + fresh.stale_if_error

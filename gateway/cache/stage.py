@@ -179,6 +179,8 @@ class ResponseCache:
         svc = self.service
         upstream_out = _conditional(out, stale)
         request_time = time.time()
+        fwd = "miss" if stale is None else rfc.forward_reason(stale.fresh,
+                                                              stale.age(request_time))
         try:
             exchange = await fetch(upstream_out)
         except UpstreamError as exc:
@@ -201,9 +203,8 @@ class ResponseCache:
             finish(True)
             p.count("revalidated")
             return self._from_entry(p, entry, out, entry.age(response_time), "REVALIDATED",
-                                    rfc.cache_status(hit=False, fwd="stale", fwd_status=304,
+                                    rfc.cache_status(hit=False, fwd=fwd, fwd_status=304,
                                                      ttl=entry.ttl(response_time)))
-        fwd = "stale" if stale is not None else "miss"
         p.count("miss")
         reason = rfc.not_storable_reason("GET", exchange.status, exchange.headers,
                                          upstream_out.headers, p.cache)

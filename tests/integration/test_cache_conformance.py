@@ -196,3 +196,29 @@ async def test_rfc9111_5_2_2_3_must_understand_stores_an_understood_status_despi
         _, unknown, _ = await get(f"{gw.url}/market/mu299")
     assert understood["X-Cache"] == "HIT" and upstream.count("/market/mu") == 1
     assert unknown["X-Cache"] == "MISS" and "detail=must-understand" in unknown["Cache-Status"]
+
+
+# ---------------------------------------------------------------- RFC 9211
+
+async def test_rfc9211_2_2_fwd_request_when_the_client_forces_a_forward(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    async def tagged(request: web.Request) -> web.Response:
+        if request.headers.get("If-None-Match") == '"v1"':
+            return web.Response(status=304, headers={"ETag": '"v1"',
+                                                     "Cache-Control": "max-age=60"})
+        return web.Response(text="tagged", headers={"ETag": '"v1"',
+                                                    "Cache-Control": "max-age=60"})
+
+    upstream.on("/market/plain", counting(Cache_Control="max-age=60"))
+    upstream.on("/market/tagged", tagged)
+    gw = await gateway_factory(cached_config(upstream.url))
+    forcing = ({"Cache_Control": "no-cache"}, {"Cache_Control": "max-age=0"},
+               {"Pragma": "no-cache"})
+    await get(f"{gw.url}/market/plain")
+    await get(f"{gw.url}/market/tagged")
+    for asked in forcing:
+        _, plain, _ = await get(f"{gw.url}/market/plain", **asked)
+        assert plain["Cache-Status"] == "gateway; fwd=request; fwd-status=200; stored", asked
+        _, tagged_, _ = await get(f"{gw.url}/market/tagged", **asked)
+        assert tagged_["X-Cache"] == "REVALIDATED"
+        assert tagged_["Cache-Status"].startswith("gateway; fwd=request; fwd-status=304"), asked

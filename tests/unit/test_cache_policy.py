@@ -450,6 +450,19 @@ def test_rfc9111_4_evaluate_without_request_directives_follows_the_stored_respon
     assert rfc.evaluate(rfc.Freshness(10, no_cache=True), 1, h()) is rfc.Use.REVALIDATE
 
 
+def test_rfc9211_2_2_fwd_request_when_only_the_request_forced_forwarding() -> None:
+    usable = [rfc.Freshness(100), rfc.Freshness(10, stale_while_revalidate=50)]
+    for fresh in usable:
+        for request in (h(Cache_Control="no-cache"), h(Cache_Control="max-age=0"),
+                        h(Pragma="no-cache")):
+            assert rfc.evaluate(fresh, 20 if fresh.lifetime == 10 else 5,
+                                request) is rfc.Use.REVALIDATE
+        assert rfc.forward_reason(fresh, 5) == "request"
+    # The stored response itself needed validation: stale, whatever the request said.
+    assert rfc.forward_reason(rfc.Freshness(10), 11) == "stale"
+    assert rfc.forward_reason(rfc.Freshness(100, no_cache=True), 1) == "stale"
+
+
 def test_tags_from_the_route_header_space_or_comma_separated() -> None:
     route = RouteCache(tags_header="Surrogate-Key")
     assert rfc.tags_of(h(Surrogate_Key="product-42 prices, prices"), route) == (
