@@ -320,11 +320,13 @@ def not_modified(request_headers: Mapping[str, str], stored: Mapping[str, str]) 
     return modified is not None and modified <= since
 
 
-def freshen(stored: Iterable[tuple[str, str]],
-            update: Mapping[str, str]) -> list[tuple[str, str]]:
+def freshen(stored: Iterable[tuple[str, str]], update: Mapping[str, str],
+            store_set_cookie: bool = False) -> list[tuple[str, str]]:
     """§4.3.4: the 304's fields replace the stored ones of the same name, except the content
-    fields that describe the stored body."""
-    replacing = {name.lower() for name in update if name.lower() not in _KEEP_ON_FRESHEN}
+    fields that describe the stored body, and Set-Cookie unless the route stores it (one
+    user's cookie in a 304 must not reach the next user the entry answers)."""
+    keep = _KEEP_ON_FRESHEN if store_set_cookie else _KEEP_ON_FRESHEN | {"set-cookie"}
+    replacing = {name.lower() for name in update if name.lower() not in keep}
     kept = [(n, v) for n, v in stored if n.lower() not in replacing]
     added = [(n, v) for n, v in update.items() if n.lower() in replacing]
     return kept + added

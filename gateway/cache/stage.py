@@ -202,9 +202,13 @@ class ResponseCache:
             svc.store(entry)
             finish(True)
             p.count("revalidated")
-            return self._from_entry(p, entry, out, entry.age(response_time), "REVALIDATED",
-                                    rfc.cache_status(hit=False, fwd=fwd, fwd_status=304,
-                                                     ttl=entry.ttl(response_time)))
+            answer = self._from_entry(p, entry, out, entry.age(response_time), "REVALIDATED",
+                                      rfc.cache_status(hit=False, fwd=fwd, fwd_status=304,
+                                                       ttl=entry.ttl(response_time)))
+            if not p.cache.store_set_cookie:  # for this client only, never stored
+                answer.headers.extend(("Set-Cookie", v) for v in
+                                      field_values(exchange.headers, "Set-Cookie"))
+            return answer
         p.count("miss")
         reason = rfc.not_storable_reason("GET", exchange.status, exchange.headers,
                                          upstream_out.headers, p.cache)
@@ -398,7 +402,7 @@ def _conditional(out: Outgoing, stale: Entry | None) -> Outgoing:
 def _freshened(stale: Entry, exchange: Exchange, route: RouteCache, request_time: float,
                response_time: float) -> Entry:
     """§4.3.4: a 304 updates the stored headers and restarts the clock; the body stays."""
-    headers = rfc.freshen(stale.headers.items(), exchange.headers)
+    headers = rfc.freshen(stale.headers.items(), exchange.headers, route.store_set_cookie)
     header_map = CIMultiDict(headers)
     return stale.refreshed(headers, rfc.initial_age(exchange.headers, request_time,
                                                     response_time),

@@ -222,3 +222,23 @@ async def test_rfc9211_2_2_fwd_request_when_the_client_forces_a_forward(
         _, tagged_, _ = await get(f"{gw.url}/market/tagged", **asked)
         assert tagged_["X-Cache"] == "REVALIDATED"
         assert tagged_["Cache-Status"].startswith("gateway; fwd=request; fwd-status=304"), asked
+
+
+# ---------------------------------------------------------------- Set-Cookie
+
+async def test_rfc9111_4_3_4_a_304s_set_cookie_reaches_its_client_only(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    async def validated(request: web.Request) -> web.Response:
+        if request.headers.get("If-None-Match") == '"v1"':
+            return web.Response(status=304, headers={
+                "ETag": '"v1"', "Cache-Control": "max-age=60", "Set-Cookie": "session=alice"})
+        return web.Response(text="page", headers={"ETag": '"v1"', "Cache-Control": "max-age=0"})
+
+    upstream.on("/market/page", validated)
+    gw = await gateway_factory(cached_config(upstream.url, ttl=None))
+    _, first, _ = await get(f"{gw.url}/market/page")
+    _, alice, _ = await get(f"{gw.url}/market/page")  # stale: revalidated, 304 with a cookie
+    _, bob, body = await get(f"{gw.url}/market/page")
+    assert (first["X-Cache"], alice["X-Cache"], bob["X-Cache"]) == ("MISS", "REVALIDATED", "HIT")
+    assert alice.getall("Set-Cookie") == ["session=alice"]
+    assert "Set-Cookie" not in bob and body == b"page"

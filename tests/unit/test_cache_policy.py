@@ -356,6 +356,14 @@ def test_rfc9111_4_3_4_freshen_replaces_fields_but_not_content_length() -> None:
                       "X-Old": "kept", "X-New": "added"}
 
 
+def test_rfc9111_4_3_4_a_304s_set_cookie_is_stored_only_where_the_route_stores_cookies() -> None:
+    stored = [("ETag", '"x"'), ("Cache-Control", "max-age=1")]
+    update = CIMultiDict([("Cache-Control", "max-age=60"), ("Set-Cookie", "session=alice")])
+    assert [n for n, _ in rfc.freshen(stored, update)] == ["ETag", "Cache-Control"]
+    assert ("Set-Cookie", "session=alice") in rfc.freshen(stored, update,
+                                                          store_set_cookie=True)
+
+
 def test_rfc9110_15_4_5_a_304_drops_content_fields() -> None:
     kept = rfc.not_modified_headers([("ETag", '"x"'), ("Content-Length", "5"),
                                      ("Content-Type", "text/plain"), ("Vary", "Accept")])
