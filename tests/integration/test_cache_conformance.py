@@ -242,3 +242,22 @@ async def test_rfc9111_4_3_4_a_304s_set_cookie_reaches_its_client_only(
     assert (first["X-Cache"], alice["X-Cache"], bob["X-Cache"]) == ("MISS", "REVALIDATED", "HIT")
     assert alice.getall("Set-Cookie") == ["session=alice"]
     assert "Set-Cookie" not in bob and body == b"page"
+
+
+# ---------------------------------------------------------------- Vary
+
+async def test_rfc9110_12_5_equivalent_negotiation_fields_share_a_variant(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    upstream.on("/market/v", counting(Cache_Control="max-age=60",
+                                      Vary="Accept-Encoding, Accept-Language"))
+    gw = await gateway_factory(cached_config(upstream.url))
+    forms = [("gzip, br", "en-US, de;q=0.5"), ("BR,gzip", "de; q=0.5 ,en-us"),
+             ("br ,  GZIP", "EN-us,de;q=0.5")]
+    for encoding, language in forms:
+        _, headers, body = await get(f"{gw.url}/market/v", Accept_Encoding=encoding,
+                                     Accept_Language=language)
+        assert body == b"payload-1"
+    assert headers["X-Cache"] == "HIT" and upstream.count("/market/v") == 1
+    _, headers, _ = await get(f"{gw.url}/market/v", Accept_Encoding="gzip",
+                              Accept_Language="en-US, de;q=0.5")
+    assert headers["X-Cache"] == "MISS"  # a different value is a different variant

@@ -13,7 +13,7 @@ from gateway.cache.directives import (
     parse_targeted,
     vary_names,
 )
-from gateway.cache.key import url_key, variant_id, vary_values
+from gateway.cache.key import normalise_field, url_key, variant_id, vary_values
 from gateway.config.model import RouteCache
 
 NO_ROUTE = RouteCache()
@@ -408,10 +408,32 @@ def test_rfc9111_4_1_vary_values_normalised_and_absent_distinguished() -> None:
     names = ("accept-encoding",)
     one = vary_values(names, h(Accept_Encoding="gzip,  br"))
     two = vary_values(names, h(Accept_Encoding="gzip , br"))
-    assert one == two == ("gzip,br",)
+    assert one == two == ("br,gzip",)
     assert vary_values(names, h()) == (None,)
     assert variant_id(names, (None,)) != variant_id(names, ("",))
     assert variant_id((), ()) == "-"
+
+
+def test_rfc9110_12_5_negotiation_fields_are_unordered_case_insensitive_lists() -> None:
+    same = [("accept-encoding", "gzip, br", "BR,gzip", "br ,  gzip,"),
+            ("accept-language", "en-US, de;q=0.5", "de; q=0.5 ,en-us"),
+            ("accept-charset", "utf-8, ISO-8859-1;q=0.5", "iso-8859-1;q=0.5,UTF-8"),
+            ("accept", "text/html, application/json;q=0.9", "Application/JSON;Q=0.9,text/HTML")]
+    for name, *values in same:
+        assert len({normalise_field(name, v) for v in values}) == 1, values
+        assert vary_values((name,), h(**{name.replace("-", "_"): values[0]})) == \
+            vary_values((name,), h(**{name.replace("-", "_"): values[1]}))
+    different = [("accept-encoding", "gzip", "br"),
+                 ("accept", "a/b;v=A", "a/b;v=a"),           # parameter values keep case
+                 ("accept", 'a/b;x="1,2"', 'a/b;x="2,1"'),   # quoted: not split, not sorted
+                 ("x-custom", "a, b", "b, a"),               # order may matter elsewhere
+                 ("x-custom", "A", "a")]
+    for name, one, two in different:
+        assert normalise_field(name, one) != normalise_field(name, two), (name, one, two)
+    # Field lines of one field are one list (RFC 9110 §5.3).
+    lines = CIMultiDict([("Accept-Encoding", "br"), ("Accept-Encoding", "gzip")])
+    assert vary_values(("accept-encoding",), lines) == vary_values(
+        ("accept-encoding",), h(Accept_Encoding="gzip, br"))
 
 
 # ---------------------------------------------------------------- what the client sees
