@@ -167,6 +167,21 @@ async def test_rfc9111_4_4_unknown_method_invalidates_same_origin_content_locati
     assert headers["X-Cache"] == "MISS"
 
 
+async def test_rfc9111_4_4_extension_method_routed_past_the_cache_still_invalidates(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    """The cached route takes GET and HEAD only: M-SEARCH falls through to the catch-all,
+    which has no cache policy and no `methods`, reaches the upstream and still invalidates."""
+    upstream.on("/market/m", answering(200, Cache_Control="max-age=60"))
+    config = cached_config(upstream.url)
+    config["routes"][0]["match"]["methods"] = ["GET", "HEAD"]
+    gw = await gateway_factory(config)
+    await get(f"{gw.url}/market/m")
+    status, headers, body = await send(f"{gw.url}/market/m", "M-SEARCH")
+    assert (status, body, "X-Cache" in headers) == (200, b"M-SEARCH done", False)
+    _, headers, _ = await get(f"{gw.url}/market/m")
+    assert headers["X-Cache"] == "MISS"
+
+
 # ---------------------------------------------------------------- §3 statuses
 
 async def test_rfc9111_3_any_final_status_with_explicit_freshness_is_reused(
