@@ -7,6 +7,13 @@ driver (gateway.cache.stage) asks these questions and performs the answers.
 Choices the RFCs leave to us (also in the README):
 - Targeted fields (RFC 9213) in the order Surrogate-Control, CDN-Cache-Control: the first valid,
   non-empty one replaces Cache-Control *and* Expires for this cache (RFC 9213 §2.1).
+  CDN-Cache-Control must parse as an RFC 8941 Dictionary with the directive types RFC 9111
+  gives (max-age an Integer...), else it is ignored whole; Surrogate-Control, older than
+  Structured Fields, is read like Cache-Control.
+- Any final status (200-599 but 206 and 304) with explicit freshness is stored (§3); a status
+  this cache does not know (`UNDERSTOOD_STATUSES`) is not when the response says
+  `must-understand` (§5.2.2.3), which otherwise lets an understood one be stored despite
+  `no-store`.
 - Route `ttl` and heuristic freshness apply only to heuristically cacheable status codes
   (RFC 9111 §4.2.2), so a `ttl` never makes a 500 or a 302 cacheable; `override: true` replaces
   only the lifetime, never `no-store`, `private` or `no-cache`.
@@ -34,24 +41,29 @@ from gateway.cache.directives import (
     opaque_tag,
     parse_directives,
     parse_surrogate_control,
+    parse_targeted,
     vary_names,
 )
 from gateway.config.model import RouteCache
 
 # §4.2.2 / RFC 9110 §15.1: status codes "heuristically cacheable" by default.
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
-# What this cache understands well enough to store with explicit freshness (§3: "understood").
-# 206 needs range handling and 304 is not a complete response: neither is stored.
-UNDERSTOOD_STATUSES = HEURISTIC_STATUSES | {302, 307}
+# Never stored: 206 is part of a representation and 304 none at all (§3.3, §4.3.4).
+INCOMPLETE_STATUSES = frozenset({206, 304})
+# The final statuses RFC 9110 §15 defines, whose semantics this cache knows (§5.2.2.3's
+# "understands"): a `must-understand` response with any other status is not stored.
+UNDERSTOOD_STATUSES = frozenset(
+    {*range(200, 206), *range(300, 306), 307, 308, *range(400, 418), 421, 422, 426,
+     *range(500, 506)}) - INCOMPLETE_STATUSES
 HEURISTIC_FRACTION = 0.1
 HEURISTIC_MAX = 86400.0
 # Fields of a 304 that must not replace the stored ones (§3.2: Content-Length describes the
 # stored body, not the empty 304).
 _KEEP_ON_FRESHEN = frozenset({"content-length", "content-encoding", "content-type",
                               "content-range", "transfer-encoding"})
-# Sent by the upstream for us, never to the client (RFC 9213 §2.1, contract).
-CDN_FIELDS = ("Surrogate-Control", "CDN-Cache-Control")
-UNSAFE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+# RFC 9110 §9.2.1: the methods known to be safe. Every other one, extensions such as M-SEARCH,
+# PURGE or LINK included, invalidates on success (§4.4).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 ERROR_STATUSES = frozenset({500, 502, 503, 504})  # RFC 5861 §4 "error": what stale-if-error covers
 
 
@@ -66,9 +78,9 @@ def cache_directives(headers: Mapping[str, str]) -> tuple[Directives, bool]:
             return parsed, True
     targeted = field_values(headers, "CDN-Cache-Control")
     if targeted:
-        parsed = parse_directives(targeted)
-        if parsed.valid and parsed.values:
-            return parsed, True
+        cdn = parse_targeted(targeted)  # an RFC 8941 Dictionary, or ignored whole (§2.1)
+        if cdn is not None:
+            return cdn, True
     cache_control = field_values(headers, "Cache-Control")
     return (parse_directives(cache_control) if cache_control else EMPTY), False
 
@@ -80,11 +92,17 @@ def not_storable_reason(method: str, status: int, headers: Mapping[str, str],
     """None when the response may be stored (§3), else why not (for Cache-Status detail)."""
     if method != "GET":
         return "method"
-    if status not in UNDERSTOOD_STATUSES:
-        return "status"
+    if not 200 <= status <= 599 or status in INCOMPLETE_STATUSES:
+        return "status"  # §3: a final, complete response (RFC 9110 §15: 600+ is invalid)
     directives, targeted = cache_directives(headers)
     request_cc = parse_directives(field_values(request_headers, "Cache-Control"))
-    if "no-store" in directives or "no-store" in request_cc:
+    if "no-store" in request_cc:
+        return "no-store"
+    if "must-understand" in directives:
+        if status not in UNDERSTOOD_STATUSES:
+            return "must-understand"
+        # §5.2.2.3: a cache that understands the status ignores the response's no-store.
+    elif "no-store" in directives:
         return "no-store"
     if "private" in directives:  # §5.2.2.7: a shared cache never stores it, qualified or not
         return "private"
@@ -253,6 +271,16 @@ def evaluate(fresh: Freshness, age: float, request_headers: Mapping[str, str]) -
     return Use.REVALIDATE
 
 
+def forward_reason(fresh: Freshness, age: float) -> str:
+    """RFC 9211 §2.2 `fwd` when a stored response was not used as it is: `stale` when its own
+    rules ask for validation, `request` when only the request's directives did (no-cache,
+    max-age, Pragma: no-cache in front of a response that was still usable)."""
+    return "stale" if evaluate(fresh, age, _NO_FIELDS) is Use.REVALIDATE else "request"
+
+
+_NO_FIELDS: Mapping[str, str] = {}
+
+
 def stale_if_error_allows(fresh: Freshness, age: float) -> bool:
     """RFC 5861 §4: within the window after it became stale, an error may be answered with it."""
     return age < fresh.lifetime + fresh.stale_if_error
@@ -292,11 +320,13 @@ def not_modified(request_headers: Mapping[str, str], stored: Mapping[str, str]) 
     return modified is not None and modified <= since
 
 
-def freshen(stored: Iterable[tuple[str, str]],
-            update: Mapping[str, str]) -> list[tuple[str, str]]:
+def freshen(stored: Iterable[tuple[str, str]], update: Mapping[str, str],
+            store_set_cookie: bool = False) -> list[tuple[str, str]]:
     """§4.3.4: the 304's fields replace the stored ones of the same name, except the content
-    fields that describe the stored body."""
-    replacing = {name.lower() for name in update if name.lower() not in _KEEP_ON_FRESHEN}
+    fields that describe the stored body, and Set-Cookie unless the route stores it (one
+    user's cookie in a 304 must not reach the next user the entry answers)."""
+    keep = _KEEP_ON_FRESHEN if store_set_cookie else _KEEP_ON_FRESHEN | {"set-cookie"}
+    replacing = {name.lower() for name in update if name.lower() not in keep}
     kept = [(n, v) for n, v in stored if n.lower() not in replacing]
     added = [(n, v) for n, v in update.items() if n.lower() in replacing]
     return kept + added
@@ -316,8 +346,9 @@ def not_modified_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, 
 def invalidated_urls(method: str, status: int, request_url: str,
                      headers: Mapping[str, str]) -> list[str]:
     """The URLs a successful unsafe request makes stale: its target and same-origin
-    Location / Content-Location (§4.4; other origins are ignored to stop cache poisoning)."""
-    if method not in UNSAFE_METHODS or not 200 <= status < 400:
+    Location / Content-Location (§4.4; other origins are ignored to stop cache poisoning).
+    Every method not known to be safe counts, whatever its name."""
+    if method in SAFE_METHODS or not 200 <= status < 400:
         return []
     urls = [request_url]
     origin = _origin(request_url)
@@ -339,8 +370,9 @@ def _origin(url: str) -> tuple[str, str]:
 
 def client_headers(headers: Iterable[tuple[str, str]], route: RouteCache, *,
                    stored: bool, age: float | None = None) -> CIMultiDict[str]:
-    """Headers for the client: targeted fields and the tags header removed (contract), Age on a
-    response from the cache, and `browser_ttl` as the client's Cache-Control.
+    """Headers for the client: Surrogate-Control and the tags header removed (contract), Age
+    on a response from the cache, and `browser_ttl` as the client's Cache-Control.
+    CDN-Cache-Control is sent on: a CDN tier in front may use it, browsers ignore it (RFC 9213).
 
     With `browser_ttl` the client gets max-age = browser_ttl + Age: a browser subtracts Age
     (§4.2.3), so this keeps it browser_ttl seconds from the moment it arrives.
@@ -361,7 +393,7 @@ def client_headers(headers: Iterable[tuple[str, str]], route: RouteCache, *,
 
 def dropped_fields(route: RouteCache, *, stored: bool, age: bool) -> frozenset[str]:
     """The lower-cased fields `client_headers` leaves out (it adds Age / Cache-Control anew)."""
-    drop = {"surrogate-control", "cdn-cache-control"}
+    drop = {"surrogate-control"}
     if route.tags_header:
         drop.add(route.tags_header.lower())
     if age:

@@ -88,12 +88,12 @@ class ResponseCache:
         awaited), else an awaitable of it."""
         p = self.policies.get(route.name)
         if p is None:
-            if out.method in rfc.UNSAFE_METHODS:
+            if out.method not in rfc.SAFE_METHODS:
                 # §4.4 binds the cache, not the route: a POST routed elsewhere (a GET-only
                 # cached route falls through to a catch-all) still invalidates the URL.
                 return self._unsafe(None, out, fetch)
             return fetch(out)  # no cache policy: cost nothing
-        if out.method in rfc.UNSAFE_METHODS:
+        if out.method not in rfc.SAFE_METHODS:  # any other name, extensions included (§4.4)
             return self._unsafe(p, out, fetch)
         if out.method not in ("GET", "HEAD") or out.body is not None or \
                 _any_field(out.asked, rfc.BYPASS_REQUEST_FIELDS):
@@ -179,6 +179,8 @@ class ResponseCache:
         svc = self.service
         upstream_out = _conditional(out, stale)
         request_time = time.time()
+        fwd = "miss" if stale is None else rfc.forward_reason(stale.fresh,
+                                                              stale.age(request_time))
         try:
             exchange = await fetch(upstream_out)
         except UpstreamError as exc:
@@ -200,10 +202,13 @@ class ResponseCache:
             svc.store(entry)
             finish(True)
             p.count("revalidated")
-            return self._from_entry(p, entry, out, entry.age(response_time), "REVALIDATED",
-                                    rfc.cache_status(hit=False, fwd="stale", fwd_status=304,
-                                                     ttl=entry.ttl(response_time)))
-        fwd = "stale" if stale is not None else "miss"
+            answer = self._from_entry(p, entry, out, entry.age(response_time), "REVALIDATED",
+                                      rfc.cache_status(hit=False, fwd=fwd, fwd_status=304,
+                                                       ttl=entry.ttl(response_time)))
+            if not p.cache.store_set_cookie:  # for this client only, never stored
+                answer.headers.extend(("Set-Cookie", v) for v in
+                                      field_values(exchange.headers, "Set-Cookie"))
+            return answer
         p.count("miss")
         reason = rfc.not_storable_reason("GET", exchange.status, exchange.headers,
                                          upstream_out.headers, p.cache)
@@ -397,7 +402,7 @@ def _conditional(out: Outgoing, stale: Entry | None) -> Outgoing:
 def _freshened(stale: Entry, exchange: Exchange, route: RouteCache, request_time: float,
                response_time: float) -> Entry:
     """§4.3.4: a 304 updates the stored headers and restarts the clock; the body stays."""
-    headers = rfc.freshen(stale.headers.items(), exchange.headers)
+    headers = rfc.freshen(stale.headers.items(), exchange.headers, route.store_set_cookie)
     header_map = CIMultiDict(headers)
     return stale.refreshed(headers, rfc.initial_age(exchange.headers, request_time,
                                                     response_time),

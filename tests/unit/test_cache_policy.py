@@ -10,14 +10,31 @@ from gateway.cache.directives import (
     age_value,
     http_date,
     parse_directives,
+    parse_targeted,
     vary_names,
 )
-from gateway.cache.key import url_key, variant_id, vary_values
+from gateway.cache.key import normalise_field, url_key, variant_id, vary_values
 from gateway.config.model import RouteCache
 
 NO_ROUTE = RouteCache()
 DATE = "Sun, 06 Nov 1994 08:49:37 GMT"
 T0 = http_date(DATE) or 0.0
+FUTURE = "Thu, 18 Aug 2050 02:01:18 GMT"
+# Not HTTP-dates (RFC 9110 §5.6.7), though email.utils reads each as 18 Aug 2050.
+NOT_HTTP_DATES = (
+    "Thu, 18 Aug 2050 02:01:18 +1000",   # numeric zone
+    "Thu, 18 Aug 2050 02:01:18 UTC",     # UTC, not GMT
+    "Thu, 18 Aug 50 02:01:18 GMT",       # two-digit year in the IMF form
+    "Thu 18 Aug 2050 02:01:18 GMT",      # no comma
+    "Thu, 18  Aug  2050 02:01:18 GMT",   # doubled spaces
+    "Thu, 18-Aug-2050 02:01:18 GMT",     # dashes in the IMF form
+    "Thu, 18 Aug 2050 02.01.18 GMT",     # dots in the time
+    "Thu, 18 Aug 2050 2:01:18 GMT",      # one-digit hour
+    "THU, 18 Aug 2050 02:01:18 GMT",     # case (HTTP-date is case-sensitive)
+    "Thu, 18 Aug 2050 02:01:18",         # no zone
+    "Thu, 31 Feb 2050 02:01:18 GMT",     # no such day
+    "Thu, 18 Aug 2050 24:01:18 GMT",     # no such hour
+)
 
 
 def h(**fields: str) -> CIMultiDict[str]:
@@ -38,13 +55,42 @@ def test_rfc9111_3_no_store_and_private_are_not_stored() -> None:
     assert storable(h(Cache_Control="max-age=60")) is None
 
 
-def test_rfc9111_3_only_get_and_understood_final_statuses() -> None:
+def test_rfc9111_3_only_get_and_final_complete_statuses() -> None:
     assert rfc.not_storable_reason("HEAD", 200, h(), h(), NO_ROUTE) == "method"
-    assert storable(h(Cache_Control="max-age=60"), status=206) == "status"
-    assert storable(h(Cache_Control="max-age=60"), status=500) == "status"
+    for status in (206, 304, 100, 199, 600, 999):
+        assert storable(h(Cache_Control="max-age=60"), status=status) == "status", status
     assert storable(h(), status=302) == "status"  # not heuristically cacheable, no freshness
     assert storable(h(Cache_Control="max-age=60"), status=302) is None
     assert storable(h(), status=404) is None
+
+
+def test_rfc9111_3_any_final_status_with_explicit_freshness_is_storable() -> None:
+    for status in (299, 303, 400, 401, 499, 500, 502, 503, 504, 599):
+        for fields in (h(Cache_Control="max-age=60"), h(Cache_Control="s-maxage=60"),
+                       h(Date=DATE, Expires="Sun, 06 Nov 1994 09:49:37 GMT"),
+                       h(CDN_Cache_Control="max-age=60")):
+            assert storable(fields, status=status) is None, (status, fields)
+        assert rfc.freshness(status, h(Cache_Control="max-age=60"), NO_ROUTE, T0).lifetime == 60
+        # No explicit freshness: not heuristically cacheable (§4.2.2), so nothing to store.
+        assert storable(h(Date=DATE, Last_Modified="Sun, 30 Oct 1994 08:49:37 GMT"),
+                        status=status) == "status"
+        assert rfc.freshness(status, h(Date=DATE, Last_Modified="Sun, 30 Oct 1994 08:49:37 GMT"),
+                             NO_ROUTE, T0).lifetime == 0
+        assert rfc.freshness(status, h(), RouteCache(ttl=30), T0).lifetime == 0
+
+
+def test_rfc9111_5_2_2_3_must_understand_stores_an_understood_status_despite_no_store() -> None:
+    for status in (200, 203, 301, 404, 410, 500):
+        assert storable(h(Cache_Control="must-understand, no-store, max-age=60"),
+                        status=status) is None, status
+    # A status this cache does not know the semantics of is not stored, no-store or not.
+    for cc in ("must-understand, no-store, max-age=60", "must-understand, max-age=60"):
+        assert storable(h(Cache_Control=cc), status=299) == "must-understand"
+    # The request's no-store still binds (§5.2.1.5); private still applies (§5.2.2.7).
+    assert storable(h(Cache_Control="must-understand, no-store, max-age=60"),
+                    h(Cache_Control="no-store")) == "no-store"
+    assert storable(h(Cache_Control="must-understand, private, max-age=60")) == "private"
+    assert storable(h(Cache_Control="no-store, max-age=60")) == "no-store"
 
 
 def test_rfc9111_3_5_authorization_needs_public_must_revalidate_or_s_maxage() -> None:
@@ -82,6 +128,31 @@ def test_rfc9213_2_1_targeted_field_replaces_cache_control_and_expires() -> None
     assert rfc.freshness(200, headers, NO_ROUTE, T0).lifetime == 10
 
 
+def test_rfc9213_2_1_cdn_cache_control_not_a_dictionary_is_ignored_whole() -> None:
+    # Not an RFC 8941 Dictionary, or a known directive with a value of the wrong type: the
+    # field is ignored and Cache-Control governs (here: no-store).
+    for value in ("max-age=10000, &&&&&", 'max-age="10000"', "max-age =100", "max-age= 100",
+                  "MaX-aGe=3600", "max-age=-1", "max-age=1.5", "no-store=1", "public=?1;a=",
+                  "no-cache=tok", "max-age=10000,", "max-age=(10000)", "max-age=10000;"):
+        headers = h(CDN_Cache_Control=value, Cache_Control="no-store")
+        assert parse_targeted([value]) is None, value
+        assert storable(headers) == "no-store", value
+        assert rfc.freshness(200, h(CDN_Cache_Control=value, Cache_Control="max-age=7"),
+                             NO_ROUTE, T0).lifetime == 7, value
+    # Valid Dictionaries govern: extensions, parameters, qualified no-cache, huge integers.
+    for value, lifetime in (("foobar, max-age=3600", 3600), ("max-age=3600;x=1", 3600),
+                            ('no-cache="Set-Cookie", max-age=5', 5),
+                            ("max-age=99999999999", 2**31), ("max-age=1, max-age=9", 9)):
+        headers = h(CDN_Cache_Control=value, Cache_Control="no-store")
+        assert storable(headers) is None, value
+        assert rfc.freshness(200, headers, NO_ROUTE, T0).lifetime == lifetime, value
+    assert storable(h(CDN_Cache_Control="no-store", Cache_Control="max-age=60")) == "no-store"
+    assert storable(h(CDN_Cache_Control="private", Cache_Control="max-age=60")) == "private"
+    # Two field lines are one Dictionary (RFC 8941 §4.2).
+    two = CIMultiDict([("CDN-Cache-Control", "max-age=60"), ("CDN-Cache-Control", "public")])
+    assert rfc.cache_directives(two)[0].values == {"max-age": "60", "public": None}
+
+
 # ---------------------------------------------------------------- §4.2 freshness
 
 def test_rfc9111_4_2_1_s_maxage_over_max_age_over_expires() -> None:
@@ -102,6 +173,58 @@ def test_rfc9111_4_2_1_invalid_or_conflicting_max_age_is_stale() -> None:
 
 def test_rfc9111_1_2_2_huge_delta_seconds_are_capped_not_invalid() -> None:
     assert parse_directives(["max-age=99999999999999"]).seconds("max-age") == 2**31
+
+
+def test_rfc9110_5_6_7_http_date_is_one_of_three_forms_and_nothing_else() -> None:
+    for form in ("Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT",
+                 "Sun Nov  6 08:49:37 1994", "Sun Nov 06 08:49:37 1994"):
+        assert http_date(form) == 784111777.0, form
+    assert http_date(FUTURE) == 2544400878.0
+    assert http_date("Thu, 31 Dec 1998 23:59:60 GMT") == 915148800.0  # a leap second
+    for value in (*NOT_HTTP_DATES, "0", "", None, "Sun, 06 Nov 1994 08:49:37 GMT\x00",
+                  "Sun, \uff106 Nov 1994 08:49:37 GMT", "Sun, 06 Nov 0000 08:49:37 GMT",
+                  "Sunday, 06-Nov-1994 08:49:37 GMT", "Sun Nov  6 08:49:37 1994 GMT"):
+        assert http_date(value) is None, value
+
+
+def test_rfc9110_5_6_7_rfc850_two_digit_year_at_most_fifty_years_ahead() -> None:
+    now = http_date("Sat, 01 Jan 2026 00:00:00 GMT")
+    assert http_date("Sunday, 18-Aug-76 02:01:18 GMT", now) == http_date(
+        "Tue, 18 Aug 2076 02:01:18 GMT")
+    assert http_date("Sunday, 18-Aug-77 02:01:18 GMT", now) == http_date(
+        "Thu, 18 Aug 1977 02:01:18 GMT")
+    later = http_date("Mon, 01 Jan 2080 00:00:00 GMT")
+    assert http_date("Sunday, 18-Aug-10 02:01:18 GMT", later) == http_date(
+        "Wed, 18 Aug 2110 02:01:18 GMT")
+
+
+def test_rfc9111_5_3_expires_that_is_not_an_http_date_is_already_expired() -> None:
+    fresh = rfc.freshness(200, h(Date=DATE, Expires=FUTURE), NO_ROUTE, T0)
+    assert fresh.lifetime > 0
+    for value in NOT_HTTP_DATES:
+        headers = h(Date=DATE, Expires=value)
+        assert rfc.freshness(200, headers, NO_ROUTE, T0).lifetime == 0, value
+        assert rfc.freshness(200, h(Expires=value), NO_ROUTE, T0).lifetime == 0, value
+        assert not rfc.worth_storing(rfc.freshness(200, headers, NO_ROUTE, T0), headers)
+
+
+def test_rfc9110_13_1_3_if_modified_since_that_is_not_an_http_date_is_ignored() -> None:
+    stored = h(Last_Modified=DATE)
+    assert rfc.not_modified(h(If_Modified_Since=FUTURE), stored)
+    for value in NOT_HTTP_DATES:
+        assert not rfc.not_modified(h(If_Modified_Since=value), stored), value
+
+
+def test_rfc9111_4_2_2_last_modified_or_date_not_an_http_date_gives_no_heuristic() -> None:
+    lm = "Sun, 30 Oct 1994 08:49:37 GMT"
+    assert rfc.freshness(200, h(Date=DATE, Last_Modified=lm), NO_ROUTE, T0).lifetime > 0
+    bad_lm = "Sun, 30 Oct 1994 08:49:37 UTC"
+    assert rfc.freshness(200, h(Date=DATE, Last_Modified=bad_lm), NO_ROUTE, T0).lifetime == 0
+    # An invalid Date: the response time stands in for it (§4.2.3).
+    three_days = "Thu, 03 Nov 1994 08:49:37 GMT"
+    bad_date = rfc.freshness(200, h(Date="Sun, 06 Nov 1994 08:49:37 +0000",
+                                    Last_Modified=three_days), NO_ROUTE, T0 + 86400)
+    assert abs(bad_date.lifetime - 4 * 86400 * 0.1) < 1
 
 
 def test_rfc9111_5_3_invalid_expires_is_in_the_past() -> None:
@@ -233,6 +356,14 @@ def test_rfc9111_4_3_4_freshen_replaces_fields_but_not_content_length() -> None:
                       "X-Old": "kept", "X-New": "added"}
 
 
+def test_rfc9111_4_3_4_a_304s_set_cookie_is_stored_only_where_the_route_stores_cookies() -> None:
+    stored = [("ETag", '"x"'), ("Cache-Control", "max-age=1")]
+    update = CIMultiDict([("Cache-Control", "max-age=60"), ("Set-Cookie", "session=alice")])
+    assert [n for n, _ in rfc.freshen(stored, update)] == ["ETag", "Cache-Control"]
+    assert ("Set-Cookie", "session=alice") in rfc.freshen(stored, update,
+                                                          store_set_cookie=True)
+
+
 def test_rfc9110_15_4_5_a_304_drops_content_fields() -> None:
     kept = rfc.not_modified_headers([("ETag", '"x"'), ("Content-Length", "5"),
                                      ("Content-Type", "text/plain"), ("Vary", "Accept")])
@@ -240,6 +371,18 @@ def test_rfc9110_15_4_5_a_304_drops_content_fields() -> None:
 
 
 # ---------------------------------------------------------------- §4.4 invalidation
+
+def test_rfc9111_4_4_every_method_not_known_safe_invalidates() -> None:
+    url = "http://shop.example/items/1"
+    headers = h(Content_Location="/items/3")
+    for method in ("M-SEARCH", "PURGE", "LINK", "UNLINK", "PROPPATCH", "POST"):
+        assert rfc.invalidated_urls(method, 200, url, headers) == [
+            url, "http://shop.example/items/3"], method
+        assert rfc.invalidated_urls(method, 302, url, headers) != [], method
+        assert rfc.invalidated_urls(method, 404, url, headers) == [], method
+    for method in ("GET", "HEAD", "OPTIONS", "TRACE"):  # RFC 9110 §9.2.1
+        assert rfc.invalidated_urls(method, 200, url, headers) == [], method
+
 
 def test_rfc9111_4_4_unsafe_success_invalidates_target_and_same_origin_locations() -> None:
     url = "http://shop.example/items/1"
@@ -265,20 +408,48 @@ def test_rfc9111_4_1_vary_values_normalised_and_absent_distinguished() -> None:
     names = ("accept-encoding",)
     one = vary_values(names, h(Accept_Encoding="gzip,  br"))
     two = vary_values(names, h(Accept_Encoding="gzip , br"))
-    assert one == two == ("gzip,br",)
+    assert one == two == ("br,gzip",)
     assert vary_values(names, h()) == (None,)
     assert variant_id(names, (None,)) != variant_id(names, ("",))
     assert variant_id((), ()) == "-"
 
 
+def test_rfc9110_12_5_negotiation_fields_are_unordered_case_insensitive_lists() -> None:
+    same = [("accept-encoding", "gzip, br", "BR,gzip", "br ,  gzip,"),
+            ("accept-language", "en-US, de;q=0.5", "de; q=0.5 ,en-us"),
+            ("accept-charset", "utf-8, ISO-8859-1;q=0.5", "iso-8859-1;q=0.5,UTF-8"),
+            ("accept", "text/html, application/json;q=0.9", "Application/JSON;Q=0.9,text/HTML")]
+    for name, *values in same:
+        assert len({normalise_field(name, v) for v in values}) == 1, values
+        assert vary_values((name,), h(**{name.replace("-", "_"): values[0]})) == \
+            vary_values((name,), h(**{name.replace("-", "_"): values[1]}))
+    different = [("accept-encoding", "gzip", "br"),
+                 ("accept", "a/b;v=A", "a/b;v=a"),           # parameter values keep case
+                 ("accept", 'a/b;x="1,2"', 'a/b;x="2,1"'),   # quoted: not split, not sorted
+                 ("x-custom", "a, b", "b, a"),               # order may matter elsewhere
+                 ("x-custom", "A", "a")]
+    for name, one, two in different:
+        assert normalise_field(name, one) != normalise_field(name, two), (name, one, two)
+    # Field lines of one field are one list (RFC 9110 §5.3).
+    lines = CIMultiDict([("Accept-Encoding", "br"), ("Accept-Encoding", "gzip")])
+    assert vary_values(("accept-encoding",), lines) == vary_values(
+        ("accept-encoding",), h(Accept_Encoding="gzip, br"))
+
+
 # ---------------------------------------------------------------- what the client sees
 
-def test_contract_targeted_fields_and_tags_header_removed_browser_ttl_applied() -> None:
+def test_rfc9213_cdn_cache_control_sent_on_surrogate_control_and_tags_removed() -> None:
     route = RouteCache(browser_ttl=5, tags_header="Surrogate-Key")
     out = rfc.client_headers([("Cache-Control", "s-maxage=600"), ("Surrogate-Key", "a b"),
                               ("CDN-Cache-Control", "max-age=1"), ("Surrogate-Control", "x"),
                               ("Age", "100"), ("X-Kept", "1")], route, stored=True, age=12)
-    assert dict(out) == {"X-Kept": "1", "Age": "12", "Cache-Control": "max-age=17"}
+    assert dict(out) == {"CDN-Cache-Control": "max-age=1", "X-Kept": "1", "Age": "12",
+                         "Cache-Control": "max-age=17"}
+    for stored, age in ((False, None), (True, None), (True, 3.0)):
+        assert "cdn-cache-control" not in rfc.dropped_fields(route, stored=stored,
+                                                             age=age is not None)
+        assert "surrogate-control" in rfc.dropped_fields(route, stored=stored,
+                                                         age=age is not None)
     untouched = rfc.client_headers([("Cache-Control", "private")], route, stored=False)
     assert untouched["Cache-Control"] == "private"
 
@@ -307,6 +478,19 @@ def test_rfc9111_4_evaluate_without_request_directives_follows_the_stored_respon
     assert rfc.evaluate(rfc.Freshness(10), 1, h()) is rfc.Use.FRESH
     assert rfc.evaluate(rfc.Freshness(10, 5), 12, h()) is rfc.Use.STALE_WHILE_REVALIDATE
     assert rfc.evaluate(rfc.Freshness(10, no_cache=True), 1, h()) is rfc.Use.REVALIDATE
+
+
+def test_rfc9211_2_2_fwd_request_when_only_the_request_forced_forwarding() -> None:
+    usable = [rfc.Freshness(100), rfc.Freshness(10, stale_while_revalidate=50)]
+    for fresh in usable:
+        for request in (h(Cache_Control="no-cache"), h(Cache_Control="max-age=0"),
+                        h(Pragma="no-cache")):
+            assert rfc.evaluate(fresh, 20 if fresh.lifetime == 10 else 5,
+                                request) is rfc.Use.REVALIDATE
+        assert rfc.forward_reason(fresh, 5) == "request"
+    # The stored response itself needed validation: stale, whatever the request said.
+    assert rfc.forward_reason(rfc.Freshness(10), 11) == "stale"
+    assert rfc.forward_reason(rfc.Freshness(100, no_cache=True), 1) == "stale"
 
 
 def test_tags_from_the_route_header_space_or_comma_separated() -> None:
