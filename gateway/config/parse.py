@@ -813,6 +813,9 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> m.Config:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(
             [ConfigIssue(path, line, "(yaml)", f"invalid YAML: {problem}")]) from None
+    if data is None:  # no document at all: only whitespace or comments
+        raise ConfigError([ConfigIssue(path, 0, "(file)", "is empty: a configuration needs "
+                                                          "at least upstreams and routes")])
     return parse_document(data, path, env)
 
 
