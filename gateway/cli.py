@@ -65,6 +65,9 @@ def _check(path: str, config: Config) -> int:
 
     for warning in config_warnings(config):
         print(f"{path}: warning: {warning}")
+    if config.flag_sources:
+        print(f"{path}: {len(config.flagd_flags)} flagd flags from "
+              f"{', '.join(source.file for source in config.flag_sources)}")
     print(f"{path}: OK: {config.summary()}")
     return 0
 

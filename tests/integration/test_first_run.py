@@ -130,3 +130,13 @@ def test_demo_serves_on_the_ports_given(demo_config: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
+
+
+def test_check_says_how_many_flagd_flags_it_loaded(tmp_path: Path) -> None:
+    (tmp_path / "f.json").write_text('{"flags": {"k": {"state": "ENABLED", '
+                                     '"variants": {"on": true}, "defaultVariant": "on"}}}')
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, "flag_sources": [{"file": "f.json"}]}))
+    result = gateway("check", "--config", str(path))
+    assert result.returncode == 0
+    assert f"{path}: 1 flagd flags from f.json" in result.stdout.splitlines()

@@ -27,6 +27,7 @@ from openfeature.flag_evaluation import Reason
 
 from tests.harness import (
     SPEC_DIR,
+    GatewayProcessHandle,
     InProcessGateway,
     Upstream,
     client_session,
@@ -122,7 +123,8 @@ async def test_errors_have_the_protocol_shapes_and_status_codes(
     assert (missing.value, missing.error_code) == (True, ErrorCode.FLAG_NOT_FOUND)
 
 
-async def bulk(s: aiohttp.ClientSession, gw: InProcessGateway, etag: str | None = None,
+async def bulk(s: aiohttp.ClientSession, gw: InProcessGateway | GatewayProcessHandle,
+               etag: str | None = None,
                context: dict[str, Any] | None = None) -> tuple[int, str, Any]:
     headers = {"If-None-Match": etag} if etag else {}
     async with s.post(f"{gw.admin_url}/ofrep/v1/evaluate/flags", headers=headers,
@@ -199,3 +201,14 @@ async def test_ofrep_false_turns_the_endpoints_off(
         async with s.post(f"{gw.admin_url}/ofrep/v1/evaluate/flags/new_dashboard") as r:
             assert r.status == 404
             assert "ofrep: false" in (await r.json())["detail"]
+
+
+async def test_with_workers_the_supervisor_forwards_ofrep_and_its_etag(
+        process_factory: Callable[..., GatewayProcessHandle], upstream: Upstream) -> None:
+    gw = process_factory(flag_config(upstream), workers=2)
+    async with client_session() as s:
+        status, etag, body = await bulk(s, gw)
+        assert status == 200 and etag and len(body["flags"]) == 4
+        assert (await bulk(s, gw, etag))[:2] == (304, etag)
+        async with s.post(f"{gw.admin_url}/ofrep/v1/evaluate/flags/nope") as r:
+            assert r.status == 404 and (await r.json())["errorCode"] == "FLAG_NOT_FOUND"
