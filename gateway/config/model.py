@@ -52,7 +52,8 @@ class WhenAbsent(enum.StrEnum):
 
 
 class Bucketing(enum.StrEnum):
-    """How flagd flag files bucket (`fractional`): see gateway.flagd.operators."""
+    """How flags bucket: flagd flag files' `fractional` and the gateway's own rollouts and
+    splits (see gateway.flagd.operators)."""
 
     FLAGD_V2 = "flagd-v2"
     FLAGD_V3 = "flagd-v3"

@@ -77,17 +77,21 @@ def v3_hash_input(value: Any) -> bytes:
     return cbor2.dumps(whole_floats_as_integers(value), canonical=True)
 
 
+def v3_shorthand_input(flag_key: str, targeting_key: str) -> bytes:
+    """What flagd-v3 hashes for the shorthand form: the list [flagKey, targetingKey]."""
+    return cbor2.dumps([flag_key, targeting_key], canonical=True)
+
+
 def _v3_hash(data: dict[str, Any], args: Sequence[Any]) -> tuple[int | None, Sequence[Any]]:
     first = args[0]
     if isinstance(first, list):
         targeting_key = _targeting_key(data)
         if targeting_key is None:
             return None, args
-        value: Any = [_flag_key(data), targeting_key]
-    elif first is None:
+        return mmh3.hash(v3_shorthand_input(_flag_key(data), targeting_key), 0, False), args
+    if first is None:
         return None, args
-    else:
-        value, args = first, args[1:]
+    value, args = first, args[1:]
     try:
         encoded = v3_hash_input(value)
     except (ValueError, TypeError, cbor2.CBOREncodeError):

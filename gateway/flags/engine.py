@@ -63,7 +63,8 @@ class FlagEngine:
             return
         self._version = self.overrides.version
         self.flags = self.effective_flags()
-        self.compiled = {key: CompiledFlag(flag, self.prefix) for key, flag in self.flags.items()}
+        self.compiled = {key: CompiledFlag(flag, self.prefix, self.config.flag_bucketing)
+                         for key, flag in self.flags.items()}
         plans: dict[str, FlagPlan] = {}
         by_context: dict[str, ContextDecider] = {}
         by_headers: dict[str, HeadersDecider] = {}

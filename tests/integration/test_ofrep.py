@@ -21,6 +21,9 @@ import pytest
 from openfeature import api
 from openfeature.client import OpenFeatureClient
 from openfeature.contrib.provider.ofrep import OFREPProvider
+from openfeature.contrib.tools.flagd.core.targeting.custom_ops import (
+    fractional as reference_v3_fractional,
+)
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
 from openfeature.flag_evaluation import Reason
@@ -75,6 +78,24 @@ async def test_openfeature_sdk_reads_the_values_the_flag_headers_carry(
             assert beta.reason == (Reason.STATIC if tenant == "acme" else Reason.DEFAULT)
             assert beta.flag_metadata["gatewayReason"] == (
                 "STATIC" if tenant == "acme" else "TARGETING_NOT_MATCHED")
+
+
+async def test_flagd_v3_bucketing_agrees_with_a_newer_flagd_provider(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    gw: InProcessGateway = await gateway_factory(flag_config(upstream,
+                                                             flag_bucketing="flagd-v3"))
+    client = ofrep_client(gw, "v3")
+    async with client_session() as s:
+        for user in USERS:
+            seen = await flags_seen(s, gw.url, **{"X-User-Id": user})
+            # What openfeature-flagd-core serves for the same 50/30/20 split by targetingKey.
+            expected = reference_v3_fractional(
+                {"targetingKey": user, "$flagd": {"flagKey": "checkout_button"}},
+                ["blue", 50], ["green", 30], ["red", 20])
+            assert seen["x-flag-checkout-button"] == [expected], user
+            details = await asyncio.to_thread(client.get_string_details, "checkout_button",
+                                              "?", EvaluationContext(targeting_key=user))
+            assert details.value == expected
 
 
 async def test_flagd_file_flags_are_served_with_fractional_and_sem_ver(

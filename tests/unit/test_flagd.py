@@ -21,6 +21,13 @@ from openfeature.contrib.tools.flagd.core.targeting.custom_ops import (
 
 from gateway.config.model import Bucketing
 from gateway.flagd import FlagdSet, evaluate_flagd, parse_flagd
+from gateway.flagd.operators import fractional_operator
+from gateway.flags.definition import parse_definition
+from gateway.flags.evaluate import CompiledFlag, evaluate
+from gateway.flags.plan import FlagPlan
+from gateway.flags.render import header_value
+from tests.unit.test_flag_evaluation import CONFIG, TODAY, ctx
+from tests.unit.test_flag_plan import at
 
 V2, V3 = Bucketing.FLAGD_V2, Bucketing.FLAGD_V3
 TESTBED = Path(__file__).parent / "data" / "flagd_testbed_flags.json"
@@ -278,3 +285,46 @@ def test_bad_flag_files_are_refused_with_the_json_path(text: str, path: str,
                                                        message: str) -> None:
     _, problems = parse_flagd(text.encode())
     assert any(p.startswith(path) and message in m for p, m in problems), problems
+
+
+# ------------------------------------------------------------------ the gateway's own flags
+
+@pytest.mark.parametrize("bucketing", [V2, V3])
+def test_gateway_flags_bucket_as_flagd_shorthand_under_flag_bucketing(bucketing: Bucketing
+                                                                      ) -> None:
+    """A newer flagd provider (v3) or flagd today (v2), given the equivalent flagd flag
+    (fractional shorthand over the same weights, targetingKey = user_id), serves the same
+    variant as the gateway's evaluate and its generated plan."""
+    definitions = {
+        "rollout_flag": {"type": "boolean", "default": False, "rollout": 30},
+        "split_flag": {"type": "multivariate", "default": "blue", "variants": [
+            {"name": "control", "value": "blue", "weight": 50},
+            {"name": "green", "value": "green", "weight": 30},
+            {"name": "red", "value": "red", "weight": 20}]},
+    }
+    splits = {"rollout_flag": [[True, 30], [False, 70]],
+              "split_flag": [["blue", 50], ["green", 30], ["red", 20]]}
+    compiled = {}
+    for key, definition in definitions.items():
+        flag, errors = parse_definition(CONFIG, key, definition)
+        assert flag is not None, errors
+        compiled[key] = CompiledFlag(flag, bucketing=bucketing)
+    plan = FlagPlan(list(compiled.values()), compiled, None)
+    differs_from_v2 = 0
+    for i in range(300):
+        user = f"user-{i}@example.com"
+        for key, flag in compiled.items():
+            data = {"targetingKey": user, "$flagd": {"flagKey": key}}
+            # v3: flagd's own evaluator; v2: the operator the testbed cases above check.
+            expected = (reference_v3_fractional(data, *splits[key]) if bucketing is V3
+                        else fractional_operator(V2)(data, *splits[key]))
+            context = ctx(user_id=user)
+            got = evaluate(flag, context, compiled, TODAY, {}).value
+            assert got == expected, (key, user)
+            planned = plan.decide(context, at(TODAY))
+            assert planned is not None
+            assert (flag.header_name, header_value(expected)) in planned.fields.pairs
+            differs_from_v2 += got != evaluate(CompiledFlag(flag.flag), context, {}, TODAY,
+                                               {}).value
+    # The schemes really differ (so the v3 case cannot pass by computing v2).
+    assert (differs_from_v2 > 50) if bucketing is V3 else differs_from_v2 == 0
