@@ -176,6 +176,24 @@ async def test_bulk_evaluation_answers_304_until_a_flag_changes(
         assert flags["maintenance_mode"]["metadata"]["source"] == "runtime"
 
 
+async def test_a_flagd_file_flag_cannot_be_shadowed_at_run_time(
+        gateway_factory: Callable[..., Any], upstream: Upstream, tmp_path: Path) -> None:
+    gw: InProcessGateway = await gateway_factory(with_flagd_file(flag_config(upstream),
+                                                                 tmp_path))
+    async with client_session() as s:
+        for method in ("PUT", "PATCH"):
+            async with s.request(method, f"{gw.admin_url}/admin/flags/new_search",
+                                 json={"type": "boolean", "default": True}) as r:
+                assert r.status == 409
+                assert "comes from a flagd file" in (await r.json())["detail"]
+    gw.process.pipeline.runtime.flags.overrides.apply(  # as if stored by an older gateway
+        "new_search", {"type": "boolean", "default": True})
+    client = ofrep_client(gw, "shadow")
+    details = await asyncio.to_thread(client.get_boolean_details, "new_search", True,
+                                      EvaluationContext(attributes={"tenant_id": "initech"}))
+    assert (details.value, details.flag_metadata["source"]) == (False, "flagd")
+
+
 async def test_a_changed_flagd_file_is_served_without_a_restart(
         gateway_factory: Callable[..., Any], upstream: Upstream, tmp_path: Path) -> None:
     gw: InProcessGateway = await gateway_factory(with_flagd_file(flag_config(upstream),
