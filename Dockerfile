@@ -13,7 +13,8 @@ COPY lua ./lua
 RUN pip install --no-cache-dir . \
     && useradd --system --uid 10001 --no-create-home gateway \
     && mkdir -p /etc/gateway
-COPY config/gateway.yaml /etc/gateway/gateway.yaml
+# config/docker.yaml: the demo config listening on 0.0.0.0, reachable from outside.
+COPY config/docker.yaml /etc/gateway/gateway.yaml
 
 USER 10001
 EXPOSE 8080 9901

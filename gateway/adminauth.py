@@ -23,9 +23,9 @@ from typing import NamedTuple
 
 from gateway.config.model import Admin
 
-# Paths that need the token. Add a prefix here (e.g. an evaluation API served on the admin
-# listener) and the guard of `gateway.admin` applies to it; nothing else decides this.
-PROTECTED_PREFIXES = ("/admin/",)
+# Paths that need the token: the admin API, and OFREP, which follows the rule of the admin
+# reads (flag definitions and their values are not public). Nothing else decides this.
+PROTECTED_PREFIXES = ("/admin/", "/ofrep/")
 REALM = "gateway-admin"
 
 

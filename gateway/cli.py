@@ -1,4 +1,5 @@
-"""`gateway run | check | demo` (and `worker`, which the supervisor starts)."""
+"""The sidecar gateway: routing, rate limits, an RFC 9111 cache and feature flags in front
+of one service."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from collections.abc import Sequence
 
 from gateway.config import Config, ConfigError, load_config
 from gateway.config.lint import config_warnings
+
+# What `--help` lists; `worker` (a process the supervisor starts) stays out of it.
+PUBLIC_COMMANDS = "{run,check,demo,schema}"
 
 
 def _load(path: str, checking: bool) -> Config | None:
@@ -30,9 +34,16 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1-65535, got {text}")
+    return port
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar=PUBLIC_COMMANDS)
     run = commands.add_parser("run", help="serve")
     _config_arg(run)
     run.add_argument("--workers", type=int, help="processes sharing the port (overrides config)")
@@ -40,10 +51,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     _config_arg(check)
     demo = commands.add_parser("demo", help="serve in front of a built-in demo upstream")
     _config_arg(demo)
-    worker = commands.add_parser("worker", help=argparse.SUPPRESS)
+    demo.add_argument("--port", type=_port, help="the gateway's port (overrides listen.port)")
+    demo.add_argument("--admin-port", type=_port,
+                      help="the admin listener's port (overrides admin.port)")
+    commands.add_parser("schema", help="print the configuration's JSON Schema (for editors)")
+    worker = commands.add_parser("worker")
     _config_arg(worker)
     worker.add_argument("--control", required=True)
+    return parser
+
+
+def _check(path: str, config: Config) -> int:
+    from gateway.config.advice import config_warnings
+
+    for warning in config_warnings(config):
+        print(f"{path}: warning: {warning}")
+    if config.flag_sources:
+        print(f"{path}: {len(config.flagd_flags)} flagd flags from "
+              f"{', '.join(source.file for source in config.flag_sources)}")
+    print(f"{path}: OK: {config.summary()}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "schema":
+        import json
+
+        from gateway.config.schema import schema
+
+        print(json.dumps(schema(), indent=2))
+        return 0
 
     if not args.config:
         parser.error("--config FILE is required (or set GATEWAY_CONFIG)")
@@ -56,8 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.config}: warning: {warning}",
                   file=sys.stdout if args.command == "check" else sys.stderr)
     if args.command == "check":
-        print(f"{args.config}: OK: {config.summary()}")
-        return 0
+        return _check(args.config, config)
     if args.command == "worker":
         from gateway.server import run_process
 
@@ -65,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from gateway.demo import run_demo
 
-        return run_demo(args.config, config)
+        return run_demo(args.config, config, port=args.port, admin_port=args.admin_port)
     workers = args.workers if args.workers is not None else config.workers
     if workers < 1:
         parser.error("--workers must be at least 1")

@@ -162,23 +162,34 @@ class GatewayProcess:
         return True, "serving"
 
     # ------------------------------------------------------------------ file watch
-    def _file_signature(self) -> tuple[int, int, int] | None:
+    def _file_signature(self) -> tuple[tuple[int, int, int] | None, ...] | None:
+        """The config file's (mtime, size, inode), then each flag source's (None: missing)."""
         try:
             st = os.stat(self.config_path)
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        signatures: list[tuple[int, int, int] | None] = [(st.st_mtime_ns, st.st_size,
+                                                           st.st_ino)]
+        for source in self.pipeline.runtime.config.flag_sources:
+            try:
+                st = os.stat(source.path)
+                signatures.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                signatures.append(None)
+        return tuple(signatures)
 
     async def _watch_file(self) -> None:
-        """Reload when the config file changes on disk (an edit, or a ConfigMap swap)."""
+        """Reload when the config file or a flag source changes on disk (an edit, or a
+        ConfigMap swap)."""
         seen = self._file_signature()
         while not self.draining:
             await asyncio.sleep(WATCH_INTERVAL)
             now = self._file_signature()
             if now is not None and now != seen:
-                seen = now
-                log.info("%s changed on disk; reloading", self.config_path)
+                log.info("%s (or a flag source) changed on disk; reloading",
+                         self.config_path)
                 await self.reload()
+                seen = self._file_signature()  # the sources of the config now in force
 
     # ------------------------------------------------------------------ reload
     async def reload(self) -> tuple[bool, str | list[str]]:

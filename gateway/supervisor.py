@@ -29,6 +29,8 @@ log = logging.getLogger("gateway.supervisor")
 
 # Mutating calls that must happen once, not once per worker.
 ONE_WORKER = ("/admin/events",)
+# Reads sent as POST (OFREP evaluations carry their context in the body): one worker answers.
+READS_OVER_POST = ("/ofrep/",)
 _RESTART_BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -100,17 +102,19 @@ class Supervisor:
                    ) -> tuple[int, bytes, dict[str, str]]:
         assert worker.session is not None
         headers = {k: v for k, v in request.headers.items()
-                   if k.lower() in ("authorization", "content-type", "accept")}
+                   if k.lower() in ("authorization", "content-type", "accept",
+                                    "if-none-match")}
         async with worker.session.request(request.method, f"http://worker{request.path_qs}",
                                           data=body or None, headers=headers) as resp:
             payload = await resp.read()
             keep = {k: v for k, v in resp.headers.items()
-                    if k.lower() in ("content-type", "www-authenticate", "allow")}
+                    if k.lower() in ("content-type", "www-authenticate", "allow", "etag")}
             return resp.status, payload, keep
 
     async def _forward(self, request: web.Request) -> web.Response:
         body = await request.read()
-        if request.method in ("GET", "HEAD") or request.path.startswith(ONE_WORKER):
+        if request.method in ("GET", "HEAD") or \
+                request.path.startswith((*ONE_WORKER, *READS_OVER_POST)):
             targets = self.workers[:1]
         else:
             targets = self.workers

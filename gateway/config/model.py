@@ -51,6 +51,14 @@ class WhenAbsent(enum.StrEnum):
     REJECT = "reject"  # refused: the rule cannot count the request
 
 
+class Bucketing(enum.StrEnum):
+    """How flags bucket: flagd flag files' `fractional` and the gateway's own rollouts and
+    splits (see gateway.flagd.operators)."""
+
+    FLAGD_V2 = "flagd-v2"
+    FLAGD_V3 = "flagd-v3"
+
+
 class HeaderStyle(enum.StrEnum):
     IETF = "ietf"
     LEGACY = "legacy"
@@ -268,6 +276,14 @@ class ExperimentMetric:
 
 
 @dataclass(frozen=True, slots=True)
+class FlagSource:
+    """A flagd flag-definition file: `file` as written, `path` resolved against the config."""
+
+    file: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
 class Experiment:
     name: str
     flag: str
@@ -333,6 +349,11 @@ class Config:
     flags: dict[str, Flag] = field(default_factory=dict)
     experiments: dict[str, Experiment] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
+    flag_sources: tuple[FlagSource, ...] = ()
+    # The flags of every flag source, by key (gateway.flagd.FlagdFlag records).
+    flagd_flags: dict[str, Any] = field(default_factory=dict)
+    flag_bucketing: Bucketing = Bucketing.FLAGD_V2
+    ofrep: bool = True
 
     def summary(self) -> str:
         return (

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from gateway.config import model as m
+from gateway.config.flagsources import parse_flag_sources
 from gateway.config.reader import (
     ConfigError,
     ConfigIssue,
@@ -38,6 +39,7 @@ TOP_KEYS = (
     "context", "upstreams", "rate_limit_headers", "rate_limits", "rate_limits_local_max_keys",
     "cache", "flag_headers",
     "flags", "experiments", "routes",
+    "flag_sources", "flag_bucketing", "ofrep",
 )
 RULE_KEYS = (
     "algorithm", "scope", "limit", "window", "burst", "action", "max_wait", "queue_size",
@@ -684,6 +686,7 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
         flags[key] = parse_flag(r, key, value, path, line, context.attributes)
         flag_where[key] = (line, path)
     check_flag_graph(r, flags, flag_where)
+    flag_sources, flagd_flags = parse_flag_sources(r, top, file, flags)
     experiments = {name: parse_experiment(r, name, value, path, line)
                    for name, value, path, line in top.items("experiments")}
     cache = parse_cache(top.section("cache", ("memory_max", "max_object_size", "redis")))
@@ -753,7 +756,11 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
         if route_flags == ("*all*",):
             route_flags = tuple(flags)
         for flag_key in route_flags:
-            if flag_key not in flags:
+            if flag_key in flagd_flags:
+                r.error(line_of("flags"), f"{path}.flags", f"flag {flag_key!r} comes from "
+                        "a flagd file (flag_sources): services read it over OFREP; only "
+                        "`flags:` are sent upstream as headers")
+            elif flag_key not in flags:
                 r.error(line_of("flags"), f"{path}.flags", f"unknown flag {flag_key!r}"
                         + _hint(flag_key, flags))
         if route.cache is not None and route.match.methods and \
@@ -788,6 +795,11 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
         flags=flags,
         experiments=experiments,
         routes=tuple(resolved),
+        flag_sources=flag_sources,
+        flagd_flags=flagd_flags,
+        flag_bucketing=m.Bucketing(top.get("flag_bucketing", choice(list(m.Bucketing)),
+                                           "flagd-v2") or "flagd-v2"),
+        ofrep=top.get("ofrep", boolean, True),
     )
     r.raise_if_any()
     return config
@@ -815,6 +827,9 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> m.Config:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(
             [ConfigIssue(path, line, "(yaml)", f"invalid YAML: {problem}")]) from None
+    if data is None:  # no document at all: only whitespace or comments
+        raise ConfigError([ConfigIssue(path, 0, "(file)", "is empty: a configuration needs "
+                                                          "at least upstreams and routes")])
     return parse_document(data, path, env)
 
 

@@ -25,7 +25,9 @@ class ConfigIssue:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.path}: {self.message}"
+        # Line 0: a problem with no place in the file (it cannot be read, an env variable).
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}"
 
 
 class ConfigError(Exception):

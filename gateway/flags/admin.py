@@ -150,6 +150,9 @@ async def _change(request: web.Request, merge: bool) -> web.StreamResponse:
         body = await _json_object(request, "a patch" if merge else "a flag definition")
     except _Refused as refused:
         return refused.response
+    if key in engine.config.flagd_flags:  # one source per flag: no silent shadowing
+        return problem(409, f"flag {key!r} comes from a flagd file "
+                            f"({engine.config.flagd_flags[key].source}); change it there")
     async with overrides.lock:
         if not merge:
             return await _replace(engine, key, body)

@@ -45,6 +45,11 @@ class FlagEngine:
         """The file's flags with every valid runtime override applied over them."""
         flags = dict(self.config.flags)
         for key, definition in self.overrides.definitions.items():
+            if key in self.config.flagd_flags:
+                # Stored before a flagd file defined the key: the file is its one source.
+                log.error("flag %r: a runtime definition exists, but a flagd file defines "
+                          "the flag; the file's applies", key)
+                continue
             flag, errors = parse_definition(self.config, key, definition)
             if flag is None:
                 # Valid where it was made, not under this config (say, an attribute this
@@ -63,7 +68,8 @@ class FlagEngine:
             return
         self._version = self.overrides.version
         self.flags = self.effective_flags()
-        self.compiled = {key: CompiledFlag(flag, self.prefix) for key, flag in self.flags.items()}
+        self.compiled = {key: CompiledFlag(flag, self.prefix, self.config.flag_bucketing)
+                         for key, flag in self.flags.items()}
         plans: dict[str, FlagPlan] = {}
         by_context: dict[str, ContextDecider] = {}
         by_headers: dict[str, HeadersDecider] = {}

@@ -28,8 +28,9 @@ from typing import Any
 import mmh3
 
 from gateway import metrics
-from gateway.config.model import Flag, FlagStatus, FlagType
+from gateway.config.model import Bucketing, Flag, FlagStatus, FlagType
 from gateway.context import RequestContext
+from gateway.flagd.operators import v3_shorthand_input
 from gateway.flags import render
 from gateway.flags.operators import Getter, Test, attribute_getter, predicate, rule_test
 
@@ -136,10 +137,14 @@ class CompiledFlag:
         "static",
         "targets",
         "tiers",
+        "v3",
     )
 
-    def __init__(self, flag: Flag, prefix: str = "X-Flag-") -> None:
+    def __init__(self, flag: Flag, prefix: str = "X-Flag-",
+                 bucketing: Bucketing = Bucketing.FLAGD_V2) -> None:
         self.key = flag.key
+        # flagd-v3 (`flag_bucketing`) hashes the CBOR of [key, value] instead of key + value.
+        self.v3 = bucketing is Bucketing.FLAGD_V3
         self.flag = flag
         self.header_name = render.header_name(prefix, flag.key)
         variant_of = _variant_namer(flag)
@@ -216,7 +221,9 @@ class CompiledFlag:
         if value is None:
             # An explicit bucket_by the request does not carry: nothing to stick to.
             return self.r_excluded
-        return self.outcomes[bisect_right(self.cuts, murmur3_32(self.key + value))]
+        hashed = (mmh3.hash(v3_shorthand_input(self.key, value), 0, False) if self.v3
+                  else murmur3_32(self.key + value))
+        return self.outcomes[bisect_right(self.cuts, hashed)]
 
     def decide(self, ctx: RequestContext, flags: Mapping[str, CompiledFlag], today: int,
                memo: MutableMapping[str, Evaluation]) -> Evaluation:

@@ -33,6 +33,7 @@ from multidict import MultiMapping
 
 from gateway.config.model import ContextSettings
 from gateway.context import RequestContext, field_source, remember
+from gateway.flagd.operators import v3_shorthand_input
 from gateway.flags.evaluate import IN_PROGRESS, CompiledFlag, Evaluation, today_utc
 from gateway.metrictally import TALLY, CounterGroup
 from gateway.proxy import AddedFields
@@ -180,6 +181,7 @@ class _Generator:
         # What CompiledFlag.targeted calls, called directly: `_hash(text, 0, False)` is
         # evaluate.murmur3_32 (flagd's murmur3, seed 0, unsigned).
         self.constants: dict[str, Any] = {"_bisect": bisect_right, "_hash": mmh3.hash,
+                                          "_v3": v3_shorthand_input,
                                           "_IN_PROGRESS": IN_PROGRESS}
         self._names: dict[int, str] = {}  # id(value) -> constant name
         self.reads: dict[str, None] = {}  # context fields read, in first-read order
@@ -256,8 +258,9 @@ class _Generator:
         steps.append(f"b = {' or '.join(self.field(name) for name in names)}")
         # An explicit bucket_by the request does not carry: nothing to stick to.
         decisive("not b", flag.r_excluded)
+        hashed = f"_v3({self.const(flag.key)}, b)" if flag.v3 else f"{self.const(flag.key)} + b"
         steps.extend([f"{r} = {self.const(flag.outcomes)}[_bisect({self.const(flag.cuts)}, "
-                      f"_hash({self.const(flag.key)} + b, 0, False))]", "break"])
+                      f"_hash({hashed}, 0, False))]", "break"])
         return self._wrap(i, flag, steps)
 
     def _wrap(self, i: int, flag: CompiledFlag, steps: list[str]) -> list[str]:
