@@ -14,8 +14,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -53,6 +54,9 @@ from gateway.stages import (
     RateLimitStage,
 )
 
+if TYPE_CHECKING:
+    from gateway.experiments.engine import Experiments
+
 log = logging.getLogger("gateway")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -88,6 +92,7 @@ class Runtime:
     limiter: RateLimitStage = field(default_factory=NoLimits)
     cache: CacheStage = field(default_factory=NoCache)
     flags: FlagStage = field(default_factory=NoFlags)
+    experiments: Experiments | None = None  # None: the config has no experiment
     identity: tuple[str, ...] = ()
     flag_prefix: str = "x-flag-"
     flag_summary: str | None = "x-feature-flags"
@@ -169,6 +174,9 @@ class Pipeline:
             route_label = record.route or "(none)"
             TALLY.finished(route_label, metrics.method_label(request.method),
                            str(record.status), duration)
+            if record.experiment is not None and rt.experiments is not None:
+                rt.experiments.on_response(record.experiment, record.status,
+                                           record.upstream_duration)
             if self.access_log is not None:
                 self.access_log.write(record)
 
@@ -228,6 +236,9 @@ class Pipeline:
                 from_headers = rt.flags.by_headers.get(route.name)
                 if from_headers is not None:
                     flags = from_headers(request.headers, peer, trusted, time.time())
+        if rt.experiments is not None:
+            record.experiment = rt.experiments.on_request(
+                route.name, flags, self._units_of(config, request, ctx, rt))
         expect = request.headers.get("Expect", "").lower() == "100-continue"
 
         def upstream_headers() -> CIMultiDict[str]:
@@ -297,6 +308,20 @@ class Pipeline:
             log.warning("request %s: %s", request_id, exc.detail)
             record.error = exc.detail
             raise
+
+    @staticmethod
+    def _units_of(config: Config, request: web.BaseRequest, ctx: RequestContext | None,
+                  rt: Runtime) -> Callable[[str], str | None]:
+        """What a flag buckets this request by: an experiment's unit. The context is built
+        only if some experiment asks and the route has not built it already."""
+        built: list[RequestContext] = [ctx] if ctx is not None else []
+
+        def unit_of(flag_key: str) -> str | None:
+            if not built:
+                built.append(_context(config, request)[0])
+            return rt.flags.bucket_value(flag_key, built[0])
+
+        return unit_of
 
     def _upstream_headers(self, rt: Runtime, request: web.BaseRequest, trusted: bool,
                           request_id: str, websocket: bool) -> CIMultiDict[str]:

@@ -47,11 +47,13 @@ class CacheStage(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class FlagResult:
-    """What the flag stage decided for one request: the fields the upstream gets, and the
-    evaluations it counted (the metric's children, incremented together)."""
+    """What the flag stage decided for one request: the fields the upstream gets, the
+    evaluations it counted (the metric's children, incremented together), and which flags
+    under an experiment were decided by their split, as (flag key, variant)."""
 
     fields: AddedFields
     counted: CounterGroup
+    split: tuple[tuple[str, str], ...] = ()
 
 
 class FlagStage(Protocol):
@@ -63,6 +65,9 @@ class FlagStage(Protocol):
     by_context: Mapping[str, Callable[[RequestContext, float], FlagResult | None]]
     by_headers: Mapping[str, Callable[[MultiMapping[str], str, bool, float],
                                       FlagResult | None]]
+
+    def bucket_value(self, key: str, ctx: RequestContext) -> str | None:
+        """What flag `key` buckets this request by, if it splits (an experiment's unit)."""
 
 
 class NoLimits:
@@ -78,6 +83,9 @@ class NoCache:
 
 
 class NoFlags:
+    def bucket_value(self, key: str, ctx: RequestContext) -> str | None:
+        return None
+
     by_context: Mapping[str, Callable[[RequestContext, float], FlagResult | None]] = {}
     by_headers: Mapping[str, Callable[[MultiMapping[str], str, bool, float],
                                       FlagResult | None]] = {}

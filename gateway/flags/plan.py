@@ -33,7 +33,7 @@ from multidict import MultiMapping
 
 from gateway.config.model import ContextSettings
 from gateway.context import RequestContext, field_source, remember
-from gateway.flags.evaluate import IN_PROGRESS, CompiledFlag, Evaluation, today_utc
+from gateway.flags.evaluate import IN_PROGRESS, CompiledFlag, Evaluation, Reason, today_utc
 from gateway.metrictally import TALLY, CounterGroup
 from gateway.proxy import AddedFields
 from gateway.stages import FlagResult
@@ -70,7 +70,7 @@ class FlagPlan:
     def __init__(self, shown: Sequence[CompiledFlag], compiled: Mapping[str, CompiledFlag],
                  summary: str | None, settings: ContextSettings | None = None,
                  environment: str = "", overrides: Versioned | None = None,
-                 version: int = 0) -> None:
+                 version: int = 0, experiment_flags: frozenset[str] = frozenset()) -> None:
         # The route's flags first, in its order; then every prerequisite they reach, which
         # is evaluated (and counted) only when a flag needs it, as `evaluate` does.
         order = list(shown)
@@ -87,6 +87,8 @@ class FlagPlan:
         self.prerequisites = tuple(tuple(position.get(key, -1) for key in flag.prerequisites)
                                    for flag in order)
         self.summary = summary
+        # Flags some experiment measures: their split decisions are reported in FlagResult.
+        self.experiment_flags = experiment_flags
         self.settings = settings if settings is not None else ContextSettings()
         self.environment = environment  # what a decision from the headers is made in
         self.overrides, self.version = overrides, version
@@ -146,8 +148,12 @@ class FlagPlan:
             pairs.append((self.summary, ", ".join(members)))
         counters = [result.counter for result in outcome
                     if result is not None and result.counter is not None]
+        split = tuple((result.flag, result.variant) for result in outcome
+                      if result is not None and result.reason is Reason.SPLIT
+                      and result.flag in self.experiment_flags)
         return remember(combos, outcome,
-                        FlagResult(AddedFields(pairs), CounterGroup(counters)), COMBOS_MAX)
+                        FlagResult(AddedFields(pairs), CounterGroup(counters), split),
+                        COMBOS_MAX)
 
 
 class _TooLong(Exception):
