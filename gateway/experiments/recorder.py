@@ -6,6 +6,10 @@ guardrail observation a few additions to the process's per-variant sums. Past QU
 waiting records new ones are dropped and counted (`gateway_experiment_dropped_total`), so a
 Redis that stops answering costs memory up to that bound and nothing else; a batch the
 store refuses is dropped and counted the same way.
+
+Events wait EVENT_DELAY before they are sent: the exposure of their unit may have been taken
+by another worker or sidecar that has not flushed yet (each flushes every FLUSH_EVERY), and
+an event that reached the store first would be counted as one of a unit never exposed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 from gateway import metrics
@@ -31,6 +37,7 @@ log = logging.getLogger("gateway.experiments")
 QUEUE_MAX = 100_000
 FLUSH_EVERY = 0.25  # seconds
 BATCH_MAX = 2_000  # records per script call
+EVENT_DELAY = 1.0  # seconds an event waits for its unit's exposure to be flushed elsewhere
 
 
 class _Sums:
@@ -46,30 +53,37 @@ class Recorder:
     """One per process; outlives reloads (the experiments' metric lists are updated)."""
 
     def __init__(self, store: ExperimentStore, flush_every: float = FLUSH_EVERY,
-                 queue_max: int = QUEUE_MAX) -> None:
+                 queue_max: int = QUEUE_MAX, event_delay: float = EVENT_DELAY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.flush_every = flush_every
         self.queue_max = queue_max
         self.metrics: Mapping[str, Sequence[str]] = {}  # experiment -> metric names
+        self.event_delay = event_delay
+        self._clock = clock
         self._queue: list[tuple[str, Record]] = []
+        self._events: deque[tuple[float, str, Event]] = deque()
         self._sums: dict[tuple[str, str], _Sums] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.after_flush: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ request path
-    def _add(self, experiment: str, record: Record) -> None:
-        if len(self._queue) >= self.queue_max:
+    def _full(self) -> bool:
+        if len(self._queue) + len(self._events) >= self.queue_max:
             metrics.EXPERIMENT_DROPPED.inc()
-            return
-        self._queue.append((experiment, record))
+            return True
+        return False
 
     def expose(self, experiment: str, variant: str, unit: str) -> None:
-        self._add(experiment, Exposure(variant, unit))
+        if not self._full():
+            self._queue.append((experiment, Exposure(variant, unit)))
 
     def event(self, experiment: str, metric: str, unit: str, value: float,
               event_id: str | None = None) -> None:
-        self._add(experiment, Event(metric, unit, value, event_id))
+        if not self._full():
+            self._events.append((self._clock(), experiment,
+                                 Event(metric, unit, value, event_id)))
 
     def observe(self, experiment: str, variant: str, error: bool,
                 upstream_seconds: float | None) -> None:
@@ -84,10 +98,16 @@ class Recorder:
             sums.histogram[latency_bucket(upstream_seconds)] += 1
 
     # ------------------------------------------------------------------ off the path
-    async def flush(self) -> None:
-        """Send everything waiting; a batch the store refuses is dropped and counted."""
+    async def flush(self, everything: bool = False) -> None:
+        """Send what is due (`everything`: events not yet due too); a batch the store
+        refuses is dropped and counted."""
         async with self._lock:
             queue, self._queue = self._queue, []
+            due = self._clock() - self.event_delay
+            events = self._events
+            while events and (everything or events[0][0] <= due):
+                _, experiment, event = events.popleft()
+                queue.append((experiment, event))
             sums, self._sums = self._sums, {}
             for (experiment, variant), s in sums.items():
                 queue.append((experiment, Guardrail(variant, s.requests, s.errors,
@@ -130,4 +150,4 @@ class Recorder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.flush()
+        await self.flush(everything=True)

@@ -30,7 +30,7 @@ SRM_P = 0.001
 # within one step of the truth.
 LATENCY_BOUNDS = tuple(0.0005 * 2 ** (i / 4) for i in range(68))
 # Without a minimum detectable effect, sequential tests mix over effects of this share of
-# the control's level (mSPRT needs a scale for the effects it expects).
+# the control's level or spread (mSPRT needs a scale for the effects it expects).
 DEFAULT_RELATIVE_EFFECT = 0.1
 
 
@@ -105,11 +105,28 @@ def _compare(metric: ExperimentMetric, c: Level, t: Level, alpha: float
     return stats.welch(c.value, c.variance, c.n, t.value, t.variance, t.n, alpha)
 
 
-def _tau(metric: ExperimentMetric, control: Level) -> float:
+def _tau(metric: ExperimentMetric, control: Level, treatment: Level) -> float:
+    """The scale of effects the sequential test expects: the minimum detectable effect, else
+    a tenth of the control's level or of one observation's spread, whichever is larger (a
+    control at 0% errors still has a scale to measure a rise against)."""
     if metric.minimum_detectable_effect is not None:
         return metric.minimum_detectable_effect
-    scale = control.value if control.value > 0 else math.sqrt(control.variance)
-    return max(DEFAULT_RELATIVE_EFFECT * scale, 1e-9)
+    if metric.type in (MetricType.CONVERSION, MetricType.ERROR_RATE):
+        pooled = (control.count + treatment.count) / (control.n + treatment.n)
+        spread = math.sqrt(pooled * (1 - pooled))
+    else:
+        spread = math.sqrt(control.variance)
+    return max(DEFAULT_RELATIVE_EFFECT * max(abs(control.value), spread), 1e-9)
+
+
+def _sequential_variance(metric: ExperimentMetric, c: Level, t: Level) -> float:
+    """The variance of the difference the sequential test mixes over. For rates, the pooled
+    rate's (as the z-test's, under no effect): a variant at 0% or 100% has no spread of its
+    own, which would make any difference look certain or none testable."""
+    if metric.type in (MetricType.CONVERSION, MetricType.ERROR_RATE):
+        pooled = (c.count + t.count) / (c.n + t.n)
+        return pooled * (1 - pooled) * (1 / c.n + 1 / t.n)
+    return c.variance / c.n + t.variance / t.n
 
 
 def _harmful(metric: ExperimentMetric, difference: float) -> bool:
@@ -149,8 +166,9 @@ def report(experiment: Experiment, weights: Mapping[str, int], tallies: Tallies,
                 "difference": found.difference, "relative": found.relative,
                 "interval": [found.low, found.high], "p_value": found.p_value}
             if experiment.sequential:
-                variance = base.variance / base.n + levels[v].variance / levels[v].n
-                seq = stats.msprt(found.difference, variance, _tau(metric, base), alpha)
+                variance = _sequential_variance(metric, base, levels[v])
+                seq = stats.msprt(found.difference, variance, _tau(metric, base, levels[v]),
+                                  alpha)
                 key = f"{metric.name}|{v}"
                 p = min(seq.p_value, looks.get(key, 1.0))
                 if p < looks.get(key, 1.0):

@@ -246,8 +246,11 @@ def msprt(difference: float, variance: float, tau: float, alpha: float) -> Seque
     the probability of ever seeing so large a ratio under no effect, so p = min(1, 1 /
     Lambda) may be read at any look (the running minimum over looks stays valid), and the
     interval {theta : Lambda(theta) < 1 / alpha} is a confidence sequence."""
-    if variance <= 0 or tau <= 0:
+    if tau <= 0:
         return Sequential(1.0, 1.0, -math.inf, math.inf)
+    if variance <= 0:  # no spread at all: any difference is certain
+        return (Sequential(math.inf, 0.0, difference, difference) if difference
+                else Sequential(1.0, 1.0, 0.0, 0.0))
     total = variance + tau * tau
     exponent = tau * tau * difference * difference / (2 * variance * total)
     log_ratio = 0.5 * math.log(variance / total) + exponent
