@@ -1,4 +1,5 @@
-"""`gateway run | check | demo` (and `worker`, which the supervisor starts)."""
+"""`gateway run | check | demo | experiment report` (and `worker`, which the supervisor
+starts)."""
 
 from __future__ import annotations
 
@@ -39,11 +40,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     _config_arg(check)
     demo = commands.add_parser("demo", help="serve in front of a built-in demo upstream")
     _config_arg(demo)
+    experiment = commands.add_parser("experiment", help="read an experiment's report")
+    experiment_commands = experiment.add_subparsers(dest="action", required=True)
+    report = experiment_commands.add_parser("report", help="print the report as a table")
+    report.add_argument("name")
+    report.add_argument("--admin", default="http://127.0.0.1:9901",
+                        help="the gateway's admin URL (default: http://127.0.0.1:9901)")
+    report.add_argument("--token-env", help="variable holding the admin token, if one is set")
     worker = commands.add_parser("worker", help=argparse.SUPPRESS)
     _config_arg(worker)
     worker.add_argument("--control", required=True)
     args = parser.parse_args(argv)
 
+    if args.command == "experiment":
+        from gateway.experiments.table import main as report_main
+
+        return report_main(args.name, args.admin,
+                           os.environ.get(args.token_env) if args.token_env else None)
     if not args.config:
         parser.error("--config FILE is required (or set GATEWAY_CONFIG)")
     config = _load(args.config, checking=args.command == "check")

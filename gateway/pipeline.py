@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -237,8 +237,8 @@ class Pipeline:
                 if from_headers is not None:
                     flags = from_headers(request.headers, peer, trusted, time.time())
         if rt.experiments is not None:
-            record.experiment = rt.experiments.on_request(
-                route.name, flags, self._units_of(config, request, ctx, rt))
+            record.experiment = rt.experiments.on_request(route.name, flags, ctx,
+                                                          request.headers, request.remote or "")
         expect = request.headers.get("Expect", "").lower() == "100-continue"
 
         def upstream_headers() -> CIMultiDict[str]:
@@ -308,20 +308,6 @@ class Pipeline:
             log.warning("request %s: %s", request_id, exc.detail)
             record.error = exc.detail
             raise
-
-    @staticmethod
-    def _units_of(config: Config, request: web.BaseRequest, ctx: RequestContext | None,
-                  rt: Runtime) -> Callable[[str], str | None]:
-        """What a flag buckets this request by: an experiment's unit. The context is built
-        only if some experiment asks and the route has not built it already."""
-        built: list[RequestContext] = [ctx] if ctx is not None else []
-
-        def unit_of(flag_key: str) -> str | None:
-            if not built:
-                built.append(_context(config, request)[0])
-            return rt.flags.bucket_value(flag_key, built[0])
-
-        return unit_of
 
     def _upstream_headers(self, rt: Runtime, request: web.BaseRequest, trusted: bool,
                           request_id: str, websocket: bool) -> CIMultiDict[str]:

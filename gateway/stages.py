@@ -8,7 +8,6 @@ pass-through implementation used when a config has nothing for that stage.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from aiohttp import web
@@ -45,15 +44,17 @@ class CacheStage(Protocol):
               ) -> Exchange | Awaitable[Exchange]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class FlagResult:
+class FlagResult(NamedTuple):
     """What the flag stage decided for one request: the fields the upstream gets, the
-    evaluations it counted (the metric's children, incremented together), and which flags
-    under an experiment were decided by their split, as (flag key, variant)."""
+    evaluations it counted (the metric's children, incremented together), which flags
+    under an experiment were decided by their split, as (flag key, variant), and, when the
+    deciding code has them at hand, the values those flags bucketed this request by.
+    (A tuple: one is made per request that an experiment records.)"""
 
     fields: AddedFields
     counted: CounterGroup
     split: tuple[tuple[str, str], ...] = ()
+    units: tuple[tuple[str, str | None], ...] = ()  # (flag key, unit); per request
 
 
 class FlagStage(Protocol):

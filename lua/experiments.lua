@@ -11,7 +11,8 @@
 -- ARGV[1] JSON list of records:
 --   {"x", variant, unit}                       an exposure
 --   {"e", metric index (1-based), unit, value, event key index (0: none), metric name}
---   {"g", variant, requests, errors, latency sum, latency square sum, {histogram}}
+--   {"g", variant, requests, errors, latency sum, latency square sum,
+--    {{bucket, count}...} of the latency histogram's buckets that were hit}
 -- ARGV[2] how long an event id is remembered, in seconds
 -- ARGV[3] M, the number of metric keys
 -- Returns {new units, events counted, duplicate events, events of unexposed units}.
@@ -59,8 +60,8 @@ for _, r in ipairs(records) do
     redis.call('HINCRBY', KEYS[3], prefix .. 'e', r[4])
     redis.call('HINCRBYFLOAT', KEYS[3], prefix .. 'ls', r[5])
     redis.call('HINCRBYFLOAT', KEYS[3], prefix .. 'lq', r[6])
-    for i, n in ipairs(r[7]) do
-      if n > 0 then redis.call('HINCRBY', KEYS[3], prefix .. 'h' .. (i - 1), n) end
+    for _, pair in ipairs(r[7]) do
+      redis.call('HINCRBY', KEYS[3], prefix .. 'h' .. pair[1], pair[2])
     end
   end
 end

@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
+from multidict import MultiMapping
 
 from gateway import metrics
 from gateway.config.model import Config, Experiment, ExperimentMetric, ExperimentStatus
+from gateway.context import RequestContext, build_context
 from gateway.experiments.recorder import Recorder
 from gateway.experiments.report import report
 from gateway.experiments.store import ExperimentStore
@@ -38,22 +39,24 @@ SNAPSHOT_EVERY = 60.0  # seconds between points of the lift-over-time chart
 # (experiment, metric, unit) for the route metrics.
 Pending = tuple[tuple[tuple[str, str], ...], tuple[tuple[Experiment, ExperimentMetric, str],
                                                   ...]]
-UnitOf = Callable[[str], "str | None"]
+
 
 
 class Experiments:
     def __init__(self, config: Config, recorder: Recorder, store: ExperimentStore,
-                 flags: FlagEngine, snapshot_every: float = SNAPSHOT_EVERY) -> None:
+                 flags: FlagEngine) -> None:
         self.config = config
         self.recorder = recorder
         self.store = store
         self.flags = flags
-        self.snapshot_every = snapshot_every
+        self.snapshot_every = SNAPSHOT_EVERY
         self.experiments = dict(config.experiments)
         self.status = {name: e.status for name, e in self.experiments.items()}
-        self.by_flag: dict[str, tuple[Experiment, ...]] = {}
+        self.running = frozenset(n for n, st in self.status.items()
+                                 if st is ExperimentStatus.RUNNING)
+        self.by_flag: dict[str, tuple[str, ...]] = {}  # flag -> experiments measuring it
         for e in self.experiments.values():
-            self.by_flag[e.flag] = (*self.by_flag.get(e.flag, ()), e)
+            self.by_flag[e.flag] = (*self.by_flag.get(e.flag, ()), e.name)
         self.route_metrics: dict[str, tuple[tuple[Experiment, ExperimentMetric], ...]] = {}
         for e in self.experiments.values():
             for metric in e.metrics:
@@ -68,28 +71,45 @@ class Experiments:
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ request path
-    def on_request(self, route: str, flags: FlagResult | None, unit_of: UnitOf
-                   ) -> Pending | None:
+    def on_request(self, route: str, flags: FlagResult | None, ctx: RequestContext | None,
+                   headers: MultiMapping[str], peer: str) -> Pending | None:
         """Record the exposures of this request; what to observe once it is answered."""
+        split = flags.split if flags is not None else ()
+        metrics_here = self.route_metrics.get(route)
+        if not split and metrics_here is None:
+            return None
+        running = self.running
         observed: list[tuple[str, str]] = []
-        if flags is not None:
-            for key, variant in flags.split:
-                for e in self.by_flag.get(key, ()):
-                    if self.status[e.name] is not ExperimentStatus.RUNNING:
+        if split:
+            assert flags is not None
+            units = flags.units
+            for key, variant in split:
+                for name in self.by_flag[key]:
+                    if name not in running:
                         continue
-                    unit = unit_of(key)
+                    # The flag code hands out the unit it bucketed by (list-mode plans
+                    # for dense prerequisite graphs do not): else read it from the context.
+                    unit = next((u for k, u in units if k == key), None)
+                    if unit is None:
+                        ctx = ctx or self._context(headers, peer)
+                        unit = self.flags.bucket_value(key, ctx)
                     if unit:
-                        self.recorder.expose(e.name, variant, unit)
-                        observed.append((e.name, variant))
+                        self.recorder.expose(name, variant, unit)
+                        observed.append((name, variant))
         conversions: list[tuple[Experiment, ExperimentMetric, str]] = []
-        for e, metric in self.route_metrics.get(route, ()):
-            if self.status[e.name] is ExperimentStatus.RUNNING:
-                unit = unit_of(e.flag)
+        for e, metric in metrics_here or ():
+            if e.name in running:
+                ctx = ctx or self._context(headers, peer)
+                unit = self.flags.bucket_value(e.flag, ctx)
                 if unit:
                     conversions.append((e, metric, unit))
         if not observed and not conversions:
             return None
         return tuple(observed), tuple(conversions)
+
+    def _context(self, headers: MultiMapping[str], peer: str) -> RequestContext:
+        return build_context(self.config.context, peer, headers,
+                             environment=self.config.environment)[0]
 
     def on_response(self, pending: Pending, status: int, upstream_seconds: float | None
                     ) -> None:
@@ -144,12 +164,17 @@ class Experiments:
         if status is ExperimentStatus.COMPLETED:
             change["ended"] = repr(now)
         await self.store.set_state(name, change)
-        self.status[name] = status
+        self._set_status(name, status)
         found = await self.report(name, now)
         if status is ExperimentStatus.COMPLETED:
             await self.store.set_state(name, {"frozen": orjson.dumps(found).decode()})
             self._frozen[name] = found
         return found
+
+    def _set_status(self, name: str, status: ExperimentStatus) -> None:
+        self.status[name] = status
+        self.running = frozenset(n for n, st in self.status.items()
+                                 if st is ExperimentStatus.RUNNING)
 
     # ------------------------------------------------------------------ the look
     async def look(self, now: float) -> None:
@@ -158,7 +183,7 @@ class Experiments:
             tallies = await self.store.read(name)
             stored = tallies.state.get("status")
             if stored:
-                self.status[name] = ExperimentStatus(stored)
+                self._set_status(name, ExperimentStatus(stored))
             elif self.status[name] is ExperimentStatus.RUNNING and "started" not in \
                     tallies.state:
                 await self.store.set_state(name, {"status": "running", "started": repr(now)})

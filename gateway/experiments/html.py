@@ -190,6 +190,8 @@ def render_report(report: dict[str, Any]) -> str:
     verdict = status.replace("_", " ")
     if status == "significant":
         verdict += f": {report['variant']} is the {report['direction']}"
+        if report["direction"] == "loser":
+            colour = STATUS_COLOURS["guardrail_tripped"]
     primary = next((m for m in report["metrics"] if m["primary"]), None)
     progress = primary.get("progress") if primary else None
     needed = primary.get("units_needed_per_variant") if primary else None

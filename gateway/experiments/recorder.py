@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 from gateway import metrics
-from gateway.experiments.report import LATENCY_BOUNDS, latency_bucket
+from gateway.experiments.report import latency_bucket
 from gateway.experiments.store import (
     Event,
     ExperimentStore,
@@ -46,7 +46,7 @@ class _Sums:
     def __init__(self) -> None:
         self.requests = self.errors = 0
         self.latency_sum = self.latency_squares = 0.0
-        self.histogram = [0] * (len(LATENCY_BOUNDS) + 1)
+        self.histogram: dict[int, int] = {}  # bucket -> count, only buckets that were hit
 
 
 class Recorder:
@@ -61,7 +61,8 @@ class Recorder:
         self.metrics: Mapping[str, Sequence[str]] = {}  # experiment -> metric names
         self.event_delay = event_delay
         self._clock = clock
-        self._queue: list[tuple[str, Record]] = []
+        # Exposures as plain (experiment, variant, unit): the request path makes no record.
+        self._exposures: list[tuple[str, str, str]] = []
         self._events: deque[tuple[float, str, Event]] = deque()
         self._sums: dict[tuple[str, str], _Sums] = {}
         self._task: asyncio.Task[None] | None = None
@@ -70,14 +71,16 @@ class Recorder:
 
     # ------------------------------------------------------------------ request path
     def _full(self) -> bool:
-        if len(self._queue) + len(self._events) >= self.queue_max:
+        if len(self._exposures) + len(self._events) >= self.queue_max:
             metrics.EXPERIMENT_DROPPED.inc()
             return True
         return False
 
     def expose(self, experiment: str, variant: str, unit: str) -> None:
-        if not self._full():
-            self._queue.append((experiment, Exposure(variant, unit)))
+        if len(self._exposures) + len(self._events) < self.queue_max:
+            self._exposures.append((experiment, variant, unit))
+        else:
+            metrics.EXPERIMENT_DROPPED.inc()
 
     def event(self, experiment: str, metric: str, unit: str, value: float,
               event_id: str | None = None) -> None:
@@ -95,14 +98,16 @@ class Recorder:
         if upstream_seconds is not None:
             sums.latency_sum += upstream_seconds
             sums.latency_squares += upstream_seconds * upstream_seconds
-            sums.histogram[latency_bucket(upstream_seconds)] += 1
+            bucket = latency_bucket(upstream_seconds)
+            sums.histogram[bucket] = sums.histogram.get(bucket, 0) + 1
 
     # ------------------------------------------------------------------ off the path
     async def flush(self, everything: bool = False) -> None:
         """Send what is due (`everything`: events not yet due too); a batch the store
         refuses is dropped and counted."""
         async with self._lock:
-            queue, self._queue = self._queue, []
+            exposures, self._exposures = self._exposures, []
+            queue: list[tuple[str, Record]] = [(e, Exposure(v, u)) for e, v, u in exposures]
             due = self._clock() - self.event_delay
             events = self._events
             while events and (everything or events[0][0] <= due):
@@ -112,7 +117,7 @@ class Recorder:
             for (experiment, variant), s in sums.items():
                 queue.append((experiment, Guardrail(variant, s.requests, s.errors,
                                                     s.latency_sum, s.latency_squares,
-                                                    tuple(s.histogram))))
+                                                    tuple(s.histogram.items()))))
             by_experiment: dict[str, list[Record]] = {}
             for experiment, record in queue:
                 by_experiment.setdefault(experiment, []).append(record)

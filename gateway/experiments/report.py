@@ -35,14 +35,11 @@ DEFAULT_RELATIVE_EFFECT = 0.1
 
 
 def latency_bucket(seconds: float) -> int:
-    low, high = 0, len(LATENCY_BOUNDS)
-    while low < high:
-        mid = (low + high) // 2
-        if seconds <= LATENCY_BOUNDS[mid]:
-            high = mid
-        else:
-            low = mid + 1
-    return low
+    """The first bucket whose bound holds `seconds` (one logarithm, not a search)."""
+    if seconds <= LATENCY_BOUNDS[0]:
+        return 0
+    i = min(math.ceil(4 * math.log2(seconds / LATENCY_BOUNDS[0]) - 1e-9), len(LATENCY_BOUNDS))
+    return i if i == len(LATENCY_BOUNDS) or seconds <= LATENCY_BOUNDS[i] else i + 1
 
 
 def quantile(histogram: Sequence[float], q: float) -> float | None:

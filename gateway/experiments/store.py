@@ -51,7 +51,7 @@ class Guardrail(NamedTuple):
     errors: int
     latency_sum: float
     latency_squares: float
-    histogram: tuple[int, ...]
+    histogram: tuple[tuple[int, int], ...]  # (bucket, count) of the buckets hit
 
 
 Record = Exposure | Event | Guardrail
@@ -147,9 +147,8 @@ class LocalExperimentStore:
                                      ("ls", record.latency_sum),
                                      ("lq", record.latency_squares)):
                     agg[prefix + name] = agg.get(prefix + name, 0) + amount
-                for i, n in enumerate(record.histogram):
-                    if n:
-                        agg[f"{prefix}h{i}"] = agg.get(f"{prefix}h{i}", 0) + n
+                for i, n in record.histogram:
+                    agg[f"{prefix}h{i}"] = agg.get(f"{prefix}h{i}", 0) + n
         return Applied(new_units, counted, duplicates, unexposed)
 
     async def read(self, experiment: str) -> Tallies:
@@ -199,7 +198,7 @@ class RedisExperimentStore:
             else:
                 wire.append(["g", record.variant, record.requests, record.errors,
                              record.latency_sum, record.latency_squares,
-                             list(record.histogram)])
+                             [list(pair) for pair in record.histogram]])
         keys = [self._key(experiment, "units"), self._key(experiment, "counts"),
                 self._key(experiment, "agg"),
                 *(self._key(experiment, f"m:{name}") for name in metrics), *event_keys]

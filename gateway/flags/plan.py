@@ -156,6 +156,12 @@ class FlagPlan:
                         COMBOS_MAX)
 
 
+def _with_units(found: FlagResult, keys: tuple[str, ...], units: tuple[str | None, ...]
+                ) -> FlagResult:
+    return FlagResult(found.fields, found.counted, found.split,
+                      tuple(zip(keys, units, strict=True)))
+
+
 class _TooLong(Exception):
     """The inlined code would pass INLINE_MAX lines (a dense prerequisite graph)."""
 
@@ -260,6 +266,8 @@ class _Generator:
         names = [flag.flag.bucket_by] if flag.flag.bucket_by else [
             "user_id", "tenant_id", "client_ip"]
         steps.append(f"b = {' or '.join(self.field(name) for name in names)}")
+        if self.inline and flag.key in plan.experiment_flags:
+            steps.append(f"u{i} = b")  # the experiment's unit, handed out with the result
         # An explicit bucket_by the request does not carry: nothing to stick to.
         decisive("not b", flag.r_excluded)
         steps.extend([f"{r} = {self.const(flag.outcomes)}[_bisect({self.const(flag.cuts)}, "
@@ -306,8 +314,19 @@ class _Generator:
         body += [f"outcome = ({', '.join(outcome)},)", "found = _combos.get(outcome)",
                  "if found is None:", "    found = _combine(outcome)",
                  "counted = found.counted",
-                 "_counts[counted] = _counts.get(counted, 0) + 1",  # TALLY.groups
-                 "return found"]
+                 "_counts[counted] = _counts.get(counted, 0) + 1"]  # TALLY.groups
+        measured = [i for i, flag in enumerate(plan.flags)
+                    if flag.key in plan.experiment_flags] if self.inline else []
+        if measured:
+            # Only a request that an experiment records gets a result of its own, carrying
+            # the units its experiment flags were bucketed by.
+            body[:0] = [f"{' = '.join(f'u{i}' for i in measured)} = None"]
+            keys = tuple(plan.flags[i].key for i in measured)
+            body += ["if found.split:",
+                     f"    return _with_units(found, {self.const(keys)}, "
+                     f"({', '.join(f'u{i}' for i in measured)},))"]
+            self.constants["_with_units"] = _with_units
+        body.append("return found")
         self.constants.update(constants)
 
         source = field_source(plan.settings, self.reads)

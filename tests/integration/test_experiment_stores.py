@@ -11,8 +11,8 @@ import pytest
 from gateway.config.model import RedisSettings
 from gateway.experiments.store import (
     Event,
-    Exposure,
     ExperimentStore,
+    Exposure,
     Guardrail,
     LocalExperimentStore,
     RedisExperimentStore,
@@ -72,8 +72,8 @@ async def test_an_event_id_makes_a_retry_count_once(store: ExperimentStore) -> N
 
 
 async def test_guardrail_sums_add_up(store: ExperimentStore) -> None:
-    await store.apply("e", METRICS, [Guardrail("a", 10, 2, 1.5, 0.3, (4, 0, 6)),
-                                     Guardrail("a", 5, 1, 0.5, 0.1, (0, 5, 0))])
+    await store.apply("e", METRICS, [Guardrail("a", 10, 2, 1.5, 0.3, ((0, 4), (2, 6))),
+                                     Guardrail("a", 5, 1, 0.5, 0.1, ((1, 5),))])
     t = await store.read("e")
     assert (t.get("g|a|n"), t.get("g|a|e")) == (15, 3)
     assert t.get("g|a|ls") == pytest.approx(2.0) and t.get("g|a|lq") == pytest.approx(0.4)
@@ -102,7 +102,7 @@ async def test_both_stores_agree_on_a_random_stream(redis_server: RedisServer) -
                                  rng.choice([None, f"id{rng.randrange(300)}"])))
         else:
             records.append(Guardrail(rng.choice("abc"), 3, rng.randrange(2), 0.2, 0.05,
-                                     (1, 2)))
+                                     ((0, 1), (rng.randrange(60), 2))))
     local = LocalExperimentStore()
     link = RedisLink(RedisSettings(url=redis_server.url, timeout=5.0))
     try:

@@ -231,3 +231,34 @@ async def test_a_guardrail_moving_against_its_goal_kills_the_flag(
     async with client_session() as s:
         async with s.get(f"{gw.admin_url}/admin/flags/checkout") as r:
             assert (await r.json())["definition"]["kill_switch"] is True
+
+
+async def test_the_cli_prints_the_report_as_a_table(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    import subprocess
+    import sys
+
+    from tests.harness import REPO
+
+    gw = await gateway_factory(experiment_config(upstream))
+    await browse(gw, range(40))
+    found = await until(lambda: _units_at_least(gw, 40))
+    assert found
+    expected = await report(gw)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", "experiment", "report", *args],
+                              capture_output=True, text=True, cwd=REPO, timeout=30)
+
+    done = await asyncio.to_thread(run, "checkout_test", "--admin", gw.admin_url)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "checkout_test: flag checkout, control control, running"
+    units = ", ".join(f"{v} {n}" for v, n in expected["units"].items())
+    assert f"units: {units}" in done.stdout
+    assert any(line.split()[:2] == ["control", str(expected["units"]["control"])]
+               for line in lines)
+    missing = await asyncio.to_thread(run, "nope", "--admin", gw.admin_url)
+    assert missing.returncode == 1 and "404 for experiment 'nope'" in missing.stderr
+    down = await asyncio.to_thread(run, "checkout_test", "--admin", "http://127.0.0.1:9")
+    assert down.returncode == 1 and "cannot reach the admin listener" in down.stderr

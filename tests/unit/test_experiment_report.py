@@ -118,3 +118,12 @@ def test_latency_quantiles_come_from_the_histogram_within_one_bucket() -> None:
     p50, p95 = quantile(histogram, 0.5), quantile(histogram, 0.95)
     assert p50 is not None and 0.010 <= p50 < 0.010 * 2 ** 0.25
     assert p95 is not None and 0.100 <= p95 < 0.100 * 2 ** 0.25
+
+
+def test_latency_bucket_is_the_first_bound_that_holds_the_duration() -> None:
+    import bisect
+
+    samples = [0.0, 1e-6, *LATENCY_BOUNDS, *(b * 1.0000001 for b in LATENCY_BOUNDS),
+               *(b * 0.9999999 for b in LATENCY_BOUNDS), 1e4]
+    for seconds in samples:
+        assert latency_bucket(seconds) == bisect.bisect_left(LATENCY_BOUNDS, seconds), seconds
