@@ -21,6 +21,7 @@ import select
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -31,8 +32,9 @@ ATOMIC_WRITE = select.PIPE_BUF
 class AccessRecord:
     """What the pipeline learns about one request, filled in as the request goes."""
 
-    __slots__ = ("bytes", "cache", "client_ip", "duration", "error", "method", "path",
-                 "ratelimit", "request_id", "route", "status", "upstream", "upstream_duration")
+    __slots__ = ("bytes", "cache", "client_ip", "duration", "error", "experiment", "method",
+                 "path", "ratelimit", "request_id", "route", "status", "upstream",
+                 "upstream_duration")
 
     def __init__(self, request_id: str, method: str, path: str, client_ip: str) -> None:
         self.request_id = request_id
@@ -48,6 +50,8 @@ class AccessRecord:
         self.cache: str | None = None
         self.ratelimit: str | None = None
         self.error: str | None = None
+        # What experiments observe once the request is answered (not logged).
+        self.experiment: Any = None
 
     def fields(self, now: float) -> dict[str, object]:
         """The line's fields; absent ones are left out, not written as null."""

@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--admin-port", type=_port,
                       help="the admin listener's port (overrides admin.port)")
     commands.add_parser("schema", help="print the configuration's JSON Schema (for editors)")
+    experiment = commands.add_parser("experiment", help="read an experiment's report")
+    experiment_commands = experiment.add_subparsers(dest="action", required=True)
+    report = experiment_commands.add_parser("report", help="print the report as a table")
+    report.add_argument("name")
+    report.add_argument("--admin", default="http://127.0.0.1:9901",
+                        help="the gateway's admin URL (default: http://127.0.0.1:9901)")
+    report.add_argument("--token-env", help="variable holding the admin token, if one is set")
     worker = commands.add_parser("worker")
     _config_arg(worker)
     worker.add_argument("--control", required=True)
@@ -84,6 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(schema(), indent=2))
         return 0
 
+    if args.command == "experiment":
+        from gateway.experiments.table import main as report_main
+
+        return report_main(args.name, args.admin,
+                           os.environ.get(args.token_env) if args.token_env else None)
     if not args.config:
         parser.error("--config FILE is required (or set GATEWAY_CONFIG)")
     config = _load(args.config, checking=args.command == "check")

@@ -60,6 +60,15 @@ RATELIMIT_LOCAL_EVICTIONS = Counter(
 CONFIG_RELOADS = Counter(
     "gateway_config_reloads", "Configuration reloads by result.", ("result",),
 )
+EXPERIMENT_DROPPED = Counter(
+    "gateway_experiment_dropped",
+    "Experiment records dropped: the queue was full or the store refused a batch.",
+)
+EXPERIMENT_GUARDRAIL_TRIPS = Counter(
+    "gateway_experiment_guardrail_trips",
+    "Guardrails that moved significantly against their goal, by experiment and metric.",
+    ("experiment", "metric"),
+)
 
 
 

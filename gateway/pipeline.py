@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import HttpVersion10, hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
@@ -55,6 +56,9 @@ from gateway.stages import (
 )
 from gateway.target import BadTarget, Target, TargetReader, TargetRules, without_params
 
+if TYPE_CHECKING:
+    from gateway.experiments.engine import Experiments
+
 log = logging.getLogger("gateway")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -90,6 +94,7 @@ class Runtime:
     limiter: RateLimitStage = field(default_factory=NoLimits)
     cache: CacheStage = field(default_factory=NoCache)
     flags: FlagStage = field(default_factory=NoFlags)
+    experiments: Experiments | None = None  # None: the config has no experiment
     identity: tuple[str, ...] = ()
     flag_prefix: str = "x-flag-"
     flag_summary: str | None = "x-feature-flags"
@@ -194,6 +199,9 @@ class Pipeline:
             route_label = record.route or "(none)"
             TALLY.finished(route_label, metrics.method_label(request.method),
                            str(record.status), duration)
+            if record.experiment is not None and rt.experiments is not None:
+                rt.experiments.on_response(record.experiment, record.status,
+                                           record.upstream_duration)
             if self.access_log is not None:
                 self.access_log.write(record)
 
@@ -263,6 +271,9 @@ class Pipeline:
                 from_headers = rt.flags.by_headers.get(route.name)
                 if from_headers is not None:
                     flags = from_headers(headers, peer, trusted, time.time())
+        if rt.experiments is not None:
+            record.experiment = rt.experiments.on_request(route.name, flags, ctx, headers,
+                                                          request.remote or "")
         expect = headers.get("Expect", "").lower() == "100-continue"
 
         def upstream_headers() -> CIMultiDict[str]:

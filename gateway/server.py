@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import signal
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -21,6 +22,9 @@ from gateway.admin import build_admin_app
 from gateway.cache import CacheService, ResponseCache
 from gateway.config import Config, ConfigError, load_config
 from gateway.config.model import FailureMode
+from gateway.experiments.engine import Experiments
+from gateway.experiments.recorder import Recorder
+from gateway.experiments.store import LocalExperimentStore, RedisExperimentStore
 from gateway.flags import FlagEngine, FlagOverrides
 from gateway.pipeline import Pipeline, Runtime
 from gateway.proxy import UpstreamPool
@@ -44,6 +48,8 @@ class Services:
     limits_local: LocalStore = field(default_factory=LocalStore)
     limits_remote: RedisStore | None = None
     cache: CacheService | None = None
+    # Experiment records: queued per process, added up in Redis (or here without it).
+    recorder: Recorder = field(default_factory=lambda: Recorder(LocalExperimentStore()))
 
     @classmethod
     async def create(cls, config: Config) -> Services:
@@ -52,12 +58,16 @@ class Services:
         await flag_overrides.start()  # stored runtime flag changes, before the first request
         cache = CacheService(config.cache, redis)
         await cache.start()
+        recorder = Recorder(RedisExperimentStore(redis) if redis is not None
+                            else LocalExperimentStore())
+        recorder.start()
         return cls(pool=UpstreamPool(config.upstreams), redis=redis,
                    flag_overrides=flag_overrides,
                    limits_remote=RedisStore(redis) if redis is not None else None,
-                   cache=cache)
+                   cache=cache, recorder=recorder)
 
     async def close(self) -> None:
+        await self.recorder.close()  # what was recorded until now reaches the store
         await self.flag_overrides.close()
         await self.pool.close()
         if self.cache is not None:
@@ -68,8 +78,12 @@ class Services:
 
 def build_runtime(config: Config, services: Services) -> Runtime:
     """The stages this config asks for, wired to the long-lived services."""
-    stages: dict[str, object] = {"flags": FlagEngine(config, services.flag_overrides)}
+    flags = FlagEngine(config, services.flag_overrides)
+    stages: dict[str, object] = {"flags": flags}
     services.limits_local.bound(config.rate_limits_local_max_keys)
+    if config.experiments:
+        stages["experiments"] = Experiments(config, services.recorder, services.recorder.store,
+                                            flags)
     if any(route.rate_limits for route in config.routes):
         stages["limiter"] = RateLimiter(config, services.limits_local, services.limits_remote)
     if services.cache is not None and any(r.cache is not None for r in config.routes):
@@ -97,11 +111,19 @@ class GatewayProcess:
         self._watcher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
+    def _swap(self, runtime: Runtime) -> Awaitable[None]:
+        """Serve `runtime` from now on; its background work starts, the old one's stops."""
+        old = self.pipeline.runtime.experiments
+        self.pipeline.runtime = runtime
+        if runtime.experiments is not None:
+            runtime.experiments.start()
+        return old.close() if old is not None else asyncio.sleep(0)
+
     async def start(self) -> None:
         config = self._initial
         servername.install()  # before the first response: no version in Server
         self.services = await Services.create(config)
-        self.pipeline.runtime = build_runtime(config, self.services)
+        await self._swap(build_runtime(config, self.services))
         server = web.Server(
             self.pipeline.handle,
             handler_cancellation=True,  # a client that goes away cancels its upstream exchange
@@ -146,6 +168,8 @@ class GatewayProcess:
         await admin_runner.cleanup()
         if self.pipeline.access_log is not None:
             self.pipeline.access_log.close()  # the lines of the last requests, written now
+        if self.pipeline.runtime.experiments is not None:
+            await self.pipeline.runtime.experiments.close()
         if self.services is not None:
             await self.services.close()
         self.stopping.set()
@@ -204,7 +228,7 @@ class GatewayProcess:
                 return False, errors
             assert self.services is not None
             retired = self.services.pool.adopt(config.upstreams)
-            self.pipeline.runtime = build_runtime(config, self.services)
+            await self._swap(build_runtime(config, self.services))
             metrics.CONFIG_RELOADS.labels("applied").inc()
             log.info("config reloaded: %s", config.summary())
             if retired:

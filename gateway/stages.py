@@ -8,7 +8,6 @@ pass-through implementation used when a config has nothing for that stage.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from aiohttp import web
@@ -45,13 +44,17 @@ class CacheStage(Protocol):
               ) -> Exchange | Awaitable[Exchange]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class FlagResult:
-    """What the flag stage decided for one request: the fields the upstream gets, and the
-    evaluations it counted (the metric's children, incremented together)."""
+class FlagResult(NamedTuple):
+    """What the flag stage decided for one request: the fields the upstream gets, the
+    evaluations it counted (the metric's children, incremented together), which flags
+    under an experiment were decided by their split, as (flag key, variant), and, when the
+    deciding code has them at hand, the values those flags bucketed this request by.
+    (A tuple: one is made per request that an experiment records.)"""
 
     fields: AddedFields
     counted: CounterGroup
+    split: tuple[tuple[str, str], ...] = ()
+    units: tuple[tuple[str, str | None], ...] = ()  # (flag key, unit); per request
 
 
 class FlagStage(Protocol):
@@ -63,6 +66,9 @@ class FlagStage(Protocol):
     by_context: Mapping[str, Callable[[RequestContext, float], FlagResult | None]]
     by_headers: Mapping[str, Callable[[MultiMapping[str], str, bool, float],
                                       FlagResult | None]]
+
+    def bucket_value(self, key: str, ctx: RequestContext) -> str | None:
+        """What flag `key` buckets this request by, if it splits (an experiment's unit)."""
 
 
 class NoLimits:
@@ -78,6 +84,9 @@ class NoCache:
 
 
 class NoFlags:
+    def bucket_value(self, key: str, ctx: RequestContext) -> str | None:
+        return None
+
     by_context: Mapping[str, Callable[[RequestContext, float], FlagResult | None]] = {}
     by_headers: Mapping[str, Callable[[MultiMapping[str], str, bool, float],
                                       FlagResult | None]] = {}

@@ -266,13 +266,38 @@ class Flag:
     kill_switch: bool = False
 
 
+class MetricType(enum.StrEnum):
+    CONVERSION = "conversion"  # share of units with at least one event
+    MEAN = "mean"  # per-unit sum of the events' values (revenue per user)
+    ERROR_RATE = "error_rate"  # share of the experiment's flagged requests answered 5xx
+    LATENCY = "latency"  # upstream duration of the experiment's flagged requests
+
+
+class Goal(enum.StrEnum):
+    INCREASE = "increase"
+    DECREASE = "decrease"
+
+
+class ExperimentStatus(enum.StrEnum):
+    DRAFT = "draft"
+    RUNNING = "running"  # the only status that records
+    PAUSED = "paused"
+    COMPLETED = "completed"  # the report is frozen
+
+
 @dataclass(frozen=True, slots=True)
 class ExperimentMetric:
     name: str
+    type: MetricType = MetricType.CONVERSION
+    goal: Goal = Goal.INCREASE
     primary: bool = False
     guardrail: bool = False
     baseline_rate: float | None = None
     minimum_detectable_effect: float | None = None
+    # Measured by the gateway: a request of an exposed unit to `route` answered with a
+    # status in `statuses` is an event of this metric.
+    route: str | None = None
+    statuses: tuple[int, int] | None = None  # [low, high) of the status codes that count
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,8 +313,11 @@ class Experiment:
     name: str
     flag: str
     control: str
+    status: ExperimentStatus = ExperimentStatus.DRAFT
     significance: float = 0.05
     power: float = 0.8
+    sequential: bool = False
+    auto_stop: bool = False
     metrics: tuple[ExperimentMetric, ...] = ()
 
 

@@ -538,30 +538,79 @@ def _hint(word: str, choices: Mapping[str, object]) -> str:
 
 # ---------------------------------------------------------------- experiments and routes
 
+EXPERIMENT_KEYS = ("flag", "control", "status", "significance", "power", "sequential",
+                   "auto_stop", "metrics")
+METRIC_KEYS = ("name", "type", "goal", "primary", "guardrail", "baseline_rate",
+               "minimum_detectable_effect", "route", "status")
+
+
+def status_class(value: object) -> tuple[int, int]:
+    """A status class such as "2xx" or one status such as 201: [low, high) of the codes."""
+    text = str(value).strip().lower() if isinstance(value, (str, int)) else ""
+    if re.fullmatch(r"[1-5]xx", text):
+        return int(text[0]) * 100, int(text[0]) * 100 + 100
+    if re.fullmatch(r"[1-5][0-9][0-9]", text):
+        return int(text), int(text) + 1
+    raise ValueError(f"expected a status class such as 2xx or a status such as 201, "
+                     f"got {value!r}")
+
+
+def parse_metric(r: Reader, value: object, path: str, line: int) -> m.ExperimentMetric | None:
+    ms = r.section(value, path, line, METRIC_KEYS)
+    if ms is None:
+        return None
+    kind = m.MetricType(ms.get("type", choice(list(m.MetricType)), "conversion")
+                        or "conversion")
+    route = ms.get("route", string, None)
+    statuses = ms.get("status", status_class, None)
+    if (route is None) != (statuses is None):
+        ms.error("route" if route is None else "status",
+                 "a metric measured by the gateway needs both route and status")
+    if route is not None and kind is not m.MetricType.CONVERSION:
+        ms.error("route", f"a route metric counts conversions; type {kind} cannot have one")
+    rate = kind in (m.MetricType.CONVERSION, m.MetricType.ERROR_RATE)
+    mde = ms.get("minimum_detectable_effect",
+                 number(0, 1, exclusive_minimum=True) if rate else
+                 number(0, exclusive_minimum=True), None)
+    baseline = ms.get("baseline_rate", number(0, 1, exclusive_minimum=True), None)
+    if baseline is not None and not rate:
+        ms.error("baseline_rate", f"applies to conversion and error_rate metrics, not {kind}")
+    primary = ms.get("primary", boolean, False)
+    guardrail = ms.get("guardrail", boolean, False)
+    if primary and guardrail:
+        ms.error("guardrail", "a metric is either the primary one or a guardrail")
+    return m.ExperimentMetric(
+        name=ms.get("name", name_token), type=kind,
+        goal=m.Goal(ms.get("goal", choice(list(m.Goal)), "increase") or "increase"),
+        primary=primary, guardrail=guardrail, baseline_rate=baseline,
+        minimum_detectable_effect=mde, route=route, statuses=statuses)
+
+
 def parse_experiment(r: Reader, name: str, value: object, path: str, line: int
                      ) -> m.Experiment:
-    s = r.section(value, path, line, ("flag", "control", "significance", "power", "metrics"))
+    s = r.section(value, path, line, EXPERIMENT_KEYS)
     if s is None:
         return m.Experiment(name, "", "")
     metrics: list[m.ExperimentMetric] = []
     for _, mvalue, mpath, mline in s.elements("metrics"):
-        ms = r.section(mvalue, mpath, mline, (
-            "name", "primary", "guardrail", "baseline_rate", "minimum_detectable_effect"))
-        if ms is not None:
-            metrics.append(m.ExperimentMetric(
-                name=ms.get("name", string),
-                primary=ms.get("primary", boolean, False),
-                guardrail=ms.get("guardrail", boolean, False),
-                baseline_rate=ms.get("baseline_rate", number(0, 1, exclusive_minimum=True), None),
-                minimum_detectable_effect=ms.get(
-                    "minimum_detectable_effect", number(0, 1, exclusive_minimum=True), None),
-            ))
+        metric = parse_metric(r, mvalue, mpath, mline)
+        if metric is not None:
+            metrics.append(metric)
+    names = [metric.name for metric in metrics]
+    for duplicate in sorted({n for n in names if names.count(n) > 1}):
+        s.error("metrics", f"metric {duplicate!r} is named twice")
+    if sum(metric.primary for metric in metrics) > 1:
+        s.error("metrics", "at most one metric is primary")
     return m.Experiment(
         name=name,
         flag=s.get("flag", string),
         control=s.get("control", string),
+        status=m.ExperimentStatus(s.get("status", choice(list(m.ExperimentStatus)), "draft")
+                                  or "draft"),
         significance=s.get("significance", number(0, 1, exclusive_minimum=True), 0.05),
         power=s.get("power", number(0, 1, exclusive_minimum=True), 0.8),
+        sequential=s.get("sequential", boolean, False),
+        auto_stop=s.get("auto_stop", boolean, False),
         metrics=tuple(metrics),
     )
 
@@ -728,6 +777,14 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
                                                                       flag.variants}:
             r.error(line, f"{path}.control",
                     f"flag {exp.flag!r} has no variant named {exp.control!r}")
+        elif flag is not None and sum(v.weight > 0 for v in flag.variants) < 2:
+            r.error(line, f"{path}.flag", f"flag {exp.flag!r} splits no traffic between "
+                    "variants (it needs two or more variants with a weight)")
+        route_names = {route.name for route in routes}
+        for metric in exp.metrics:
+            if metric.route is not None and metric.route not in route_names:
+                r.error(line, f"{path}.metrics", f"metric {metric.name!r}: unknown route "
+                        f"{metric.route!r}" + _hint(metric.route, {n: 0 for n in route_names}))
     names: set[str] = set()
     resolved: list[m.Route] = []
     raw_routes = top.data.get("routes")

@@ -15,7 +15,7 @@ from multidict import MultiMapping
 
 from gateway.config.model import Config, Flag, Route
 from gateway.context import RequestContext
-from gateway.flags.definition import check_flag_set, parse_definition
+from gateway.flags.definition import check_flag_set, flag_to_json, parse_definition
 from gateway.flags.evaluate import CompiledFlag, Evaluation, evaluate, today_utc
 from gateway.flags.plan import ContextDecider, FlagPlan, HeadersDecider
 from gateway.flags.store import FlagOverrides
@@ -38,6 +38,7 @@ class FlagEngine:
         # has some. They check by themselves that flags have not changed since.
         self.by_context: dict[str, ContextDecider] = {}
         self.by_headers: dict[str, HeadersDecider] = {}
+        self.experiment_flags = frozenset(e.flag for e in config.experiments.values())
         self.refresh()
 
     # ------------------------------------------------------------------ building
@@ -84,7 +85,8 @@ class FlagEngine:
             by_headers[route.name] = functools.partial(self._stale_headers, route.name)
             if shown:
                 plan = FlagPlan(shown, self.compiled, self.summary, self.config.context,
-                                self.config.environment, self.overrides, self._version)
+                                self.config.environment, self.overrides, self._version,
+                                self.experiment_flags)
                 plan.stale_context = by_context[route.name]
                 plan.stale_headers = by_headers[route.name]
                 plan.published = functools.partial(self._publish, route.name)
@@ -115,6 +117,21 @@ class FlagEngine:
         does through `by_context`."""
         decider = self.by_context.get(route.name)
         return decider(ctx, time.time()) if decider is not None else None
+
+    def bucket_value(self, key: str, ctx: RequestContext) -> str | None:
+        """What flag `key` buckets this request by (the experiment's unit), if it splits."""
+        flag = self.compiled.get(key)
+        return flag.bucket_value(ctx) if flag is not None else None
+
+    async def set_kill_switch(self, key: str) -> None:
+        """Kill a flag through the run-time store, as PATCH {"kill_switch": true} does:
+        with Redis every gateway applies it within a second, and it survives restarts."""
+        async with self.overrides.lock:
+            self.refresh()
+            definition = flag_to_json(self.flags[key])
+            definition["kill_switch"] = True
+            await self.overrides.put(key, definition)
+        self.refresh()
 
     def evaluate_one(self, key: str, ctx: RequestContext) -> Evaluation | None:
         """For the admin API: one flag for a given context (not counted in the metric)."""

@@ -34,7 +34,7 @@ from multidict import MultiMapping
 from gateway.config.model import ContextSettings
 from gateway.context import RequestContext, field_source, remember
 from gateway.flagd.operators import v3_shorthand_input
-from gateway.flags.evaluate import IN_PROGRESS, CompiledFlag, Evaluation, today_utc
+from gateway.flags.evaluate import IN_PROGRESS, CompiledFlag, Evaluation, Reason, today_utc
 from gateway.metrictally import TALLY, CounterGroup
 from gateway.proxy import AddedFields
 from gateway.stages import FlagResult
@@ -71,7 +71,7 @@ class FlagPlan:
     def __init__(self, shown: Sequence[CompiledFlag], compiled: Mapping[str, CompiledFlag],
                  summary: str | None, settings: ContextSettings | None = None,
                  environment: str = "", overrides: Versioned | None = None,
-                 version: int = 0) -> None:
+                 version: int = 0, experiment_flags: frozenset[str] = frozenset()) -> None:
         # The route's flags first, in its order; then every prerequisite they reach, which
         # is evaluated (and counted) only when a flag needs it, as `evaluate` does.
         order = list(shown)
@@ -88,6 +88,8 @@ class FlagPlan:
         self.prerequisites = tuple(tuple(position.get(key, -1) for key in flag.prerequisites)
                                    for flag in order)
         self.summary = summary
+        # Flags some experiment measures: their split decisions are reported in FlagResult.
+        self.experiment_flags = experiment_flags
         self.settings = settings if settings is not None else ContextSettings()
         self.environment = environment  # what a decision from the headers is made in
         self.overrides, self.version = overrides, version
@@ -147,8 +149,18 @@ class FlagPlan:
             pairs.append((self.summary, ", ".join(members)))
         counters = [result.counter for result in outcome
                     if result is not None and result.counter is not None]
+        split = tuple((result.flag, result.variant) for result in outcome
+                      if result is not None and result.reason is Reason.SPLIT
+                      and result.flag in self.experiment_flags)
         return remember(combos, outcome,
-                        FlagResult(AddedFields(pairs), CounterGroup(counters)), COMBOS_MAX)
+                        FlagResult(AddedFields(pairs), CounterGroup(counters), split),
+                        COMBOS_MAX)
+
+
+def _with_units(found: FlagResult, keys: tuple[str, ...], units: tuple[str | None, ...]
+                ) -> FlagResult:
+    return FlagResult(found.fields, found.counted, found.split,
+                      tuple(zip(keys, units, strict=True)))
 
 
 class _TooLong(Exception):
@@ -256,6 +268,8 @@ class _Generator:
         names = [flag.flag.bucket_by] if flag.flag.bucket_by else [
             "user_id", "tenant_id", "client_ip"]
         steps.append(f"b = {' or '.join(self.field(name) for name in names)}")
+        if self.inline and flag.key in plan.experiment_flags:
+            steps.append(f"u{i} = b")  # the experiment's unit, handed out with the result
         # An explicit bucket_by the request does not carry: nothing to stick to.
         decisive("not b", flag.r_excluded)
         hashed = f"_v3({self.const(flag.key)}, b)" if flag.v3 else f"{self.const(flag.key)} + b"
@@ -303,8 +317,19 @@ class _Generator:
         body += [f"outcome = ({', '.join(outcome)},)", "found = _combos.get(outcome)",
                  "if found is None:", "    found = _combine(outcome)",
                  "counted = found.counted",
-                 "_counts[counted] = _counts.get(counted, 0) + 1",  # TALLY.groups
-                 "return found"]
+                 "_counts[counted] = _counts.get(counted, 0) + 1"]  # TALLY.groups
+        measured = [i for i, flag in enumerate(plan.flags)
+                    if flag.key in plan.experiment_flags] if self.inline else []
+        if measured:
+            # Only a request that an experiment records gets a result of its own, carrying
+            # the units its experiment flags were bucketed by.
+            body[:0] = [f"{' = '.join(f'u{i}' for i in measured)} = None"]
+            keys = tuple(plan.flags[i].key for i in measured)
+            body += ["if found.split:",
+                     f"    return _with_units(found, {self.const(keys)}, "
+                     f"({', '.join(f'u{i}' for i in measured)},))"]
+            self.constants["_with_units"] = _with_units
+        body.append("return found")
         self.constants.update(constants)
 
         source = field_source(plan.settings, self.reads)

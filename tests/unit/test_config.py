@@ -185,3 +185,46 @@ def test_route_cost_beyond_what_a_rule_ever_admits(tmp_path: Path) -> None:
                for e in errors), errors
     (tmp_path / "ok.yaml").write_text(text.replace("burst: 2", "burst: 3"))
     assert load_config(str(tmp_path / "ok.yaml")).routes[0].cost == 4
+
+
+def test_reference_config_with_the_experiment_keys_passes(tmp_path: Path) -> None:
+    from gateway.config.model import ExperimentStatus, Goal, MetricType
+
+    config = load_config(str(reference_config_with(tmp_path, "experiments")))
+    exp = config.experiments["checkout_button_test"]
+    assert exp.status is ExperimentStatus.RUNNING and exp.sequential and exp.auto_stop
+    metrics = {metric.name: metric for metric in exp.metrics}
+    assert metrics["purchase"].primary and metrics["purchase"].type is MetricType.CONVERSION
+    assert metrics["order_value"].type is MetricType.MEAN
+    assert metrics["order_value"].minimum_detectable_effect == 5.0
+    assert metrics["checkout_completed"].route == "default"
+    assert metrics["checkout_completed"].statuses == (200, 300)
+    assert metrics["upstream_errors"].type is MetricType.ERROR_RATE
+    assert metrics["upstream_latency"].goal is Goal.DECREASE and metrics["upstream_latency"].guardrail
+
+
+def test_experiment_metrics_are_checked_with_their_lines(tmp_path: Path) -> None:
+    base = MINIMAL + """flags:
+  f: {type: multivariate, default: a, variants: [{name: a, value: a, weight: 50}, {name: b, value: b, weight: 50}]}
+  solo: {type: multivariate, default: a, variants: [{name: a, value: a, weight: 100}]}
+experiments:
+  e:
+    flag: f
+    control: a
+    status: runing
+    metrics:
+      - {name: m1, route: nowhere, status: 2xx}
+      - {name: m2, type: mean, baseline_rate: 0.1}
+      - {name: m3, route: default}
+      - {name: m3, primary: true, guardrail: true, status: 7xx, route: default}
+  s: {flag: solo, control: a}
+"""
+    errors = "\n".join(check(tmp_path, base))
+    assert "experiments.e.status: must be one of" in errors
+    assert "metric 'm1': unknown route 'nowhere'" in errors
+    assert "baseline_rate: applies to conversion and error_rate metrics, not mean" in errors
+    assert "needs both route and status" in errors
+    assert "a metric is either the primary one or a guardrail" in errors
+    assert "expected a status class such as 2xx" in errors
+    assert "metric 'm3' is named twice" in errors
+    assert "flag 'solo' splits no traffic between variants" in errors
