@@ -17,7 +17,9 @@ from typing import Any
 
 from gateway.config import model as m
 from gateway.config.parse import (
+    EXPERIMENT_KEYS,
     FLAG_KEYS,
+    METRIC_KEYS,
     LISTEN_KEYS,
     LOGGING_KEYS,
     ROUTE_CACHE_KEYS,
@@ -120,12 +122,17 @@ def _flag() -> Schema:
 
 def _experiment() -> Schema:
     share = number(0, 1, exclusive=True)
-    metric = closed(("name", "primary", "guardrail", "baseline_rate",
-                     "minimum_detectable_effect"), {
-        "name": STRING, "primary": BOOLEAN, "guardrail": BOOLEAN, "baseline_rate": share,
-        "minimum_detectable_effect": share}, required=("name",))
-    return closed(("flag", "control", "significance", "power", "metrics"), {
-        "flag": STRING, "control": STRING, "significance": share, "power": share,
+    status = {"oneOf": [{"type": "string", "pattern": "^[1-5]([0-9][0-9]|xx)$"},
+                        integer(100, 599)]}
+    metric = closed(METRIC_KEYS, {
+        "name": STRING, "type": one_of(m.MetricType), "goal": one_of(m.Goal),
+        "primary": BOOLEAN, "guardrail": BOOLEAN, "baseline_rate": share,
+        # a rate's effect is a share; a mean's is in the metric's own unit
+        "minimum_detectable_effect": {"type": "number", "exclusiveMinimum": 0},
+        "route": STRING, "status": status}, required=("name",))
+    return closed(EXPERIMENT_KEYS, {
+        "flag": STRING, "control": STRING, "status": one_of(m.ExperimentStatus),
+        "significance": share, "power": share, "sequential": BOOLEAN, "auto_stop": BOOLEAN,
         "metrics": {"type": "array", "items": metric}}, required=("flag", "control"))
 
 

@@ -29,13 +29,17 @@ rate_limits:
 flags:
   extra_flag:
     type: multivariate
-    variants: [{name: a, value: a, weight: 1}]
+    variants: [{name: a, value: a, weight: 1}, {name: b, value: b, weight: 1}]
     targeting: [{attribute: tenant_id, operator: in, values: [x]}]
 experiments:
   extra_exp:
     flag: extra_flag
     control: a
-    metrics: [{name: m, primary: true}]
+    status: paused
+    sequential: true
+    auto_stop: false
+    metrics: [{name: m, primary: true, type: conversion, goal: increase, route: extra_route,
+               status: 2xx}]
 routes:
   - name: extra_route
     match: {path_prefix: /extra, headers: {X-A: "1"}}
