@@ -19,9 +19,9 @@ from gateway.config import model as m
 from gateway.config.parse import (
     EXPERIMENT_KEYS,
     FLAG_KEYS,
-    METRIC_KEYS,
     LISTEN_KEYS,
     LOGGING_KEYS,
+    METRIC_KEYS,
     ROUTE_CACHE_KEYS,
     RULE_KEYS,
     TOP_KEYS,
