@@ -55,6 +55,10 @@ INFLIGHT = Gauge(
 CONFIG_RELOADS = Counter(
     "gateway_config_reloads", "Configuration reloads by result.", ("result",),
 )
+BAD_REQUESTS = Counter(
+    "gateway_bad_requests", "Requests refused before routing (malformed, unsupported version, "
+    "too slow), by reason.", ("reason",),
+)
 
 
 

@@ -1,0 +1,193 @@
+"""Slow and idle clients: header, idle and body deadlines, and the per-process connection cap.
+
+Raw sockets against the real gateway, with deadlines of half a second so the suite stays fast.
+Every wait on the gateway is bounded: without the deadlines these tests time out instead of
+hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from tests.harness import InProcessGateway, Upstream, base_config
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+GET = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def _gateway(factory: Callable[..., Any], upstream: Upstream, **listen: Any
+                   ) -> InProcessGateway:
+    config = base_config(upstream.url)
+    config["listen"].update({"header_timeout": "0.5s", "idle_timeout": "0.5s",
+                             "body_timeout": "0.5s", **listen})
+    gateway: InProcessGateway = await factory(config)
+    return gateway
+
+
+async def _connect(gateway: InProcessGateway) -> Conn:
+    return await asyncio.open_connection("127.0.0.1", gateway.config.listen.port)
+
+
+async def _until_closed(reader: asyncio.StreamReader, within: float = 5.0) -> bytes:
+    """Everything the gateway writes until it closes the connection (bounded)."""
+    return await asyncio.wait_for(reader.read(), within)
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    status = int(head.split(b" ", 2)[1])
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    return status, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+def _problem(answer: bytes) -> dict[str, Any]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in head.lower()
+    return dict(orjson.loads(body))
+
+
+async def test_connection_that_sends_nothing_is_closed_silently(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    gateway = await _gateway(gateway_factory, upstream)
+    reader, writer = await _connect(gateway)
+    assert await _until_closed(reader) == b""  # no 408 for a client that never asked
+    writer.close()
+
+
+async def test_partial_head_past_header_timeout_is_408(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    gateway = await _gateway(gateway_factory, upstream)
+    reader, writer = await _connect(gateway)
+    writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    answer = await _until_closed(reader)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert _problem(answer)["status"] == 408
+    assert upstream.count() == 0
+    writer.close()
+
+
+async def test_trickled_head_gets_no_more_than_header_timeout(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    """Slowloris: a byte every 0.1 s keeps the socket busy but never resets the deadline."""
+    gateway = await _gateway(gateway_factory, upstream)
+    loop = asyncio.get_running_loop()
+    with socket.create_connection(("127.0.0.1", gateway.config.listen.port)) as sock:
+        sock.setblocking(False)
+
+        async def receive_all() -> bytes:
+            got = b""
+            while chunk := await loop.sock_recv(sock, 65536):
+                got += chunk
+            return got
+
+        answer = asyncio.ensure_future(receive_all())
+        head = GET.replace(b"\r\n\r\n", b"\r\nX-Pad: " + b"p" * 40 + b"\r\n\r\n")
+        for byte in head:  # ~6 s to send it all, if the gateway let it
+            if answer.done():
+                break
+            with contextlib.suppress(ConnectionError):
+                await loop.sock_sendall(sock, bytes([byte]))
+            await asyncio.sleep(0.1)
+        assert (await asyncio.wait_for(answer, 5)).startswith(b"HTTP/1.1 408 ")
+    assert upstream.count() == 0
+
+
+async def test_idle_keepalive_connection_is_closed_silently(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    gateway = await _gateway(gateway_factory, upstream)
+    reader, writer = await _connect(gateway)
+    writer.write(GET)
+    status, _ = await _response(reader)
+    assert status == 200
+    assert await _until_closed(reader) == b""
+    writer.close()
+
+
+async def test_keepalive_connection_that_starts_a_head_gets_408(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    gateway = await _gateway(gateway_factory, upstream, idle_timeout="5s")
+    reader, writer = await _connect(gateway)
+    writer.write(GET)
+    assert (await _response(reader))[0] == 200
+    writer.write(b"GET /ok HTTP/1.1\r\nHo")
+    answer = await _until_closed(reader)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert upstream.count() == 1
+    writer.close()
+
+
+async def test_body_pause_past_body_timeout_is_408(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    gateway = await _gateway(gateway_factory, upstream)
+    reader, writer = await _connect(gateway)
+    writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    answer = await _until_closed(reader)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert "body" in _problem(answer)["detail"]
+    writer.close()
+
+
+async def test_body_timeout_bounds_each_pause_not_the_whole_body(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    gateway = await _gateway(gateway_factory, upstream)
+    reader, writer = await _connect(gateway)
+    writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+    for _ in range(8):  # 1.6 s in all, never more than 0.2 s between two reads
+        writer.write(b"b")
+        await writer.drain()
+        await asyncio.sleep(0.2)
+    status, body = await _response(reader)
+    assert status == 200
+    assert orjson.loads(body)["body_bytes"] == 8
+    writer.close()
+
+
+async def test_client_waiting_for_100_continue_is_not_a_stalled_body(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    """RFC 9110 §10.1.1: the client may hold the body until 100 Continue; the body clock
+    starts when the gateway asks for it."""
+    gateway = await _gateway(gateway_factory, upstream)
+    reader, writer = await _connect(gateway)
+    writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                 b"Expect: 100-continue\r\n\r\n")
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert interim.startswith(b"HTTP/1.1 100")
+    await asyncio.sleep(0.2)
+    writer.write(b"body")
+    status, _ = await _response(reader)
+    assert status == 200
+    writer.close()
+
+
+async def test_past_max_connections_the_next_waits_until_one_closes(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    gateway = await _gateway(gateway_factory, upstream, max_connections=20,
+                             header_timeout="10s", idle_timeout="10s")
+    held = [await _connect(gateway) for _ in range(20)]
+    for reader, writer in held:
+        writer.write(GET)
+        assert (await _response(reader))[0] == 200
+
+    reader, writer = await _connect(gateway)  # the kernel completes it; nobody accepts it
+    writer.write(GET)
+    waiting = asyncio.ensure_future(_response(reader))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()
+
+    # The connections already open keep working meanwhile.
+    first_reader, first_writer = held[0]
+    first_writer.write(GET)
+    assert (await _response(first_reader))[0] == 200
+
+    held[-1][1].close()
+    status, _ = await waiting
+    assert status == 200
+    for _, w in [*held[:-1], (reader, writer)]:
+        w.close()
