@@ -38,6 +38,7 @@ class Reason(enum.StrEnum):
     HEADER = "header"
     HEADER_TOO_LARGE = "header_too_large"
     HEADER_TIMEOUT = "header_timeout"
+    BODY = "body"
     BODY_TIMEOUT = "body_timeout"
     TLS = "tls"
 

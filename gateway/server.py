@@ -126,6 +126,8 @@ class GatewayProcess:
             max_line_size=max(8190, config.listen.max_header_size),
             # 8192, not 8190: a line limit unlike the request line's tells 431 from 414
             max_field_size=max(8192, 4 * config.listen.max_header_size),
+            # The body goes upstream as it came, with its Content-Encoding and -Length.
+            auto_decompress=False,
             access_log=None,
         )
         await proxy_site.start()

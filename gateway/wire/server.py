@@ -35,9 +35,11 @@ from aiohttp.http_exceptions import (
     HttpProcessingError,
     InvalidURLError,
     LineTooLong,
+    PayloadEncodingError,
 )
 from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import _ErrInfo
 
 from gateway.edge import (
     BAD_REQUEST_LOG,
@@ -92,9 +94,30 @@ def classify(exc: HttpProcessingError, line_limit: int, field_limit: int) -> Ref
         return Refusal(400, Reason.REQUEST_LINE, "the request line is malformed")
     if isinstance(exc, InvalidURLError):
         return Refusal(400, Reason.REQUEST_LINE, "the request target is malformed")
+    if isinstance(exc, PayloadEncodingError) or "chunk" in message.lower():
+        return Refusal(400, Reason.BODY, "the request body is malformed")
     if "Too many headers" in message:
         return Refusal(431, Reason.HEADER_TOO_LARGE, "the request has too many header fields")
     return Refusal(400, Reason.HEADER, "the request header section is malformed")
+
+
+def client_fault(exc: object, line_limit: int, field_limit: int) -> Refusal | None:
+    """The refusal for a malformed request; None for anything else.
+
+    Head errors come from the parser; body errors reach the handler as RequestPayloadError
+    when it reads the body (bad chunk framing, a Content-Length the body does not match).
+    """
+    if isinstance(exc, HttpProcessingError):
+        return classify(exc, line_limit, field_limit)
+    if isinstance(exc, web.RequestPayloadError):
+        return Refusal(400, Reason.BODY, "the request body is malformed")
+    return None
+
+
+def _exception_text(exc: BaseException | None) -> str:
+    if isinstance(exc, HttpProcessingError):
+        return exc.message or type(exc).__name__
+    return str(exc) or type(exc).__name__
 
 
 def refusal_response(refusal: Refusal) -> web.Response:
@@ -158,6 +181,17 @@ class GuardedHandler(web.RequestHandler):
                 if not self._busy:  # a head deadline is sooner than an idle one
                     self._arm(self._waiting_deadline()[0])
         super().data_received(data)
+        if self._busy and self._messages:
+            self._fail_body_on_parser_error()
+
+    def _fail_body_on_parser_error(self) -> None:
+        """A framing error in a body (a bad chunk size) is queued by aiohttp as the error of
+        a next request, and the body being read would wait for bytes that never come: the
+        handler reading it gets the error instead, and answers 400."""
+        payload = self._payload
+        failed = self._messages[-1][0]
+        if payload is not None and not payload.is_eof() and isinstance(failed, _ErrInfo):
+            payload.set_exception(web.RequestPayloadError(failed.message))
 
     async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
                               start_time: float | None) -> tuple[web.StreamResponse, bool]:
@@ -169,18 +203,31 @@ class GuardedHandler(web.RequestHandler):
     def handle_error(self, request: web.BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
-        if isinstance(exc, HttpProcessingError):
-            refusal = classify(exc, self.max_line_size, self.max_field_size)
+        refusal = client_fault(exc, self.max_line_size, self.max_field_size)
+        gone = isinstance(exc, ConnectionError)  # the client went away: no one to tell
+        if refusal is None and not gone:
+            # A failure of the gateway itself: aiohttp logs it with its traceback (it is a
+            # bug) and refuses to answer when a response already started.
+            super().handle_error(request, status, exc, message)
+            response = problem(status, "the gateway timed out answering" if status == 504 else
+                               "the gateway failed to answer this request")
+            response.force_close()
+            return response
+        if refusal is not None:
             BAD_REQUEST_LOG.report(refusal.reason, refusal.status, _peer(self),
-                                   exc.message or type(exc).__name__)
-            return refusal_response(refusal)
-        # A failure of the gateway itself: aiohttp logs it with its traceback (it is a bug)
-        # and refuses to answer when a response already started.
-        super().handle_error(request, status, exc, message)
-        response = problem(status, "the gateway timed out answering" if status == 504 else
-                           "the gateway failed to answer this request")
-        response.force_close()
-        return response
+                                   _exception_text(exc))
+        if request.writer.output_size > 0:  # as aiohttp: a started response cannot change
+            raise ConnectionError("the response started before the request failed")
+        return refusal_response(refusal or Refusal(400, Reason.BODY, "the connection closed"))
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp's error log: a client's fault (a malformed body met while aiohttp drains
+        it, a vanished client) is no traceback; handle_error has counted it already."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, ConnectionError) or client_fault(exc, self.max_line_size,
+                                                            self.max_field_size):
+            return
+        super().log_exception(*args, **kw)
 
     # -- the exchange, as the wrapped request factory sees it
     def exchange_began(self, payload: StreamReader, writer: Any, message: RawRequestMessage,
@@ -328,6 +375,7 @@ def protocol_factory(server: web.Server, guard: Guard, **handler_kwargs: Any
 
 _HOOKS = {
     "data_received": ("self", "data"),
+    "log_exception": ("self", "args", "kw"),
     "connection_made": ("self", "transport"),
     "connection_lost": ("self", "exc"),
     "finish_response": ("self", "request", "resp", "start_time"),
@@ -345,6 +393,12 @@ def _probe_hooks() -> bool:
     return inspect.iscoroutinefunction(web.RequestHandler.finish_response)
 
 
+@need("aiohttp", "RequestHandler._messages, where a parser error waits as an _ErrInfo")
+def _probe_messages() -> bool:
+    made = _ErrInfo(status=400, exc=BadHttpMessage("probe"), message="probe")
+    return "_messages" in web.RequestHandler.__slots__ and made.message == "probe"
+
+
 @need("aiohttp", "Server.request_factory and Server.request_handler, read per connection")
 def _probe_server_hooks() -> bool:
     source = inspect.getsource(web.RequestHandler.__init__)
@@ -360,7 +414,7 @@ def _probe_replace() -> bool:
 
 
 @need("aiohttp", "the parser's errors: LineTooLong's limit in args[1], llhttp's "
-                 "'Invalid HTTP version', 'Too many headers'")
+                 "'Invalid HTTP version', 'Too many headers', '... chunk ...'")
 def _probe_errors() -> bool:
     def refusal(data: bytes) -> Refusal | None:
         parser = HttpRequestParser(None, None, 2**16, max_line_size=100,
@@ -377,6 +431,7 @@ def _probe_errors() -> bool:
         b"GET / HTTP/1.1\r\nX: " + b"a" * 250 + b"\r\n\r\n": 431,
         b"GET / HTTP/1.1\r\n" + b"".join(b"X%d: 1\r\n" % i for i in range(8)) + b"\r\n": 431,
         b"GET / HTTP/1.1\r\nBad Header\r\n\r\n": 400,
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n": 400,
     }
     for data, status in checks.items():
         found = refusal(data)

@@ -120,3 +120,62 @@ async def test_bad_requests_log_one_line_each_within_a_per_second_budget(
     assert await _bad_requests_metric(gw.admin_url, "header") - before == 30
     async with client_session() as s, s.get(f"{gw.url}/ok") as r:  # still serving
         assert r.status == 200
+
+
+class RawUpstream:
+    """An upstream that records the exact bytes it receives and answers 200 once they stop."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            self.received += head + await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            writer.close()
+
+        self.server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+
+async def test_encoded_request_body_is_forwarded_as_it_came(
+        gateway_factory: Callable[..., Any]) -> None:
+    """RFC 9110 §8.4: Content-Encoding is the sender's; a proxy forwards the coded bytes."""
+    import gzip
+
+    raw = RawUpstream()
+    gw: InProcessGateway = await gateway_factory(base_config(await raw.start()))
+    coded = gzip.compress(b"x" * 1000)
+    answer = await exchange(gw.config.listen.port, (
+        b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(coded)) + coded)
+    assert status_of(answer) == 200
+    assert raw.received.endswith(b"\r\n\r\n" + coded)
+    assert raw.server is not None
+    raw.server.close()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["with-head", "after-head"])
+async def test_malformed_chunked_body_is_problem_json_400(
+        gateway: InProcessGateway, caplog: pytest.LogCaptureFixture, split: bool) -> None:
+    """Met by the parser with the head, or by the handler reading the body: same answer."""
+    caplog.set_level(logging.WARNING)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.config.listen.port)
+    writer.write(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"5\r\nhello\r\n")
+    if split:
+        await writer.drain()
+        await asyncio.sleep(0.2)
+    writer.write(b"zz\r\n")
+    try:
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert status_of(answer) == 400
+    assert problem_of(answer)["detail"] == "the request body is malformed"
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback
