@@ -293,16 +293,14 @@ class GuardedHandler(web.RequestHandler):
         elif expiry is Expiry.HEAD:
             self._answer_timeout(Reason.HEADER_TIMEOUT, HEAD_TIMEOUT_DETAIL)
         elif self._writer is not None and response_started(self._writer.output_size):
-            BAD_REQUEST_LOG.report(Reason.BODY_TIMEOUT, 408, _peer(self),
-                                   "the request body stalled after the response started; "
-                                   "connection cut")
+            BAD_REQUEST_LOG.report(Reason.BODY_TIMEOUT, 408, _peer(self), "connection cut")
             self.transport.abort()
             self.force_close()
         else:
             self._answer_timeout(Reason.BODY_TIMEOUT, BODY_TIMEOUT_DETAIL)
 
     def _answer_timeout(self, reason: Reason, detail: str) -> None:
-        BAD_REQUEST_LOG.report(reason, 408, _peer(self), detail)
+        BAD_REQUEST_LOG.report(reason, 408, _peer(self), "")
         assert self.transport is not None
         self.transport.write(timeout_answer(detail))
         self.force_close()  # closes after the answer is flushed; cancels a running handler
@@ -355,7 +353,7 @@ def guard_server(server: web.Server) -> None:
 
 
 async def _refuse(protocol: GuardedHandler, refusal: Refusal) -> web.StreamResponse:
-    BAD_REQUEST_LOG.report(refusal.reason, refusal.status, _peer(protocol), refusal.detail)
+    BAD_REQUEST_LOG.report(refusal.reason, refusal.status, _peer(protocol), "")
     return refusal_response(refusal)
 
 

@@ -15,7 +15,7 @@ from gateway.edge import (
     Expiry,
     LineBudget,
     Reason,
-    printable,
+    brief,
     response_started,
     timeout_answer,
     version_refusal,
@@ -122,13 +122,17 @@ def test_bad_request_log_counts_all_and_writes_within_budget(
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2
     assert "\n" not in messages[0]
-    assert "3 more" in messages[1]
+    assert "+3 not logged" in messages[1]
     assert all(r.exc_info is None for r in caplog.records)
 
 
-def test_printable_escapes_control_bytes_and_truncates() -> None:
-    assert printable("a\x1b[31mb\r\nc") == "a\\x1b[31mb c"
-    assert printable("x" * 200, limit=10) == "x" * 10 + "..."
+def test_brief_drops_the_quoted_request_escapes_and_truncates() -> None:
+    assert brief("Invalid header token:\n\n  b'X-Bad\\x7f: 1'\n       ^") == \
+        "Invalid header token"
+    assert brief("Bad status line:\n  Invalid HTTP version:\n\n  b'GET / HTTP/1.2'") == \
+        "Invalid HTTP version"
+    assert brief("a\x1b[31mb\r\nc") == "a\\x1b[31mb c"
+    assert brief("x" * 200, limit=10) == "x" * 10 + "..."
 
 
 def test_timeout_answer_is_a_complete_closing_problem_response() -> None:
