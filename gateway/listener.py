@@ -117,7 +117,7 @@ class GuardedSite(web.BaseSite):
         self._retry: asyncio.TimerHandle | None = None
         self._warned_at = -FILES_WARN_EVERY
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._make: Callable[[Callable[[], None] | None], GuardedHandler] | None = None
+        self._make: Callable[[Callable[[], None] | None, float], GuardedHandler] | None = None
 
     @property
     def name(self) -> str:
@@ -192,7 +192,7 @@ class GuardedSite(web.BaseSite):
                 continue  # ECONNABORTED and the like: that client is gone, the next is not
             conn.setblocking(False)
             self.open += 1
-            task = self._loop.create_task(self._connect(conn))
+            task = self._loop.create_task(self._connect(conn, self._loop.time()))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
@@ -206,7 +206,7 @@ class GuardedSite(web.BaseSite):
         if self._retry is None:
             self._retry = self._loop.call_later(FILES_RETRY, self._resume)
 
-    async def _connect(self, conn: socket.socket) -> None:
+    async def _connect(self, conn: socket.socket, accepted_at: float) -> None:
         assert self._loop is not None and self._make is not None
         make = self._make
         released = False
@@ -218,7 +218,7 @@ class GuardedSite(web.BaseSite):
                 self._released()
 
         try:
-            await self._loop.connect_accepted_socket(lambda: make(release), conn)
+            await self._loop.connect_accepted_socket(lambda: make(release, accepted_at), conn)
         except Exception:  # noqa: BLE001 - the client vanished before its transport existed
             conn.close()
             release()

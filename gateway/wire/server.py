@@ -135,7 +135,8 @@ class GuardedHandler(web.RequestHandler):
                  "_payload", "_refusal", "_since", "_timer", "_timer_at", "_writer")
 
     def __init__(self, manager: web.Server, *, guard: Guard,
-                 on_close: Callable[[], None] | None = None, **kwargs: Any) -> None:
+                 on_close: Callable[[], None] | None = None, accepted_at: float = 0.0,
+                 **kwargs: Any) -> None:
         rules = guard.rules
         # aiohttp's keep-alive timer only ever closes a connection that waits for a request:
         # set past every deadline of ours, it is a backstop that never decides anything.
@@ -145,7 +146,7 @@ class GuardedHandler(web.RequestHandler):
         self._on_close = on_close
         self._busy = False
         self._fresh = True
-        self._since = 0.0
+        self._since = accepted_at  # when the listener accepted it: the deadlines count from
         self._head_at: float | None = None
         self._body_at = 0.0
         self._payload: StreamReader | None = None
@@ -158,7 +159,8 @@ class GuardedHandler(web.RequestHandler):
     # -- aiohttp's hooks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._since = self._loop.time()
+        # From the accept, not from here: under load the transport is set up a task later.
+        self._since = self._since or self._loop.time()
         self._arm(self._since + self._guard.rules.header_timeout)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -364,13 +366,13 @@ async def _refuse(protocol: GuardedHandler, refusal: Refusal) -> web.StreamRespo
 
 
 def protocol_factory(server: web.Server, guard: Guard, **handler_kwargs: Any
-                     ) -> Callable[[Callable[[], None] | None], GuardedHandler]:
+                     ) -> Callable[[Callable[[], None] | None, float], GuardedHandler]:
     """A maker of this server's connections, for a site that accepts them itself."""
     loop = asyncio.get_running_loop()
 
-    def make(on_close: Callable[[], None] | None) -> GuardedHandler:
+    def make(on_close: Callable[[], None] | None, accepted_at: float) -> GuardedHandler:
         return GuardedHandler(server, loop=loop, guard=guard, on_close=on_close,
-                              **handler_kwargs)
+                              accepted_at=accepted_at, **handler_kwargs)
 
     return make
 
