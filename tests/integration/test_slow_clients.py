@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import yaml
 
-from tests.harness import InProcessGateway, Upstream, base_config
+from tests.harness import InProcessGateway, Upstream, base_config, client_session
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 GET = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -191,3 +192,37 @@ async def test_past_max_connections_the_next_waits_until_one_closes(
     assert status == 200
     for _, w in [*held[:-1], (reader, writer)]:
         w.close()
+
+
+async def test_two_workers_and_the_supervisors_admin_listener_keep_the_deadlines(
+        process_factory: Callable[..., Any], upstream: Upstream) -> None:
+    """Each worker and the supervisor's admin listener: 408 for a stalled head, problem+json
+    for a malformed one."""
+    config = base_config(upstream.url)
+    config["listen"].update({"header_timeout": "0.5s", "idle_timeout": "0.5s"})
+    handle = process_factory(config, workers=2)
+    for port in (handle.config.listen.port, handle.config.admin.port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHo")
+        assert (await _until_closed(reader)).startswith(b"HTTP/1.1 408 ")
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n")
+        answer = await _until_closed(reader)
+        assert answer.split(b" ", 2)[1] == b"400"
+        assert _problem(answer)["status"] == 400
+        writer.close()
+
+
+async def test_reload_applies_new_deadlines_to_the_listener(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    gateway = await _gateway(gateway_factory, upstream, header_timeout="30s")
+    config = yaml.safe_load(gateway.config_path.read_text())
+    config["listen"]["header_timeout"] = "0.5s"
+    gateway.config_path.write_text(yaml.safe_dump(config))
+    async with client_session() as s, s.post(f"{gateway.admin_url}/admin/reload") as r:
+        assert r.status == 200
+    reader, writer = await _connect(gateway)
+    writer.write(b"GET /ok HTTP/1.1\r\nHo")
+    assert (await _until_closed(reader)).startswith(b"HTTP/1.1 408 ")
+    writer.close()
