@@ -223,7 +223,9 @@ class GuardedHandler(web.RequestHandler):
                                    _exception_text(exc))
         if request.writer.output_size > 0:  # as aiohttp: a started response cannot change
             raise ConnectionError("the response started before the request failed")
-        return refusal_response(refusal or Refusal(400, Reason.BODY, "the connection closed"))
+        if refusal is None:  # written to nobody: aiohttp then finds the connection closed
+            return refusal_response(Refusal(400, Reason.BODY, "the client went away"))
+        return refusal_response(refusal)
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         """aiohttp's error log: a client's fault (a malformed body met while aiohttp drains
