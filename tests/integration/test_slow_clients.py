@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import yaml
+from aiohttp import web
 
 from tests.harness import InProcessGateway, Upstream, base_config, client_session
 
@@ -226,3 +227,35 @@ async def test_reload_applies_new_deadlines_to_the_listener(
     writer.write(b"GET /ok HTTP/1.1\r\nHo")
     assert (await _until_closed(reader)).startswith(b"HTTP/1.1 408 ")
     writer.close()
+
+
+async def test_body_stall_after_the_response_started_cuts_the_connection(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    """The upstream answers before the body is in; a 408 can no longer be sent, so the
+    connection is cut and the client sees a response that never completes."""
+    release = asyncio.Event()
+
+    async def early_answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 10
+        await response.prepare(request)
+        await response.write(b"start")
+        await release.wait()  # the rest only once the test saw what the gateway did
+        await response.write(b"-end")
+        return response
+
+    upstream.on("/early", early_answer)
+    gateway = await _gateway(gateway_factory, upstream)
+    reader, writer = await _connect(gateway)
+    writer.write(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+    got = b""
+    try:
+        while chunk := await asyncio.wait_for(reader.read(65536), 5):
+            got += chunk
+    except ConnectionResetError:
+        pass
+    finally:
+        release.set()
+        writer.close()
+    assert got.startswith(b"HTTP/1.1 200 ")
+    assert got.endswith(b"start")  # 5 of the 10 announced bytes: visibly truncated
