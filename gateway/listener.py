@@ -82,7 +82,7 @@ def _bind(host: str, port: int, reuse_port: bool, backlog: int) -> list[socket.s
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6 and len(infos) > 1:
+            if family == socket.AF_INET6:  # as asyncio's create_server: "::" is IPv6 only
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
             sock.listen(backlog)
