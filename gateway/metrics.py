@@ -69,6 +69,10 @@ EXPERIMENT_GUARDRAIL_TRIPS = Counter(
     "Guardrails that moved significantly against their goal, by experiment and metric.",
     ("experiment", "metric"),
 )
+BAD_REQUESTS = Counter(
+    "gateway_bad_requests", "Requests refused before routing (malformed, unsupported version, "
+    "too slow), by reason.", ("reason",),
+)
 
 
 

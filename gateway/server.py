@@ -10,6 +10,7 @@ import asyncio
 import gc
 import logging
 import os
+import resource
 import signal
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -22,15 +23,24 @@ from gateway.admin import build_admin_app
 from gateway.cache import CacheService, ResponseCache
 from gateway.config import Config, ConfigError, load_config
 from gateway.config.model import FailureMode
+from gateway.edge import BAD_REQUEST_LOG, ConnectionRules
 from gateway.experiments.engine import Experiments
 from gateway.experiments.recorder import Recorder
 from gateway.experiments.store import LocalExperimentStore, RedisExperimentStore
 from gateway.flags import FlagEngine, FlagOverrides
+from gateway.listener import (
+    ADMIN_MAX_CONNECTIONS,
+    GuardedSite,
+    connection_cap,
+    files_reserved,
+    raise_open_file_limit,
+)
 from gateway.pipeline import Pipeline, Runtime
 from gateway.proxy import UpstreamPool
 from gateway.ratelimit import LocalStore, RateLimiter, RedisStore
 from gateway.redisconn import RedisLink
 from gateway.wire import servername
+from gateway.wire.server import Guard
 
 log = logging.getLogger("gateway")
 
@@ -103,6 +113,9 @@ class GatewayProcess:
         self.pipeline = Pipeline(Runtime.build(config, UpstreamPool({})),
                                  access_log(config.logging.access_log))
         self._initial = config
+        rules = ConnectionRules.from_listen(config.listen)
+        self.guard = Guard(rules)
+        self.admin_guard = Guard(rules)
         self._runners: list[web.BaseRunner] = []
         self.stopping = asyncio.Event()
         self.draining = False
@@ -124,19 +137,29 @@ class GatewayProcess:
         servername.install()  # before the first response: no version in Server
         self.services = await Services.create(config)
         await self._swap(build_runtime(config, self.services))
-        server = web.Server(
-            self.pipeline.handle,
-            handler_cancellation=True,  # a client that goes away cancels its upstream exchange
-            max_line_size=max(8190, config.listen.max_header_size),
-            max_field_size=max(8190, 4 * config.listen.max_header_size),
-            access_log=None,
-        )
+        BAD_REQUEST_LOG.configure(config.logging.bad_request_lines_per_second)
+        # a client that goes away cancels its upstream exchange
+        server = web.Server(self.pipeline.handle, handler_cancellation=True)
         proxy_runner = web.ServerRunner(server, shutdown_timeout=config.drain_timeout,
                                         handle_signals=False)
         await proxy_runner.setup()
-        proxy_site = web.TCPSite(proxy_runner, config.listen.host, config.listen.port,
-                                 reuse_port=self.reuse_port, backlog=1024)
+        files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        proxy_site = GuardedSite(
+            proxy_runner, config.listen.host, config.listen.port, guard=self.guard,
+            cap=connection_cap(config.listen.max_connections, files, files_reserved(config)),
+            reuse_port=self.reuse_port, backlog=1024,
+            max_line_size=max(8190, config.listen.max_header_size),
+            # 8192, not 8190: a line limit unlike the request line's tells 431 from 414
+            max_field_size=max(8192, 4 * config.listen.max_header_size),
+            # The body goes upstream as it came, with its Content-Encoding and -Length.
+            auto_decompress=False,
+            access_log=None,
+        )
         await proxy_site.start()
+        if proxy_site.limit < config.listen.max_connections:
+            log.warning("listen.max_connections is %d but the open-file limit (%d) leaves room "
+                        "for %d client connections beside the upstream and Redis pools",
+                        config.listen.max_connections, files, proxy_site.limit)
         self._runners.append(proxy_runner)
 
         admin_runner = web.AppRunner(build_admin_app(self), handle_signals=False,
@@ -145,8 +168,9 @@ class GatewayProcess:
         if self.control_path:
             await web.UnixSite(admin_runner, self.control_path).start()
         else:
-            await web.TCPSite(admin_runner, config.admin.host, config.admin.port,
-                              reuse_address=True).start()
+            await GuardedSite(admin_runner, config.admin.host, config.admin.port,
+                              guard=self.admin_guard, cap=ADMIN_MAX_CONNECTIONS,
+                              access_log=None).start()
         self._runners.append(admin_runner)
         self._watcher = asyncio.get_running_loop().create_task(self._watch_file())
         self.ready = True
@@ -229,6 +253,8 @@ class GatewayProcess:
             assert self.services is not None
             retired = self.services.pool.adopt(config.upstreams)
             await self._swap(build_runtime(config, self.services))
+            self.guard.rules = self.admin_guard.rules = ConnectionRules.from_listen(config.listen)
+            BAD_REQUEST_LOG.configure(config.logging.bad_request_lines_per_second)
             metrics.CONFIG_RELOADS.labels("applied").inc()
             log.info("config reloaded: %s", config.summary())
             if retired:
@@ -291,6 +317,7 @@ def run_process(config_path: str, config: Config, control_path: str | None = Non
                 reuse_port: bool = False) -> int:
     install_uvloop()
     configure_logging(config.logging.level)
+    raise_open_file_limit()
     tune_gc()
     return asyncio.run(serve(config_path, config, control_path, reuse_port))
 

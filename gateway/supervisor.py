@@ -23,7 +23,10 @@ import aiohttp
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.edge import BAD_REQUEST_LOG, ConnectionRules
+from gateway.listener import ADMIN_MAX_CONNECTIONS, GuardedSite
 from gateway.wire import servername
+from gateway.wire.server import Guard
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -174,9 +177,12 @@ class Supervisor:
         servername.install()  # the admin answers it writes itself: no version in Server
         self._runner = web.AppRunner(self._admin_app(), handle_signals=False, access_log=None)
         await self._runner.setup()
+        BAD_REQUEST_LOG.configure(self.config.logging.bad_request_lines_per_second)
         try:
-            await web.TCPSite(self._runner, self.config.admin.host, self.config.admin.port,
-                              reuse_address=True).start()
+            # The same deadlines as the proxy listener: a slow client cannot pin the admin API.
+            await GuardedSite(self._runner, self.config.admin.host, self.config.admin.port,
+                              guard=Guard(ConnectionRules.from_listen(self.config.listen)),
+                              cap=ADMIN_MAX_CONNECTIONS, access_log=None).start()
         except OSError as exc:
             log.error("cannot open the admin listener: %s", exc)
             stop()
