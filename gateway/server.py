@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway import metrics
 from gateway.accesslog import access_logger
 from gateway.admin import build_admin_app
+from gateway.admission import Gates
 from gateway.cache import CacheService, ResponseCache
 from gateway.config import Config, ConfigError, load_config
 from gateway.config.model import FailureMode
@@ -43,9 +44,11 @@ class Services:
     limits_local: LocalStore = field(default_factory=LocalStore)
     limits_remote: RedisStore | None = None
     cache: CacheService | None = None
+    # Admission state outlives a reload: permits out and waiters stay counted.
+    gates: Gates = field(default_factory=Gates)
 
     @classmethod
-    async def create(cls, config: Config) -> Services:
+    async def create(cls, config: Config, workers: int = 1) -> Services:
         redis = RedisLink(config.redis) if config.redis is not None else None
         flag_overrides = FlagOverrides(redis)
         await flag_overrides.start()  # stored runtime flag changes, before the first request
@@ -54,7 +57,7 @@ class Services:
         return cls(pool=UpstreamPool(config.upstreams), redis=redis,
                    flag_overrides=flag_overrides,
                    limits_remote=RedisStore(redis) if redis is not None else None,
-                   cache=cache)
+                   cache=cache, gates=Gates(workers))
 
     async def close(self) -> None:
         await self.flag_overrides.close()
@@ -72,6 +75,7 @@ def build_runtime(config: Config, services: Services) -> Runtime:
         stages["limiter"] = RateLimiter(config, services.limits_local, services.limits_remote)
     if services.cache is not None and any(r.cache is not None for r in config.routes):
         stages["cache"] = ResponseCache(services.cache, config)
+    stages["gates"] = services.gates.adopt(config.upstreams)
     return Runtime.build(config, services.pool, **stages)
 
 
@@ -79,8 +83,9 @@ class GatewayProcess:
     """Serves one config in this process. `control_path` set: a worker under a supervisor."""
 
     def __init__(self, config_path: str, config: Config, control_path: str | None = None,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, workers: int = 1) -> None:
         self.config_path = config_path
+        self.workers = workers  # processes of this instance (admission limits are split)
         self.control_path = control_path
         self.reuse_port = reuse_port
         self.services: Services | None = None
@@ -97,7 +102,7 @@ class GatewayProcess:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         config = self._initial
-        self.services = await Services.create(config)
+        self.services = await Services.create(config, self.workers)
         self.pipeline.runtime = build_runtime(config, self.services)
         server = web.Server(
             self.pipeline.handle,
@@ -139,6 +144,8 @@ class GatewayProcess:
         if self._watcher is not None:
             self._watcher.cancel()
         proxy_runner, admin_runner = self._runners
+        if self.services is not None:  # queued requests are answered, not dropped
+            self.services.gates.drain(self.pipeline.runtime.config.drain_timeout)
         await proxy_runner.cleanup()  # stops accepting, waits for handlers up to drain_timeout
         await admin_runner.cleanup()
         if self.services is not None:
@@ -217,8 +224,8 @@ def configure_logging(level: str) -> None:
 
 
 async def serve(config_path: str, config: Config, control_path: str | None = None,
-                reuse_port: bool = False) -> int:
-    process = GatewayProcess(config_path, config, control_path, reuse_port)
+                reuse_port: bool = False, workers: int = 1) -> int:
+    process = GatewayProcess(config_path, config, control_path, reuse_port, workers)
     loop = asyncio.get_running_loop()
     try:
         await process.start()
@@ -248,9 +255,9 @@ def tune_gc() -> None:
 
 
 def run_process(config_path: str, config: Config, control_path: str | None = None,
-                reuse_port: bool = False) -> int:
+                reuse_port: bool = False, workers: int = 1) -> int:
     install_uvloop()
     configure_logging(config.logging.level)
     tune_gc()
-    return asyncio.run(serve(config_path, config, control_path, reuse_port))
+    return asyncio.run(serve(config_path, config, control_path, reuse_port, workers))
 
