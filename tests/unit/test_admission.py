@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway.admission.control import CODEL, DRAIN, GRANTED, MAX_WAIT, QUEUE_FULL, Controller, Waiter
+from gateway.admission.control import (
+    CODEL,
+    DRAIN,
+    GRANTED,
+    MAX_WAIT,
+    QUEUE_FULL,
+    Controller,
+    Waiter,
+)
 from gateway.admission.gate import merge_reports, rank_of
 from gateway.admission.limit import GradientLimit
 from gateway.config.model import Admission, Priority
