@@ -115,8 +115,9 @@ class Gate:
             self._leave(verdict)
             raise
         now = self.clock()
-        if outcome != GRANTED:
-            raise self._refusal(rank, outcome)
+        if outcome != GRANTED:  # counted when it was settled
+            raise Overloaded(self.upstream, PRIORITIES[rank], outcome,
+                             self.control.retry_after(rank))
         TALLY.observe(self._wait[rank], now - arrived)
         return Permit(self, now)
 
@@ -204,7 +205,7 @@ class Gate:
             "mode": "static",
             "limit": control.limit,
             "in_flight": control.inflight,
-            "queue": dict(zip(PRIORITIES, control.depths(), strict=True)),
+            "queue": dict(zip(map(str, PRIORITIES), control.depths(), strict=True)),
             "queue_size": control.queue_size,
             "standing_queue": control.standing,
             "mean_held_seconds": round(control.rtt, 6),
@@ -289,7 +290,7 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for name, one in report.get("upstreams", {}).items():
             into = merged["upstreams"].setdefault(name, {
                 "mode": one["mode"], "limit": 0, "in_flight": 0,
-                "queue": dict.fromkeys(PRIORITIES, 0), "queue_size": 0,
+                "queue": dict.fromkeys(map(str, PRIORITIES), 0), "queue_size": 0,
                 "standing_queue": False, "per_worker": []})
             into["limit"] += one["limit"]
             into["in_flight"] += one["in_flight"]
