@@ -7,8 +7,9 @@ is in use, the limit grows (by its square root per update, so a small limit find
 in a few updates and a large one probes gently); when the latency climbs, the limit falls to
 what the upstream actually serves at its floor latency, by Little's law: the requests in
 flight times floor / latency, plus the same square-root headroom. An upstream that serves C
-requests at once and queues the rest internally therefore settles at about C + sqrt(C),
-and when C halves (its latency at the old limit doubles) the next update finds the new C.
+requests at once and queues the rest internally therefore keeps between C + sqrt(C) and
+TOLERANCE x C, and when C halves (its latency at the old limit doubles) the next update
+finds the new C.
 
 Pure: the clock is passed in with every sample.
 """
@@ -19,7 +20,10 @@ import math
 
 UPDATE_EVERY = 0.1  # seconds of samples behind one limit update
 MIN_SAMPLES = 3  # fewer samples than this in a window say too little to act on
-TOLERANCE = 1.2  # latency up to this multiple of the floor counts as "near the floor"
+# Latency up to this multiple of the floor counts as "near the floor". 1.2 kept the limit
+# from growing at all when the gateway shared a busy host (its own loop's lag moved window
+# averages by more than 20%); 1.5 is Netflix's gradient limiter's default tolerance.
+TOLERANCE = 1.5
 FLOOR_WINDOW = 10.0  # the floor is the fastest window of the last 10-20 s
 
 

@@ -245,14 +245,15 @@ async def test_codel_sheds_the_standing_queue_and_the_survivors_are_served(
         gateway_factory: Callable[..., Any], service_factory: Callable[..., Any]) -> None:
     service = await service_factory(capacity=1, delay=0.03)
     gw = await gateway_factory(admission_config(service, {
-        "max_concurrency": 1, "target_delay": "20ms", "interval": "100ms",
+        "max_concurrency": 1, "target_delay": "20ms", "interval": "250ms",
         "max_wait": {"normal": "10s", "bulk": "10s"}}))
     async with client_session() as s:
-        answers = await asyncio.gather(*(fetch(s, f"{gw.url}/bulk/{i}") for i in range(12)),
+        # 20 x 30 ms of bulk work: the queue stands long past target + interval.
+        answers = await asyncio.gather(*(fetch(s, f"{gw.url}/bulk/{i}") for i in range(20)),
                                        *(fetch(s, f"{gw.url}/n/{i}") for i in range(2)))
-    bulk, normal = answers[:12], answers[12:]
+    bulk, normal = answers[:20], answers[20:]
     reasons = [orjson.loads(a[2])["reason"] for a in bulk if a[0] == 503]
-    # Without CoDel all twelve would wait their turn (10 s allows it); with it, the bulk
+    # Without CoDel all twenty would wait their turn (10 s allows it); with it, the bulk
     # waiters standing past the target are shed and the higher class is served.
     assert reasons and set(reasons) == {"codel"}
     assert [a[0] for a in normal] == [200] * 2
@@ -288,13 +289,16 @@ async def test_drain_answers_every_queued_request_served_or_503(
     gw = await gateway_factory(config)
     gate = gate_of(gw)
     async with client_session() as s:
-        blocker = asyncio.ensure_future(fetch(s, f"{gw.url}/slow"))
+        blocker = asyncio.ensure_future(fetch(s, f"{gw.url}/block"))
         await until(lambda: service.now == 1)
         queued = []
-        for i in range(12):
+        for i in range(12):  # 100 ms each: more than the 500 ms they may still wait
             queued.append(asyncio.ensure_future(fetch(s, f"{gw.url}/critical/{i}")))
             await until(lambda n=i + 1: gate.control.waiting == n)
-        await gw.process.drain_and_stop()
+        draining = asyncio.ensure_future(gw.process.drain_and_stop())
+        await asyncio.sleep(0.05)
+        service.gate.set()
+        await draining
         answers = await asyncio.gather(blocker, *queued)
     statuses = [a[0] for a in answers]
     served, shed = statuses.count(200), statuses.count(503)
@@ -320,26 +324,32 @@ async def test_a_cache_hit_never_waits_for_admission(
 
 
 async def test_the_adaptive_limit_follows_an_upstream_that_becomes_slower(
-        gateway_factory: Callable[..., Any], service_factory: Callable[..., Any]) -> None:
-    service = await service_factory(capacity=8, delay=0.02, shared=True)
-    gw = await gateway_factory(admission_config(service, {
+        process_factory: Callable[..., GatewayProcessHandle],
+        service_factory: Callable[..., Any]) -> None:
+    # The gateway in a process of its own: in this test's loop, the clients' and the
+    # upstream's work would be the larger part of the latency it measures.
+    service = await service_factory(capacity=10, delay=0.02, shared=True)
+    gw = process_factory(admission_config(service, {
         "max_concurrency": "adaptive", "min": 2, "max": 100,
-        "max_wait": {"normal": "10s"}}))
-    gate = gate_of(gw)
+        "max_wait": {"normal": "10s"}, "target_delay": "10s"}))
     stop = asyncio.Event()
 
     async def client(s: aiohttp.ClientSession) -> None:
         while not stop.is_set():
             await fetch(s, f"{gw.url}/n")
 
+    async def limit(s: aiohttp.ClientSession) -> int:
+        async with s.get(f"{gw.admin_url}/admin/admission") as r:
+            return int((await r.json())["upstreams"]["api"]["limit"])
+
     async with client_session() as s:
         clients = [asyncio.ensure_future(client(s)) for _ in range(30)]
         await asyncio.sleep(1.5)
-        before = gate.control.limit
-        service.capacity = 2  # serves a quarter as much at once: latency at `before` x4
+        before = await limit(s)
+        service.capacity = 1  # a tenth as much at once: latency at `before` x10
         await asyncio.sleep(1.5)
-        after = gate.control.limit
+        after = await limit(s)
         stop.set()
         await asyncio.gather(*clients)
     assert before >= 8  # grew from 2 to about the capacity
-    assert after < before / 2 and after <= 6
+    assert after <= before / 3  # what it serves at once at its floor, plus headroom
