@@ -271,3 +271,21 @@ def test_admission_config_errors_name_the_key_and_what_is_wrong() -> None:
     assert "upstreams.d.admission.queue_sise: unknown key 'queue_sise' (did you mean " \
            "'queue_size'?)" in text
     assert "routes[0].priority: must be one of critical, high, normal, low, bulk" in text
+
+
+def test_a_permit_dropped_without_release_is_given_back() -> None:
+    import asyncio
+    import gc
+
+    from gateway.admission.gate import Gate
+
+    gate = Gate("unit-dropped", settings(max_concurrency=1))
+
+    async def take_and_drop() -> None:
+        permit = await gate.enter(NORMAL)
+        assert gate.control.inflight == 1
+        del permit  # an exchange abandoned on an error path, never released
+
+    asyncio.run(take_and_drop())
+    gc.collect()
+    assert gate.control.inflight == 0
