@@ -47,7 +47,7 @@ UPSTREAM = r'''
 import asyncio, json, sys
 from aiohttp import web
 capacity, delay, shared = int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "shared"
-state = {"now": 0, "peak": 0, "over": 0, "served": 0, "capacity": capacity}
+state = {"now": 0, "peak": 0, "over": 0, "served": 0, "capacity": capacity, "busy": 0.0}
 async def handle(request):
     if request.path == "/_stats":
         return web.json_response(state)
@@ -60,7 +60,9 @@ async def handle(request):
         state["over"] += 1
     try:
         factor = max(1.0, state["now"] / state["capacity"]) if shared else 1.0
+        began = asyncio.get_running_loop().time()
         await asyncio.sleep(delay * factor)
+        state["busy"] += asyncio.get_running_loop().time() - began
         state["served"] += 1
         return web.Response(text="ok")
     finally:
@@ -124,7 +126,7 @@ class Connections:
         self.host, self.port = host, port
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
-    async def get(self, path: str) -> int:
+    async def get(self, path: str) -> tuple[int, bytes]:
         if self.idle:
             reader, writer = self.idle.pop()
         else:
@@ -136,12 +138,12 @@ class Connections:
         for line in head.split(b"\r\n"):
             if line[:15].lower() == b"content-length:":
                 length = int(line[15:])
-        await reader.readexactly(length)
+        body = await reader.readexactly(length)
         if b"connection: close" in head.lower():
             writer.close()
         else:
             self.idle.append((reader, writer))
-        return status
+        return status, body
 
     def close(self) -> None:
         for _, writer in self.idle:
@@ -154,6 +156,7 @@ async def offer(url: str, rate: float, seconds: float, critical_share: float,
     Returns (class, status, seconds, started) per request, and how late the sender ran at
     worst (large: this client, not the gateway, was starved)."""
     results: list[tuple[str, int, float, float]] = []
+    reasons: dict[str, int] = {}
     host, port = url.removeprefix("http://").split(":")
     pool = Connections(host, int(port))
     rng = random.Random(7)
@@ -161,7 +164,10 @@ async def offer(url: str, rate: float, seconds: float, critical_share: float,
 
     async def one(kind: str, scheduled: float) -> None:
         try:
-            status = await pool.get(f"/{kind}/x")
+            status, body = await pool.get(f"/{kind}/x")
+            if status == 503:
+                reason = f"{kind}:{json.loads(body).get('reason')}"
+                reasons[reason] = reasons.get(reason, 0) + 1
         except (OSError, asyncio.IncompleteReadError, ValueError):
             status = 0
         results.append((kind, status, time.perf_counter() - scheduled, scheduled - began))
@@ -183,6 +189,7 @@ async def offer(url: str, rate: float, seconds: float, critical_share: float,
         tasks.append(asyncio.ensure_future(one(kind, scheduled)))
     await asyncio.gather(*tasks)
     pool.close()
+    print(f"  shed by class and reason: {dict(sorted(reasons.items()))}")
     return results, behind
 
 
@@ -211,17 +218,41 @@ def summary(results: list[tuple[str, int, float, float]], seconds: float) -> dic
     }
 
 
+def gateway_side(exposition: str) -> dict[str, float]:
+    """Mean admission wait and mean time in the gateway per class, from its own metrics
+    (what the client's figures add to these is the client's and the kernel's share)."""
+    values: dict[str, float] = {}
+    for line in exposition.splitlines():
+        for family, label, key in (
+                ("gateway_admission_wait_seconds", "priority", "wait"),
+                ("gateway_request_duration_seconds", "route", "total")):
+            for suffix in ("_sum", "_count"):
+                if line.startswith(family + suffix + "{"):
+                    kind = "critical" if f'{label}="critical"' in line else \
+                        "bulk" if f'{label}="bulk"' in line else None
+                    if kind:
+                        name = f"{kind}_{key}{suffix}"
+                        values[name] = values.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return {f"{kind}_{key}_mean": round(values[f"{kind}_{key}_sum"] * 1000
+                                        / values[f"{kind}_{key}_count"], 2)
+            for kind in ("critical", "bulk") for key in ("wait", "total")
+            if values.get(f"{kind}_{key}_count")}
+
+
 async def static_run(args: argparse.Namespace, directory: Path) -> None:
     capacity, delay = args.capacity, args.delay
     upstream, up_url = start_upstream(capacity, delay, "strict")
-    gateway, url, _ = start_gateway(up_url, {"max_concurrency": capacity}, args.workers,
-                                    directory)
+    gateway, url, admin = start_gateway(up_url, {"max_concurrency": capacity}, args.workers,
+                                        directory)
     try:
         before = await stats(f"{up_url}/_stats")
         cpu = cpu_seconds(gateway.pid), time.process_time()
         results, behind = await offer(url, args.rate, args.seconds, 0.1)
         cpu = cpu_seconds(gateway.pid) - cpu[0], time.process_time() - cpu[1]
         after = await stats(f"{up_url}/_stats")
+        async with aiohttp.ClientSession() as session, \
+                session.get(f"{admin}/metrics") as response:
+            exposition = await response.text()
     finally:
         gateway.terminate(), upstream.terminate()
         gateway.wait(), upstream.wait()
@@ -231,11 +262,14 @@ async def static_run(args: argparse.Namespace, directory: Path) -> None:
     served = after["served"] - before["served"]
     figures = summary(results, args.seconds)
     figures.update(upstream_peak=after["peak"], upstream_over_limit=after["over"],
+                   upstream_mean_ms=round((after["busy"] - before["busy"]) / max(1, served)
+                                          * 1000, 1),
                    upstream_rps=round(served / spent),
                    throughput_of_capacity=f"{served / spent / (capacity / delay):.1%}",
                    gateway_cpu_share=f"{cpu[0] / spent:.0%}",
                    client_cpu_share=f"{cpu[1] / spent:.0%}",
                    client_behind_ms=round(behind * 1000, 1))
+    figures["gateway_side_ms"] = gateway_side(exposition)
     print(f"static: max_concurrency {capacity}, upstream {capacity} at once x "
           f"{delay * 1000:.0f} ms ({capacity / delay:.0f} rps), offered {args.rate:.0f} rps, "
           f"{args.workers} worker(s)")

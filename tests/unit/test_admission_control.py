@@ -289,3 +289,12 @@ def test_a_permit_dropped_without_release_is_given_back() -> None:
     asyncio.run(take_and_drop())
     gc.collect()
     assert gate.control.inflight == 0
+
+
+def test_codel_never_sheds_critical_waiters() -> None:
+    control = Controller(settings(max_concurrency=1))
+    control.arrive(NORMAL, 0.0)
+    critical = [queued(control.arrive(CRITICAL, 0.0)) for _ in range(3)]
+    control.tick(0.03)
+    control.tick(0.2)
+    assert control.standing and all(w.outcome is None for w in critical)
