@@ -44,9 +44,10 @@ from tests.harness import free_port, wait_for_port
 from tests.perf.perfkit import cpu_seconds
 
 UPSTREAM = r'''
-import asyncio, json, sys
+import asyncio, json, random, sys
 from aiohttp import web
 capacity, delay, shared = int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "shared"
+jitter = float(sys.argv[5])
 state = {"now": 0, "peak": 0, "over": 0, "served": 0, "capacity": capacity, "busy": 0.0}
 async def handle(request):
     if request.path == "/_stats":
@@ -61,7 +62,7 @@ async def handle(request):
     try:
         factor = max(1.0, state["now"] / state["capacity"]) if shared else 1.0
         began = asyncio.get_running_loop().time()
-        await asyncio.sleep(delay * factor)
+        await asyncio.sleep(delay * factor * random.uniform(1 - jitter, 1 + jitter))
         state["busy"] += asyncio.get_running_loop().time() - began
         state["served"] += 1
         return web.Response(text="ok")
@@ -80,10 +81,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def start_upstream(capacity: int, delay: float, mode: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_upstream(capacity: int, delay: float, mode: str, jitter: float = 0.0
+                   ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", UPSTREAM, str(port), str(capacity),
-                             str(delay), mode])
+                             str(delay), mode, str(jitter)])
     wait_for_port(port, proc=proc)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -241,7 +243,7 @@ def gateway_side(exposition: str) -> dict[str, float]:
 
 async def static_run(args: argparse.Namespace, directory: Path) -> None:
     capacity, delay = args.capacity, args.delay
-    upstream, up_url = start_upstream(capacity, delay, "strict")
+    upstream, up_url = start_upstream(capacity, delay, "strict", args.jitter)
     gateway, url, admin = start_gateway(up_url, {"max_concurrency": capacity}, args.workers,
                                         directory)
     try:
@@ -272,12 +274,12 @@ async def static_run(args: argparse.Namespace, directory: Path) -> None:
     figures["gateway_side_ms"] = gateway_side(exposition)
     print(f"static: max_concurrency {capacity}, upstream {capacity} at once x "
           f"{delay * 1000:.0f} ms ({capacity / delay:.0f} rps), offered {args.rate:.0f} rps, "
-          f"{args.workers} worker(s)")
+          f"{args.workers} worker(s), latency jitter +-{args.jitter:.0%}")
     print(json.dumps(figures, indent=2))
 
 
 async def adaptive_run(args: argparse.Namespace, directory: Path) -> None:
-    upstream, up_url = start_upstream(args.capacity, args.delay, "shared")
+    upstream, up_url = start_upstream(args.capacity, args.delay, "shared", args.jitter)
     gateway, url, admin = start_gateway(up_url, {"max_concurrency": "adaptive", "min": 4,
                                                  "max": 200}, args.workers, directory)
     seconds = max(args.seconds, 8.0)
@@ -417,6 +419,9 @@ def main() -> int:
                         help="requests the upstream serves at once")
     parser.add_argument("--delay", type=float, default=0.05,
                         help="seconds each takes (20 x 50 ms: 400 rps)")
+    parser.add_argument("--jitter", type=float, default=0.0,
+                        help="each takes delay x uniform(1 - J, 1 + J): a fixed latency "
+                        "keeps permits in lockstep cohorts, which real services smear out")
     parser.add_argument("--only", choices=("static", "adaptive", "none"))
     parser.add_argument("--instructions", type=int, default=0, metavar="N",
                         help="also compare instructions per request of a route without "
