@@ -244,8 +244,9 @@ def gateway_side(exposition: str) -> dict[str, float]:
 async def static_run(args: argparse.Namespace, directory: Path) -> None:
     capacity, delay = args.capacity, args.delay
     upstream, up_url = start_upstream(capacity, delay, "strict", args.jitter)
-    gateway, url, admin = start_gateway(up_url, {"max_concurrency": capacity}, args.workers,
-                                        directory)
+    gateway, url, admin = start_gateway(up_url, {"max_concurrency": capacity,
+                                                 "target_delay": args.target_delay},
+                                        args.workers, directory)
     try:
         before = await stats(f"{up_url}/_stats")
         cpu = cpu_seconds(gateway.pid), time.process_time()
@@ -274,7 +275,8 @@ async def static_run(args: argparse.Namespace, directory: Path) -> None:
     figures["gateway_side_ms"] = gateway_side(exposition)
     print(f"static: max_concurrency {capacity}, upstream {capacity} at once x "
           f"{delay * 1000:.0f} ms ({capacity / delay:.0f} rps), offered {args.rate:.0f} rps, "
-          f"{args.workers} worker(s), latency jitter +-{args.jitter:.0%}")
+          f"{args.workers} worker(s), latency jitter +-{args.jitter:.0%}, target_delay "
+          f"{args.target_delay}")
     print(json.dumps(figures, indent=2))
 
 
@@ -421,6 +423,7 @@ def main() -> int:
                         help="requests the upstream serves at once")
     parser.add_argument("--delay", type=float, default=0.05,
                         help="seconds each takes (20 x 50 ms: 400 rps)")
+    parser.add_argument("--target-delay", default="20ms", help="CoDel's target (static run)")
     parser.add_argument("--jitter", type=float, default=0.0,
                         help="each takes delay x uniform(1 - J, 1 + J): a fixed latency "
                         "keeps permits in lockstep cohorts, which real services smear out")
