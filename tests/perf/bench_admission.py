@@ -168,7 +168,8 @@ async def offer(url: str, rate: float, seconds: float, critical_share: float,
         try:
             status, body = await pool.get(f"/{kind}/x")
             if status == 503:
-                reason = f"{kind}:{json.loads(body).get('reason')}"
+                slow = " (>5 ms)" if time.perf_counter() - scheduled > 0.005 else ""
+                reason = f"{kind}:{json.loads(body).get('reason')}{slow}"
                 reasons[reason] = reasons.get(reason, 0) + 1
         except (OSError, asyncio.IncompleteReadError, ValueError):
             status = 0
