@@ -22,12 +22,14 @@ Facebook applied it to request queues ("Fail at Scale", 2015): when the oldest w
 been older than `target_delay` for a whole `interval`, the queue is standing; from then
 until it next empties, waiters of the lowest class older than `target_delay` are shed,
 oldest first, and an arrival that no lower-class waiter stands behind may expect at most
-`target_delay`. Critical requests are exempt: they pass every other class anyway, their
-`max_wait` and the estimate at arrival bound their queue, and measured on a busy host a
-CoDel that also shed them shed critical requests for the gateway's own scheduling delays
-(tests/perf/bench_admission.py: 259 of 951 in one run) while bulk work was waiting. Leaving that state only
-when the queue empties (not when it dips below the target) keeps it from oscillating
-under steady overload, where the short waits it enforces would otherwise end it at once.
+`target_delay`. Leaving that state only when the queue empties (not when it dips below
+the target) keeps it from oscillating under steady overload, where the short waits it
+enforces would otherwise end it at once.
+
+Critical requests are exempt from CoDel: they pass every other class anyway, and their
+`max_wait` and the estimate at arrival bound their queue. Measured on a busy host, a CoDel
+that also shed them shed critical requests for the gateway's own scheduling delays
+(tests/perf/bench_admission.py: 259 of 951 in one run) while bulk work was waiting.
 """
 
 from __future__ import annotations
@@ -76,7 +78,6 @@ class Controller:
     def __init__(self, settings: Admission, workers: int = 1) -> None:
         self.limiter = share_of(settings, workers)
         self.settings = settings
-        self.workers = workers
         self.queue_size = _split(settings.queue_size, workers)
         self.queues: list[OrderedDict[Waiter, None]] = [OrderedDict() for _ in PRIORITIES]
         self.inflight = 0
@@ -111,18 +112,20 @@ class Controller:
             return None
         self.limiter.saturated = True
         self._codel(now)
-        budget = self.max_wait[rank]
+        budget, reason = self.max_wait[rank], MAX_WAIT
         if self.standing and rank and not any(self.queues[rank + 1:]):
             # Only an arrival that would stand last is held to the target: one that goes
             # before waiters of a lower class keeps its own max_wait, and CoDel sheds
             # those lower waiters instead (lower classes are shed first). The head of
             # the queue stays open, however slow the upstream.
-            budget = min(budget, max(self.settings.target_delay, self.expected_wait(0)))
-        if self._cap is not None:
-            budget = min(budget, self._cap - now)
+            held = max(self.settings.target_delay, self.expected_wait(0))
+            if held < budget:
+                budget, reason = held, CODEL
+        if self._cap is not None and self._cap - now < budget:
+            budget, reason = self._cap - now, DRAIN
         ahead = sum(len(q) for q in self.queues[:rank + 1])
         if self.expected_wait(ahead) > budget:
-            return DRAIN if self._cap is not None else CODEL if self.standing else MAX_WAIT
+            return reason
         if self.waiting >= self.queue_size and not self._displace(rank):
             return QUEUE_FULL
         deadline = now + self.max_wait[rank]  # CoDel, not the deadline, sheds it sooner
