@@ -323,6 +323,30 @@ async def test_a_cache_hit_never_waits_for_admission(
         await blocker
 
 
+async def test_a_rate_limit_refusal_never_waits_for_admission(
+        gateway_factory: Callable[..., Any], service_factory: Callable[..., Any]) -> None:
+    service = await service_factory(capacity=1)
+    config = admission_config(service, {"max_concurrency": 1, "target_delay": "10s",
+                                        "max_wait": {"normal": "10s"}})
+    config["rate_limits"] = {"one": {"algorithm": "fixed_window", "scope": "global",
+                                     "limit": 1, "window": "60s"}}
+    config["routes"].insert(0, {"name": "limited", "match": {"path_prefix": "/limited"},
+                                "upstream": "api", "rate_limits": ["one"]})
+    gw = await gateway_factory(config)
+    gate = gate_of(gw)
+    async with client_session() as s:
+        blocker = asyncio.ensure_future(fetch(s, f"{gw.url}/block"))
+        await until(lambda: service.now == 1)
+        admitted = asyncio.ensure_future(fetch(s, f"{gw.url}/limited/a"))
+        await until(lambda: gate.control.waiting == 1)  # allowed by the rule: it queues
+        status, headers, _ = await asyncio.wait_for(fetch(s, f"{gw.url}/limited/b"), 2)
+        assert status == 429 and "Retry-After" in headers
+        assert gate.control.waiting == 1
+        service.gate.set()
+        assert (await blocker)[0] == 200 and (await admitted)[0] == 200
+    assert service.order == ["/block", "/limited/a"]
+
+
 async def test_the_adaptive_limit_follows_an_upstream_that_becomes_slower(
         process_factory: Callable[..., GatewayProcessHandle],
         service_factory: Callable[..., Any]) -> None:
