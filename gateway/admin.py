@@ -96,6 +96,15 @@ async def show_config(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+async def show_admission(request: web.Request) -> web.Response:
+    """Per upstream: the limit, requests in flight and queue depth per class (this worker's;
+    the supervisor sums its workers')."""
+    services = request.app[PROCESS].services
+    report = services.gates.report() if services is not None else {"upstreams": {}}
+    return web.Response(body=orjson.dumps(report, option=orjson.OPT_INDENT_2),
+                        content_type="application/json")
+
+
 async def reload_config(request: web.Request) -> web.Response:
     ok, outcome = await request.app[PROCESS].reload()
     if ok:
@@ -148,6 +157,7 @@ def build_admin_app(process: GatewayProcess) -> web.Application:
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/admin/config", show_config)
     app.router.add_post("/admin/reload", reload_config)
+    app.router.add_get("/admin/admission", show_admission)
     for register in ADMIN_ROUTES:
         register(app)
     return app

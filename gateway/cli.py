@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker")
     _config_arg(worker)
     worker.add_argument("--control", required=True)
+    worker.add_argument("--of", type=int, default=1, dest="of",
+                        help="how many workers the instance has (admission limits are split)")
     return parser
 
 
@@ -111,7 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         from gateway.server import run_process
 
-        return run_process(args.config, config, control_path=args.control, reuse_port=True)
+        return run_process(args.config, config, control_path=args.control, reuse_port=True,
+                           workers=args.of)
     if args.command == "demo":
         from gateway.demo import run_demo
 

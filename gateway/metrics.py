@@ -73,6 +73,32 @@ BAD_REQUESTS = Counter(
     "gateway_bad_requests", "Requests refused before routing (malformed, unsupported version, "
     "too slow), by reason.", ("reason",),
 )
+# Admission control. With several workers the gauges sum over them (each worker holds its
+# share of the limit), except saturation: the busiest worker's, as a ratio cannot be summed.
+ADMISSION_INFLIGHT = Gauge(
+    "gateway_admission_inflight", "Requests holding an admission permit, by upstream.",
+    ("upstream",), multiprocess_mode="livesum",
+)
+ADMISSION_LIMIT = Gauge(
+    "gateway_admission_limit", "Requests an upstream may have in flight at once.",
+    ("upstream",), multiprocess_mode="livesum",
+)
+ADMISSION_QUEUE_DEPTH = Gauge(
+    "gateway_admission_queue_depth", "Requests waiting for an admission permit.",
+    ("upstream", "priority"), multiprocess_mode="livesum",
+)
+ADMISSION_WAIT = Histogram(
+    "gateway_admission_wait_seconds", "Time from arrival to admission permit (0: none waited).",
+    ("upstream", "priority"), buckets=LATENCY_BUCKETS,
+)
+ADMISSION_SHED = Counter(
+    "gateway_admission_shed", "Requests answered 503 by admission control, and why.",
+    ("upstream", "priority", "reason"),
+)
+UPSTREAM_SATURATION = Gauge(
+    "gateway_upstream_saturation", "Requests in flight over the admission limit (0-1).",
+    ("upstream",), multiprocess_mode="livemax",
+)
 
 
 

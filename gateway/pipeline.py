@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway import metrics
 from gateway.accesslog import AccessLog, AccessRecord
+from gateway.admission import Gate, Overloaded, admitted, rank_of
 from gateway.config.model import Config, EscapedSlashes, Route
 from gateway.context import (
     RequestContext,
@@ -37,6 +38,7 @@ from gateway.metrictally import TALLY
 from gateway.problem import problem
 from gateway.proxy import (
     Exchange,
+    Fetch,
     LimitedBody,
     Outgoing,
     UpstreamPool,
@@ -95,6 +97,7 @@ class Runtime:
     cache: CacheStage = field(default_factory=NoCache)
     flags: FlagStage = field(default_factory=NoFlags)
     experiments: Experiments | None = None  # None: the config has no experiment
+    gates: Mapping[str, Gate] = field(default_factory=dict)  # upstreams with admission
     identity: tuple[str, ...] = ()
     flag_prefix: str = "x-flag-"
     flag_summary: str | None = "x-feature-flags"
@@ -154,6 +157,20 @@ async def _fetch(rt: Runtime, route: Route, out: Outgoing, record: AccessRecord)
         spent = time.perf_counter() - began
         record.upstream_duration = spent
         TALLY.observe(metrics.UPSTREAM_DURATION_BY(route.name, out.upstream), spent)
+
+
+def _admitting(gate: Gate, rank: int, fetch: Fetch) -> Fetch:
+    """`fetch` once the upstream's gate admits the request (in priority class `rank`)."""
+    return lambda out: admitted(gate, rank, fetch, out)
+
+
+def _rank(config: Config, route: Route, ctx: RequestContext | None,
+          request: web.BaseRequest, headers: CIMultiDictProxy[str]) -> int:
+    """The request's admission class: its route's, moved by its subscription tier."""
+    by_tier = config.context.priority_by_tier
+    tier = (ctx or _context(config, request, headers)[0]).subscription_tier if by_tier \
+        else None
+    return rank_of(route.priority, tier, by_tier)
 
 
 def _context(config: Config, request: web.BaseRequest, headers: CIMultiDictProxy[str]
@@ -289,6 +306,7 @@ class Pipeline:
 
         upstream = verdict.upstream or route.upstream.for_method(request.method)
         record.upstream = upstream
+        gate = rt.gates.get(upstream) if rt.gates else None  # admission control, if any
         response_headers = [*verdict.response_headers, ("X-Request-Id", request_id)]
         # What the cache key leaves out never reaches the upstream either.
         ignored = rt.ignore_query.get(route.name)
@@ -328,14 +346,21 @@ class Pipeline:
                 def fetch(out: Outgoing) -> Awaitable[Exchange]:
                     return _fetch(rt, route, out, record)
 
-                answer = rt.cache.serve(route, out, fetch)
+                # Admission is asked inside the cache's fetch: a hit never waits.
+                answer = rt.cache.serve(route, out, fetch if gate is None else _admitting(
+                    gate, _rank(config, route, ctx, request, headers), fetch))
                 # A fresh hit comes as it is: nothing to await.
                 exchange = answer if isinstance(answer, Exchange) else await answer
-            else:
+            elif gate is None:
                 exchange = await _fetch(rt, route, out, record)
+            else:
+                exchange = await admitted(gate, _rank(config, route, ctx, request, headers),
+                                          lambda out: _fetch(rt, route, out, record), out)
         except BodyTooLarge as exc:
             return problem(413, f"the request body is larger than this route's limit of "
                            f"{exc.limit} bytes", request_id, headers={"Connection": "close"})
+        except Overloaded as exc:
+            return exc.response(request_id)
         except UpstreamError as exc:
             return problem(exc.status, exc.detail, request_id)
         record.cache = exchange.cache_status

@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway import metrics
 from gateway.accesslog import access_log
 from gateway.admin import build_admin_app
+from gateway.admission import Gates
 from gateway.cache import CacheService, ResponseCache
 from gateway.config import Config, ConfigError, load_config
 from gateway.config.model import FailureMode
@@ -60,9 +61,11 @@ class Services:
     cache: CacheService | None = None
     # Experiment records: queued per process, added up in Redis (or here without it).
     recorder: Recorder = field(default_factory=lambda: Recorder(LocalExperimentStore()))
+    # Admission state outlives a reload: permits out and waiters stay counted.
+    gates: Gates = field(default_factory=Gates)
 
     @classmethod
-    async def create(cls, config: Config) -> Services:
+    async def create(cls, config: Config, workers: int = 1) -> Services:
         redis = RedisLink(config.redis) if config.redis is not None else None
         flag_overrides = FlagOverrides(redis)
         await flag_overrides.start()  # stored runtime flag changes, before the first request
@@ -74,7 +77,7 @@ class Services:
         return cls(pool=UpstreamPool(config.upstreams), redis=redis,
                    flag_overrides=flag_overrides,
                    limits_remote=RedisStore(redis) if redis is not None else None,
-                   cache=cache, recorder=recorder)
+                   cache=cache, recorder=recorder, gates=Gates(workers))
 
     async def close(self) -> None:
         await self.recorder.close()  # what was recorded until now reaches the store
@@ -98,6 +101,7 @@ def build_runtime(config: Config, services: Services) -> Runtime:
         stages["limiter"] = RateLimiter(config, services.limits_local, services.limits_remote)
     if services.cache is not None and any(r.cache is not None for r in config.routes):
         stages["cache"] = ResponseCache(services.cache, config)
+    stages["gates"] = services.gates.adopt(config.upstreams)
     return Runtime.build(config, services.pool, **stages)
 
 
@@ -105,8 +109,9 @@ class GatewayProcess:
     """Serves one config in this process. `control_path` set: a worker under a supervisor."""
 
     def __init__(self, config_path: str, config: Config, control_path: str | None = None,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, workers: int = 1) -> None:
         self.config_path = config_path
+        self.workers = workers  # processes of this instance (admission limits are split)
         self.control_path = control_path
         self.reuse_port = reuse_port
         self.services: Services | None = None
@@ -135,7 +140,7 @@ class GatewayProcess:
     async def start(self) -> None:
         config = self._initial
         servername.install()  # before the first response: no version in Server
-        self.services = await Services.create(config)
+        self.services = await Services.create(config, self.workers)
         await self._swap(build_runtime(config, self.services))
         BAD_REQUEST_LOG.configure(config.logging.bad_request_lines_per_second)
         # a client that goes away cancels its upstream exchange
@@ -188,6 +193,8 @@ class GatewayProcess:
         if self._watcher is not None:
             self._watcher.cancel()
         proxy_runner, admin_runner = self._runners
+        if self.services is not None:  # queued requests are answered, not dropped
+            self.services.gates.drain(self.pipeline.runtime.config.drain_timeout)
         await proxy_runner.cleanup()  # stops accepting, waits for handlers up to drain_timeout
         await admin_runner.cleanup()
         if self.pipeline.access_log is not None:
@@ -283,8 +290,8 @@ def configure_logging(level: str) -> None:
 
 
 async def serve(config_path: str, config: Config, control_path: str | None = None,
-                reuse_port: bool = False) -> int:
-    process = GatewayProcess(config_path, config, control_path, reuse_port)
+                reuse_port: bool = False, workers: int = 1) -> int:
+    process = GatewayProcess(config_path, config, control_path, reuse_port, workers)
     loop = asyncio.get_running_loop()
     try:
         await process.start()
@@ -314,10 +321,10 @@ def tune_gc() -> None:
 
 
 def run_process(config_path: str, config: Config, control_path: str | None = None,
-                reuse_port: bool = False) -> int:
+                reuse_port: bool = False, workers: int = 1) -> int:
     install_uvloop()
     configure_logging(config.logging.level)
     raise_open_file_limit()
     tune_gc()
-    return asyncio.run(serve(config_path, config, control_path, reuse_port))
+    return asyncio.run(serve(config_path, config, control_path, reuse_port, workers))
 

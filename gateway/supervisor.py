@@ -20,6 +20,7 @@ import tempfile
 import time
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from gateway.config import Config
@@ -66,7 +67,7 @@ class Supervisor:
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self.metrics_dir)
         worker.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "worker", "--config", self.config_path,
-            "--control", worker.control, env=env,
+            "--control", worker.control, "--of", str(self.count), env=env,
         )
         if worker.session is None:
             worker.session = aiohttp.ClientSession(
@@ -131,6 +132,22 @@ class Supervisor:
         status, payload, headers = next((a for a in answers if a[0] >= 400), answers[0])
         return web.Response(status=status, body=payload, headers=headers)
 
+    async def _admission(self, request: web.Request) -> web.Response:
+        """Every worker holds its share of each limit: the instance's view is their sum."""
+        from gateway.admission import merge_reports
+        from gateway.problem import problem
+
+        try:
+            answers = await asyncio.gather(*(self._ask(w, request, b"") for w in self.workers))
+        except (aiohttp.ClientError, OSError) as exc:
+            return problem(503, f"a worker did not answer: {exc}")
+        refused = next((a for a in answers if a[0] != 200), None)
+        if refused is not None:
+            return web.Response(status=refused[0], body=refused[1], headers=refused[2])
+        merged = merge_reports([orjson.loads(payload) for _, payload, _ in answers])
+        return web.Response(body=orjson.dumps(merged, option=orjson.OPT_INDENT_2),
+                            content_type="application/json")
+
     async def _readyz(self, request: web.Request) -> web.Response:
         if self.stopping:
             return web.json_response({"status": "not ready", "detail": "draining"}, status=503)
@@ -152,6 +169,7 @@ class Supervisor:
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/metrics", metrics_text)
         app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/admin/admission", self._admission)
         app.router.add_route("*", "/{tail:.*}", self._forward)
         return app
 

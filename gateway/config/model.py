@@ -102,6 +102,19 @@ class Operator(enum.StrEnum):
     CIDR = "cidr"
 
 
+class Priority(enum.StrEnum):
+    """Admission classes, highest first: a higher class always leaves the queue first."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+    BULK = "bulk"
+
+
+PRIORITIES = tuple(Priority)  # highest first; a class's index is its rank (0 = critical)
+
+
 # Context fields a rule scope, a flag's bucket_by or a targeting attribute may name.
 CONTEXT_FIELDS = (
     "client_ip", "user_id", "tenant_id", "role", "subscription_tier",
@@ -160,6 +173,28 @@ class ContextSettings:
     # Every identity field, keyed by context field name (user_id, tenant_id, ...).
     fields: dict[str, HeaderSource] = field(default_factory=dict)
     attributes: dict[str, HeaderSource] = field(default_factory=dict)
+    # Subscription tier -> classes to move a request up (+) or down (-) from its route's.
+    priority_by_tier: dict[str, int] = field(default_factory=dict)
+
+
+# Keyed by the class's name as plain text (the admin API serialises config records).
+DEFAULT_MAX_WAIT = {"critical": 2.0, "high": 1.0, "normal": 0.5, "low": 0.2, "bulk": 0.1}
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An upstream's limit on requests in flight and the priority queue in front of it.
+
+    `max_concurrency` None: adaptive, between `min` and `max`; these are for the whole
+    instance, split among its workers."""
+
+    max_concurrency: int | None = None
+    min: int = 1
+    max: int = 1000
+    queue_size: int = 1000
+    max_wait: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MAX_WAIT))
+    target_delay: float = 0.02
+    interval: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +204,7 @@ class Upstream:
     connect_timeout: float = 2.0
     timeout: float = 30.0
     max_connections: int = 256
+    admission: Admission | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +391,7 @@ class Route:
     flags: tuple[str, ...] = ()
     # `flags: all`: `flags` lists the file's flags, and flags created at run time apply too.
     all_flags: bool = False
+    priority: Priority = Priority.NORMAL
 
 
 @dataclass(frozen=True, slots=True)

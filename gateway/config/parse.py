@@ -54,6 +54,9 @@ FLAG_KEYS = (
     "description", "owner", "status", "type", "default", "rollout", "bucket_by",
     "environments", "tiers", "expires", "variants", "prerequisites", "targeting", "kill_switch",
 )
+ADMISSION_KEYS = (
+    "max_concurrency", "min", "max", "queue_size", "max_wait", "target_delay", "interval",
+)
 ROUTE_CACHE_KEYS = (
     "ttl", "override", "browser_ttl", "stale_while_revalidate", "stale_if_error",
     "ignore_query", "tags_header", "store_set_cookie",
@@ -216,11 +219,77 @@ def parse_context(r: Reader, s: Section | None) -> m.ContextSettings:
         source = _header_source(r, value, path, line)
         if source is not None:
             attributes[name] = source
-    return m.ContextSettings(tuple(trusted), client_ip, fields, attributes)
+    moves: dict[str, int] = {}
+    for tier, value, path, line in s.items("priority_by_tier"):
+        try:
+            moves[tier] = class_steps(value)
+        except ValueError as exc:
+            r.error(line, path, str(exc))
+    if moves and "subscription_tier" not in fields:
+        s.error("priority_by_tier", "needs context.subscription_tier, which says each "
+                "request's tier")
+    return m.ContextSettings(tuple(trusted), client_ip, fields, attributes, moves)
 
 
-def parse_upstream(r: Reader, name: str, value: object, path: str, line: int) -> m.Upstream:
-    s = r.section(value, path, line, ("url", "connect_timeout", "timeout", "max_connections"))
+def class_steps(value: object) -> int:
+    """How many priority classes a tier moves its requests: +1 up, -1 down."""
+    limit = len(m.PRIORITIES) - 1
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        value = int(value.strip())
+    return integer(-limit, limit)(value)
+
+
+def parse_admission(r: Reader, s: Section | None, workers: int) -> m.Admission | None:
+    if s is None:
+        return None
+    raw = s.data.get("max_concurrency")
+    fixed: int | None = None
+    if raw == "adaptive":
+        pass
+    elif raw is None:
+        s.error("max_concurrency" if "max_concurrency" in s else None,
+                "max_concurrency is required: a number, or adaptive")
+    elif isinstance(raw, str):
+        s.error("max_concurrency", f"expected a whole number or adaptive, got {raw!r}")
+    else:
+        fixed = s.get("max_concurrency", integer(1, 1_000_000))
+    if raw != "adaptive":
+        for key in ("min", "max"):
+            if key in s:
+                s.error(key, "applies only to max_concurrency: adaptive")
+    low = s.get("min", integer(1, 1_000_000), 1) or 1
+    high = s.get("max", integer(1, 1_000_000), 1000) or 1000
+    if low > high:
+        s.error("min", f"min ({low}) is larger than max ({high})")
+    if (fixed or low) < workers:
+        s.error("max_concurrency" if fixed else "min",
+                f"{fixed or low} is less than workers ({workers}): the limit is split among "
+                "the workers and each needs at least 1")
+    waits = dict(m.DEFAULT_MAX_WAIT)
+    for name, value, path, line in s.items("max_wait"):
+        if name not in m.PRIORITIES:
+            r.error(line, path, f"unknown priority class {name!r}; classes are "
+                    + ", ".join(m.PRIORITIES) + _hint(name, dict.fromkeys(map(str, m.PRIORITIES))))
+            continue
+        try:
+            waits[name] = duration(value)
+        except ValueError as exc:
+            r.error(line, path, str(exc))
+    return m.Admission(
+        max_concurrency=fixed,
+        min=low,
+        max=high,
+        queue_size=s.get("queue_size", integer(0, 1_000_000), 1000),
+        max_wait=waits,
+        target_delay=s.get("target_delay", positive_duration, 0.02),
+        interval=s.get("interval", positive_duration, 0.1),
+    )
+
+
+def parse_upstream(r: Reader, name: str, value: object, path: str, line: int,
+                   workers: int = 1) -> m.Upstream:
+    s = r.section(value, path, line, ("url", "connect_timeout", "timeout", "max_connections",
+                                      "admission"))
     if s is None:
         return m.Upstream(name, "")
     return m.Upstream(
@@ -229,6 +298,8 @@ def parse_upstream(r: Reader, name: str, value: object, path: str, line: int) ->
         connect_timeout=s.get("connect_timeout", positive_duration, 2.0),
         timeout=s.get("timeout", positive_duration, 30.0),
         max_connections=s.get("max_connections", integer(1, 100_000), 256),
+        admission=parse_admission(r, s.section("admission", ADMISSION_KEYS), workers)
+        if s.data.get("admission") is not None else None,
     )
 
 
@@ -670,7 +741,7 @@ def parse_match(r: Reader, s: Section | None) -> m.Match:
 def parse_route(r: Reader, index: int, value: object, path: str, line: int) -> m.Route:
     s = r.section(value, path, line, (
         "name", "match", "upstream", "strip_prefix", "rate_limits", "cost", "max_body",
-        "cache", "flags"))
+        "cache", "flags", "priority"))
     if s is None:
         return m.Route(f"#{index}", m.Match(), m.UpstreamRef("", ""))
     up = s.data.get("upstream")
@@ -702,6 +773,7 @@ def parse_route(r: Reader, index: int, value: object, path: str, line: int) -> m
         max_body=s.get("max_body", size, None),
         cache=parse_route_cache(s.section("cache", ROUTE_CACHE_KEYS)) if "cache" in s else None,
         flags=flags if flags is not None else ("*all*",),
+        priority=m.Priority(s.get("priority", choice(m.PRIORITIES), "normal") or "normal"),
     )
     return route
 
@@ -724,8 +796,9 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
         except ValueError as exc:
             r.error(0, "REDIS_URL", f"{exc} (from the environment)")
     context = parse_context(r, top.section("context", (*m.CONTEXT_FIELDS, "trusted_proxies",
-                                                       "attributes")))
-    upstreams = {name: parse_upstream(r, name, value, path, line)
+                                                       "attributes", "priority_by_tier")))
+    workers = top.get("workers", integer(1, 64), 1)
+    upstreams = {name: parse_upstream(r, name, value, path, line, workers or 1)
                  for name, value, path, line in top.items("upstreams")}
     rules = {name: parse_rule(r, name, value, path, line)
              for name, value, path, line in top.items("rate_limits")}
@@ -829,7 +902,6 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
     if cache.redis and redis_settings is None:
         top.error("cache", "cache.redis: true needs a redis block")
 
-    workers = top.get("workers", integer(1, 64), 1)
     environment = top.get("environment", string, "production")
     config = m.Config(
         source=file,
