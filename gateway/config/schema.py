@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.config import model as m
 from gateway.config.parse import (
+    ADMISSION_KEYS,
     EXPERIMENT_KEYS,
     FLAG_KEYS,
     LISTEN_KEYS,
@@ -87,7 +88,9 @@ def _context() -> Schema:
     types = {name: source for name in m.CONTEXT_FIELDS}
     types["trusted_proxies"] = {"type": "array", "items": {"type": "string"}}
     types["attributes"] = mapping_of(source)
-    return closed((*m.CONTEXT_FIELDS, "trusted_proxies", "attributes"), types)
+    types["priority_by_tier"] = mapping_of({"type": "integer"})
+    return closed((*m.CONTEXT_FIELDS, "trusted_proxies", "attributes", "priority_by_tier"),
+                  types)
 
 
 def _rule() -> Schema:
@@ -148,18 +151,26 @@ def _route() -> Schema:
         "stale_while_revalidate": DURATION, "stale_if_error": DURATION,
         "ignore_query": STRINGS, "tags_header": HEADER, "store_set_cookie": BOOLEAN})
     return closed(("name", "match", "upstream", "strip_prefix", "rate_limits", "cost",
-                   "max_body", "cache", "flags"), {
+                   "max_body", "cache", "flags", "priority"), {
         "name": NAME, "match": match, "upstream": {"oneOf": [STRING, split]},
         "strip_prefix": STRING, "rate_limits": STRINGS, "cost": integer(1), "max_body": SIZE,
-        "cache": cache, "flags": {"oneOf": [{"const": "all"}, STRINGS]}},
+        "cache": cache, "flags": {"oneOf": [{"const": "all"}, STRINGS]},
+        "priority": one_of(m.PRIORITIES)},
         required=("match", "upstream"))
 
 
 def _top() -> dict[str, Schema]:
-    upstream = closed(("url", "connect_timeout", "timeout", "max_connections"), {
+    admission = closed(ADMISSION_KEYS, {
+        "max_concurrency": {"oneOf": [{"const": "adaptive"}, integer(1, 1_000_000)]},
+        "min": integer(1, 1_000_000), "max": integer(1, 1_000_000),
+        "queue_size": integer(0, 1_000_000),
+        "max_wait": closed([str(p) for p in m.PRIORITIES],
+                           {str(p): DURATION for p in m.PRIORITIES}),
+        "target_delay": DURATION, "interval": DURATION}, required=("max_concurrency",))
+    upstream = closed(("url", "connect_timeout", "timeout", "max_connections", "admission"), {
         "url": {"type": "string", "pattern": r"^https?://[^/\s]+(/\S*)?$"},
         "connect_timeout": DURATION, "timeout": DURATION,
-        "max_connections": integer(1, 100_000)}, required=("url",))
+        "max_connections": integer(1, 100_000), "admission": admission}, required=("url",))
     return {
         "environment": STRING,
         "listen": _listen(),

@@ -62,7 +62,7 @@ def validator() -> jsonschema.protocols.Validator:
 
 
 def _merged(tmp_path: Path) -> Path:
-    path = reference_config_with(tmp_path, "ecosystem", "hardening")
+    path = reference_config_with(tmp_path, "ecosystem", "hardening", "admission", "experiments")
     (tmp_path / "next").mkdir(exist_ok=True)
     shutil.copy(SPEC_DIR / "next" / "flags.flagd.json", tmp_path / "next")
     data = yaml.safe_load(path.read_text())
