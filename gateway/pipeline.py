@@ -24,7 +24,6 @@ from gateway import metrics
 from gateway.accesslog import AccessRecord
 from gateway.config.model import Config, Route
 from gateway.context import RequestContext, build_context, classify, identity_headers
-from gateway.h1client import BodyTooLarge, UpstreamError
 from gateway.metrictally import TALLY
 from gateway.problem import problem
 from gateway.proxy import (
@@ -46,6 +45,7 @@ from gateway.stages import (
     NoLimits,
     RateLimitStage,
 )
+from gateway.wire.h1client import BodyTooLarge, UpstreamError
 
 log = logging.getLogger("gateway")
 

@@ -19,7 +19,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from gateway.config.model import Upstream
-from gateway.h1client import (
+from gateway.wire.h1client import (
     EMPTY_PAYLOAD,
     BodyTooLarge,
     H1Pool,
@@ -197,7 +197,7 @@ class LimitedBody(StreamedBody):
     """The request body as it arrives, stopping once it passes `limit` bytes.
 
     The overrun raises BodyTooLarge while the body is being sent; the upstream client
-    hands that cause to whoever waits for the response (gateway/h1client.py), so the
+    hands that cause to whoever waits for the response (gateway/wire/h1client.py), so the
     pipeline answers 413.
     """
 
@@ -215,7 +215,7 @@ class LimitedBody(StreamedBody):
 
 
 class UpstreamPool:
-    """The upstreams by name: a lean HTTP/1.1 pool each (gateway/h1client.py), and, made
+    """The upstreams by name: a lean HTTP/1.1 pool each (gateway/wire/h1client.py), and, made
     on first use, an aiohttp session for WebSocket upgrades."""
 
     def __init__(self, upstreams: Mapping[str, Upstream]) -> None:

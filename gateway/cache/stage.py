@@ -30,8 +30,8 @@ from gateway.cache.key import url_key, variant_id, vary_values
 from gateway.cache.service import CacheService, Flight
 from gateway.config.model import Config, Route, RouteCache
 from gateway.context import remember
-from gateway.h1client import UpstreamError
 from gateway.proxy import Exchange, Fetch, Outgoing, StoredHead, field_lines
+from gateway.wire.h1client import UpstreamError
 
 log = logging.getLogger("gateway.cache")
 
