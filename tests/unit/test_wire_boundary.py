@@ -50,14 +50,30 @@ def import_violations(tree: ast.AST) -> Iterator[tuple[int, str]]:
                     yield node.lineno, f"imports the private name {module}.{name}"
 
 
+def _other_modules(tree: ast.AST) -> set[str]:
+    """Names bound to modules of other packages (`os`, `sys`): their underscore API
+    (`os._exit`, `sys._getframe`) is not what this boundary is about."""
+    return {alias.asname or alias.name.partition(".")[0]
+            for node in ast.walk(tree) if isinstance(node, ast.Import)
+            for alias in node.names if alias.name.partition(".")[0] not in PACKAGES}
+
+
 def attribute_violations(tree: ast.AST) -> Iterator[tuple[int, str]]:
-    """`something._name` where something is not the object's own self or class: in this
-    code base only a dependency's private attribute has been reached that way."""
+    """`something._name` where something is not the object's own self or class (nor
+    super(), nor a module of another package): in this code base only a dependency's
+    private attribute has been reached that way."""
+    own = {"self", "cls"} | _other_modules(tree)
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and _private(node.attr) and \
-                node.attr not in NAMEDTUPLE_API and \
-                not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
-            yield node.lineno, f"reaches into ._{node.attr[1:]} of another object"
+        if not (isinstance(node, ast.Attribute) and _private(node.attr)) or \
+                node.attr in NAMEDTUPLE_API:
+            continue
+        base = node.value
+        if isinstance(base, ast.Name) and base.id in own:
+            continue
+        if isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and \
+                base.func.id == "super":
+            continue
+        yield node.lineno, f"reaches into .{node.attr} of another object"
 
 
 def subclass_violations(path: Path, tree: ast.Module) -> Iterator[tuple[int, str]]:
@@ -98,7 +114,8 @@ def test_the_scan_sees_each_kind_of_private_use() -> None:
         "from aiohttp.web import _private_helper\n"
         "import prometheus_client.values\n"
         "x = child._value\n"
-        "ok = self._mine, cls._also, Point._fields\n")
+        "import os\n"
+        "ok = self._mine, cls._also, Point._fields, os._exit, super()._up\n")
     lines = sorted(line for line, _ in (*import_violations(sample),
                                         *attribute_violations(sample)))
     assert lines == [1, 2, 3, 4, 5]
