@@ -7,10 +7,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GATEWAY_CONFIG=/etc/gateway/gateway.yaml
 
 WORKDIR /app
+# The tested releases of every runtime dependency (.ci/constraints.txt), not whatever is
+# newest inside pyproject.toml's pins on the day the image is built.
+COPY .ci/constraints.txt ./constraints.txt
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY lua ./lua
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -c constraints.txt . \
     && useradd --system --uid 10001 --no-create-home gateway \
     && mkdir -p /etc/gateway
 # config/docker.yaml: the demo config listening on 0.0.0.0, reachable from outside.

@@ -27,6 +27,21 @@ def _load(path: str, checking: bool) -> Config | None:
         return None
 
 
+def _dependencies_fit(checking: bool) -> bool:
+    """Run the probes of gateway.wire: a dependency whose internals the gateway relies on
+    must have them, else nothing starts (and `check` says why)."""
+    from gateway.wire import DependencyMismatch, verify
+
+    try:
+        verify()
+    except DependencyMismatch as exc:
+        out = sys.stdout if checking else sys.stderr
+        print(f"{exc}\n" + ("invalid installation" if checking else "the gateway was not started"),
+              file=out)
+        return False
+    return True
+
+
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default=os.environ.get("GATEWAY_CONFIG"),
@@ -100,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            os.environ.get(args.token_env) if args.token_env else None)
     if not args.config:
         parser.error("--config FILE is required (or set GATEWAY_CONFIG)")
+    if not _dependencies_fit(checking=args.command == "check"):
+        return 1
     config = _load(args.config, checking=args.command == "check")
     if config is None:
         return 1

@@ -1,8 +1,8 @@
 """Rules for the client side of a connection: deadlines, refusals and the bad-request log.
 
 Pure decisions, no sockets: `gateway.wire.server` applies them to aiohttp's protocol and
-`gateway.listener` to the listening socket. A connection is either waiting for a request head
-or inside an exchange, and each state has one deadline:
+`gateway.wire.listener` to the listening socket. A connection is either waiting for a
+request head or inside an exchange, and each state has one deadline:
 
 - waiting on a new connection: `header_timeout` from the accept; nothing came -> silent
   close, some bytes came -> 408 (nginx's client_header_timeout);

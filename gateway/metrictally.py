@@ -18,37 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from gateway import metrics
+from gateway.wire.prometheus import inc_value, observe_many, set_value
 
 GROUPS_EVERY = 1.0  # seconds between two applications of the counter groups (see below)
-
-
-def observe_many(child: Any, amounts: Sequence[float]) -> None:
-    """What `child.observe(a) for a in amounts` does, with one increment per bucket.
-
-    Uses the histogram child's value holders (`_upper_bounds`, `_buckets`, `_sum`: stable
-    across prometheus-client releases since 0.4); tests/unit/test_metrictally.py checks the
-    result against `observe`, so a release that changes them fails there, not silently.
-    """
-    bounds: list[float] = child._upper_bounds
-    buckets = child._buckets
-    if len(amounts) == 1:  # the usual case: a loop turn finishes one request
-        amount = amounts[0]
-        buckets[bisect_left(bounds, amount)].inc(1)  # first bucket with amount <= bound
-        child._sum.inc(amount)
-        return
-    # Only the buckets hit: walking all sixteen cost more than the increments themselves.
-    counts: dict[int, int] = {}
-    for amount in amounts:
-        i = bisect_left(bounds, amount)  # first bucket with amount <= bound
-        counts[i] = counts.get(i, 0) + 1
-    for i, n in counts.items():
-        buckets[i].inc(n)
-    child._sum.inc(sum(amounts))
 
 
 class CounterGroup:
@@ -131,13 +107,12 @@ class Tally:
 
     def flush(self, everything: bool = False) -> None:
         self._queued_on = None
-        # Straight to the value holders, like observe_many: the public set()/inc() only
-        # add argument and exemplar checks around the same call (tests/unit checks the
-        # results through /metrics' collect()).
-        metrics.INFLIGHT._value.set(float(self.inflight))
+        # Straight to the value holders (gateway/wire/prometheus.py): the public
+        # set()/inc() only add argument and exemplar checks around the same call.
+        set_value(metrics.INFLIGHT, float(self.inflight))
         requests, self._requests = self._requests, {}
         for key, n in requests.items():
-            metrics.REQUESTS_BY(*key)._value.inc(n)
+            inc_value(metrics.REQUESTS_BY(*key), n)
         counts, self._counts = self._counts, {}
         groups = self.groups
         if groups and (everything or time.monotonic() >= self._groups_due):
@@ -152,7 +127,7 @@ class Tally:
                 self._groups_timer = asyncio.get_running_loop().call_later(
                     GROUPS_EVERY, self._groups_timer_fired)
         for child, n in counts.items():
-            child._value.inc(n)
+            inc_value(child, n)
         durations, self._durations = self._durations, {}
         for child, amounts in durations.items():
             observe_many(child, amounts)

@@ -32,7 +32,6 @@ from gateway.context import (
     client_address,
     identity_headers,
 )
-from gateway.h1client import BodyTooLarge, UpstreamError
 from gateway.hygiene import drop_underscored, first_values_only
 from gateway.metrictally import TALLY
 from gateway.problem import problem
@@ -57,6 +56,7 @@ from gateway.stages import (
     RateLimitStage,
 )
 from gateway.target import BadTarget, Target, TargetReader, TargetRules, without_params
+from gateway.wire.h1client import BodyTooLarge, UpstreamError
 
 if TYPE_CHECKING:
     from gateway.experiments.engine import Experiments

@@ -14,12 +14,12 @@ from http import HTTPStatus
 
 import aiohttp
 from aiohttp import HttpVersion11, web
-from aiohttp.http_writer import StreamWriter, _serialize_headers
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from gateway.config.model import Upstream
-from gateway.h1client import (
+from gateway.wire.aiohttp_io import OneWrite, Prebuilt, serialize_head
+from gateway.wire.h1client import (
     EMPTY_PAYLOAD,
     BodyTooLarge,
     H1Pool,
@@ -73,7 +73,7 @@ def field_lines(fields: CIMultiDict[str]) -> bytes:
     """`fields` serialized as aiohttp writes them ("name: value\r\n" each), nothing else:
     no start line, no empty line after. ValueError if a field holds a control character."""
     # The serializer writes "<line>\r\n" + the fields + "\r\n": drop the ends.
-    return _serialize_headers("", fields)[2:-2]
+    return serialize_head("", fields)[2:-2]
 
 
 class AddedFields:
@@ -197,7 +197,7 @@ class LimitedBody(StreamedBody):
     """The request body as it arrives, stopping once it passes `limit` bytes.
 
     The overrun raises BodyTooLarge while the body is being sent; the upstream client
-    hands that cause to whoever waits for the response (gateway/h1client.py), so the
+    hands that cause to whoever waits for the response (gateway/wire/h1client.py), so the
     pipeline answers 413.
     """
 
@@ -215,7 +215,7 @@ class LimitedBody(StreamedBody):
 
 
 class UpstreamPool:
-    """The upstreams by name: a lean HTTP/1.1 pool each (gateway/h1client.py), and, made
+    """The upstreams by name: a lean HTTP/1.1 pool each (gateway/wire/h1client.py), and, made
     on first use, an aiohttp session for WebSocket upgrades."""
 
     def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
@@ -310,49 +310,6 @@ BODILESS_STATUSES = frozenset({204, 304})
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
-class _OneWrite(web.StreamResponse):
-    """A response whose whole body is at hand: head and body leave in one write.
-
-    StreamResponse sends the head as soon as it is prepared, so the body costs a second
-    send (and a second TCP segment); aiohttp's own `web.Response` holds the head back until
-    the body is written, through this class attribute. Streamed bodies keep the immediate
-    head, so a slow upstream body never delays the status line.
-    """
-
-    _send_headers_immediately = False
-
-
-class _Prebuilt(web.StreamResponse):
-    """A stored response whose head is serialized already: head and body leave in one
-    write, without aiohttp's per-response pass over the header fields (a fifth of a cache
-    hit's CPU, tests/perf/bench_cache.py). Only for what that pass would leave as it is:
-    an HTTP/1.1 keep-alive GET with a body, every field present (relay checks).
-    """
-
-    _send_headers_immediately = False
-
-    def __init__(self, status: int, reason: str | None, head: bytes, length: int) -> None:
-        super().__init__(status=status, reason=reason)
-        self._head = head
-        self._length = length
-
-    async def prepare(self, request: web.BaseRequest) -> StreamWriter | None:
-        """StreamResponse.prepare in one step: its _start awaits three more coroutines
-        (_prepare_headers, the request's prepare hook, _write_headers) whose work here is
-        four assignments. The hook is a no-op for the low-level server's BaseRequest."""
-        if self._payload_writer is not None or self._eof_sent:
-            return None
-        writer = request._payload_writer
-        assert isinstance(writer, StreamWriter)
-        self._req, self._payload_writer = request, writer
-        self._must_be_empty_body = False  # relay sends only bodies of GET answers here
-        self._keep_alive = True
-        writer.length = self._length
-        writer._headers_buf = self._head  # written with the body, by write_eof
-        writer._headers_written = False
-        return writer
-
-
 async def relay(request: web.BaseRequest, exchange: Exchange,
                 extra: Iterable[tuple[str, str]] = ()) -> web.StreamResponse:
     """Write an exchange to the client, streaming the body; returns the prepared response."""
@@ -368,9 +325,9 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
             # part. Distinct names: their relative order means nothing (RFC 9110 §5.3).
             varying = exchange.headers
             varying.extend(extra)
-            head = _serialize_headers(f"HTTP/1.1 {exchange.status} {reason}", varying)
+            head = serialize_head(f"HTTP/1.1 {exchange.status} {reason}", varying)
             head = with_fields(head, stored.raw)
-            prebuilt = _Prebuilt(exchange.status, exchange.reason, head, len(body))
+            prebuilt = Prebuilt(exchange.status, exchange.reason, head, len(body))
             try:
                 await prebuilt.prepare(request)
                 await prebuilt.write_eof(body)
@@ -382,7 +339,7 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
         headers = stored.fields.copy()
         headers.extend(exchange.headers)
         exchange.headers, exchange.stored = headers, None
-    kind = _OneWrite if isinstance(exchange.body, bytes) else web.StreamResponse
+    kind = OneWrite if isinstance(exchange.body, bytes) else web.StreamResponse
     response = kind(status=exchange.status, reason=exchange.reason,
                     headers=exchange.headers)  # copied in C, duplicates kept
     headers = response.headers
@@ -399,7 +356,7 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
     try:
         await response.prepare(request)
         if isinstance(exchange.body, bytes):
-            # Head and body leave in one write (see _OneWrite).
+            # Head and body leave in one write (see OneWrite).
             await response.write_eof(exchange.body if not bodiless and
                                      request.method != "HEAD" else b"")
             return response

@@ -94,11 +94,22 @@ class RedisLink:
             async with asyncio.timeout(self.settings.timeout):
                 result = await operation()
         except (RedisError, OSError, TimeoutError) as exc:
-            self.breaker.failure()
-            metrics.REDIS_ERRORS.inc()
+            self._failed()
+            raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            # Not Redis or network trouble: a redis-py release that does not fit (one raised
+            # TypeError while connecting) or a bug. Its callers still answer per
+            # failure_mode instead of failing the request, or leaving a batch unanswered.
+            log.error("a Redis call failed unexpectedly: %s: %s", type(exc).__name__, exc,
+                      exc_info=exc)
+            self._failed()
             raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
         self.breaker.success()
         return result
+
+    def _failed(self) -> None:
+        self.breaker.failure()
+        metrics.REDIS_ERRORS.inc()
 
     async def ping(self) -> bool:
         try:

@@ -29,18 +29,18 @@ from gateway.experiments.engine import Experiments
 from gateway.experiments.recorder import Recorder
 from gateway.experiments.store import LocalExperimentStore, RedisExperimentStore
 from gateway.flags import FlagEngine, FlagOverrides
-from gateway.listener import (
+from gateway.pipeline import Pipeline, Runtime
+from gateway.proxy import UpstreamPool
+from gateway.ratelimit import LocalStore, RateLimiter, RedisStore
+from gateway.redisconn import RedisLink
+from gateway.wire import servername
+from gateway.wire.listener import (
     ADMIN_MAX_CONNECTIONS,
     GuardedSite,
     connection_cap,
     files_reserved,
     raise_open_file_limit,
 )
-from gateway.pipeline import Pipeline, Runtime
-from gateway.proxy import UpstreamPool
-from gateway.ratelimit import LocalStore, RateLimiter, RedisStore
-from gateway.redisconn import RedisLink
-from gateway.wire import servername
 from gateway.wire.server import Guard
 
 log = logging.getLogger("gateway")

@@ -25,8 +25,8 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.edge import BAD_REQUEST_LOG, ConnectionRules
-from gateway.listener import ADMIN_MAX_CONNECTIONS, GuardedSite
 from gateway.wire import servername
+from gateway.wire.listener import ADMIN_MAX_CONNECTIONS, GuardedSite
 from gateway.wire.server import Guard
 
 log = logging.getLogger("gateway.supervisor")

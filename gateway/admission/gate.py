@@ -24,10 +24,10 @@ from gateway import metrics
 from gateway.admission.control import GRANTED, REASONS, Controller, Waiter
 from gateway.admission.limit import GradientLimit
 from gateway.config.model import PRIORITIES, Admission, Priority, Upstream
-from gateway.h1client import UpstreamError
 from gateway.metrictally import TALLY
 from gateway.problem import problem
 from gateway.proxy import Exchange, Outgoing
+from gateway.wire.h1client import UpstreamError
 
 # RFC 9457 §3.1.1: a type URI that is not meant to be dereferenced; tag: as it suggests.
 OVERLOADED = "tag:sidecar-gateway,2026:overloaded"

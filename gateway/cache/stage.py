@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import metrics
@@ -30,8 +29,9 @@ from gateway.cache.key import url_key, variant_id, vary_values
 from gateway.cache.service import CacheService, Flight
 from gateway.config.model import Config, Route, RouteCache
 from gateway.context import remember
-from gateway.h1client import UpstreamError
 from gateway.proxy import Exchange, Fetch, Outgoing, StoredHead, field_lines
+from gateway.wire.aiohttp_io import SERVER_SOFTWARE
+from gateway.wire.h1client import UpstreamError
 
 log = logging.getLogger("gateway.cache")
 

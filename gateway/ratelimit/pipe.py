@@ -24,18 +24,19 @@ RedisLink's pool (AUTH, SELECT, TLS, client name), and RedisLink's circuit break
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from typing import Any
 
-import hiredis
-from redis._parsers.base import BaseParser
-from redis.exceptions import InvalidResponse, NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway import metrics
 from gateway.redisconn import RedisLink, RedisUnavailable
+from gateway.wire.redis_pipe import MORE, checkout, give_back, reply_reader, streams
+
+log = logging.getLogger("gateway.redis")
 
 READ_SIZE = 65536
-_MORE = object()  # hiredis: no complete reply buffered yet
 
 Batch = list[tuple[bytes, "asyncio.Future[Any]"]]
 # (caller or None for our own SCRIPT LOAD, command, deadline, already resent once)
@@ -105,37 +106,56 @@ class Pipe:
         self._writer.write(command)
 
     async def _connect(self) -> None:
+        """Borrow the pipe's connection; whatever goes wrong meanwhile (refused, AUTH
+        failed, no answer, a redis-py that does not fit) fails the batches waiting for it
+        at once, so the stage answers them per failure_mode within redis.timeout."""
         pool = self.link.client.connection_pool
+        conn: Any = None
         try:
             async with asyncio.timeout(self.timeout):
-                conn = await pool.get_connection()
-        except (RedisError, OSError, TimeoutError) as exc:
-            batches, self._connecting = self._connecting, []
-            _fail([f for batch in batches for _, f in batch], f"{type(exc).__name__}: {exc}")
-            self._failed(len(batches))
+                conn = await checkout(pool)
+            reader, self._writer = streams(conn)
+        except BaseException as exc:
+            self._connect_failed(exc)
+            if conn is not None:
+                self._spawn(give_back(pool, conn))
+            if not isinstance(exc, Exception):
+                raise  # cancelled (the pipe is closing): its waiters are answered all the same
             return
-        self._conn, self._writer = conn, conn._writer
-        self._reader = self._spawn(self._read(conn, conn._reader))
+        self._conn = conn
+        self._reader = self._spawn(self._read(conn, reader))
         batches, self._connecting = self._connecting, []
         for batch in batches:
             self._write(batch)
 
+    def _connect_failed(self, exc: BaseException) -> None:
+        batches, self._connecting = self._connecting, []
+        why = f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, (RedisError, OSError, TimeoutError, asyncio.CancelledError)):
+            # Not a Redis or network trouble: most likely a redis-py release whose
+            # connection internals differ (gateway/wire/redis_pipe.py). Said once per
+            # attempt; the breaker spaces attempts out.
+            log.error("the rate-limit connection to Redis failed: %s", why)
+        _fail([f for batch in batches for _, f in batch], why)
+        self._failed(len(batches))
+
     # ------------------------------------------------------------------ reading
     async def _read(self, conn: Any, stream: asyncio.StreamReader) -> None:
-        parser = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error,
-                                notEnoughData=_MORE)
+        parser = reply_reader()
         why = "ConnectionError: Redis closed the connection"
         try:
             while data := await stream.read(READ_SIZE):
                 parser.feed(data)
                 reply = parser.gets()
-                if reply is _MORE:
+                if reply is MORE:
                     continue
-                while reply is not _MORE:
+                while reply is not MORE:
                     self._deliver(reply)
                     reply = parser.gets()
                 self.link.breaker.success()
-        except (OSError, RedisError, IndexError) as exc:  # IndexError: a reply nobody asked for
+        # IndexError: a reply nobody asked for. Anything else, too, ends the connection:
+        # with no reader, its commands would only wait for their deadline.
+        except Exception as exc:  # noqa: BLE001
             why = f"{type(exc).__name__}: {exc}"
         if self._conn is conn:
             self._break(why)
@@ -188,13 +208,7 @@ class Pipe:
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
         if conn is not None:
-            self._spawn(self._release(conn))
-
-    async def _release(self, conn: Any) -> None:
-        try:
-            await conn.disconnect()
-        finally:
-            await self.link.client.connection_pool.release(conn)
+            self._spawn(give_back(self.link.client.connection_pool, conn))
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

@@ -12,6 +12,8 @@ Nothing outside `gateway.wire` may import a private name of those packages.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -48,9 +50,39 @@ def installed_version(distribution: str) -> str:
         return "not installed"
 
 
-def problems() -> list[str]:
-    """One line per probe that fails, naming the package, its version and the need."""
+# Whose private names this package holds: named when a module of it cannot even be imported
+# and the failing import does not say which package it came from.
+WATCHED = ("aiohttp", "redis", "prometheus-client")
+
+
+def _distribution_of(exc: BaseException) -> str | None:
+    """The distribution whose module an ImportError names ("aiohttp" for aiohttp.http_writer)."""
+    module = getattr(exc, "name", None) or ""
+    top = module.partition(".")[0]
+    names = metadata.packages_distributions().get(top, []) if top else []
+    return names[0] if names else None
+
+
+def _load_all() -> list[str]:
+    """Import every module of this package, so that all their probes are registered; one
+    line per module that cannot be imported (a private name gone at import time)."""
     found: list[str] = []
+    for info in pkgutil.iter_modules(__path__, __name__ + "."):
+        try:
+            importlib.import_module(info.name)
+        except Exception as exc:  # noqa: BLE001 - any failure to import is a mismatch
+            dist = _distribution_of(exc)
+            whose = (f"{dist} {installed_version(dist)}" if dist else
+                     ", ".join(f"{d} {installed_version(d)}" for d in WATCHED))
+            found.append(f"{whose}: {info.name} cannot be imported "
+                         f"({type(exc).__name__}: {exc})")
+    return found
+
+
+def problems() -> list[str]:
+    """One line per probe that fails (and per module of this package that cannot be
+    imported), naming the package, its version and the need."""
+    found = _load_all()
     for item in _NEEDS:
         try:
             ok = item.probe() is not False
@@ -74,4 +106,5 @@ def verify() -> None:
               ".ci/constraints-*.txt)")
 
 
-__all__ = ["DependencyMismatch", "Need", "installed_version", "need", "problems", "verify"]
+__all__ = ["WATCHED", "DependencyMismatch", "Need", "installed_version", "need", "problems",
+           "verify"]

@@ -1,4 +1,4 @@
-"""The upstream keep-alive pool (gateway/h1client.py) over real sockets: reuse, the connection
+"""The upstream keep-alive pool (gateway/wire/h1client.py) over real sockets: reuse, the connection
 limit, a keep-alive the upstream closed, streamed bodies, TLS, the whole-exchange deadline."""
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from gateway.edge import (
     version_refusal,
     waiting_deadline,
 )
-from gateway.listener import connection_cap
 from gateway.wire import problems
+from gateway.wire.listener import connection_cap
 from gateway.wire.server import classify
 
 RULES = ConnectionRules(header_timeout=10.0, idle_timeout=60.0, body_timeout=30.0)

@@ -8,7 +8,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from gateway import metrics
-from gateway.metrictally import CounterGroup, Tally, observe_many
+from gateway.metrictally import CounterGroup, Tally
+from gateway.wire.prometheus import observe_many
 
 
 def count(tally: Tally, group: CounterGroup) -> None:

@@ -19,6 +19,7 @@ method and a body that is not a stream (RFC 9110 §9.2.2; aiohttp and Envoy do t
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
@@ -34,6 +35,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict
 
 from gateway.config.model import Upstream
+from gateway.wire import need
 
 READ_BUFFER = 64 * 1024  # per connection; reading pauses at twice this (aiohttp's default)
 def with_fields(head: bytes, fields: bytes) -> bytes:
@@ -370,3 +372,57 @@ def _body_failed(conn: ResponseHandler, task: asyncio.Task[None]) -> None:
 
 __all__ = ["EMPTY_PAYLOAD", "BodyTooLarge", "H1Pool", "Response", "StreamedBody",
            "UpstreamError"]
+
+
+# ---------------------------------------------------------------------------- probes
+# What this client takes from aiohttp's client connection protocol: the parser settings it
+# passes, write flow control (`writing_paused`, `_drain_helper`), and the parsed head.
+_RESPONSE_PARAMS = ("skip_payload", "read_until_eof", "auto_decompress", "read_bufsize",
+                    "max_line_size", "max_field_size")
+
+
+@need("aiohttp", "client_proto.ResponseHandler.set_response_params(" +
+      ", ".join(_RESPONSE_PARAMS) + ")")
+def _response_params() -> None:
+    accepted = inspect.signature(ResponseHandler.set_response_params).parameters
+    missing = [name for name in _RESPONSE_PARAMS if name not in accepted]
+    if missing:
+        raise TypeError(f"set_response_params takes no {', '.join(missing)}")
+
+
+@need("aiohttp", "ResponseHandler.writing_paused, ResponseHandler._drain_helper() "
+                 "(write flow control of a streamed request body)")
+def _write_flow_control() -> None:
+    if not isinstance(inspect.getattr_static(ResponseHandler, "writing_paused"), property):
+        raise AttributeError("ResponseHandler.writing_paused is not a property")
+    if not inspect.iscoroutinefunction(ResponseHandler._drain_helper):
+        raise AttributeError("ResponseHandler._drain_helper is not a coroutine function")
+
+
+@need("aiohttp", "ResponseHandler.read/should_close/is_connected/set_exception/is_eof/abort, "
+                 "RawResponseMessage.code/reason/headers, StreamReader.is_eof/exception/"
+                 "total_bytes/read_nowait/iter_any/set_exception")
+def _connection_and_head() -> None:
+    wanted = {
+        ResponseHandler: ("read", "should_close", "is_connected", "set_exception", "is_eof",
+                          "abort", "close", "transport"),
+        RawResponseMessage: ("code", "reason", "headers"),
+        StreamReader: ("is_eof", "exception", "total_bytes", "read_nowait", "iter_any",
+                       "set_exception"),
+    }
+    for cls, names in wanted.items():
+        absent = [n for n in names if not hasattr(cls, n) and
+                  n not in getattr(cls, "_fields", ()) and n not in _instance_names(cls)]
+        if absent:
+            raise AttributeError(f"{cls.__name__} has no {', '.join(absent)}")
+
+
+def _instance_names(cls: type) -> set[str]:
+    """Names an instance sets in __init__ (StreamReader.total_bytes, ResponseHandler.transport)
+    as far as the class declares them: annotations or __slots__."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        names.update(getattr(klass, "__annotations__", {}))
+        slots = getattr(klass, "__slots__", ())
+        names.update((slots,) if isinstance(slots, str) else slots)
+    return names
