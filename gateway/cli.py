@@ -86,10 +86,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(path: str, config: Config) -> int:
-    from gateway.config.advice import config_warnings
-
-    for warning in config_warnings(config):
-        print(f"{path}: warning: {warning}")
     if config.flag_sources:
         print(f"{path}: {len(config.flagd_flags)} flagd flags from "
               f"{', '.join(source.file for source in config.flag_sources)}")

@@ -46,5 +46,21 @@ def admin_warnings(config: Config, environ: Mapping[str, str]) -> list[str]:
             f"stay open; {unset_token_hint(admin)}"]
 
 
+def identity_warnings(config: Config) -> list[str]:
+    """Identity headers are believed only from trusted proxies (gateway.context): with none
+    listed, every request has no identity and every flag that targets or buckets by one
+    serves its default."""
+    identity = [*(f"context.{name}" for name in config.context.fields),
+                *(f"context.attributes.{name}" for name in config.context.attributes)]
+    if not identity or config.context.trusted_proxies:
+        return []
+    return [f"{', '.join(identity)} read request headers, but context.trusted_proxies is "
+            "empty: those headers are believed only from a trusted proxy, so they are "
+            "always dropped, every request has no identity, and every flag that targets or "
+            "buckets by one serves its default. List the proxy in front of the gateway "
+            "(127.0.0.1/32 for a sidecar's own service) in context.trusted_proxies."]
+
+
 def config_warnings(config: Config, environ: Mapping[str, str]) -> list[str]:
-    return [*admin_warnings(config, environ), *route_limit_warnings(config)]
+    return [*admin_warnings(config, environ), *route_limit_warnings(config),
+            *identity_warnings(config)]
