@@ -23,7 +23,7 @@ from multidict import MultiMapping
 from gateway import metrics
 from gateway.config.model import Config, Experiment, ExperimentMetric, ExperimentStatus
 from gateway.context import RequestContext, build_context
-from gateway.experiments.recorder import Recorder
+from gateway.experiments.recorder import Recorder, stop
 from gateway.experiments.report import report
 from gateway.experiments.store import ExperimentStore
 from gateway.flags.engine import FlagEngine
@@ -226,11 +226,8 @@ class Experiments:
             await asyncio.sleep(LOOK_EVERY)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop(self._task)
+        self._task = None
 
 
 def _snapshot(found: dict[str, Any], now: float) -> dict[str, Any]:

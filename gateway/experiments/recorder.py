@@ -150,9 +150,14 @@ class Recorder:
                 log.exception("experiment recording failed; records of this batch dropped")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop(self._task)
+        self._task = None
         await self.flush(everything=True)
+
+
+async def stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background loop and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
