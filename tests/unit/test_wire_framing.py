@@ -96,3 +96,18 @@ def test_head_response_ends_after_its_head() -> None:
         assert framing.excess and conn.exception() is None
     finally:
         loop.close()
+
+
+def test_bytes_kept_for_a_reparse_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.wire import framing as module
+
+    monkeypatch.setattr(module, "KEEP_AT_MOST", 64)
+    loop = asyncio.new_event_loop()
+    try:
+        conn, _ = framed(loop)
+        for _ in range(4):  # interim answers past the bound: nothing is kept any more
+            conn.data_received(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n")
+        conn.data_received(HEAD + b"helloGARBAGE")
+        assert conn.exception() is not None  # no re-parse without the bytes: an error
+    finally:
+        loop.close()
