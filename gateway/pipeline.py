@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway import metrics
@@ -261,9 +261,9 @@ class Pipeline:
             # The flag namespace was emptied of what the client sent: these are added as
             # they are (serialized once per outcome, not per request).
             added=flags.fields if flags is not None else None,
-            # Interim answers (103 Early Hints...) go to the client ahead of the final one,
-            # never to an HTTP/1.0 client (RFC 9110 §15.2).
-            interim=request.writer if request.version >= HttpVersion11 else None,
+            # Interim answers (103 Early Hints...) go to the client ahead of the final one
+            # (RFC 9110 §15.2), if it speaks HTTP/1.1.
+            interim=request,
         )
 
         try:

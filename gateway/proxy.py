@@ -106,6 +106,17 @@ class InterimSink(Protocol):
     async def write(self, chunk: bytes) -> None: ...
 
 
+class InterimClient(Protocol):
+    """The client an exchange's interim answers are for (the server's request): its HTTP
+    version says whether it may get them, its writer takes them."""
+
+    @property
+    def version(self) -> tuple[int, int]: ...
+
+    @property
+    def writer(self) -> InterimSink: ...
+
+
 class Outgoing:
     """The request as it will leave for the upstream.
 
@@ -118,9 +129,11 @@ class Outgoing:
     `added` (the flag headers) belong to `headers` for whoever reads them; only the wire
     (`wire`) may take them in their serialized form, when nobody has read `headers` before.
 
-    `interim`: where the upstream's interim answers (103 Early Hints...) are written, ahead
-    of the final one (RFC 9110 §15.2); None drops them: an HTTP/1.0 client must not get
-    them, and a background request has nobody to tell. They never reach the cache.
+    `interim`: the client the upstream's interim answers (103 Early Hints...) are written
+    to, ahead of the final one (RFC 9110 §15.2), when it speaks HTTP/1.1 (an HTTP/1.0
+    client must not get them; asked only when an upstream is reached, so a hit pays
+    nothing for it); None drops them: a background request has nobody to tell. They never
+    reach the cache.
     """
 
     __slots__ = ("_added", "_build", "_headers", "asked", "body", "client_url", "interim",
@@ -131,7 +144,7 @@ class Outgoing:
                  body: StreamedBody | bytes | None, upstream: str, client_url: str = "",
                  asked: Mapping[str, str] | None = None,
                  added: AddedFields | None = None,
-                 interim: InterimSink | None = None) -> None:
+                 interim: InterimClient | None = None) -> None:
         self.method = method
         self.interim = interim
         self._added = added
@@ -286,9 +299,11 @@ class UpstreamPool:
         """
         pool = self.pools[out.upstream]
         headers, added = out.wire()
-        sink = out.interim
+        client = out.interim
+        relaying = (_relaying_to(client.writer)
+                    if client is not None and client.version >= HttpVersion11 else None)
         response = await pool.request(out.method, out.path_qs, headers, out.body, added,
-                                      None if sink is None else _relaying_to(sink))
+                                      relaying)
         message, content = response.message, response.body
         if content is EMPTY_PAYLOAD:
             body: AsyncIterator[bytes] | bytes = b""
