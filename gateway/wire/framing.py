@@ -171,8 +171,9 @@ class Framing:
 
     def _ends(self, data: bytes) -> bool | None:
         """True: `data` holds the final response whole; False: the parser failed on it;
-        None: more bytes are needed. (Monotonic in the prefix length, which the bisection
-        of `_response_end` relies on.)"""
+        None: more bytes are needed. Whether it is None changes once along the prefixes
+        of the same bytes (a parser only fails or completes further on): what the bisection
+        of `_response_end` relies on."""
         trial = self._make(_Unread(), _TRIAL_LIMIT)
         try:
             messages = trial.feed_data(data)[0]
