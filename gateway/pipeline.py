@@ -339,6 +339,9 @@ class Pipeline:
             # The flag namespace was emptied of what the client sent: these are added as
             # they are (serialized once per outcome, not per request).
             added=flags.fields if flags is not None else None,
+            # Interim answers (103 Early Hints...) go to the client ahead of the final one
+            # (RFC 9110 §15.2), if it speaks HTTP/1.1.
+            interim=request,
         )
 
         try:

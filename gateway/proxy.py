@@ -8,9 +8,11 @@ the pipeline stays the only place that answers. `relay` then writes an exchange 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import Protocol
 
 import aiohttp
 from aiohttp import HttpVersion11, web
@@ -23,6 +25,8 @@ from gateway.wire.h1client import (
     EMPTY_PAYLOAD,
     BodyTooLarge,
     H1Pool,
+    Interim,
+    RawResponseMessage,
     Response,
     StreamedBody,
     UpstreamError,
@@ -96,6 +100,23 @@ class AddedFields:
             self.raw = None
 
 
+class InterimSink(Protocol):
+    """Where interim answers go: the client connection, before the final response."""
+
+    async def write(self, chunk: bytes) -> None: ...
+
+
+class InterimClient(Protocol):
+    """The client an exchange's interim answers are for (the server's request): its HTTP
+    version says whether it may get them, its writer takes them."""
+
+    @property
+    def version(self) -> tuple[int, int]: ...
+
+    @property
+    def writer(self) -> InterimSink: ...
+
+
 class Outgoing:
     """The request as it will leave for the upstream.
 
@@ -107,17 +128,25 @@ class Outgoing:
 
     `added` (the flag headers) belong to `headers` for whoever reads them; only the wire
     (`wire`) may take them in their serialized form, when nobody has read `headers` before.
+
+    `interim`: the client the upstream's interim answers (103 Early Hints...) are written
+    to, ahead of the final one (RFC 9110 §15.2), when it speaks HTTP/1.1 (an HTTP/1.0
+    client must not get them; asked only when an upstream is reached, so a hit pays
+    nothing for it); None drops them: a background request has nobody to tell. They never
+    reach the cache.
     """
 
-    __slots__ = ("_added", "_build", "_headers", "asked", "body", "client_url", "method",
-                 "path_qs", "upstream")
+    __slots__ = ("_added", "_build", "_headers", "asked", "body", "client_url", "interim",
+                 "method", "path_qs", "upstream")
 
     def __init__(self, method: str, path_qs: str,
                  headers: CIMultiDict[str] | Callable[[], CIMultiDict[str]],
                  body: StreamedBody | bytes | None, upstream: str, client_url: str = "",
                  asked: Mapping[str, str] | None = None,
-                 added: AddedFields | None = None) -> None:
+                 added: AddedFields | None = None,
+                 interim: InterimClient | None = None) -> None:
         self.method = method
+        self.interim = interim
         self._added = added
         self.path_qs = path_qs  # raw path and query, after strip_prefix
         self.body = body
@@ -270,7 +299,11 @@ class UpstreamPool:
         """
         pool = self.pools[out.upstream]
         headers, added = out.wire()
-        response = await pool.request(out.method, out.path_qs, headers, out.body, added)
+        client = out.interim
+        relaying = (_relaying_to(client.writer)
+                    if client is not None and client.version >= HttpVersion11 else None)
+        response = await pool.request(out.method, out.path_qs, headers, out.body, added,
+                                      relaying)
         message, content = response.message, response.body
         if content is EMPTY_PAYLOAD:
             body: AsyncIterator[bytes] | bytes = b""
@@ -291,6 +324,30 @@ class UpstreamPool:
             body=body,
             release=response.release,
         )
+
+
+def _relaying_to(sink: InterimSink) -> Interim:
+    async def relay_interim(message: RawResponseMessage) -> None:
+        head = interim_head(message.code, message.reason, end_to_end(message.headers))
+        if head is None:
+            return
+        # A client gone away: the final answer finds that out too.
+        with contextlib.suppress(ConnectionResetError):
+            await sink.write(head)
+
+    return relay_interim
+
+
+def interim_head(status: int, reason: str | None, headers: CIMultiDict[str]) -> bytes | None:
+    """An interim response as the client gets it (hop-by-hop fields already removed); None
+    when a field holds a control character (then it is not relayed: 1xx are advisory)."""
+    if not reason or not reason.isprintable() or not reason.isascii():
+        reason = _REASONS.get(status, "")
+    try:
+        fields = field_lines(headers)
+    except ValueError:
+        return None
+    return b"".join((f"HTTP/1.1 {status} {reason}\r\n".encode("ascii"), fields, b"\r\n"))
 
 
 async def _iterate(response: Response, upstream: str) -> AsyncIterator[bytes]:

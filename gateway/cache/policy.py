@@ -300,7 +300,12 @@ def conditional_headers(stored: Mapping[str, str]) -> list[tuple[str, str]]:
 
 CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since")
 # With these the client asks for something other than the stored whole: pass it upstream.
-BYPASS_REQUEST_FIELDS = ("Range", "If-Range", "If-Match", "If-Unmodified-Since")
+BYPASS_REQUEST_FIELDS = ("If-Match", "If-Unmodified-Since")
+# A request for part of the stored whole (RFC 9110 §14.2, §13.1.5): answered from a stored
+# 200 by `requested_range`, never sent upstream to fill the cache.
+RANGE_FIELDS = ("Range", "If-Range")
+# What keeps a stored answer from being the stored head as it is (conditionals, a range).
+NOT_PLAIN = (*CLIENT_CONDITIONALS, "Range")
 
 
 def not_modified(request_headers: Mapping[str, str], stored: Mapping[str, str]) -> bool:
@@ -339,6 +344,119 @@ _NOT_MODIFIED_DROP = frozenset({"content-length", "content-type", "content-encod
 def not_modified_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """RFC 9110 §15.4.5: a 304 carries the metadata a 200 would, not the content fields."""
     return [(n, v) for n, v in headers if n.lower() not in _NOT_MODIFIED_DROP]
+
+
+# ---------------------------------------------------------------- RFC 9110 §14 ranges
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """One satisfiable byte range of a representation `length` bytes long, `last` included."""
+
+    first: int
+    last: int
+    length: int
+
+    @property
+    def content_range(self) -> str:
+        return f"bytes {self.first}-{self.last}/{self.length}"  # RFC 9110 §14.4
+
+
+@dataclass(frozen=True, slots=True)
+class NotSatisfiable:
+    """No range of the request overlaps the representation: 416 (RFC 9110 §15.5.17)."""
+
+    length: int
+
+    @property
+    def content_range(self) -> str:
+        return f"bytes */{self.length}"  # RFC 9110 §14.4: unsatisfied-range
+
+
+_DIGITS = frozenset("0123456789")
+
+
+def _position(text: str) -> int | None:
+    """1*DIGIT (RFC 9110 §14.1.2), else None. Past 18 digits it is more bytes than any
+    representation here has: counted as 2**63 rather than converted (int() of a long digit
+    string costs time quadratic in its length)."""
+    text = text.strip(" \t")
+    if not text or not _DIGITS.issuperset(text):
+        return None
+    return int(text) if len(text) <= 18 else 2**63
+
+
+def byte_range(value: str, length: int) -> ByteRange | NotSatisfiable | None:
+    """What a `Range` field value asks of a representation of `length` bytes (RFC 9110
+    §14.1.2, §14.2): one ByteRange, NotSatisfiable (416), or None for the whole (200).
+
+    None when the value is not a valid `bytes` range set (§14.2: then the field is ignored),
+    when it holds more than one range and any is satisfiable (§14.2 lets a server ignore
+    Range; this cache does not build multipart/byteranges), and for an empty
+    representation, which has no byte to give.
+    """
+    unit, equals, ranges = value.partition("=")
+    if not equals or unit.strip(" \t").lower() != "bytes" or length <= 0:
+        return None
+    found: list[ByteRange | NotSatisfiable] = []
+    for spec in ranges.split(","):
+        if not spec.strip(" \t"):
+            continue  # RFC 9110 §5.6.1: empty list elements are allowed and ignored
+        first_text, dash, last_text = spec.partition("-")
+        if not dash:
+            return None
+        if not first_text.strip(" \t"):  # suffix-range: the last N bytes
+            suffix = _position(last_text)
+            if suffix is None:
+                return None
+            found.append(ByteRange(max(0, length - suffix), length - 1, length) if suffix
+                         else NotSatisfiable(length))
+            continue
+        first = _position(first_text)
+        last = _position(last_text) if last_text.strip(" \t") else 2**63  # open: to the end
+        if first is None or last is None or last < first:
+            return None  # §14.1.2: an int-range with last-pos < first-pos is invalid
+        found.append(ByteRange(first, min(last, length - 1), length) if first < length
+                     else NotSatisfiable(length))
+    satisfiable = [r for r in found if isinstance(r, ByteRange)]
+    if not found:
+        return None
+    if not satisfiable:
+        return NotSatisfiable(length)
+    return satisfiable[0] if len(found) == 1 else None
+
+
+def if_range_holds(value: str | None, stored: Mapping[str, str]) -> bool:
+    """RFC 9110 §13.1.5: may the range be served, given the request's If-Range (None: no
+    If-Range)? An entity-tag must match the stored ETag by strong comparison (§8.8.3.2:
+    neither weak); a date must be the stored Last-Modified exactly, and that one strong:
+    at least a second before the stored Date (§8.8.2.2, as an intermediate cache sees it)."""
+    if value is None:
+        return True
+    value = value.strip()
+    if value.startswith(('"', "W/")):
+        etag = (stored.get("ETag") or "").strip()
+        return value.startswith('"') and etag == value and len(value) >= 2
+    modified_field = stored.get("Last-Modified")
+    if modified_field is None or value != modified_field.strip():
+        return False
+    modified = http_date(modified_field)
+    date = http_date(stored.get("Date"))
+    return modified is not None and date is not None and date - modified >= 1
+
+
+def requested_range(method: str, request_headers: Mapping[str, str], status: int,
+                    stored: Mapping[str, str], length: int) -> ByteRange | NotSatisfiable | None:
+    """The part of a stored response a request asks for; None for the whole: no Range, a
+    method other than GET (§14.2: the only one ranges are defined for), a stored status
+    other than 200, an If-Range that does not hold (§13.1.5), or a Range `byte_range`
+    answers whole. A request with several Range fields is invalid: answered whole."""
+    values = field_values(request_headers, "Range")
+    if len(values) != 1 or method != "GET" or status != 200:
+        return None
+    if_range = field_values(request_headers, "If-Range")
+    if len(if_range) > 1 or not if_range_holds(if_range[0] if if_range else None, stored):
+        return None
+    return byte_range(values[0], length)
 
 
 # ---------------------------------------------------------------- §4.4 invalidation

@@ -144,6 +144,8 @@ class ResponseCache:
                 # A HEAD answer has no body to store; forward it without holding anyone up.
                 return self._pass(p, await fetch(out), "MISS",
                                   rfc.cache_status(hit=False, fwd="miss"))
+            if out.method == "GET" and "Range" in out.asked:
+                return await self._partial(p, out, fetch, stale)
             if svc.is_hit_for_miss(key):
                 return await self._fetch(p, key, out, fetch, stale, None)
             flight = svc.flights.get(key)
@@ -269,6 +271,29 @@ class ResponseCache:
         exchange.headers = rfc.client_headers(exchange.headers.items(), p.cache, stored=True)
         return _mark(exchange, "MISS", status)
 
+    async def _partial(self, p: RoutePolicy, out: Outgoing, fetch: Fetch,
+                       stale: Entry | None) -> Exchange:
+        """A Range request with no usable stored response: forwarded as sent (Range and
+        If-Range kept), its answer passed through and not stored. A 206 is no complete
+        response (RFC 9111 §3.3); the request neither leads nor waits for a collapsed fetch
+        (its answer is of no use to the others) and marks nothing hit-for-miss."""
+        try:
+            exchange = await fetch(out)
+        except UpstreamError as exc:
+            served = self._stale_on_error(p, stale, out, exc.status)
+            if served is None:
+                raise
+            return served
+        if exchange.status in rfc.ERROR_STATUSES and stale is not None:
+            served = self._stale_on_error(p, stale, out, exchange.status)
+            if served is not None:
+                exchange.release()
+                return served
+        p.count("miss")
+        return self._pass(p, exchange, "MISS", rfc.cache_status(
+            hit=False, fwd="stale" if stale is not None else "miss",
+            fwd_status=exchange.status, detail="range"))
+
     # ------------------------------------------------------------ stale answers
     def _stale_on_error(self, p: RoutePolicy, stale: Entry | None, out: Outgoing,
                         upstream_status: int) -> Exchange | None:
@@ -309,19 +334,19 @@ class ResponseCache:
     def _from_entry(self, p: RoutePolicy, entry: Entry, out: Outgoing, age: float | None,
                     x_cache: str, status: str) -> Exchange:
         """The entry as the client gets it; `age` None: no Age field (a fresh store)."""
-        if age is not None and not _any_field(out.asked, rfc.CLIENT_CONDITIONALS):
+        if age is not None and not _any_field(out.asked, rfc.NOT_PLAIN):
             stored, varying = _hit_head(p, entry, age)
             return _mark(Exchange(status=entry.status, reason=entry.reason or None,
                                   headers=varying, body=entry.body, stored=stored),
                          x_cache, status)
         headers = rfc.client_headers(entry.headers.items(), p.cache, stored=True, age=age)
+        # RFC 9110 §13.2.2: the client's validators first (a 304), then its range.
         if rfc.not_modified(out.asked, entry.headers):
             headers = CIMultiDict(rfc.not_modified_headers(headers.items()))
             exchange = Exchange(status=304, reason="Not Modified", headers=headers, body=b"")
         else:
-            headers["Content-Length"] = str(len(entry.body))
-            exchange = Exchange(status=entry.status, reason=entry.reason or None,
-                                headers=headers, body=entry.body)
+            exchange = _part(entry, headers, rfc.requested_range(
+                out.method, out.asked, entry.status, entry.headers, len(entry.body)))
         return _mark(exchange, x_cache, status)
 
     def _pass(self, p: RoutePolicy, exchange: Exchange, x_cache: str, status: str) -> Exchange:
@@ -368,6 +393,26 @@ def _hit_head(p: RoutePolicy, entry: Entry, age: float) -> tuple[StoredHead, CIM
     return stored, varying
 
 
+def _part(entry: Entry, headers: CIMultiDict[str],
+          asked: rfc.ByteRange | rfc.NotSatisfiable | None) -> Exchange:
+    """The stored response whole, the range asked of it (206) or a 416 (RFC 9110 §14.2,
+    §15.3.7, §15.5.17). `headers` are the stored ones as the client gets them."""
+    if asked is None:
+        headers["Content-Length"] = str(len(entry.body))
+        return Exchange(status=entry.status, reason=entry.reason or None, headers=headers,
+                        body=entry.body)
+    if isinstance(asked, rfc.NotSatisfiable):
+        # Nothing of the representation: none of its content or freshness fields, so no
+        # cache after us keeps this 416 for the URL.
+        refusal: CIMultiDict[str] = CIMultiDict({"Content-Range": asked.content_range,
+                                                 "Content-Length": "0"})
+        return Exchange(status=416, reason="Range Not Satisfiable", headers=refusal, body=b"")
+    headers["Content-Range"] = asked.content_range
+    headers["Content-Length"] = str(asked.last - asked.first + 1)
+    return Exchange(status=206, reason="Partial Content", headers=headers,
+                    body=entry.body[asked.first:asked.last + 1])
+
+
 def _any_field(headers: Mapping[str, str], names: tuple[str, ...]) -> bool:
     """Whether the request has any of `names` (BYPASS_REQUEST_FIELDS, CLIENT_CONDITIONALS)."""
     for name in names:  # noqa: SIM110 - no generator per request
@@ -384,19 +429,20 @@ def _mark(exchange: Exchange, x_cache: str, status: str) -> Exchange:
 
 
 def _conditional(out: Outgoing, stale: Entry | None) -> Outgoing:
-    """The request upstream: the client's own validators removed (we want a full, storable
-    answer), the stored entry's added (§4.3.1)."""
-    if stale is None and not _any_field(out.asked, rfc.CLIENT_CONDITIONALS):
+    """The request upstream: the client's own validators and range removed (we want a
+    full, storable answer), the stored entry's added (§4.3.1)."""
+    if stale is None and not _any_field(out.asked, rfc.CLIENT_CONDITIONALS) and \
+            not _any_field(out.asked, rfc.RANGE_FIELDS):
         return out
     headers = CIMultiDict(out.headers)
-    for name in rfc.CLIENT_CONDITIONALS:
+    for name in (*rfc.CLIENT_CONDITIONALS, *rfc.RANGE_FIELDS):
         headers.popall(name, None)
     if stale is not None:
         for name, value in rfc.conditional_headers(stale.headers):
             headers[name] = value
     return Outgoing(method="GET" if out.method == "HEAD" else out.method, path_qs=out.path_qs,
                     headers=headers, body=out.body, upstream=out.upstream,
-                    client_url=out.client_url, asked=out.asked)
+                    client_url=out.client_url, asked=out.asked, interim=out.interim)
 
 
 def _freshened(stale: Entry, exchange: Exchange, route: RouteCache, request_time: float,

@@ -22,7 +22,7 @@ import asyncio
 import inspect
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -36,8 +36,11 @@ from multidict import CIMultiDict
 
 from gateway.config.model import Upstream
 from gateway.wire import need
+from gateway.wire.framing import frame_response, is_interim
 
 READ_BUFFER = 64 * 1024  # per connection; reading pauses at twice this (aiohttp's default)
+# What hears of each interim (1xx but 101) answer, before the final one comes.
+Interim = Callable[[RawResponseMessage], Awaitable[None]]
 def with_fields(head: bytes, fields: bytes) -> bytes:
     """A serialized head (ending in its empty line) with serialized fields ("name: value"
     and CRLF each) added after its own."""
@@ -228,8 +231,10 @@ class H1Pool:
 
     # ------------------------------------------------------------------ exchanges
     async def request(self, method: str, path_qs: str, headers: CIMultiDict[str],
-                      body: StreamedBody | bytes | None, added: bytes = b"") -> Response:
-        """Send a request and wait for the response head (interim 1xx answers skipped).
+                      body: StreamedBody | bytes | None, added: bytes = b"",
+                      interim: Interim | None = None) -> Response:
+        """Send a request and wait for the final response head; each interim answer (1xx
+        but 101, RFC 9110 §15.2) before it goes to `interim`, or is skipped without one.
 
         `headers` is sent as it is, Host first if it is there (the client's, for a
         transparent proxy); framing fields are set here from what `body` is. `added`:
@@ -262,7 +267,8 @@ class H1Pool:
                 while True:
                     conn, reused = await self._lend()
                     try:
-                        response = await self._exchange(conn, method, head, body, chunked)
+                        response = await self._exchange(conn, method, head, body, chunked,
+                                                        interim)
                     except _Stale:
                         if not (reused and retry):
                             raise UpstreamError(502, f"upstream {self.name!r} broke the "
@@ -284,13 +290,15 @@ class H1Pool:
         return ordered
 
     async def _exchange(self, conn: ResponseHandler, method: str, head: bytes,
-                        body: StreamedBody | bytes | None, chunked: bool) -> Response:
+                        body: StreamedBody | bytes | None, chunked: bool,
+                        interim: Interim | None) -> Response:
         writer: asyncio.Task[None] | None = None
         answered = False
         try:
-            conn.set_response_params(skip_payload=method == "HEAD", read_until_eof=True,
-                                     auto_decompress=False, read_bufsize=READ_BUFFER,
-                                     max_line_size=8190, max_field_size=65536)
+            # Bytes past the response's end are dropped and the connection closed after it
+            # (RFC 9112 §6.3; gateway/wire/framing.py).
+            frame_response(conn, skip_payload=method == "HEAD", read_bufsize=READ_BUFFER,
+                           max_line_size=8190, max_field_size=65536)
             transport = conn.transport
             if transport is None:
                 raise _Stale
@@ -307,8 +315,10 @@ class H1Pool:
                     message, payload = await conn.read()
                 except (ServerDisconnectedError, ConnectionResetError):
                     raise _Stale from None
-                if not 100 <= message.code < 200 or message.code == 101:
-                    break  # 1xx interim answers (100, 103) are not relayed
+                if not is_interim(message.code):
+                    break
+                if interim is not None:
+                    await interim(message)
             answered = True
             return Response(self, conn, message, payload, writer)
         except _BodyFailure as failure:
@@ -370,8 +380,8 @@ def _body_failed(conn: ResponseHandler, task: asyncio.Task[None]) -> None:
     conn.abort()
 
 
-__all__ = ["EMPTY_PAYLOAD", "BodyTooLarge", "H1Pool", "Response", "StreamedBody",
-           "UpstreamError"]
+__all__ = ["EMPTY_PAYLOAD", "BodyTooLarge", "H1Pool", "Interim", "RawResponseMessage",
+           "Response", "StreamedBody", "UpstreamError"]
 
 
 # ---------------------------------------------------------------------------- probes
