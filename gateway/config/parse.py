@@ -834,7 +834,7 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
             r.error(line, f"{path}.scope", f"context has no custom attribute "
                     f"{rule.scope.attribute!r} (context.attributes)")
         if rule.tiers and "subscription_tier" not in context.fields:
-            # Issue 3: a tier override nothing can select is a mistake, not a no-op.
+            # A tier override nothing can select is a mistake, not a no-op.
             r.error(line, f"{path}.tiers", "tier overrides need context.subscription_tier, "
                     "which says each request's tier")
         if rule.degrade_upstream and rule.degrade_upstream not in upstreams:

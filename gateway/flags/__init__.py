@@ -1,4 +1,4 @@
-"""Feature flags (issue 5): evaluation, header injection, runtime changes, admin API."""
+"""Feature flags: evaluation, header injection, runtime changes, admin API."""
 
 from gateway import ofrep as _ofrep  # noqa: F401 - registers the OFREP endpoints
 from gateway.flags import admin as _admin  # noqa: F401 - registers the admin endpoints

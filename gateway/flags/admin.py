@@ -1,4 +1,4 @@
-"""Admin endpoints for flags (CONTRACT "Admin listener"; issue 5).
+"""Admin endpoints for flags (CONTRACT "Admin listener").
 
 GET    /admin/flags                 every effective definition, and where it comes from
 GET    /admin/flags/{key}           one definition; with ?context={json}: value, variant, reason

@@ -5,7 +5,7 @@ every step (value, variant, reason, header text, summary member and metric child
 once, targeting rules become closures, rollout weights become hash thresholds. Evaluating is
 then a few comparisons and at most one murmur3 hash, with no allocation.
 
-Order (issue 5): status not active -> DISABLED; kill_switch -> KILLED; past `expires` ->
+Order: status not active -> DISABLED; kill_switch -> KILLED; past `expires` ->
 EXPIRED; `environments` names the current environment -> ENVIRONMENT_OVERRIDE; `tiers` given
 and the request's tier not in it -> TIER_NOT_ELIGIBLE; a prerequisite not truthy for this
 request -> PREREQUISITE_FAILED; targeting given and no rule matches -> TARGETING_NOT_MATCHED;
@@ -106,7 +106,7 @@ def bucket_index(cuts: tuple[int, ...], hash_value: int) -> int:
 
 
 def _default_bucket_value(ctx: RequestContext) -> str | None:
-    # Issue 5: bucket_by defaults to user_id, then tenant_id, then the client IP.
+    # bucket_by defaults to user_id, then tenant_id, then the client IP.
     return ctx.user_id or ctx.tenant_id or ctx.client_ip or None
 
 

@@ -11,7 +11,7 @@ upstream gets (one header per flag and the RFC 8941 summary, serialized) and int
 of metric counters, so a request with several flags ends with one dict lookup.
 
 Why generated code: the gateway's throughput with `flags: all` must stay within 5% of the
-same route without flags (issue 5). The interpreted walk (a method call per flag, rule and
+same route without flags. The interpreted walk (a method call per flag, rule and
 getter, plus a whole context) added 47,600 instructions to a 420,000-instruction request;
 this code adds ~14,700, most of it the four header reads, the hashes and its one call
 (callgrind: tests/perf/bench_flags.py --instructions). `FlagPlan.source` holds the code of
@@ -264,7 +264,7 @@ class _Generator:
         if flag.cuts is None:
             steps.extend([f"{r} = {self.const(flag.static)}", "break"])
             return self._wrap(i, flag, steps)
-        # bucket_by, else (issue 5) user_id, then tenant_id, then the client IP.
+        # bucket_by, else user_id, then tenant_id, then the client IP.
         names = [flag.flag.bucket_by] if flag.flag.bucket_by else [
             "user_id", "tenant_id", "client_ip"]
         steps.append(f"b = {' or '.join(self.field(name) for name in names)}")

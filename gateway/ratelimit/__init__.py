@@ -1,4 +1,4 @@
-"""Rate limiting (issue 3): four algorithms decided in one atomic Lua call per request.
+"""Rate limiting: four algorithms decided in one atomic Lua call per request.
 
 * `rules`: rules + request context -> checks and keys (the key layout and its single hash
   tag are explained there); `plan`: a route's rules compiled at load, with the checks of

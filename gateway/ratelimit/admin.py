@@ -1,4 +1,4 @@
-"""Admin endpoints for rate-limit state (CONTRACT "Admin listener"; issue 6).
+"""Admin endpoints for rate-limit state (CONTRACT "Admin listener").
 
 GET    /admin/ratelimits/{rule}?key=VALUE[&tier=T]   what the rule has left for that key
 DELETE /admin/ratelimits/{rule}?key=VALUE            forget the key's state (a reset)

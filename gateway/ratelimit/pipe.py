@@ -1,4 +1,4 @@
-"""One Redis connection reserved for rate-limit decisions, pipelined (issue 3, speed).
+"""One Redis connection reserved for rate-limit decisions, pipelined.
 
 Commands submitted during one event-loop iteration are written together in one write; one
 reader task feeds everything that comes back to hiredis and hands each reply to its caller in

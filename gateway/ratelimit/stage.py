@@ -1,4 +1,4 @@
-"""The rate-limit stage: decide, then hold, refuse, degrade or admit (issue 3).
+"""The rate-limit stage: decide, then hold, refuse, degrade or admit.
 
 Actions when a blocking rule refuses:
 * reject: 429 problem+json with `violated-policies` and `Retry-After`.

@@ -7,7 +7,7 @@ a ClientResponse. A proxy that forwards what it was sent needs none of that. Thi
 aiohttp's own connection protocol (`ResponseHandler`: the C llhttp parser, read flow control,
 payload errors when a connection drops mid-body) and replaces the rest with a pool of idle
 connections, a request head serialized once in C, one write, and one deadline for the whole
-exchange (`timeout`, issue 2: past it the client gets 504).
+exchange (`timeout`: past it the client gets 504).
 
 A connection is reused only when its response was read to the end, nothing unasked-for
 arrived and neither side said `Connection: close`. A request that finds its reused

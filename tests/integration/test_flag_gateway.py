@@ -1,4 +1,4 @@
-"""Flags through the real gateway (issue 5): injection, stripping, stickiness across workers,
+"""Flags through the real gateway: injection, stripping, stickiness across workers,
 runtime changes through the admin API, shared over a real redis-server, and their refusals."""
 
 from __future__ import annotations

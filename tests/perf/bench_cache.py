@@ -1,4 +1,4 @@
-"""Cache-hit vs proxied-miss vs the upstream reached directly, in one run (issue 4).
+"""Cache-hit vs proxied-miss vs the upstream reached directly, in one run.
 
     /work/main/.venv/bin/python tests/perf/bench_cache.py [--duration 5] [--repeat 3]
         [--connections 32] [--baseline REV]

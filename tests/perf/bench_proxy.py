@@ -1,4 +1,4 @@
-"""Issue 2's proxy benchmark: the gateway's bare proxy path against nginx and a naive proxy.
+"""The proxy benchmark: the gateway's bare proxy path against nginx and a naive proxy.
 
     /work/main/.venv/bin/python tests/perf/bench_proxy.py [--duration S] [--repeat N]
 
@@ -9,7 +9,7 @@ Measured in one run, interleaved (A B C D A B C D ...), medians printed:
 - gateway: `python -m gateway run`, 1 worker, one catch-all route, no limits/cache/flags.
 Then latency at a fixed rate below saturation (open loop) for nginx, naive and gateway.
 
-Target (issue 2): gateway rps >= naive rps. The exit status is 0 either way: a benchmark on a
+Target: gateway rps >= naive rps. The exit status is 0 either way: a benchmark on a
 shared machine informs, it does not gate.
 """
 

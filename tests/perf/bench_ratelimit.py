@@ -1,4 +1,4 @@
-"""Rate-limit benchmark (issue 3). Not collected by pytest; run as a script:
+"""Rate-limit benchmark. Not collected by pytest; run as a script:
 
     python tests/perf/bench_ratelimit.py [--seconds 5] [--rounds 3] [--only micro|decisions|gateway]
 

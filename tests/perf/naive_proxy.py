@@ -1,4 +1,4 @@
-"""The reference "naive proxy" of issue 2: aiohttp + uvloop, one shared ClientSession, streaming.
+"""The reference "naive proxy": aiohttp + uvloop, one shared ClientSession, streaming.
 
 This is what a competent engineer writes in an afternoon with no routing, context, limits,
 metrics or header policy. The gateway's bare proxy path must be at least as fast as this.

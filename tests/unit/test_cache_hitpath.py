@@ -1,4 +1,4 @@
-"""The L1 hit's shortcuts give exactly what the general path gives (issue 4, speed)."""
+"""The L1 hit's shortcuts give exactly what the general path gives."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Flag evaluation (issue 5): reasons, operators, flagd fractional v2 bucketing, headers."""
+"""Flag evaluation: reasons, operators, flagd fractional v2 bucketing, headers."""
 
 from __future__ import annotations
 
