@@ -1,4 +1,4 @@
-"""Flag engine speed (issue 5). A script, not collected by pytest:
+"""Flag engine speed. A script, not collected by pytest:
 
     /work/main/.venv/bin/python tests/perf/bench_flags.py [--seconds 5] [--instructions 300]
 

@@ -1,7 +1,7 @@
 """Building blocks for benchmark scripts: servers to measure, load generators, fair comparison.
 
 A benchmark here always compares against a reference measured in the same run on the same
-machine (issue 2: absolute figures on a shared 2-core box mean little). The pieces:
+machine (absolute figures on a shared 2-core box mean little). The pieces:
 
 - `Lab`: a context manager that starts processes and stops every one of them at exit:
   `lab.upstream()` (nginx answering a fixed small body; a raw-asyncio responder if nginx cannot
@@ -334,7 +334,7 @@ class Lab:
         return self._nginx(name, block, port, self.layout.server)
 
     def naive_proxy(self, upstream_url: str, name: str = "naive") -> Service:
-        """The ~60-line aiohttp proxy of issue 2 (tests/perf/naive_proxy.py)."""
+        """The ~60-line aiohttp proxy (tests/perf/naive_proxy.py)."""
         port = free_port()
         return self.spawn(name, [PYTHON, str(HERE / "naive_proxy.py"), str(port), upstream_url],
                           port, self.layout.server)
