@@ -83,10 +83,13 @@ def classify(exc: HttpProcessingError, line_limit: int, field_limit: int) -> Ref
                        f"a header field line is longer than {field_limit} bytes")
     message = exc.message if isinstance(exc.message, str) else ""
     if isinstance(exc, BadHttpMethod):
-        if "HTTPS" in message:
+        # Newer aiohttp (3.14.5) says so; older releases quote the bytes, and a
+        # TLS handshake record starts with 0x16 0x03.
+        if "HTTPS" in message or "\\x16\\x03" in message:
             return Refusal(400, Reason.TLS, "TLS was sent to a plain HTTP listener")
         return Refusal(400, Reason.METHOD, "the request method is malformed")
-    if isinstance(exc, BadStatusLine):
+    # Older aiohttp (3.13) raises a plain BadHttpMessage for a protocol name that is not HTTP.
+    if isinstance(exc, BadStatusLine) or message.startswith("Expected HTTP/"):
         if "Invalid HTTP version" in message and (found := _VERSION_IN_LINE.search(message)):
             refusal = version_refusal((int(found[1]), int(found[2])))
             if refusal is not None:
