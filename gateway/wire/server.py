@@ -429,14 +429,26 @@ def _probe_replace() -> bool:
 @need("aiohttp", "the parser's errors: LineTooLong's limit in args[1], llhttp's "
                  "'Invalid HTTP version', 'Too many headers', '... chunk ...'")
 def _probe_errors() -> bool:
+    # Some releases' parsers look up the event loop: give them one of their own, since the
+    # probes also run where none is set (gateway check).
+    loop = asyncio.new_event_loop()
+
     def refusal(data: bytes) -> Refusal | None:
-        parser = HttpRequestParser(None, None, 2**16, max_line_size=100,
+        parser = HttpRequestParser(None, loop, 2**16, max_line_size=100,
                                    max_field_size=200, max_headers=4)
         try:
             parser.feed_data(data)
         except HttpProcessingError as exc:
             return classify(exc, 100, 200)
         return None
+
+    try:
+        return _errors_classified(refusal)
+    finally:
+        loop.close()
+
+
+def _errors_classified(refusal: Callable[[bytes], Refusal | None]) -> bool:
 
     checks = {
         b"GET / HTTP/1.2\r\n\r\n": 505,
