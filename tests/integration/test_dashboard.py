@@ -40,6 +40,7 @@ async def test_every_metric_and_label_in_the_dashboard_is_exposed(
         "algorithm": "token_bucket", "scope": "user", "limit": 1, "window": "1h"}})
     config["flags"] = {"beta": {"type": "boolean", "default": False}}
     config["routes"][1]["flags"] = "all"
+    config["upstreams"]["api"]["admission"] = {"max_concurrency": 10}
     gw: InProcessGateway = await gateway_factory(config)
     async with client_session() as s:
         for path in ("/c/page", "/c/page", "/other", "/other"):
