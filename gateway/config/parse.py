@@ -886,13 +886,9 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
         if route_flags == ("*all*",):
             route_flags = tuple(flags)
         for flag_key in route_flags:
-            if flag_key in flagd_flags:
-                r.error(line_of("flags"), f"{path}.flags", f"flag {flag_key!r} comes from "
-                        "a flagd file (flag_sources): services read it over OFREP; only "
-                        "`flags:` are sent upstream as headers")
-            elif flag_key not in flags:
+            if flag_key not in flags and flag_key not in flagd_flags:
                 r.error(line_of("flags"), f"{path}.flags", f"unknown flag {flag_key!r}"
-                        + _hint(flag_key, flags))
+                        + _hint(flag_key, {**flags, **flagd_flags}))
         if route.cache is not None and route.match.methods and \
                 not route.match.methods & {"GET", "HEAD"}:
             r.error(line_of("cache"), f"{path}.cache",

@@ -10,11 +10,13 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from typing import Any
 
 from multidict import MultiMapping
 
 from gateway.config.model import Config, Flag, Route
 from gateway.context import RequestContext
+from gateway.flagd.route import FlagdRoute, flagd_keys
 from gateway.flags.definition import check_flag_set, flag_to_json, parse_definition
 from gateway.flags.evaluate import CompiledFlag, Evaluation, evaluate, today_utc
 from gateway.flags.plan import ContextDecider, FlagPlan, HeadersDecider
@@ -39,6 +41,7 @@ class FlagEngine:
         self.by_context: dict[str, ContextDecider] = {}
         self.by_headers: dict[str, HeadersDecider] = {}
         self.experiment_flags = frozenset(e.flag for e in config.experiments.values())
+        self._with_flagd: set[str] = set()
         self.refresh()
 
     # ------------------------------------------------------------------ building
@@ -72,12 +75,14 @@ class FlagEngine:
         self.compiled = {key: CompiledFlag(flag, self.prefix, self.config.flag_bucketing)
                          for key, flag in self.flags.items()}
         plans: dict[str, FlagPlan] = {}
+        with_flagd: set[str] = set()
         by_context: dict[str, ContextDecider] = {}
         by_headers: dict[str, HeadersDecider] = {}
         for route in self.config.routes:
             if not (route.flags or route.all_flags):
                 continue
-            keys = tuple(self.flags) if route.all_flags else route.flags
+            keys = ((*self.flags, *self.config.flagd_flags) if route.all_flags
+                    else route.flags)
             shown = [self.compiled[k] for k in keys if k in self.compiled]
             # Until its plan has generated code (or when it has no flag now), a route's
             # deciders are the engine's own: they rebuild first if flags changed meanwhile.
@@ -91,12 +96,32 @@ class FlagEngine:
                 plan.stale_headers = by_headers[route.name]
                 plan.published = functools.partial(self._publish, route.name)
                 plans[route.name] = plan
+            flagd = flagd_keys(self.config, keys, self.compiled)
+            if flagd:
+                # The route's own plan decides first (through the engine, so a rebuilt plan
+                # is seen), then its flagd flags are evaluated and their headers added.
+                both = FlagdRoute(
+                    self.config, flagd,
+                    functools.partial(self._plan_decider, route.name, "context"),
+                    functools.partial(self._plan_decider, route.name, "headers"))
+                with_flagd.add(route.name)
+                by_context[route.name] = both.from_context
+                by_headers[route.name] = both.from_headers
         self._plans = plans
+        self._with_flagd = with_flagd
         self.by_context, self.by_headers = by_context, by_headers
 
+    def _plan_decider(self, name: str, kind: str) -> Any:
+        """The route's own plan's current decider (its generated code once it has some)."""
+        plan = self._plans.get(name)
+        if plan is None:
+            return None
+        return plan.from_context if kind == "context" else plan.from_headers
+
     def _publish(self, name: str, plan: FlagPlan) -> None:
-        """A plan generated its code: callers now get it directly."""
-        if self._plans.get(name) is plan:
+        """A plan generated its code: callers now get it directly (on a route with flagd
+        flags, through the wrapper that adds them)."""
+        if self._plans.get(name) is plan and name not in self._with_flagd:
             self.by_context[name] = plan.from_context
             self.by_headers[name] = plan.from_headers
 

@@ -251,3 +251,50 @@ async def test_with_workers_the_supervisor_forwards_ofrep_and_its_etag(
         assert (await bulk(s, gw, etag))[:2] == (304, etag)
         async with s.post(f"{gw.admin_url}/ofrep/v1/evaluate/flags/nope") as r:
             assert r.status == 404 and (await r.json())["errorCode"] == "FLAG_NOT_FOUND"
+
+
+async def test_flagd_file_flags_reach_the_upstream_as_headers_with_the_ofrep_values(
+        gateway_factory: Callable[..., Any], upstream: Upstream, tmp_path: Path) -> None:
+    config = with_flagd_file(flag_config(upstream), tmp_path)
+    config["routes"].insert(0, {"name": "search", "match": {"path_prefix": "/search/"},
+                                "upstream": "api", "flags": ["new_search"]})
+    gw: InProcessGateway = await gateway_factory(config)
+    client = ofrep_client(gw, "flagd-headers")
+    async with client_session() as s:
+        for i, user in enumerate(USERS):
+            tenant = "acme" if i % 2 else "initech"
+            version = "3.1.0" if i % 3 else "2.0.0"
+            sent = {"X-User-Id": user, "X-Tenant-Id": tenant, "X-App-Version": version}
+            seen = await flags_seen(s, gw.url, **sent)  # flags: all, gateway's and flagd's
+            ctx = EvaluationContext(targeting_key=user, attributes={
+                "tenant_id": tenant, "app_version": version})
+            search, price, dash = await asyncio.gather(
+                asyncio.to_thread(client.get_boolean_details, "new_search", False, ctx),
+                asyncio.to_thread(client.get_string_details, "price_display", "?", ctx),
+                asyncio.to_thread(client.get_boolean_details, "new_dashboard", False, ctx))
+            assert seen["x-flag-new-search"] == [str(search.value).lower()], user
+            assert seen["x-flag-price-display"] == [price.value], user
+            assert seen["x-flag-new-dashboard"] == [str(dash.value).lower()], user
+            summary = seen["x-feature-flags"][0]
+            assert f"new_search={'?1' if search.value else '?0'}" in summary
+            assert f'price_display="{price.value}"' in summary and "new_dashboard=" in summary
+            async with s.get(f"{gw.url}/search/x", headers=sent) as r:
+                only = {k.lower(): v for k, v in (await r.json())["headers"]
+                        if k.lower().startswith("x-flag-")}
+            assert only == {"x-flag-new-search": str(search.value).lower()}, user
+        async with s.get(f"{gw.admin_url}/metrics") as r:
+            exposition = await r.text()
+        assert 'gateway_flag_evaluations_total{flag="new_search"' in exposition
+        # An edited file changes the headers without a restart, as it changes OFREP.
+        path = tmp_path / "next" / "flags.flagd.json"
+        document = json.loads(path.read_text())
+        document["flags"]["price_display"]["defaultVariant"] = "detailed"
+        path.write_text(json.dumps(document))
+        deadline = time.monotonic() + 10
+        old = {"X-User-Id": "u1", "X-App-Version": "1.0.0"}
+        while time.monotonic() < deadline:
+            seen = await flags_seen(s, gw.url, **old)
+            if seen["x-flag-price-display"] == ["detailed"]:
+                break
+            await asyncio.sleep(0.2)
+        assert seen["x-flag-price-display"] == ["detailed"]

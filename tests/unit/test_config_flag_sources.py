@@ -76,13 +76,16 @@ def test_a_key_defined_by_two_sources_is_an_error(tmp_path: Path) -> None:
                for i in found), found
 
 
-def test_a_route_cannot_send_a_flagd_flag_as_a_header(tmp_path: Path) -> None:
+def test_a_route_may_list_flagd_flags_and_an_unknown_key_is_named(tmp_path: Path) -> None:
     (tmp_path / "f.json").write_text(FLAG % "k")
     path = tmp_path / "g.yaml"
     path.write_text(MINIMAL.replace("upstream: api", "upstream: api\n    flags: [k]")
                     + "flag_sources:\n  - file: f.json\n")
+    assert load_config(str(path)).routes[0].flags == ("k",)
+    path.write_text(MINIMAL.replace("upstream: api", "upstream: api\n    flags: [kk]")
+                    + "flag_sources:\n  - file: f.json\n")
     [issue] = issues(path)
-    assert "routes[0].flags: flag 'k' comes from a flagd file" in issue
+    assert "routes[0].flags: unknown flag 'kk' (did you mean 'k'?)" in issue
 
 
 def test_flag_bucketing_and_ofrep_values_are_checked(tmp_path: Path) -> None:
