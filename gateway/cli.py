@@ -12,7 +12,6 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.config.lint import config_warnings
 
 # What `--help` lists; `worker` (a process the supervisor starts) stays out of it.
-PUBLIC_COMMANDS = "{run,check,demo,schema}"
 
 
 def _load(path: str, checking: bool) -> Config | None:
@@ -58,7 +57,7 @@ def _port(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, metavar=PUBLIC_COMMANDS)
+    commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="serve")
     _config_arg(run)
     run.add_argument("--workers", type=int, help="processes sharing the port (overrides config)")
@@ -77,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--admin", default="http://127.0.0.1:9901",
                         help="the gateway's admin URL (default: http://127.0.0.1:9901)")
     report.add_argument("--token-env", help="variable holding the admin token, if one is set")
+    # The usage line lists what a person runs; `worker` is the supervisor's (added after).
+    commands.metavar = "{" + ",".join(commands.choices) + "}"
     worker = commands.add_parser("worker")
     _config_arg(worker)
     worker.add_argument("--control", required=True)

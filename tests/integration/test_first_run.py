@@ -31,7 +31,7 @@ def gateway(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
 
 def test_help_lists_no_internal_subcommand() -> None:
     out = gateway("--help").stdout
-    assert "{run,check,demo,schema}" in out
+    assert "{run,check,demo,schema,experiment}" in out
     assert "worker" not in out and "SUPPRESS" not in out
 
 
