@@ -82,12 +82,15 @@ async def test_two_gateways_detect_effects_srm_and_trip_a_guardrail_on_both(
     # Skewed traffic: a third of f_srm's treatment units never arrive.
     arriving = [u for u in users if variant("f_srm", u, "treatment") == "control"
                 or rng.random() > 1 / 3]
+    # A/A: 20% of units pay, whatever their arm. Drawn here, in a fixed order, so that the
+    # run is the same whichever request the gateways answer first.
+    paying = {u for u in arriving if rng.random() < 0.2}
     async with client_session() as s:
         async def visit(i: int, user: str) -> None:
             gw = gateways[i % 2]
             async with s.get(f"{gw.url}/shop", headers={"X-User-Id": user}) as r:
                 await r.read()
-            if rng.random() < 0.2:  # A/A: the same 20% pay in both arms
+            if user in paying:
                 async with s.post(f"{gw.url}/pay", headers={"X-User-Id": user}) as r:
                     await r.read()
 
