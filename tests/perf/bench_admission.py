@@ -344,21 +344,19 @@ def bench_instructions(requests: int, baseline: str, against: str | None = None)
     against the merge-base of HEAD and `baseline` (callgrind, counted only while the
     requests run; best of 2 rounds each; PYTHONHASHSEED fixed, so both processes hash
     alike). `against` = the baseline's revision is the A/A control."""
-    import re
-    import shutil
-    import socket
-
-    from tests.harness import write_config
     from tests.perf.bench_flags import _drive
-    from tests.perf.perfkit import Lab, checkout, gateway_config, snapshot
+    from tests.perf.perfkit import (
+        Lab,
+        checkout,
+        gateway_config,
+        instructions_per_request,
+        snapshot,
+    )
 
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        print("instructions: valgrind not installed (apt-get install valgrind), skipped")
-        return
     rev = subprocess.run(["git", "-C", str(REPO), "merge-base", "HEAD", baseline],
                          capture_output=True, text=True, check=True).stdout.strip()
     counts: dict[str, float] = {}
-    with Lab() as lab, tempfile.TemporaryDirectory() as out:
+    with Lab() as lab:
         up = lab.upstream()
         candidate = (snapshot(lab.dir) if against is None else
                      checkout(against, lab.dir / "candidate"))
@@ -367,49 +365,14 @@ def bench_instructions(requests: int, baseline: str, against: str | None = None)
         for name, source in sources.items():
             config = gateway_config(up.url, routes=[
                 {"name": "none", "match": {"path_prefix": "/none/"}, "upstream": "api"}])
-            port = config["listen"]["port"]
-            path = write_config(lab.dir, config, f"callgrind-{len(counts)}.yaml")
-            cg = f"{out}/cg-{len(counts)}.out"
-            proc = subprocess.Popen(
-                ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                 f"--callgrind-out-file={cg}", sys.executable, "-m", "gateway", "run",
-                 "--config", str(path)], cwd=source,
-                env=dict(os.environ, PYTHONPATH=str(source), PYTHONHASHSEED="0"),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-            def control(*args: str, pid: int = proc.pid) -> None:
-                subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True,
-                               check=False)
-
+            port = config["listen"]["port"] = free_port()
             try:
-                wait = time.monotonic() + 120
-                while True:
-                    try:
-                        socket.create_connection(("127.0.0.1", port)).close()
-                        break
-                    except OSError:
-                        if time.monotonic() > wait or proc.poll() is not None:
-                            raise RuntimeError("the gateway did not start under valgrind"
-                                               ) from None
-                        time.sleep(0.5)
-                _drive(port, "none", 400, first=0)  # warm
-                best = math.inf
-                for round_ in range(2):
-                    control("-z")
-                    control("-i", "on")
-                    _drive(port, "none", requests, first=1000 + round_ * requests)
-                    control("-i", "off")
-                    control("-d")
-                    time.sleep(1)
-                    newest = max(Path(out).glob(f"cg-{len(counts)}.out*"),
-                                 key=lambda p: p.stat().st_mtime)
-                    totals = [line for line in newest.read_text().splitlines()
-                              if re.match(r"^(summary|totals):", line)]
-                    best = min(best, int(totals[-1].split()[1]) / requests)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
-            counts[name] = best
+                counts[name] = instructions_per_request(
+                    config, lambda label, n, first, port=port: _drive(port, label, n, first),
+                    ("none",), requests, source=source)["none"]
+            except RuntimeError as exc:
+                print(f"instructions: {exc}, skipped")
+                return
     (base_name, base), (name, this) = counts.items()
     print(f"instructions per request, route without admission ({requests} requests, best of "
           f"2): {base_name} {base:,.0f}, {name} {this:,.0f} ({this / base - 1:+.2%})")

@@ -6,7 +6,7 @@
 wrk's figures on the shared 2-core machine moved by +-30% between rounds (bench_cache.py's
 rps ranges), more than a change to the hit path can; an instruction count does not move
 with the neighbours. Each gateway (`python -m gateway run` from a copy of its `gateway`
-package, as perfkit's `snapshot` / `checkout`) runs under valgrind with counting off; a
+package, as perfkit's `snapshot` / `checkout`) runs under perfkit's callgrind counter; a
 plain GET fills the entry, 400 hits warm it, then the hits counted are driven one at a
 time over 4 keep-alive connections, twice; the lower count of the two is printed. It
 leaves out the kernel and cache misses: a guide to the hit path's own work, not a
@@ -17,9 +17,7 @@ Not collected by pytest.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,81 +26,34 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.harness import free_port, write_config
-from tests.perf.perfkit import PYTHON, checkout, gateway_config, snapshot
+from tests.harness import free_port
+from tests.perf.perfkit import (
+    PYTHON,
+    checkout,
+    drive_keepalive,
+    gateway_config,
+    instructions_per_request,
+    snapshot,
+)
 
 BODY = b"x" * 512
-_LENGTH = re.compile(rb"(?i)content-length: *(\d+)")
 
 
-def _drive(port: int, count: int, extra: bytes = b"", connections: int = 4) -> None:
-    request = b"GET /hit HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra + b"\r\n"
-    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
-    for _ in range(0, count, connections):
-        for sock in socks:
-            sock.sendall(request)
-        for sock in socks:
-            data = b""
-            while True:
-                head, sep, body = data.partition(b"\r\n\r\n")
-                found = _LENGTH.search(head) if sep else None
-                if found is not None and len(body) >= int(found.group(1)):
-                    break
-                data += sock.recv(65536)
-            assert data[9:12] in (b"200", b"206"), data[:200]
-    for sock in socks:
-        sock.close()
-
-
-def _count(source: Path, upstream_url: str, requests: int, extra: bytes, work: Path) -> float:
-    port = free_port()
+def _count(source: Path, upstream_url: str, requests: int, extra: bytes) -> float:
     config = gateway_config(upstream_url)
-    config["listen"]["port"] = port
+    config["listen"]["port"] = port = free_port()
     config["cache"] = {"memory_max": "16MiB"}
     config["routes"] = [{"name": "hit", "match": {"path_prefix": "/"}, "upstream": "api",
                          "cache": {"ttl": "1h"}}]
-    path = write_config(work, config, f"count-{source.name}.yaml")
-    out = work / f"cg-{source.name}"
-    out.mkdir()
-    proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-         f"--callgrind-out-file={out}/cg.out", PYTHON, "-m", "gateway", "run",
-         "--config", str(path)], cwd=source, env={"PYTHONPATH": str(source),
-                                                  "PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    plain = b"GET /hit HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    hit = b"GET /hit HTTP/1.1\r\nHost: 127.0.0.1\r\n" + extra + b"\r\n"
 
-    def control(*args: str) -> None:
-        subprocess.run(["callgrind_control", *args, str(proc.pid)], capture_output=True,
-                       check=False)
+    def drive(_label: str, count: int, first: int) -> None:
+        if first == 0:  # the fill: a plain GET (a Range miss stores nothing)
+            drive_keepalive(port, lambda _n: plain, 4, 0)
+        drive_keepalive(port, lambda _n: hit, count, first, statuses=(b"200", b"206"))
 
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port)).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the gateway did not start under valgrind") from None
-                time.sleep(0.5)
-        _drive(port, 4)  # the fill: a plain GET (a Range miss stores nothing)
-        _drive(port, 400, extra)  # warm hits
-        counts = []
-        for _ in range(2):
-            control("-z")
-            control("-i", "on")
-            _drive(port, requests, extra)
-            control("-i", "off")
-            control("-d")
-            time.sleep(1)
-            newest = max(out.glob("cg.out*"), key=lambda p: p.stat().st_mtime)
-            totals = [line for line in newest.read_text().splitlines()
-                      if line.startswith(("summary:", "totals:"))]
-            counts.append(int(totals[-1].split()[1]) / requests)
-        return min(counts)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    return instructions_per_request(config, drive, ("hit",), requests, source=source)["hit"]
 
 
 def main() -> int:
@@ -133,19 +84,15 @@ def main() -> int:
             sources = {"candidate": (checkout(args.candidate, work) if args.candidate
                                      else snapshot(work)),
                        args.baseline: checkout(args.baseline, work)}
-            hit_dir = work / "hit"
-            hit_dir.mkdir()
-            found = {name: _count(source, url, args.requests, b"", hit_dir)
+            found = {name: _count(source, url, args.requests, b"")
                      for name, source in sources.items()}
             base = found[args.baseline]
             print(f"hit: instructions per request (callgrind, best of 2 x {args.requests}): "
                   f"candidate {found['candidate']:,.0f}, {args.baseline} {base:,.0f} "
                   f"({found['candidate'] / base - 1:+.2%})")
             if args.range:  # the baseline may forward Range upstream: the candidate alone
-                range_dir = work / "range"
-                range_dir.mkdir()
                 ranged = _count(sources["candidate"], url, args.requests,
-                                b"Range: bytes=0-99\r\n", range_dir)
+                                b"Range: bytes=0-99\r\n")
                 print(f"range hit (206): candidate {ranged:,.0f} instructions per request")
         finally:
             upstream.terminate()

@@ -365,9 +365,10 @@ class Lab:
 
 
 def drive_keepalive(port: int, make_request: Callable[[int], bytes], count: int, first: int,
-                    connections: int = 4) -> None:
+                    connections: int = 4, statuses: tuple[bytes, ...] = (b"200",)) -> None:
     """`count` requests (the n-th is `make_request(n)`) over `connections` keep-alive
-    sockets, one in flight on each; every answer must be a 200 with a Content-Length."""
+    sockets, one in flight on each; every answer must have a status in `statuses` and a
+    Content-Length."""
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
     for start in range(0, count, connections):
         for i, sock in enumerate(socks):
@@ -380,7 +381,7 @@ def drive_keepalive(port: int, make_request: Callable[[int], bytes], count: int,
                 if length is not None and len(body) >= int(length.group(1)):
                     break
                 data += sock.recv(65536)
-            assert data.startswith(b"HTTP/1.1 200"), data[:200]
+            assert data[9:12] in statuses, data[:200]
     for sock in socks:
         sock.close()
 
@@ -396,6 +397,8 @@ def instructions_per_request(config: dict[str, Any], drive: Callable[[str, int, 
     repeatable whatever the neighbours do (wrk's rps moved by +-15% between rounds on the
     shared machine); it leaves out the kernel's work and cache misses, so it is a guide to
     a gap, not a throughput figure. `source`: the gateway package of another checkout.
+    PYTHONHASHSEED is fixed, so processes of different revisions hash (and probe their
+    dicts) alike: with random seeds two runs of the same code differed by up to ~1%.
     """
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise RuntimeError("valgrind not installed (apt-get install valgrind)")
@@ -405,7 +408,8 @@ def instructions_per_request(config: dict[str, Any], drive: Callable[[str, int, 
         proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no",
              f"--callgrind-out-file={out}/cg.out", PYTHON, "-m", "gateway", "run",
-             "--config", str(path)], cwd=cwd, env=dict(os.environ, PYTHONPATH=str(cwd)),
+             "--config", str(path)], cwd=cwd,
+            env=dict(os.environ, PYTHONPATH=str(cwd), PYTHONHASHSEED="0"),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def control(*args: str) -> None:
