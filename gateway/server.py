@@ -12,7 +12,6 @@ import logging
 import os
 import resource
 import signal
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -129,13 +128,14 @@ class GatewayProcess:
         self._watcher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    def _swap(self, runtime: Runtime) -> Awaitable[None]:
+    async def _swap(self, runtime: Runtime) -> None:
         """Serve `runtime` from now on; its background work starts, the old one's stops."""
         old = self.pipeline.runtime.experiments
         self.pipeline.runtime = runtime
         if runtime.experiments is not None:
             runtime.experiments.start()
-        return old.close() if old is not None else asyncio.sleep(0)
+        if old is not None:
+            await old.close()
 
     async def start(self) -> None:
         config = self._initial

@@ -22,13 +22,11 @@ from gateway.config.model import Config
 from gateway.context import RequestContext, build_context
 from gateway.flagd.definition import FlagdFlag
 from gateway.flagd.evaluate import evaluate_flagd
+from gateway.flags.plan import ContextDecider, HeadersDecider
 from gateway.flags.render import header_name, header_value, summary_member
 from gateway.metrictally import CounterGroup
 from gateway.proxy import AddedFields
 from gateway.stages import FlagResult
-
-ContextDecider = Callable[[RequestContext, float], "FlagResult | None"]
-HeadersDecider = Callable[[MultiMapping[str], str, bool, float], "FlagResult | None"]
 
 
 def flagd_data(ctx: RequestContext) -> dict[str, Any]:
