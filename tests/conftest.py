@@ -14,6 +14,7 @@ from tests.harness import (
     base_config,
     write_config,
 )
+from tests.rediscluster import RedisCluster
 
 
 @pytest.fixture
@@ -38,6 +39,37 @@ def redis_factory() -> Iterator[Callable[[], RedisServer]]:
     yield make
     for server in servers:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def _shared_redis_cluster() -> Iterator[RedisCluster]:
+    cluster = RedisCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def redis_cluster(_shared_redis_cluster: RedisCluster) -> RedisCluster:
+    """A real 3-master, 3-replica Redis Cluster shared by the session, emptied for each test.
+    A test that kills, pauses or reshards nodes takes its own from `redis_cluster_factory`."""
+    _shared_redis_cluster.flushall()
+    return _shared_redis_cluster
+
+
+@pytest.fixture
+def redis_cluster_factory() -> Iterator[Callable[[], RedisCluster]]:
+    clusters: list[RedisCluster] = []
+
+    def make() -> RedisCluster:
+        cluster = RedisCluster().start()
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.close()
 
 
 @pytest.fixture
