@@ -89,6 +89,8 @@ class Gate:
         self._depth = tuple(metrics.ADMISSION_QUEUE_DEPTH.labels(upstream, p)
                             for p in PRIORITIES)
         self._wait = tuple(metrics.ADMISSION_WAIT.labels(upstream, p) for p in PRIORITIES)
+        self._shed_wait = tuple(metrics.ADMISSION_SHED_WAIT.labels(upstream, p)
+                                for p in PRIORITIES)
         self._shed = {(rank, reason): metrics.ADMISSION_SHED.labels(upstream, p, reason)
                       for rank, p in enumerate(PRIORITIES) for reason in REASONS}
         self.publish()
@@ -114,12 +116,13 @@ class Gate:
         except asyncio.CancelledError:  # the client went away: out of the queue at once
             self._leave(verdict)
             raise
-        now = self.clock()
         if outcome != GRANTED:  # counted when it was settled
             raise Overloaded(self.upstream, PRIORITIES[rank], outcome,
-                             self.control.retry_after(rank))
-        TALLY.observe(self._wait[rank], now - arrived)
-        return Permit(self, now)
+                             self.control.retry_after(rank, self.clock()))
+        # Held from the grant, not from this task's turn on the loop: the time between is
+        # part of what a permit costs the upstream's throughput.
+        TALLY.observe(self._wait[rank], verdict.granted - arrived)
+        return Permit(self, verdict.granted)
 
     def release(self, permit: Permit) -> None:
         now = self.clock()
@@ -134,8 +137,9 @@ class Gate:
 
     def _refusal(self, rank: int, reason: str) -> Overloaded:
         TALLY.inc(self._shed[rank, reason])
+        TALLY.observe(self._shed_wait[rank], 0.0)
         return Overloaded(self.upstream, PRIORITIES[rank], reason,
-                          self.control.retry_after(rank))
+                          self.control.retry_after(rank, self.clock()))
 
     # ------------------------------------------------------------------ the loop's side
     def _settle(self) -> None:
@@ -143,12 +147,14 @@ class Gate:
         settled = self.control.settled
         if settled:
             self.control.settled = []
+            now = self.clock()
             for waiter in settled:
                 future = waiter.token
                 if isinstance(future, asyncio.Future) and not future.done():
                     future.set_result(waiter.outcome or GRANTED)
                 if waiter.outcome != GRANTED:
                     TALLY.inc(self._shed[waiter.rank, waiter.outcome or ""])
+                    TALLY.observe(self._shed_wait[waiter.rank], now - waiter.enqueued)
         self._arm()
         self._changed()
 
