@@ -127,6 +127,12 @@ class Controller:
     def limit(self) -> int:
         return self.limiter.limit
 
+    def resize(self, limit: int, now: float) -> None:
+        """A fixed limit moves (permits lent between workers): grant what it allows."""
+        assert isinstance(self.limiter, StaticLimit)
+        self.limiter.limit = limit
+        self._dispatch(now)
+
     # ------------------------------------------------------------------ requests
     def arrive(self, rank: int, now: float) -> Waiter | str | None:
         """None: admitted, holding a permit. A Waiter: queued. A string: shed, and why."""

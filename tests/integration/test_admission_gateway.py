@@ -164,6 +164,35 @@ async def test_the_upstream_never_sees_more_than_the_instance_limit_across_two_w
     assert 'gateway_admission_limit{upstream="api"} 4.0' in exposition
 
 
+async def test_workers_lend_each_other_permits_and_the_instance_limit_still_holds(
+        process_factory: Callable[..., GatewayProcessHandle],
+        service_factory: Callable[..., Any]) -> None:
+    service = await service_factory(capacity=4)
+    config = admission_config(service, {"max_concurrency": 4, "max_wait": {"normal": "30s"},
+                                        "target_delay": "30s"})
+    gw = process_factory(config, workers=2)
+    async with client_session() as s:
+        # Four held requests on four connections: however the kernel spreads them over
+        # the two workers (2 each, the static shares, only three times in eight), all
+        # four reach the upstream, the busier worker borrowing the other's spare permits.
+        held = [asyncio.ensure_future(fetch(s, f"{gw.url}/block", headers={
+            "Connection": "close"})) for _ in range(4)]
+        await until(lambda: service.now == 4, timeout=20.0)
+        async with s.get(f"{gw.admin_url}/admin/admission") as r:
+            report = (await r.json())["upstreams"]["api"]
+        # A fifth waits: the quotas sum to the limit, never past it.
+        fifth = asyncio.ensure_future(fetch(s, f"{gw.url}/n5", headers={"Connection": "close"}))
+        await asyncio.sleep(0.3)
+        assert service.now == 4 and not fifth.done()
+        service.gate.set()
+        answers = await asyncio.gather(*held, fifth)
+    assert [a[0] for a in answers] == [200] * 5
+    assert service.over == 0 and service.peak == 4
+    assert sum(w["in_flight"] for w in report["per_worker"]) == 4
+    assert sum(w["quota"] for w in report["per_worker"]) <= 4
+    assert [w["limit"] for w in report["per_worker"]] == [2, 2]
+
+
 async def test_higher_classes_reach_the_upstream_first_and_tiers_move_requests(
         gateway_factory: Callable[..., Any], service_factory: Callable[..., Any]) -> None:
     service = await service_factory(capacity=1)
