@@ -64,6 +64,9 @@ RTT_WEIGHT = 0.1  # of each new sample in the mean time a permit is held
 # to hold several of the rarer class's arrivals at the rates shedding matters at, short
 # enough to follow a change of mix within a few seconds.
 RATE_HORIZON = 1.0
+# Retry-After when higher classes arrive faster than permits come back (no wait would end),
+# as a rate limit that never refills answers (gateway/ratelimit/headers.py).
+RETRY_AFTER_MAX = 60
 
 
 @dataclass(slots=True, eq=False)
@@ -216,7 +219,7 @@ class Controller:
     def retry_after(self, rank: int, now: float | None = None) -> int:
         """Whole seconds (at least 1) for a shed request's Retry-After."""
         ahead = sum(len(q) for q in self.queues[:rank + 1])
-        return max(1, math.ceil(self.expected_wait(ahead, rank, now)))
+        return max(1, math.ceil(min(RETRY_AFTER_MAX, self.expected_wait(ahead, rank, now))))
 
     def release(self, held: float, latency: float, now: float) -> None:
         """A permit comes back after `held` seconds, `latency` of them until the upstream's

@@ -332,6 +332,10 @@ def test_the_estimate_counts_the_higher_class_arrivals_that_will_pass() -> None:
     # request first in its class waits ~50 ms, not 10.
     assert after_critical_traffic(0.0125).arrive(BULK, 3.0) == MAX_WAIT
     assert isinstance(after_critical_traffic(0.1).arrive(BULK, 3.0), Waiter)
+    # Critical arrivals faster than permits come back: no bulk wait would ever end, and
+    # Retry-After still says something a client can act on.
+    flooded = after_critical_traffic(0.008)
+    assert flooded.arrive(BULK, 3.0) == MAX_WAIT and flooded.retry_after(BULK, 3.0) == 60
 
 
 def test_arrivals_stay_held_to_the_target_while_the_overload_goes_on() -> None:
