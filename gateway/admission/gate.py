@@ -22,7 +22,7 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.admission.control import GRANTED, REASONS, Controller, Waiter
-from gateway.admission.limit import GradientLimit, StaticLimit
+from gateway.admission.limit import GradientLimit
 from gateway.admission.share import Lease, Ledger
 from gateway.config.model import PRIORITIES, Admission, Priority, Upstream
 from gateway.metrictally import TALLY
@@ -164,7 +164,7 @@ class Gate:
         if self.lease is None:
             self._lending = None
             return
-        self._balance()
+        self._balance()  # also when nothing is spare: what waits here is published
         self._settle()
         self._lending = asyncio.get_running_loop().call_later(LEND_EVERY, self._look)
 
