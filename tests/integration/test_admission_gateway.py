@@ -139,6 +139,8 @@ def sample(exposition: str, series: str) -> float:
 
 SHED_BULK_FULL = 'gateway_admission_shed_total{priority="bulk",reason="queue_full",upstream="api"}'
 WAITED_CRITICAL = 'gateway_admission_wait_seconds_count{priority="critical",upstream="api"}'
+SHED_WAITS_BULK = 'gateway_admission_shed_wait_seconds_count{priority="bulk",upstream="api"}'
+SHED_WAITED_BULK = 'gateway_admission_shed_wait_seconds_sum{priority="bulk",upstream="api"}'
 
 
 async def test_the_upstream_never_sees_more_than_the_instance_limit_across_two_workers(
@@ -252,6 +254,10 @@ async def test_a_full_queue_sheds_at_once_with_503_retry_after_and_an_overloaded
     assert service.order == ["/block", "/critical/x"]
     assert sample(exposition, SHED_BULK_FULL) - sample(before, SHED_BULK_FULL) == 2
     assert sample(exposition, WAITED_CRITICAL) - sample(before, WAITED_CRITICAL) == 1
+    # How long the shed requests waited in the queue: the refused one 0 (at arrival), the
+    # displaced one as long as it stood there.
+    assert sample(exposition, SHED_WAITS_BULK) - sample(before, SHED_WAITS_BULK) == 2
+    assert sample(exposition, SHED_WAITED_BULK) > sample(before, SHED_WAITED_BULK)
 
 
 async def test_a_request_still_queued_at_its_max_wait_is_shed_then(
