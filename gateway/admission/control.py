@@ -36,7 +36,9 @@ until it next empties, waiters of the lowest class older than `target_delay` are
 oldest first, and an arrival that no lower-class waiter stands behind may expect at most
 `target_delay`. Leaving that state only when the queue empties (not when it dips below
 the target) keeps it from oscillating under steady overload, where the short waits it
-enforces would otherwise end it at once.
+enforces would otherwise end it at once; and arrivals stay held to the target after
+that for as long as the target keeps refusing some (`_stand_down`), since under steady
+overload the queue also empties now and then.
 
 Critical requests are exempt from CoDel: they pass every other class anyway, and their
 `max_wait` and the estimate at arrival bound their queue. Measured on a busy host, a CoDel
