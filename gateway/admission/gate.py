@@ -150,15 +150,23 @@ class Gate:
         """With several workers and a fixed limit: take this worker's lease of it (see
         gateway/admission/share.py). An adaptive limit stays split: each worker's
         follows the latency its own requests see."""
-        old, self.lease = self.lease, None
-        if old is not None:
-            old.close()
+        self.retire()
         if self.ledger is None or self.workers < 2 or settings.max_concurrency is None:
             return
         self.lease = self.ledger.lease(self.upstream, settings.max_concurrency)
         self.control.resize(self.lease.quota, self.clock())
         with contextlib.suppress(RuntimeError):  # no loop: a script or a unit test
             self._lending = asyncio.get_running_loop().call_later(LEND_EVERY, self._look)
+
+    def retire(self) -> None:
+        """No longer configured: out of the ledger (its permits out are no longer counted
+        there while they finish)."""
+        if self.lease is not None:
+            self.lease.close()
+            self.lease = None
+        if self._lending is not None:
+            self._lending.cancel()
+            self._lending = None
 
     def _look(self) -> None:
         if self.lease is None:
@@ -331,7 +339,11 @@ class Gates:
                     gate.lend(up.admission)
                 gate.publish()
             gates[name] = gate
-        # A gate no longer configured lives on while permits out refer to it.
+        # A gate no longer configured lives on while permits out refer to it, but leaves
+        # the ledger: a gate configured again later takes the same slot afresh.
+        for name, gate in self.by_upstream.items():
+            if name not in gates:
+                gate.retire()
         self.by_upstream = gates
         return dict(gates)
 

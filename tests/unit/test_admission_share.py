@@ -42,3 +42,20 @@ def test_each_upstream_and_limit_has_its_own_ledger(tmp_path: Path) -> None:
     assert ledger.lease("api", 4).quota == 2
     assert ledger.lease("other", 4).quota == 2
     assert ledger.lease("api", 6).quota == 3
+
+
+def test_an_upstream_whose_admission_is_removed_leaves_the_ledger(tmp_path: Path) -> None:
+    from gateway.admission import Gates
+    from gateway.config.model import Admission, Upstream
+
+    gates = Gates(2, Ledger(str(tmp_path), 0, 2))
+    api = {"api": Upstream("api", "http://127.0.0.1:1", admission=Admission(max_concurrency=4))}
+    gate = gates.adopt(api)["api"]
+    assert gate.lease is not None and gate.control.limit == 2
+    gates.adopt({})
+    assert gate.lease is None
+    other = Ledger(str(tmp_path), 1, 2).lease("api", 4)
+    assert other.borrow(4) == 2  # worker 0's share is free again: it holds none
+    # Configured again: the same slot, claimed afresh, with what is left.
+    again = gates.adopt(api)["api"]
+    assert again.lease is not None and again.lease.quota == 0 and other.quota == 4
