@@ -317,6 +317,19 @@ def test_permits_granted_together_come_back_together_and_the_estimate_knows_it()
     assert isinstance(control.arrive(BULK, 0.19), Waiter)  # just before the cohort returns
 
 
+def test_a_scattered_latency_counts_against_a_permit_coming_back_on_time() -> None:
+    control = Controller(settings(max_concurrency=2, max_wait=waits(bulk=0.06)))
+    control.arrive(NORMAL, 0.0)
+    for i in range(40):  # held 50 and 150 ms in turn: 100 ms on average, give or take 50
+        control.release(0.05 if i % 2 else 0.15, 0.1, 1.0)
+        control.arrive(NORMAL, 1.0)
+    control.arrive(NORMAL, 1.0)
+    assert 0.09 < control.rtt < 0.11 and control.spread > 0.04
+    # Both permits went out at 1.0. By the mean the first comes back 40 ms from now, within
+    # bulk's 60 ms; one as late as they often are comes back after it.
+    assert control.arrive(BULK, 1.0 + control.rtt - 0.04) == MAX_WAIT
+
+
 def test_the_estimate_counts_the_higher_class_arrivals_that_will_pass() -> None:
     def after_critical_traffic(every: float) -> Controller:
         control = Controller(settings(max_concurrency=1, max_wait=waits(bulk=0.03)))
