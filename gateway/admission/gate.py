@@ -295,12 +295,16 @@ async def admitted(gate: Gate, rank: int, fetch: Callable[[Outgoing], Awaitable[
                    out: Outgoing) -> Exchange:
     """`fetch(out)` once `gate` grants a permit; the permit lives as long as the exchange."""
     permit = await gate.enter(rank)
+    # The upstream's latency from here, not from the grant: the time a granted waiter
+    # spends waiting for its turn on this loop is the gateway's, and an adaptive limit that
+    # read it as the upstream's shrank whenever the host was busy.
+    sent = gate.clock()
     try:
         exchange = await fetch(out)
     except BaseException:
         permit.release()
         raise
-    permit.latency = gate.clock() - permit.granted
+    permit.latency = gate.clock() - sent
     if isinstance(exchange.body, bytes):
         permit.release()  # the upstream is done with it: the body came whole with the head
         return exchange
