@@ -228,14 +228,17 @@ def gateway_side(exposition: str) -> dict[str, Any]:
     queue first): the client's share of sheds under 5 ms adds its own and the kernel's
     delays to these."""
     values: dict[str, float] = {}
-    shed = {"count": 0.0, "under_5ms": 0.0}
+    shed = {(kind, key): 0.0 for kind in ("critical", "bulk") for key in ("count", "under")}
     for line in exposition.splitlines():
-        if line.startswith("gateway_admission_shed_wait_seconds_") and \
-                'priority="bulk"' in line:
+        if line.startswith("gateway_admission_shed_wait_seconds_"):
+            kind = "bulk" if 'priority="bulk"' in line else \
+                "critical" if 'priority="critical"' in line else None
+            if kind is None:
+                continue
             if line.startswith("gateway_admission_shed_wait_seconds_count"):
-                shed["count"] += float(line.rsplit(" ", 1)[1])
+                shed[kind, "count"] += float(line.rsplit(" ", 1)[1])
             elif 'le="0.005"' in line:
-                shed["under_5ms"] += float(line.rsplit(" ", 1)[1])
+                shed[kind, "under"] += float(line.rsplit(" ", 1)[1])
         for family, label, key in (
                 ("gateway_admission_wait_seconds", "priority", "wait"),
                 ("gateway_request_duration_seconds", "route", "total")):
@@ -251,8 +254,10 @@ def gateway_side(exposition: str) -> dict[str, Any]:
                                     / values[f"{kind}_{key}_count"], 2)
         for kind in ("critical", "bulk") for key in ("wait", "total")
         if values.get(f"{kind}_{key}_count")}
-    figures["bulk_shed_decided_under_5ms"] = \
-        f"{shed['under_5ms'] / max(1.0, shed['count']):.1%} of {shed['count']:.0f}"
+    for kind in ("critical", "bulk"):
+        count = shed[kind, "count"]
+        figures[f"{kind}_shed_decided_under_5ms"] = \
+            f"{shed[kind, 'under'] / max(1.0, count):.1%} of {count:.0f}"
     return figures
 
 
