@@ -12,12 +12,15 @@ from __future__ import annotations
 import operator
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config.model import Action, Config, HeaderStyle, RateLimitRule, Scope, WhenAbsent
 from gateway.context import RequestContext
 from gateway.ratelimit.headers import FieldMaker, Fields, field_maker
 from gateway.ratelimit.rules import Check, key_bases, scope_value, soft, tier_params
+
+if TYPE_CHECKING:
+    from gateway.redispipe import Command
 
 MAX_PREPARED = 4096  # combinations of scope values cached per route
 
@@ -40,7 +43,7 @@ class Prepared:
         # The rule whose FIFO lane a held request waits in (`action: queue`).
         self.queue = next((c for c in checks if c.rule.action is Action.QUEUE and not c.soft),
                           None)
-        self.wire: bytes | None = None  # the Redis store's encoding, memoised by the store
+        self.wire: Command | None = None  # the Redis store's encoding, memoised by the store
         # Made when a rule is first the most restrictive: a combination seen once (a new
         # user, a new address) pays only for the one it reports.
         self._makers: list[FieldMaker | None] = [None] * len(checks)
