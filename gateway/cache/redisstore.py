@@ -22,8 +22,9 @@ them as they do every call; any failure is a miss or a skipped store, never an e
 the client. (A cluster client, which has no single connection, calls through redis-py.)
 Purges and the generation are admin-path calls through redis-py (RedisLink.call).
 
-The generation is read when the subscriber connects; until then (Redis down at start) L2 is not used at all, so a purge-all
-that happened meanwhile can never be undone by reading an old generation.
+The generation is read when the subscriber connects; until then (Redis down at start) L2 is
+not used at all, so a purge-all that happened meanwhile can never be undone by reading an
+old generation.
 """
 
 from __future__ import annotations
