@@ -17,7 +17,6 @@ import hiredis
 import pytest
 import redis.asyncio
 
-from gateway.cache import CacheService
 from gateway.luascripts import load_script
 from tests.harness import InProcessGateway, RedisServer, Upstream, free_port
 from tests.integration.test_cache import cached_config, counting, get
@@ -173,8 +172,7 @@ async def stored(server: RedisServer, count: int) -> None:
         await client.aclose()
 
 
-async def ready(gw: InProcessGateway, proxy: HoldingProxy, server: RedisServer
-                ) -> CacheService:
+async def ready(gw: InProcessGateway, proxy: HoldingProxy, server: RedisServer) -> None:
     """The gateway with its L2 generation known, its pipe connected and the scripts loaded
     (a first request, stored)."""
     assert gw.process.services is not None
@@ -188,15 +186,24 @@ async def ready(gw: InProcessGateway, proxy: HoldingProxy, server: RedisServer
     status, _, _ = await get(f"{gw.url}/market/warm", Host=HOST, **USER)
     assert status == 200
     await stored(server, 1)
-    return svc
+
+
+@pytest.fixture
+async def gw(gateway_factory: Callable[..., Any], upstream: Upstream, proxy: HoldingProxy,
+             redis_server: RedisServer) -> InProcessGateway:
+    """A gateway whose one route has 3 rate-limit rules and the L2 cache, through `proxy`."""
+    upstream.on("/market/*", counting(Cache_Control="max-age=60"))
+    started: InProcessGateway = await gateway_factory(limited_cached_config(upstream,
+                                                                            proxy.url))
+    await ready(started, proxy, redis_server)
+    return started
 
 
 async def test_an_l2_hit_costs_one_write_and_one_round_trip(
-        gateway_factory: Callable[..., Any], upstream: Upstream, proxy: HoldingProxy,
+        gw: InProcessGateway, upstream: Upstream, proxy: HoldingProxy,
         redis_server: RedisServer) -> None:
-    upstream.on("/market/*", counting(Cache_Control="max-age=60"))
-    gw = await gateway_factory(limited_cached_config(upstream, proxy.url))
-    svc = await ready(gw, proxy, redis_server)
+    assert gw.process.services is not None and gw.process.services.cache is not None
+    svc = gw.process.services.cache
     await get(f"{gw.url}/market/shared", Host=HOST, **USER)  # stored in L1 and L2
     await stored(redis_server, 2)
     svc.memory.clear()  # a cold L1: the next request must read L2
@@ -216,11 +223,7 @@ async def test_an_l2_hit_costs_one_write_and_one_round_trip(
 
 
 async def test_a_miss_waits_for_one_round_trip_and_stores_in_the_background(
-        gateway_factory: Callable[..., Any], upstream: Upstream, proxy: HoldingProxy,
-        redis_server: RedisServer) -> None:
-    upstream.on("/market/*", counting(Cache_Control="max-age=60"))
-    gw = await gateway_factory(limited_cached_config(upstream, proxy.url))
-    await ready(gw, proxy, redis_server)
+        gw: InProcessGateway, proxy: HoldingProxy) -> None:
     before, replies = len(proxy.chunks), proxy.replies
     proxy.hold()
     answer = asyncio.create_task(get(f"{gw.url}/market/new", Host=HOST, **USER))
@@ -236,13 +239,9 @@ async def test_a_miss_waits_for_one_round_trip_and_stores_in_the_background(
     proxy.release()
 
 
-async def test_concurrent_requests_share_round_trips(
-        gateway_factory: Callable[..., Any], upstream: Upstream, proxy: HoldingProxy,
-        redis_server: RedisServer) -> None:
+async def test_concurrent_requests_share_round_trips(gw: InProcessGateway,
+                                                     proxy: HoldingProxy) -> None:
     """20 requests arriving together: their 40 commands leave in far fewer writes."""
-    upstream.on("/market/*", counting(Cache_Control="max-age=60"))
-    gw = await gateway_factory(limited_cached_config(upstream, proxy.url))
-    await ready(gw, proxy, redis_server)
     before = len(proxy.chunks)
     proxy.hold()
     answers = asyncio.gather(*(get(f"{gw.url}/market/c{i}", Host=HOST, **USER)
