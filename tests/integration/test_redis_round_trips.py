@@ -134,7 +134,7 @@ SCRIPTS = {load_script(name).sha: name
 
 def _name(command: Any) -> str:
     """A command's name; an EVALSHA's by its script: 'EVALSHA ratelimit'."""
-    name = command[0].decode().upper()
+    name = str(command[0].decode()).upper()
     if name == "EVALSHA":
         sha = command[1].decode()
         return f"EVALSHA {SCRIPTS.get(sha, sha)}"
@@ -252,3 +252,30 @@ async def test_concurrent_requests_share_round_trips(gw: InProcessGateway,
     proxy.release()
     assert all(status == 200 for status, _, _ in await answers)
     assert writes < 20  # fewer writes than requests: round trips per request fall below 1
+
+
+@pytest.mark.parametrize("disrupt", ["kill", "pause"])
+async def test_redis_dead_or_hung_fails_open_and_the_cache_passes_through(
+        gw: InProcessGateway, upstream: Upstream, redis_server: RedisServer,
+        disrupt: str) -> None:
+    """Decision and lookup share the pipe, and so its trouble: the limiter fails open
+    (the route's failure_mode), the cache answers from upstream, and both come back."""
+    getattr(redis_server, disrupt)()
+    try:
+        results = await asyncio.gather(*(get(f"{gw.url}/market/down{i}", Host=HOST, **USER)
+                                         for i in range(6)))
+    finally:
+        (redis_server.resume if disrupt == "pause" else redis_server.start)()
+    assert [(status, headers["X-Cache"]) for status, headers, _ in results] == \
+        [(200, "MISS")] * 6
+    assert gw.process.services is not None and gw.process.services.cache is not None
+    svc = gw.process.services.cache
+    answers = []
+    for _ in range(100):  # the breaker's cool-down and the resubscription, then L2 serves
+        await asyncio.sleep(0.1)
+        svc.memory.clear()
+        status, headers, _ = await get(f"{gw.url}/market/back", Host=HOST, **USER)
+        answers.append((status, headers["X-Cache"]))
+        if answers[-1] == (200, "HIT"):  # stored in L2 by an earlier round, read from it
+            break
+    assert answers[-1] == (200, "HIT") and {s for s, _ in answers} == {200}
