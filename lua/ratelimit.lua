@@ -31,11 +31,12 @@ local SLACK_MS = 1000  -- a key outlives the moment it stops mattering by this m
 -- dropping them on every request would cost a call for nothing but memory.
 local TRIM_UNITS = 32
 
--- Numbers go to redis.call as they are: Redis writes a whole double exactly (Redis 7
--- fpconv_dtoa, 6.2 "%.17g"), cheaper than string.format, the one formatter that keeps a
--- microsecond timestamp whole in a Lua string (`..` and tostring keep 14 digits).
-local function fmt(x) return format('%.0f', x) end
-local function ttl_ms(us) return ceil(us / 1000) + SLACK_MS end
+-- Every number reaches Redis as a string made with '%d': a Lua number given to redis.call
+-- or to `..` is printed as a double (glibc's printf_fp, multi-precision arithmetic for a
+-- 16-digit microsecond time), which was a fifth of a decision's instructions in
+-- redis-server; '%d' prints the same whole number as an integer. Exact below 2^53.
+local function int(x) return format('%d', x) end
+local function ttl_ms(us) return int(ceil(us / 1000) + SLACK_MS) end
 
 -- The algorithms are inline branches of one loop rather than functions: a script's
 -- functions are made anew on every call, which cost ~0.9 us of a decision's Redis CPU.
@@ -65,7 +66,7 @@ for b = 3, #ARGV, 6 do
     local diff = new_tat - now
     if cost <= units and diff <= capacity then
       allowed, remaining, reset, retry = 1, floor((capacity - diff) / interval), diff, 0
-      write = function() call('SET', key, new_tat, 'PX', ttl_ms(diff)) end
+      write = function() call('SET', key, int(new_tat), 'PX', ttl_ms(diff)) end
     else
       if cost <= units then retry = diff - capacity end
       remaining, reset = floor((capacity - (tat - now)) / interval), tat - now
@@ -76,8 +77,7 @@ for b = 3, #ARGV, 6 do
     -- its time and named by the running total of admitted units up to and including it
     -- (names are unique and rising). The count "c t r": c the running total, t the running
     -- total of the entries trimmed from the log, r the millisecond both keys' expiry was
-    -- last set (each below 10^14, where `..` still writes a number whole: a running total
-    -- gets there after three years of a million units a second).
+    -- last set.
     -- An entry counts while its score is > now - window, so the live units are c minus the
     -- running total of the newest entry that has left the window (t if the log holds none
     -- any more): one read, however many entries left.
@@ -91,17 +91,17 @@ for b = 3, #ARGV, 6 do
       c, trimmed, refreshed = tonumber(c_), tonumber(t_), tonumber(r_)
     end
     local gone = trimmed
-    local left = call('ZREVRANGEBYSCORE', log, edge, '-inf', 'LIMIT', 0, 1)
+    local left = call('ZREVRANGEBYSCORE', log, int(edge), '-inf', 'LIMIT', '0', '1')
     if #left > 0 then gone = tonumber(left[1]) end
     local total = c - gone
     if cost <= units and total + cost <= units then
       allowed, remaining, reset, retry = 1, units - total - cost, window, 0
       write = function()
         if gone - trimmed >= TRIM_UNITS then
-          call('ZREMRANGEBYSCORE', log, '-inf', edge)
+          call('ZREMRANGEBYSCORE', log, '-inf', int(edge))
           trimmed = gone
         end
-        call('ZADD', log, now, c + cost)
+        call('ZADD', log, int(now), int(c + cost))
         -- Both keys live until 2 windows (plus the slack) after `r`, and `r` moves on once
         -- a window has passed: so they outlive every entry by a window at least, and the
         -- expiry is set once a window instead of twice a request.
@@ -109,16 +109,16 @@ for b = 3, #ARGV, 6 do
         if refreshed == nil or now_ms - refreshed > window / 1000 then
           local ttl = ttl_ms(2 * window)
           call('PEXPIRE', log, ttl)
-          call('SET', count, (c + cost) .. ' ' .. trimmed .. ' ' .. now_ms, 'PX', ttl)
+          call('SET', count, format('%d %d %d', c + cost, trimmed, now_ms), 'PX', ttl)
         else
-          call('SET', count, (c + cost) .. ' ' .. trimmed .. ' ' .. refreshed, 'KEEPTTL')
+          call('SET', count, format('%d %d %d', c + cost, trimmed, refreshed), 'KEEPTTL')
         end
       end
     else
       if cost <= units then  -- walk the oldest live entries until enough units would leave
         local need = total + cost - units
-        local live = call('ZRANGEBYSCORE', log, '(' .. fmt(edge), '+inf', 'WITHSCORES',
-                          'LIMIT', 0, need)
+        local live = call('ZRANGEBYSCORE', log, '(' .. int(edge), '+inf', 'WITHSCORES',
+                          'LIMIT', '0', int(need))
         for i = 1, #live, 2 do
           if tonumber(live[i]) - gone >= need then
             retry = tonumber(live[i + 1]) + window - now
@@ -126,7 +126,7 @@ for b = 3, #ARGV, 6 do
           end
         end
       end
-      local newest = call('ZRANGE', log, -1, -1, 'WITHSCORES')
+      local newest = call('ZRANGE', log, '-1', '-1', 'WITHSCORES')
       if #newest > 0 then reset = tonumber(newest[2]) + window - now end
       remaining = units - total
     end
@@ -143,7 +143,7 @@ for b = 3, #ARGV, 6 do
     if cost <= units and used + cost <= units then
       allowed, remaining, retry = 1, units - used - cost, 0
       write = function()
-        call('HSET', key, 'w', index, 'n', used + cost)
+        call('HSET', key, 'w', int(index), 'n', int(used + cost))
         -- Set by the window's first write: the end of the window plus the slack.
         if not begun then call('PEXPIRE', key, ttl_ms(reset)) end
       end

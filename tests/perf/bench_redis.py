@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -269,6 +270,58 @@ def decision_cost(sources: dict[str, str], rounds: int, calls: int) -> None:
           f"{'met' if best <= 12 else 'NOT met'} (minimum of the rounds)")
 
 
+def decision_instructions(sources: dict[str, str], calls: int) -> None:
+    """redis-server's instructions per EVALSHA under callgrind (whole server: parsing,
+    script, reply), which the neighbours cannot move as they move usec_per_call."""
+    import shutil
+    import tempfile
+
+    if shutil.which("valgrind") is None:
+        say("valgrind not installed: no instruction count of redis-server")
+        return
+    from tests.harness import redis_server_binary, wait_for_port
+
+    print(f"\nredis-server instructions per decision (callgrind, {calls:,} EVALSHAs after "
+          f"{calls:,} to warm, 64 users)")
+    for name, source in sources.items():
+        for label, algorithms in (("3 rules", (Algorithm.SLIDING_WINDOW, Algorithm.TOKEN_BUCKET,
+                                               Algorithm.FIXED_WINDOW)),
+                                  ("sliding window", (Algorithm.SLIDING_WINDOW,))):
+            port = free_port()
+            with tempfile.TemporaryDirectory() as out:
+                proc = subprocess.Popen(
+                    ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                     f"--callgrind-out-file={out}/cg.out", redis_server_binary(),
+                     "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", out, "--protected-mode", "no"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    wait_for_port(port, timeout=60, proc=proc)
+                    client = redis_py.Redis(port=port)
+                    sha = client.script_load(source).encode()
+                    client.close()
+                    rules = [RateLimitRule(f"r{i}", a, Scope("user"), 10**9, 60.0)
+                             for i, a in enumerate(algorithms)]
+                    wire = [pack_evalsha(sha, *script_call(
+                        [make_check(rule, "i:", f"u{u}", None, 1) for rule in rules], None,
+                        True)) for u in range(64)]
+                    _run_pipelined(port, wire, calls)
+                    subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)],
+                                   capture_output=True, check=False)
+                    _run_pipelined(port, wire, calls)
+                    subprocess.run(["callgrind_control", "-d", str(proc.pid)],
+                                   capture_output=True, check=False)
+                    time.sleep(1)
+                    dumps = sorted(Path(out).glob("cg.out*"), key=lambda f: f.stat().st_mtime)
+                    totals = [line for line in dumps[-1].read_text().splitlines()
+                              if line.startswith(("summary:", "totals:"))]
+                    count = int(totals[-1].split()[1]) / calls
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=60)
+            print(f"{name:<10} {label:<15} {count:>10,.0f} instructions")
+
+
 # ---------------------------------------------------------------- 4. instructions
 
 def instructions(upstream_url: str, count: int, baseline: Path | None) -> None:
@@ -328,6 +381,7 @@ def main() -> int:
             if baseline is not None:
                 sources["baseline"] = (baseline / "lua" / "ratelimit.lua").read_text()
             decision_cost(sources, args.repeat, args.calls)
+            decision_instructions(sources, min(args.calls, 5000))
         up_port = free_port()
         up = lab._nginx("upstream", upstream_block(up_port), up_port, LAYOUT.load)
         if "instructions" in parts:
