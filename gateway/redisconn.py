@@ -12,13 +12,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway import metrics
 from gateway.config.model import RedisSettings
+
+if TYPE_CHECKING:
+    from gateway.redispipe import Pipe
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.redis")
@@ -86,6 +89,18 @@ class RedisLink:
             )
             self.client = aioredis.Redis(connection_pool=pool)
         self.breaker = CircuitBreaker()
+        self._pipe: Pipe | None = None
+
+    @property
+    def pipe(self) -> Pipe | None:
+        """The pipelined connection every request-path command shares (the rate limiter's
+        decisions, the cache's L2 reads and writes), so what one request needs of Redis
+        leaves in one write; None for a cluster client, which has no single connection."""
+        if self._pipe is None and hasattr(self.client, "connection_pool"):
+            from gateway.redispipe import Pipe  # built on this module: imported when first used
+
+            self._pipe = Pipe(self)
+        return self._pipe
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         if not self.breaker.allow():
@@ -119,6 +134,8 @@ class RedisLink:
             return False
 
     async def close(self) -> None:
+        if self._pipe is not None:
+            await self._pipe.close()
         await self.client.aclose()
 
 

@@ -61,6 +61,38 @@ def identity_warnings(config: Config) -> list[str]:
             "(127.0.0.1/32 for a sidecar's own service) in context.trusted_proxies."]
 
 
+def lease_warnings(config: Config) -> list[str]:
+    """A lease as large as the quota lets one process take all of it; a lease outliving
+    the window spends units in a later window than they were counted in; a lease without
+    Redis does nothing (every process counts in-process anyway)."""
+    out = []
+    for name, rule in config.rate_limits.items():
+        if not rule.lease:
+            continue
+        path = f"rate_limits.{name}"
+        quota = rule.limit + rule.burst
+        if rule.lease >= quota:
+            out.append(f"{path}.lease: {rule.lease} is at least the rule's whole quota "
+                       f"({quota}): one process can take all of it and leave the others "
+                       f"nothing until lease_ttl; a lease of a small fraction of it keeps "
+                       f"the round trips down without that")
+        if rule.lease_ttl > rule.window:
+            out.append(f"{path}.lease_ttl: {rule.lease_ttl:g}s is longer than the window "
+                       f"({rule.window:g}s): units taken in one window are spent in later "
+                       f"ones; set lease_ttl to at most the window")
+        if config.redis is None:
+            out.append(f"{path}.lease: without a redis block every process decides "
+                       f"in-process and the lease does nothing")
+        for route in config.routes:
+            others = [n for n in route.rate_limits if not config.rate_limits[n].lease]
+            if name in route.rate_limits and others:
+                out.append(f"{path}.lease: route {route.name} also has rules without a "
+                           f"lease ({', '.join(others)}): a request is spent from a lease "
+                           f"only when every rule of it has one, so there it asks Redis "
+                           f"every time and the lease does nothing")
+    return out
+
+
 def config_warnings(config: Config, environ: Mapping[str, str]) -> list[str]:
     return [*admin_warnings(config, environ), *route_limit_warnings(config),
-            *identity_warnings(config)]
+            *identity_warnings(config), *lease_warnings(config)]

@@ -240,6 +240,8 @@ class RateLimitRule:
     degrade_upstream: str | None = None
     shadow: bool = False
     when_absent: WhenAbsent = WhenAbsent.SKIP
+    lease: int = 0  # units a process takes per decision and spends locally; 0: off
+    lease_ttl: float = 1.0  # seconds a process may spend them
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ TOP_KEYS = (
 )
 RULE_KEYS = (
     "algorithm", "scope", "limit", "window", "burst", "action", "max_wait", "queue_size",
-    "tiers", "degrade_upstream", "shadow", "when_absent",
+    "tiers", "degrade_upstream", "shadow", "when_absent", "lease", "lease_ttl",
 )
 LISTEN_KEYS = (
     "host", "port", "max_header_size", "header_timeout", "idle_timeout", "body_timeout",
@@ -346,6 +346,10 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
     degrade = s.get("degrade_upstream", string, None)
     if degrade is not None and action != "degrade":
         s.error("degrade_upstream", f"applies only to action degrade, not {action}")
+    lease = s.get("lease", integer(2, 1_000_000), 0)
+    lease_ttl = s.get("lease_ttl", positive_duration, None)
+    if lease_ttl is not None and not lease:
+        s.error("lease_ttl", "applies only with lease")
     return m.RateLimitRule(
         name=name,
         algorithm=m.Algorithm(algorithm) if algorithm else m.Algorithm.TOKEN_BUCKET,
@@ -361,6 +365,8 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
         shadow=s.get("shadow", boolean, False),
         when_absent=m.WhenAbsent(
             s.get("when_absent", choice(list(m.WhenAbsent)), "skip") or "skip"),
+        lease=lease or 0,
+        lease_ttl=lease_ttl if lease_ttl is not None else 1.0,
     )
 
 
