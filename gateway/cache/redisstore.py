@@ -128,7 +128,7 @@ class RedisStore:
 
     async def publish(self, message: dict[str, Any]) -> None:
         payload = orjson.dumps({**message, "origin": self.origin})
-        await self.link.call(lambda: self.link.client.publish(self.channel, payload))
+        await self.link.publish(self.channel, payload)
 
     # ------------------------------------------------------------ subscriber
     async def start(self, on_purge: PurgeHandler, on_reconnect: Callable[[], object]) -> None:
