@@ -5,16 +5,18 @@ listens on, and a master's failover and a resharding under load unseen by client
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client import REGISTRY
 
 from gateway.config.model import RedisSettings
-from gateway.redisconn import RedisLink
+from gateway.redisconn import RedisLink, RedisUnavailable
 from tests.harness import InProcessGateway, Upstream, client_session
 from tests.integration.test_cache import Factory, counting
 from tests.integration.test_cache_redis import HOST, connected_cache, second, shared_config, wait_for
@@ -266,3 +268,26 @@ async def test_a_resharding_under_load_is_followed_without_errors(
     print(f"resharding 3000 slots under load: {statuses}, slowest answer {slowest * 1000:.0f} ms")
     assert set(statuses) == {200}
     assert redis_errors() == errors  # every MOVED and ASK followed
+
+
+async def test_a_hung_master_costs_each_call_the_deadline_then_the_breaker_opens(
+        redis_cluster_factory: Callable[[], RedisCluster]) -> None:
+    cluster = redis_cluster_factory()
+    link = RedisLink(RedisSettings(url=cluster.url, cluster=True, timeout=0.2))
+    try:
+        await link.call(lambda: link.client.set("hung", 1))
+        node = cluster.node_for_key("hung")
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGSTOP)  # connected, never answering
+        try:
+            for _ in range(3):
+                with pytest.raises(RedisUnavailable, match="TimeoutError"):
+                    await link.call(lambda: link.client.get("hung"))
+            with pytest.raises(RedisUnavailable, match="breaker is open"):
+                await link.call(lambda: link.client.get("hung"))
+        finally:
+            node.proc.send_signal(signal.SIGCONT)
+        await asyncio.sleep(1.1)  # the breaker's cooldown: one probe goes through and closes it
+        assert await link.call(lambda: link.client.get("hung")) == b"1"
+    finally:
+        await link.close()
