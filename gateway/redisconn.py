@@ -131,8 +131,8 @@ class RedisLink:
 
     async def publish(self, channel: str, payload: bytes) -> None:
         """PUBLISH under the deadline. On a cluster any node will do (the bus carries the
-        message to every node's subscribers); redis-py's asyncio cluster client before 5.1
-        has no publish() and cannot route a keyless command unless told where."""
+        message to every node's subscribers); redis-py 5.0's asyncio cluster client has no
+        publish() and routes a keyless command only when told where."""
         if self.settings.cluster:
             await self.call(lambda: self.client.execute_command(
                 "PUBLISH", channel, payload, target_nodes=aioredis.RedisCluster.RANDOM))
