@@ -46,6 +46,13 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self.opened_at is not None
 
+    @property
+    def refusing(self) -> bool:
+        """Open and not yet due for a probe: a caller may skip Redis without asking. A caller
+        that skipped on `is_open` instead would never send the probe that closes it."""
+        return self.opened_at is not None and (
+            self._probing or self.clock() - self.opened_at < self.cooldown)
+
     def allow(self) -> bool:
         if self.opened_at is None:
             return True
@@ -64,6 +71,10 @@ class CircuitBreaker:
         self._probing = False
         if self.failures >= self.threshold:
             self.opened_at = self.clock()
+
+    def abandoned(self) -> None:
+        """The call let through was cancelled before it could tell: let another probe."""
+        self._probing = False
 
 
 class RedisLink:
@@ -118,6 +129,9 @@ class RedisLink:
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed()
             raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except asyncio.CancelledError:
+            self.breaker.abandoned()  # a cancelled probe would otherwise hold it open forever
+            raise
         except Exception as exc:
             # Not Redis or network trouble: a redis-py release that does not fit (one raised
             # TypeError while connecting) or a bug. Its callers still answer per

@@ -69,7 +69,7 @@ class RedisStore:
 
     @property
     def usable(self) -> bool:
-        return self.gen is not None and not self.link.breaker.is_open
+        return self.gen is not None and not self.link.breaker.refusing
 
     # ------------------------------------------------------------ request path
     async def variants(self, url: str) -> list[bytes]:
