@@ -3,16 +3,21 @@
 Key layout (prefix = `redis.key_prefix`), chosen to work unchanged in Redis Cluster:
 
     {P}cache:gen                      generation number; purge-all INCRs it
-    {P}cache:<gen>:u:<urlhash>        HASH variant-id -> encoded entry (one key per URL)
-    {P}cache:<gen>:t:<tag>            SET of the URL hash keys carrying that purge tag
+    {P}cache:<gen>:u:{<urlhash>}      HASH variant-id -> encoded entry (one key per URL)
+    {P}cache:<gen>:t:{<tag>}          SET of the URL hash keys carrying that purge tag
     {P}cache:purge                    pub/sub channel of purge messages
 
-Every command touches one key, so no two keys ever need to share a hash slot: a URL's
-variants live in one hash (lookup = one HGETALL, purge-by-URL = one DEL), and purge-by-tag
-reads the tag's set and deletes its URL keys one by one (per-key DELs in a non-transactional
-pipeline, which redis-py routes per slot in Cluster). Purge-all bumps the generation instead of
-scanning: old keys become unreachable at once and expire on their own TTLs. A tag purges
-every variant of the URLs it names (conservative: a variant is never kept by mistake).
+A key's hash tag is its URL hash (or its tag), so on a cluster its slot depends on the URL
+alone: different URLs spread over the masters (1,000 URLs over 3 masters: 33/34/33%,
+tests/integration/test_cluster_stores.py), a URL keeps its master from one generation to the
+next, and a script may add keys of the same URL without crossing slots. Every command and
+script touches one key, so no two keys ever need to share a slot: a URL's variants live in
+one hash (lookup = one HGETALL, purge-by-URL = one DEL), the tag script gets the URL key's
+name as an argument, not a key, and purge-by-tag reads the tag's set and deletes its URL keys
+one by one (per-key DELs in a non-transactional pipeline, which redis-py routes per slot in
+Cluster). Purge-all bumps the generation instead of scanning: old keys become unreachable at
+once, on every master, and expire on their own TTLs. A tag purges every variant of the URLs
+it names (conservative: a variant is never kept by mistake).
 
 Request-path reads and writes go over the link's pipelined connection (gateway/redispipe.py),
 which the rate limiter's decisions share: commands of one event-loop iteration leave in one
@@ -72,14 +77,14 @@ class RedisStore:
 
     # ------------------------------------------------------------ keys
     def url_key(self, url: str) -> str:
-        return f"{self.prefix}{self.gen}:u:{url_hash(url)}"
+        return f"{self.prefix}{self.gen}:u:{{{url_hash(url)}}}"
 
     def tag_key(self, tag: str) -> str:
-        return f"{self.prefix}{self.gen}:t:{tag}"
+        return f"{self.prefix}{self.gen}:t:{{{tag}}}"
 
     @property
     def usable(self) -> bool:
-        return self.gen is not None and not self.link.breaker.is_open
+        return self.gen is not None and not self.link.breaker.refusing
 
     # ------------------------------------------------------------ request path
     def read_ahead(self, url: str) -> asyncio.Future[Any] | None:
@@ -181,7 +186,7 @@ class RedisStore:
 
     async def publish(self, message: dict[str, Any]) -> None:
         payload = orjson.dumps({**message, "origin": self.origin})
-        await self.link.call(lambda: self.link.client.publish(self.channel, payload))
+        await self.link.publish(self.channel, payload)
 
     # ------------------------------------------------------------ subscriber
     async def start(self, on_purge: PurgeHandler, on_reconnect: Callable[[], object]) -> None:
@@ -206,7 +211,7 @@ class RedisStore:
             self.gen = None  # L2 unused until the generation is known again
 
         self._subscription = Subscription(
-            self.link.settings, self.channel, lambda data: self._dispatch(data, on_purge),
+            self.link, self.channel, lambda data: self._dispatch(data, on_purge),
             connected, lost, name="cache purges")
         self._subscription.start()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.adminauth import configured_token, loopback, unset_token_hint
-from gateway.config.model import Config, RateLimitRule, Scope, WhenAbsent
+from gateway.config.model import Config, RateLimitRule, RedisSettings, Scope, WhenAbsent
 
 _ABSENT = {"user": "a user id", "tenant": "a tenant id", "api_key": "an API key"}
 
@@ -93,6 +93,27 @@ def lease_warnings(config: Config) -> list[str]:
     return out
 
 
+def redis_warnings(config: Config) -> list[str]:
+    """Settings of the other Redis topology than the one configured are not used; a hash tag
+    in the prefix would put every key of a cluster in one slot, so one master."""
+    redis = config.redis
+    if redis is None:
+        return []
+    default = RedisSettings()
+    out = []
+    if redis.cluster and redis.max_connections != default.max_connections:
+        out.append("redis.max_connections: sizes the pool of a single Redis and is not used "
+                   "with cluster: true; set redis.max_connections_per_node instead")
+    if not redis.cluster and redis.max_connections_per_node != default.max_connections_per_node:
+        out.append("redis.max_connections_per_node: is used only with cluster: true; a single "
+                   "Redis's pool is sized by redis.max_connections")
+    if redis.cluster and "{" in redis.key_prefix and "}" in redis.key_prefix.split("{", 1)[1]:
+        out.append(f"redis.key_prefix: {redis.key_prefix!r} holds a hash tag, so every key of "
+                   "the gateway hashes to one slot and all load lands on one master of the "
+                   "cluster; use a prefix without braces")
+    return out
+
+
 def config_warnings(config: Config, environ: Mapping[str, str]) -> list[str]:
     return [*admin_warnings(config, environ), *route_limit_warnings(config),
-            *identity_warnings(config), *lease_warnings(config)]
+            *identity_warnings(config), *lease_warnings(config), *redis_warnings(config)]

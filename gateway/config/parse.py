@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -172,7 +173,7 @@ def parse_admin(s: Section | None) -> m.Admin:
 def parse_redis(s: Section | None) -> m.RedisSettings | None:
     if s is None:
         return None
-    return m.RedisSettings(
+    settings = m.RedisSettings(
         url=s.get("url", redis_url, "redis://127.0.0.1:6379/0"),
         cluster=s.get("cluster", boolean, False),
         key_prefix=s.get("key_prefix", any_value, "gw:"),
@@ -180,7 +181,17 @@ def parse_redis(s: Section | None) -> m.RedisSettings | None:
         failure_mode=m.FailureMode(s.get("failure_mode", choice(list(m.FailureMode)), "open")
                                    or "open"),
         max_connections=s.get("max_connections", integer(1, 100_000), 64),
+        max_connections_per_node=s.get("max_connections_per_node", integer(1, 100_000), 16),
     )
+    if settings.cluster and settings.url and _database(settings.url) not in ("", "0"):
+        s.error("url", f"a Redis Cluster has only database 0, the URL selects "
+                       f"{_database(settings.url)}; end it with /0 or no path")
+    return settings
+
+
+def _database(url: str) -> str:
+    """The database a redis:// URL selects ('' when it names none)."""
+    return urllib.parse.urlsplit(url).path.strip("/")
 
 
 def _header_source(r: Reader, value: object, path: str, line: int) -> m.HeaderSource | None:
@@ -795,6 +806,7 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
 
     redis_settings = parse_redis(top.section("redis", (
         "url", "cluster", "key_prefix", "timeout", "failure_mode", "max_connections",
+        "max_connections_per_node",
     )) if top.data.get("redis") is not None else None)
     if redis_settings is not None and env and env.get("REDIS_URL"):
         try:
