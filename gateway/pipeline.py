@@ -152,7 +152,7 @@ def _is_websocket(headers: CIMultiDictProxy[str]) -> bool:
 async def _fetch(rt: Runtime, route: Route, out: Outgoing, record: AccessRecord) -> Exchange:
     began = time.perf_counter()
     try:
-        return await rt.upstreams.send(out, whole_small=not rt.cached)
+        return await rt.upstreams.send(out)
     finally:
         spent = time.perf_counter() - began
         record.upstream_duration = spent

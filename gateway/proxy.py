@@ -291,12 +291,8 @@ class UpstreamPool:
     def url(self, upstream: str, path_qs: str) -> URL:
         return URL(self.upstreams[upstream].url.rstrip("/") + path_qs, encoded=True)
 
-    async def send(self, out: Outgoing, whole_small: bool = True) -> Exchange:
-        """The upstream's answer; its body as bytes when it came whole with the head.
-
-        `whole_small=False` always gives an iterator (the cache stage applies its size and
-        conditional-request rules to streamed bodies).
-        """
+    async def send(self, out: Outgoing) -> Exchange:
+        """The upstream's answer; its body as bytes when it came whole with the head."""
         pool = self.pools[out.upstream]
         headers, added = out.wire()
         client = out.interim
@@ -307,7 +303,7 @@ class UpstreamPool:
         message, content = response.message, response.body
         if content is EMPTY_PAYLOAD:
             body: AsyncIterator[bytes] | bytes = b""
-        elif whole_small and content.is_eof() and content.exception() is None and \
+        elif content.is_eof() and content.exception() is None and \
                 content.total_bytes <= SMALL_BODY:
             # The whole (small) body came with the head: hand it over as bytes, so relay
             # writes head and body at once without a per-chunk iterator. It is already in
