@@ -18,8 +18,11 @@ Three parts, one upstream (nginx answering a small `Cache-Control: no-store` bod
 The bare route is one route with nothing configured; the full route has 3 rate-limit rules
 (a sliding window per user, a token bucket per tenant, a fixed window per IP; limits no
 request reaches), 5 flags, and a cache that misses on every request because the upstream
-says `no-store`. The access log is on (the default) in both, except for the one count that
-shows what the log costs. Every gateway runs one worker on the server core (perfkit LAYOUT);
+says `no-store`. Its requests come from 200 users taking turns, each with its own tenant,
+tier and app version (under callgrind and under wrk alike); it is also counted with a user
+never seen before on every request, the limiter's worst case (keys and checks made anew).
+The access log is on (the default) in both, except for the one count that shows what the
+log costs. Every gateway runs one worker on the server core (perfkit LAYOUT);
 the rate-limit store is a private redis-server on the load core (--store local: the
 in-process store).
 
@@ -76,6 +79,19 @@ EXTRA_FLAG = {"dark_mode": {"type": "boolean", "default": False, "rollout": 50,
                             "bucket_by": "user_id"}}
 FULL_HEADERS = {"X-User-Id": "user-17", "X-Tenant-Id": "acme", "X-Subscription-Tier": "business",
                 "X-App-Version": "2.8.0"}
+# wrk sends what _full_request sends: 200 users taking turns.
+FULL_LUA = """
+local n = 0
+local tiers = {"free", "business", "enterprise"}
+request = function()
+  local user = n % 200
+  n = n + 1
+  local tenant = (user % 7 == 0) and "acme" or ("tenant-" .. (user % 97))
+  return wrk.format("GET", "/full/x", {["Host"] = "127.0.0.1", ["X-User-Id"] = "user-" .. user,
+    ["X-Tenant-Id"] = tenant, ["X-Subscription-Tier"] = tiers[user % 3 + 1],
+    ["X-App-Version"] = "2." .. (user % 12) .. ".0", ["Accept"] = "*/*"})
+end
+"""
 
 
 def upstream_block(port: int) -> str:
@@ -113,12 +129,21 @@ def full_config(upstream_url: str, redis_url: str | None) -> dict[str, Any]:
     return config
 
 
-def _full_request(n: int) -> bytes:
-    tenant = "acme" if n % 7 == 0 else f"tenant-{n % 97}"
-    tier = ("free", "business", "enterprise")[n % 3]
-    return (f"GET /full/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: user-{n % 50000}\r\n"
+def _full_request(n: int, users: int = 200) -> bytes:
+    """The n-th request of the full route: `users` users taking turns, each with its own
+    tenant, tier and app version (a user belongs to one tenant)."""
+    user = n % users
+    tenant = "acme" if user % 7 == 0 else f"tenant-{user % 97}"
+    tier = ("free", "business", "enterprise")[user % 3]
+    return (f"GET /full/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-User-Id: user-{user}\r\n"
             f"X-Tenant-Id: {tenant}\r\nX-Subscription-Tier: {tier}\r\n"
-            f"X-App-Version: 2.{n % 12}.0\r\nAccept: */*\r\n\r\n").encode()
+            f"X-App-Version: 2.{user % 12}.0\r\nAccept: */*\r\n\r\n").encode()
+
+
+def _new_user_request(n: int) -> bytes:
+    """The full route's request of a user not seen before (keys, checks and fields made
+    anew: the limiter's worst case)."""
+    return _full_request(n, users=10**9)
 
 
 def _bare_request(n: int) -> bytes:
@@ -137,7 +162,8 @@ def count_gateway(upstream_url: str, redis_url: str | None, requests: int,
     found: dict[str, float] = {}
     cases = {"bare, log off": (bare_config(upstream_url, False), _bare_request),
              "bare, log on": (bare_config(upstream_url, True), _bare_request),
-             "full, log on": (full_config(upstream_url, redis_url), _full_request)}
+             "full, log on": (full_config(upstream_url, redis_url), _full_request),
+             "full, new users": (full_config(upstream_url, redis_url), _new_user_request)}
     for label, (config, make) in cases.items():
         port = _with_ports(config)["listen"]["port"]
         found.update(instructions_per_request(
@@ -203,8 +229,9 @@ def main() -> int:
             for name, row in counts.items():
                 off, on, full = row["bare, log off"], row["bare, log on"], row["full, log on"]
                 print(f"  {name:>14}: bare log off {off:>9,.0f}   log on {on:>9,.0f} "
-                      f"(log {on - off:>+7,.0f})   full {full:>9,.0f}   "
-                      f"full/naive {full / naive:.2f}")
+                      f"(log {on - off:>+7,.0f})   full {full:>9,.0f} "
+                      f"(full/naive {full / naive:.2f}; a new user each request "
+                      f"{row['full, new users']:,.0f})")
             mine = counts["this tree"]
             log_cost = mine["bare, log on"] - mine["bare, log off"]
             print(f"target: the access log <= 30k instructions/request: {log_cost:,.0f} "
@@ -236,7 +263,8 @@ def measure_load(lab: Lab, up: Service, redis_url: str | None, duration: float,
     def closed(name: str, connections: int) -> LoadResult:
         service = servers[name]
         return with_cpu(service.pid, partial(wrk, f"{service.url}/{name}/x", duration=duration,
-                                             connections=connections, headers=headers[name]))
+                                             connections=connections,
+                                             lua=FULL_LUA if name == "full" else ""))
 
     runs = interleaved({name: partial(closed, name, 64) for name in servers}, repeat,
                        warmup=lambda name: say(f"warm-up {name}: "
