@@ -29,6 +29,7 @@ from gateway.cache.key import url_key, variant_id, vary_values
 from gateway.cache.service import CacheService, Flight
 from gateway.config.model import Config, Route, RouteCache
 from gateway.context import remember
+from gateway.metrictally import TALLY
 from gateway.proxy import Exchange, Fetch, Outgoing, StoredHead, field_lines
 from gateway.wire.aiohttp_io import SERVER_SOFTWARE
 from gateway.wire.h1client import UpstreamError
@@ -58,7 +59,7 @@ class RoutePolicy:
     pass_drop: tuple[str, ...] = ()
 
     def count(self, result: str) -> None:
-        self.counters[result].inc()
+        TALLY.inc(self.counters[result])
 
     def key(self, client_url: str) -> str:
         key = self.keys.get(client_url)
