@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from gateway.config.model import RedisSettings
-from gateway.experiments.store import Exposure, RedisExperimentStore
+from gateway.experiments.store import Exposures, RedisExperimentStore
 from gateway.redisconn import RedisLink
 from tests.harness import RedisServer, free_port
 from tests.perf.perfkit import Lab, drive_keepalive, gateway_config, instructions_per_request
@@ -35,14 +35,11 @@ async def memory_per_unit(units: int) -> None:
     try:
         store = RedisExperimentStore(link)
         before = int((await link.client.info("memory"))["used_memory"])
-        batch: list[Exposure] = []
-        for i in range(units):
-            batch.append(Exposure("control" if i % 2 else "treatment", f"user-{i}"))
-            if len(batch) == 2000:
-                await store.apply("e", ("purchase",), batch)
-                batch = []
-        if batch:
-            await store.apply("e", ("purchase",), batch)
+        for start in range(0, units, 2000):
+            ids = range(start, min(start + 2000, units))
+            await store.apply("e", ("purchase",), [
+                Exposures("control", [f"user-{i}" for i in ids if i % 2]),
+                Exposures("treatment", [f"user-{i}" for i in ids if not i % 2])])
         after = int((await link.client.info("memory"))["used_memory"])
         counted = await store.read("e")
     finally:
