@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from multidict import MultiMapping
@@ -35,9 +35,46 @@ log = logging.getLogger("gateway.experiments")
 LOOK_EVERY = 1.0  # seconds between looks
 SNAPSHOT_EVERY = 60.0  # seconds between points of the lift-over-time chart
 
-# One request's pending observations: the slots of its (experiment, variant) pairs for the
-# guardrails, and (experiment, metric, unit) for the route metrics.
-Pending = tuple[tuple[Slot, ...], tuple[tuple[Experiment, ExperimentMetric, str], ...]]
+class Pending(Protocol):
+    """What a request recorded by an experiment observes once it is answered: the guardrail
+    sums of its (experiment, variant) pairs, and the route metrics it may count."""
+
+    def answered(self, status: int, upstream_seconds: float | None) -> None: ...
+
+
+class _Slots:
+    """Several (experiment, variant) pairs: a request whose flag several experiments
+    measure, or whose several flags are measured. (One pair is its Slot alone.)"""
+
+    __slots__ = ("slots",)
+
+    def __init__(self, slots: tuple[Slot, ...]) -> None:
+        self.slots = slots
+
+    def answered(self, status: int, upstream_seconds: float | None) -> None:
+        for slot in self.slots:
+            slot.answered(status, upstream_seconds)
+
+
+class _Converting:
+    """A request to a route that a route metric counts: its guardrails, then its events."""
+
+    __slots__ = ("conversions", "guardrails", "recorder")
+
+    def __init__(self, guardrails: Pending | None, recorder: Recorder,
+                 conversions: tuple[tuple[Experiment, ExperimentMetric, str], ...]) -> None:
+        self.guardrails, self.recorder, self.conversions = guardrails, recorder, conversions
+
+    def answered(self, status: int, upstream_seconds: float | None) -> None:
+        if self.guardrails is not None:
+            self.guardrails.answered(status, upstream_seconds)
+        for e, metric, unit in self.conversions:
+            assert metric.statuses is not None
+            low, high = metric.statuses
+            if low <= status < high:
+                self.recorder.event(e.name, metric.name, unit, 1.0)
+
+
 # What a request whose flags split so records: per running experiment of a split flag, its
 # variant's slot, the position of the unit in FlagResult.units and the flag; and its Pending.
 Recording = tuple[tuple[tuple[Slot, int, str], ...], Pending | None]
@@ -77,26 +114,25 @@ class Experiments:
     # ------------------------------------------------------------------ request path
     def on_request(self, route: str, flags: FlagResult | None, ctx: RequestContext | None,
                    headers: MultiMapping[str], peer: str) -> Pending | None:
-        """Record the exposures of this request; what to observe once it is answered.
+        """Record the exposures of this request; what observes it once it is answered.
 
         What a split records is worked out once per split (`_recording`), so a request
-        makes no object here: its exposures are appends, its Pending is shared."""
+        makes no object here: an exposure is an append (none for a unit this process has
+        queued already), and the Pending is shared by every request of the same split."""
         pending: Pending | None = None
         if flags is not None and flags.split:
             split = flags.split
-            recording = self._recordings.get(split) or self._recording(split)
+            exposures, pending = self._recordings.get(split) or self._recording(split)
             units = flags.units
-            expose = self.recorder.expose
-            for slot, position, key in recording[0]:
+            for slot, position, key in exposures:
                 # The flag code hands out the units it bucketed by (list-mode plans for
                 # dense prerequisite graphs do not): else read it from the context.
                 unit = units[position] if position < len(units) else None
                 if unit is None:
                     ctx = ctx or self._context(headers, peer)
                     unit = self.flags.bucket_value(key, ctx)
-                if unit:
-                    expose(slot, unit)
-            pending = recording[1]
+                if unit and unit not in slot.seen:  # Recorder.expose checks too; a call less
+                    self.recorder.expose(slot, unit)
         metrics_here = self.route_metrics.get(route)
         if metrics_here is not None:
             return self._conversions(metrics_here, pending, ctx, headers, peer)
@@ -109,8 +145,9 @@ class Experiments:
                 if name in self.running:
                     exposures.append((self.recorder.slot(name, variant), position, key))
         slots = tuple(slot for slot, _, _ in exposures)
-        recording = (tuple(exposures), (slots, ()) if slots else None)
-        return remember(self._recordings, split, recording, RECORDINGS_MAX)
+        pending: Pending | None = (None if not slots else slots[0] if len(slots) == 1
+                                   else _Slots(slots))
+        return remember(self._recordings, split, (tuple(exposures), pending), RECORDINGS_MAX)
 
     def _conversions(self, metrics_here: tuple[tuple[Experiment, ExperimentMetric], ...],
                      pending: Pending | None, ctx: RequestContext | None,
@@ -125,23 +162,11 @@ class Experiments:
                     conversions.append((e, metric, unit))
         if not conversions:
             return pending
-        return (pending[0] if pending is not None else (), tuple(conversions))
+        return _Converting(pending, self.recorder, tuple(conversions))
 
     def _context(self, headers: MultiMapping[str], peer: str) -> RequestContext:
         return build_context(self.config.context, peer, headers,
                              environment=self.config.environment)[0]
-
-    def on_response(self, pending: Pending, status: int, upstream_seconds: float | None
-                    ) -> None:
-        slots, conversions = pending
-        error = status >= 500
-        for slot in slots:
-            slot.observe(error, upstream_seconds)
-        for e, metric, unit in conversions:
-            assert metric.statuses is not None
-            low, high = metric.statuses
-            if low <= status < high:
-                self.recorder.event(e.name, metric.name, unit, 1.0)
 
     # ------------------------------------------------------------------ reports
     def weights(self, experiment: Experiment) -> dict[str, int]:

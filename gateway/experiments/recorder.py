@@ -69,24 +69,26 @@ class Slot:
         self.latency_sum = self.latency_squares = 0.0
         self.histogram: defaultdict[int, int] = defaultdict(int)  # only buckets hit
 
-    def observe(self, error: bool, upstream_seconds: float | None) -> None:
-        """One of the experiment's flagged requests of this variant, answered."""
+    def answered(self, status: int, upstream_seconds: float | None) -> None:
+        """One of the experiment's flagged requests of this variant has been answered."""
         self.requests += 1
-        if error:
+        if status >= 500:
             self.errors += 1
         if upstream_seconds is not None:
             self.latency_sum += upstream_seconds
             self.latency_squares += upstream_seconds * upstream_seconds
             self.histogram[latency_bucket(upstream_seconds)] += 1
 
-    def take(self) -> Iterator[Record]:
-        """What the slot holds, as records (units by at most BATCH_MAX); the slot afresh."""
-        units, self.units = self.units, []
-        for start in range(0, len(units), BATCH_MAX):
-            yield Exposures(self.variant, units[start:start + BATCH_MAX])
+    def take(self, into: list[Record]) -> None:
+        """Append what the slot holds to `into` as records (units by at most BATCH_MAX), and
+        start afresh."""
+        if self.units:
+            units, self.units = self.units, []
+            for start in range(0, len(units), BATCH_MAX):
+                into.append(Exposures(self.variant, units[start:start + BATCH_MAX]))
         if self.requests:
-            yield Guardrail(self.variant, self.requests, self.errors, self.latency_sum,
-                            self.latency_squares, tuple(self.histogram.items()))
+            into.append(Guardrail(self.variant, self.requests, self.errors, self.latency_sum,
+                                  self.latency_squares, tuple(self.histogram.items())))
             self.requests = self.errors = 0
             self.latency_sum = self.latency_squares = 0.0
             self.histogram = defaultdict(int)
@@ -110,8 +112,6 @@ class Recorder:
         self._events: deque[tuple[float, str, Event]] = deque()
         self._waiting = 0  # exposures and events queued, against queue_max
         self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
-        self.after_flush: list[Callable[[], None]] = []
 
     def slot(self, experiment: str, variant: str) -> Slot:
         found = self._slots.get((experiment, variant))
@@ -145,40 +145,37 @@ class Recorder:
     # ------------------------------------------------------------------ off the path
     async def flush(self, everything: bool = False) -> None:
         """Send what is due (`everything`: events not yet due too); a batch the store
-        refuses is dropped and counted."""
-        async with self._lock:
-            now = self._clock()
-            # Per experiment, its exposures before its events: an event's unit exposed in
-            # the same flush is stored first.
-            queue: dict[str, list[Record]] = {}
-            for slot in self._slots.values():
-                for record in slot.take():
-                    queue.setdefault(slot.experiment, []).append(record)
-            due = now - self.event_delay
-            events = self._events
-            while events and (everything or events[0][0] <= due):
-                _, experiment, event = events.popleft()
-                queue.setdefault(experiment, []).append(event)
-            self._waiting = len(events)
-            if now - self._seen_since >= SEEN_FOR:
-                self._seen_since = now
-                for seen in self._seen.values():
-                    seen.clear()
-            for experiment, records in queue.items():
-                names = self.metrics.get(experiment)
-                if names is None:  # removed by a reload meanwhile
-                    self._dropped(experiment, records, "the experiment was removed")
-                    continue
-                for batch in _batches(records):
-                    try:
-                        await self.store.apply(experiment, names, batch)
-                    except (RedisUnavailable, OSError) as exc:
-                        self._dropped(experiment, batch, str(exc))
-            for seen in self._seen.values():
-                if len(seen) > SEEN_MAX:
-                    seen.clear()
-        for callback in self.after_flush:
-            callback()
+        refuses is dropped and counted. What a flush sends it takes at once, before its
+        first wait, so flushes need no lock: two that overlap send different records."""
+        now = self._clock()
+        # Per experiment, its exposures before its events: an event's unit exposed in the
+        # same flush is stored first.
+        queue: dict[str, list[Record]] = {}
+        for slot in self._slots.values():
+            if slot.units or slot.requests:
+                slot.take(queue.setdefault(slot.experiment, []))
+        due = now - self.event_delay
+        events = self._events
+        while events and (everything or events[0][0] <= due):
+            _, experiment, event = events.popleft()
+            queue.setdefault(experiment, []).append(event)
+        self._waiting = len(events)
+        forget = now - self._seen_since >= SEEN_FOR
+        if forget:
+            self._seen_since = now
+        for seen in self._seen.values():
+            if forget or len(seen) > SEEN_MAX:
+                seen.clear()
+        for experiment, records in queue.items():
+            names = self.metrics.get(experiment)
+            if names is None:  # removed by a reload meanwhile
+                self._dropped(experiment, records, "the experiment was removed")
+                continue
+            for batch in _batches(records):
+                try:
+                    await self.store.apply(experiment, names, batch)
+                except (RedisUnavailable, OSError) as exc:
+                    self._dropped(experiment, batch, str(exc))
 
     def _dropped(self, experiment: str, records: Sequence[Record], why: str) -> None:
         """Count records lost; their units' next requests queue their exposures again."""

@@ -58,6 +58,8 @@ class Guardrail(NamedTuple):
 
 
 Record = Exposures | Event | Guardrail
+# The aggregates' names of Guardrail's requests, errors, latency_sum and latency_squares.
+_GUARDRAIL_SUMS = ("n", "e", "ls", "lq")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +108,10 @@ class LocalExperimentStore:
         self._snapshots: dict[str, list[dict[str, Any]]] = {}
 
     def _of(self, experiment: str) -> Tallies:
-        return self._tallies.setdefault(experiment, Tallies())
+        found = self._tallies.get(experiment)
+        if found is None:  # not setdefault: a Tallies (four dicts) made per call costs more
+            found = self._tallies[experiment] = Tallies()
+        return found
 
     async def apply(self, experiment: str, metrics: Sequence[str],
                     records: Sequence[Record]) -> Applied:
@@ -150,12 +155,11 @@ class LocalExperimentStore:
                 counted += 1
             else:
                 prefix = f"g|{record.variant}|"
-                for name, amount in (("n", record.requests), ("e", record.errors),
-                                     ("ls", record.latency_sum),
-                                     ("lq", record.latency_squares)):
+                for name, amount in zip(_GUARDRAIL_SUMS, record[1:5], strict=True):
                     agg[prefix + name] = agg.get(prefix + name, 0) + amount
                 for i, n in record.histogram:
-                    agg[f"{prefix}h{i}"] = agg.get(f"{prefix}h{i}", 0) + n
+                    name = f"{prefix}h{i}"
+                    agg[name] = agg.get(name, 0) + n
         return Applied(new_units, counted, duplicates, unexposed)
 
     async def read(self, experiment: str) -> Tallies:

@@ -89,7 +89,7 @@ async def test_a_refused_batch_is_counted_and_its_units_are_queued_again() -> No
     before = dropped()
     store.down = True
     rec.expose(slot, "u1")
-    slot.observe(True, 0.002)
+    slot.answered(502, 0.002)
     await rec.flush()
     assert dropped() == before + 2  # the exposure and the guardrail sums
     store.down = False
@@ -102,9 +102,9 @@ async def test_guardrail_sums_are_sent_per_variant_and_start_afresh() -> None:
     store = Refusing()
     rec = recorder(store)
     control, treatment = rec.slot("e", "control"), rec.slot("e", "treatment")
-    control.observe(False, 0.001)
-    control.observe(True, None)
-    treatment.observe(False, 0.004)
+    control.answered(200, 0.001)
+    control.answered(503, None)
+    treatment.answered(200, 0.004)
     await rec.flush()
     await rec.flush()  # nothing new: nothing sent
     assert len(store.batches) == 1
