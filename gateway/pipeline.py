@@ -219,9 +219,8 @@ class Pipeline:
             route_label = record.route or "(none)"
             TALLY.finished(route_label, metrics.method_label(request.method),
                            str(record.status), duration)
-            if record.experiment is not None and rt.experiments is not None:
-                rt.experiments.on_response(record.experiment, record.status,
-                                           record.upstream_duration)
+            if record.experiment is not None:  # what the request's experiments observe
+                record.experiment.answered(record.status, record.upstream_duration)
             if self.access_log is not None:
                 self.access_log.write(record)
 

@@ -53,14 +53,16 @@ class CacheStage(Protocol):
 class FlagResult(NamedTuple):
     """What the flag stage decided for one request: the fields the upstream gets, the
     evaluations it counted (the metric's children, incremented together), which flags
-    under an experiment were decided by their split, as (flag key, variant), and, when the
-    deciding code has them at hand, the values those flags bucketed this request by.
-    (A tuple: one is made per request that an experiment records.)"""
+    under an experiment were decided by their split, as (flag key, variant, position of
+    its unit in `units`), and, when the deciding code has them at hand, the values the
+    route's experiment flags bucketed this request by (empty otherwise). `split` is made
+    once per combination of outcomes; `units` belongs to one request. (A tuple: one is
+    made per request that an experiment records.)"""
 
     fields: AddedFields
     counted: CounterGroup
-    split: tuple[tuple[str, str], ...] = ()
-    units: tuple[tuple[str, str | None], ...] = ()  # (flag key, unit); per request
+    split: tuple[tuple[str, str, int], ...] = ()
+    units: tuple[str | None, ...] = ()
 
 
 class FlagStage(Protocol):

@@ -9,7 +9,7 @@
 -- KEYS[4..3+M] per metric, in ARGV's order: HASH unit -> the unit's sum of values
 -- KEYS[4+M..] one per event that carries an id: its idempotency key
 -- ARGV[1] JSON list of records:
---   {"x", variant, unit}                       an exposure
+--   {"x", variant, {unit...}}                 exposures of units to a variant
 --   {"e", metric index (1-based), unit, value, event key index (0: none), metric name}
 --   {"g", variant, requests, errors, latency sum, latency square sum,
 --    {{bucket, count}...} of the latency histogram's buckets that were hit}
@@ -23,9 +23,13 @@ local metric_keys = tonumber(ARGV[3])
 for _, r in ipairs(records) do
   local kind = r[1]
   if kind == "x" then
-    if redis.call('HSETNX', KEYS[1], r[3], r[2]) == 1 then
-      redis.call('HINCRBY', KEYS[2], r[2], 1)
-      new_units = new_units + 1
+    local fresh = 0
+    for _, unit in ipairs(r[3]) do
+      fresh = fresh + redis.call('HSETNX', KEYS[1], unit, r[2])
+    end
+    if fresh > 0 then
+      redis.call('HINCRBY', KEYS[2], r[2], fresh)
+      new_units = new_units + fresh
     end
   elseif kind == "e" then
     local fresh = true

@@ -15,15 +15,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from multidict import MultiMapping
 
 from gateway import metrics
 from gateway.config.model import Config, Experiment, ExperimentMetric, ExperimentStatus
-from gateway.context import RequestContext, build_context
-from gateway.experiments.recorder import Recorder, stop
+from gateway.context import RequestContext, build_context, remember
+from gateway.experiments.recorder import Recorder, Slot, stop
 from gateway.experiments.report import report
 from gateway.experiments.store import ExperimentStore
 from gateway.flags.engine import FlagEngine
@@ -35,11 +35,50 @@ log = logging.getLogger("gateway.experiments")
 LOOK_EVERY = 1.0  # seconds between looks
 SNAPSHOT_EVERY = 60.0  # seconds between points of the lift-over-time chart
 
-# One request's pending observations: (experiment, variant) for the guardrails, and
-# (experiment, metric, unit) for the route metrics.
-Pending = tuple[tuple[tuple[str, str], ...], tuple[tuple[Experiment, ExperimentMetric, str],
-                                                  ...]]
+class Pending(Protocol):
+    """What a request recorded by an experiment observes once it is answered: the guardrail
+    sums of its (experiment, variant) pairs, and the route metrics it may count."""
 
+    def answered(self, status: int, upstream_seconds: float | None) -> None: ...
+
+
+class _Slots:
+    """Several (experiment, variant) pairs: a request whose flag several experiments
+    measure, or whose several flags are measured. (One pair is its Slot alone.)"""
+
+    __slots__ = ("slots",)
+
+    def __init__(self, slots: tuple[Slot, ...]) -> None:
+        self.slots = slots
+
+    def answered(self, status: int, upstream_seconds: float | None) -> None:
+        for slot in self.slots:
+            slot.answered(status, upstream_seconds)
+
+
+class _Converting:
+    """A request to a route that a route metric counts: its guardrails, then its events."""
+
+    __slots__ = ("conversions", "guardrails", "recorder")
+
+    def __init__(self, guardrails: Pending | None, recorder: Recorder,
+                 conversions: tuple[tuple[Experiment, ExperimentMetric, str], ...]) -> None:
+        self.guardrails, self.recorder, self.conversions = guardrails, recorder, conversions
+
+    def answered(self, status: int, upstream_seconds: float | None) -> None:
+        if self.guardrails is not None:
+            self.guardrails.answered(status, upstream_seconds)
+        for e, metric, unit in self.conversions:
+            assert metric.statuses is not None
+            low, high = metric.statuses
+            if low <= status < high:
+                self.recorder.event(e.name, metric.name, unit, 1.0)
+
+
+# What a request whose flags split so records: per running experiment of a split flag, its
+# variant's slot, the position of the unit in FlagResult.units and the flag; and its Pending.
+Recording = tuple[tuple[tuple[Slot, int, str], ...], Pending | None]
+RECORDINGS_MAX = 4096  # distinct splits remembered before starting afresh
 
 
 class Experiments:
@@ -69,58 +108,65 @@ class Experiments:
         self._looks: dict[str, dict[str, float]] = {}
         self._last_snapshot: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        # FlagResult.split -> what it records, while `running` stays as it is.
+        self._recordings: dict[tuple[tuple[str, str, int], ...], Recording] = {}
 
     # ------------------------------------------------------------------ request path
     def on_request(self, route: str, flags: FlagResult | None, ctx: RequestContext | None,
                    headers: MultiMapping[str], peer: str) -> Pending | None:
-        """Record the exposures of this request; what to observe once it is answered."""
-        split = flags.split if flags is not None else ()
-        metrics_here = self.route_metrics.get(route)
-        if not split and metrics_here is None:
-            return None
-        running = self.running
-        observed: list[tuple[str, str]] = []
-        if split:
-            assert flags is not None
+        """Record the exposures of this request; what observes it once it is answered.
+
+        What a split records is worked out once per split (`_recording`), so a request
+        makes no object here: an exposure is an append (none for a unit this process has
+        queued already), and the Pending is shared by every request of the same split."""
+        pending: Pending | None = None
+        if flags is not None and flags.split:
+            split = flags.split
+            exposures, pending = self._recordings.get(split) or self._recording(split)
             units = flags.units
-            for key, variant in split:
-                for name in self.by_flag[key]:
-                    if name not in running:
-                        continue
-                    # The flag code hands out the unit it bucketed by (list-mode plans
-                    # for dense prerequisite graphs do not): else read it from the context.
-                    unit = next((u for k, u in units if k == key), None)
-                    if unit is None:
-                        ctx = ctx or self._context(headers, peer)
-                        unit = self.flags.bucket_value(key, ctx)
-                    if unit:
-                        self.recorder.expose(name, variant, unit)
-                        observed.append((name, variant))
+            for slot, position, key in exposures:
+                # The flag code hands out the units it bucketed by (list-mode plans for
+                # dense prerequisite graphs do not): else read it from the context.
+                unit = units[position] if position < len(units) else None
+                if unit is None:
+                    ctx = ctx or self._context(headers, peer)
+                    unit = self.flags.bucket_value(key, ctx)
+                if unit and unit not in slot.seen:  # Recorder.expose checks too; a call less
+                    self.recorder.expose(slot, unit)
+        metrics_here = self.route_metrics.get(route)
+        if metrics_here is not None:
+            return self._conversions(metrics_here, pending, ctx, headers, peer)
+        return pending
+
+    def _recording(self, split: tuple[tuple[str, str, int], ...]) -> Recording:
+        exposures: list[tuple[Slot, int, str]] = []
+        for key, variant, position in split:
+            for name in self.by_flag.get(key, ()):
+                if name in self.running:
+                    exposures.append((self.recorder.slot(name, variant), position, key))
+        slots = tuple(slot for slot, _, _ in exposures)
+        pending: Pending | None = (None if not slots else slots[0] if len(slots) == 1
+                                   else _Slots(slots))
+        return remember(self._recordings, split, (tuple(exposures), pending), RECORDINGS_MAX)
+
+    def _conversions(self, metrics_here: tuple[tuple[Experiment, ExperimentMetric], ...],
+                     pending: Pending | None, ctx: RequestContext | None,
+                     headers: MultiMapping[str], peer: str) -> Pending | None:
+        """The route metrics this request may count once answered, added to `pending`."""
         conversions: list[tuple[Experiment, ExperimentMetric, str]] = []
-        for e, metric in metrics_here or ():
-            if e.name in running:
+        for e, metric in metrics_here:
+            if e.name in self.running:
                 ctx = ctx or self._context(headers, peer)
                 unit = self.flags.bucket_value(e.flag, ctx)
                 if unit:
                     conversions.append((e, metric, unit))
-        if not observed and not conversions:
-            return None
-        return tuple(observed), tuple(conversions)
+        if not conversions:
+            return pending
+        return _Converting(pending, self.recorder, tuple(conversions))
 
     def _context(self, headers: MultiMapping[str], peer: str) -> RequestContext:
         return build_context(self.config.context, peer, headers,
                              environment=self.config.environment)[0]
-
-    def on_response(self, pending: Pending, status: int, upstream_seconds: float | None
-                    ) -> None:
-        observed, conversions = pending
-        for name, variant in observed:
-            self.recorder.observe(name, variant, status >= 500, upstream_seconds)
-        for e, metric, unit in conversions:
-            assert metric.statuses is not None
-            low, high = metric.statuses
-            if low <= status < high:
-                self.recorder.event(e.name, metric.name, unit, 1.0)
 
     # ------------------------------------------------------------------ reports
     def weights(self, experiment: Experiment) -> dict[str, int]:
@@ -173,8 +219,11 @@ class Experiments:
 
     def _set_status(self, name: str, status: ExperimentStatus) -> None:
         self.status[name] = status
-        self.running = frozenset(n for n, st in self.status.items()
-                                 if st is ExperimentStatus.RUNNING)
+        running = frozenset(n for n, st in self.status.items()
+                            if st is ExperimentStatus.RUNNING)
+        if running != self.running:
+            self.running = running
+            self._recordings = {}
 
     # ------------------------------------------------------------------ the look
     async def look(self, now: float) -> None:

@@ -5,8 +5,11 @@ Both stores apply a batch of records with the same arithmetic (lua/experiments.l
 Redis side); tests/integration/test_experiment_stores.py runs one suite against both.
 
 Records:
-- Exposure(variant, unit): the unit's first exposure fixes its variant for good, however
-  often and wherever it is exposed again; units are counted once each.
+- Exposures(variant, units): each unit's first exposure fixes its variant for good, however
+  often and wherever it is exposed again; units are counted once each. One record carries
+  every unit a process exposed to a variant since its last flush, so that a unit costs no
+  object of its own on the way (a record per unit made the flush cost more than the
+  request's own exposure work; tests/perf/bench_experiments.py).
 - Event(metric, unit, value, event_id): added to the unit's sum for the metric; a unit never
   exposed is counted apart (per metric), never mixed in; an event id already seen within
   EVENT_ID_TTL is a retry and changes nothing.
@@ -33,9 +36,9 @@ EVENT_ID_TTL = 7 * 86400  # a retry later than a week is counted again
 SNAPSHOTS_KEPT = 500
 
 
-class Exposure(NamedTuple):
+class Exposures(NamedTuple):
     variant: str
-    unit: str
+    units: Sequence[str]
 
 
 class Event(NamedTuple):
@@ -54,7 +57,9 @@ class Guardrail(NamedTuple):
     histogram: tuple[tuple[int, int], ...]  # (bucket, count) of the buckets hit
 
 
-Record = Exposure | Event | Guardrail
+Record = Exposures | Event | Guardrail
+# The aggregates' names of Guardrail's requests, errors, latency_sum and latency_squares.
+_GUARDRAIL_SUMS = ("n", "e", "ls", "lq")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +108,10 @@ class LocalExperimentStore:
         self._snapshots: dict[str, list[dict[str, Any]]] = {}
 
     def _of(self, experiment: str) -> Tallies:
-        return self._tallies.setdefault(experiment, Tallies())
+        found = self._tallies.get(experiment)
+        if found is None:  # not setdefault: a Tallies (four dicts) made per call costs more
+            found = self._tallies[experiment] = Tallies()
+        return found
 
     async def apply(self, experiment: str, metrics: Sequence[str],
                     records: Sequence[Record]) -> Applied:
@@ -112,11 +120,15 @@ class LocalExperimentStore:
         agg = tallies.aggregates
         new_units = counted = duplicates = unexposed = 0
         for record in records:
-            if isinstance(record, Exposure):
-                if record.unit not in units:
-                    units[record.unit] = record.variant
-                    tallies.units[record.variant] = tallies.units.get(record.variant, 0) + 1
-                    new_units += 1
+            if isinstance(record, Exposures):
+                to, fresh = record.variant, 0
+                for unit in record.units:
+                    if unit not in units:
+                        units[unit] = to
+                        fresh += 1
+                if fresh:
+                    tallies.units[to] = tallies.units.get(to, 0) + fresh
+                    new_units += fresh
             elif isinstance(record, Event):
                 if record.event_id is not None:
                     seen = (experiment, record.event_id)
@@ -143,12 +155,11 @@ class LocalExperimentStore:
                 counted += 1
             else:
                 prefix = f"g|{record.variant}|"
-                for name, amount in (("n", record.requests), ("e", record.errors),
-                                     ("ls", record.latency_sum),
-                                     ("lq", record.latency_squares)):
+                for name, amount in zip(_GUARDRAIL_SUMS, record[1:5], strict=True):
                     agg[prefix + name] = agg.get(prefix + name, 0) + amount
                 for i, n in record.histogram:
-                    agg[f"{prefix}h{i}"] = agg.get(f"{prefix}h{i}", 0) + n
+                    name = f"{prefix}h{i}"
+                    agg[name] = agg.get(name, 0) + n
         return Applied(new_units, counted, duplicates, unexposed)
 
     async def read(self, experiment: str) -> Tallies:
@@ -186,8 +197,8 @@ class RedisExperimentStore:
         event_keys: list[str] = []
         wire: list[list[Any]] = []
         for record in records:
-            if isinstance(record, Exposure):
-                wire.append(["x", record.variant, record.unit])
+            if isinstance(record, Exposures):
+                wire.append(["x", record.variant, record.units])
             elif isinstance(record, Event):
                 slot = 0
                 if record.event_id is not None:

@@ -116,8 +116,13 @@ async def test_two_gateways_detect_effects_srm_and_trip_a_guardrail_on_both(
                        for name in ("effect", "aa", "srm", "guard")}
             conversions = sum(v["count"] for v in
                               reports["effect"]["metrics"][0]["variants"].values())
+            # The route metric's events wait on each gateway of its own: the other's
+            # events being stored says nothing of them.
+            paid_so_far = sum(v["count"] for v in
+                              reports["aa"]["metrics"][0]["variants"].values())
             settled = sum(reports["effect"]["units"].values()) == len(arriving) and \
-                conversions == len(events) and reports["guard"]["stopped_by_guardrail"]
+                conversions == len(events) and reports["guard"]["stopped_by_guardrail"] \
+                and paid_so_far > 300
             if settled or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.25)

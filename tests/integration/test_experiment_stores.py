@@ -11,7 +11,7 @@ import pytest
 from gateway.experiments.store import (
     Event,
     ExperimentStore,
-    Exposure,
+    Exposures,
     Guardrail,
     LocalExperimentStore,
     RedisExperimentStore,
@@ -39,17 +39,18 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[ExperimentStore
 
 async def test_a_unit_keeps_the_variant_of_its_first_exposure_and_counts_once(
         store: ExperimentStore) -> None:
-    applied = await store.apply("e", METRICS, [Exposure("a", "u1"), Exposure("b", "u1"),
-                                               Exposure("b", "u2"), Exposure("a", "u1")])
+    applied = await store.apply("e", METRICS, [Exposures("a", ["u1"]),
+                                               Exposures("b", ["u1", "u2", "u2"]),
+                                               Exposures("a", ["u1"]), Exposures("c", [])])
     assert applied.new_units == 2
-    await store.apply("e", METRICS, [Exposure("b", "u1")])  # a later batch, another variant
+    await store.apply("e", METRICS, [Exposures("b", ["u1"])])  # a later batch, another variant
     tallies = await store.read("e")
     assert tallies.units == {"a": 1, "b": 1}
 
 
 async def test_events_add_per_unit_sums_and_unexposed_units_are_counted_apart(
         store: ExperimentStore) -> None:
-    await store.apply("e", METRICS, [Exposure("a", "u1"), Exposure("b", "u2")])
+    await store.apply("e", METRICS, [Exposures("a", ["u1"]), Exposures("b", ["u2"])])
     applied = await store.apply("e", METRICS, [
         Event("order_value", "u1", 10.0), Event("order_value", "u1", 5.5),
         Event("order_value", "u2", 3.0), Event("purchase", "u1", 1.0),
@@ -64,7 +65,7 @@ async def test_events_add_per_unit_sums_and_unexposed_units_are_counted_apart(
 
 
 async def test_an_event_id_makes_a_retry_count_once(store: ExperimentStore) -> None:
-    await store.apply("e", METRICS, [Exposure("a", "u1")])
+    await store.apply("e", METRICS, [Exposures("a", ["u1"])])
     first = await store.apply("e", METRICS, [Event("order_value", "u1", 7.0, "ev-1"),
                                              Event("order_value", "u1", 7.0, "ev-1")])
     again = await store.apply("e", METRICS, [Event("order_value", "u1", 7.0, "ev-1")])
@@ -92,12 +93,14 @@ async def test_state_and_snapshots_are_kept(store: ExperimentStore) -> None:
 
 async def test_both_stores_agree_on_a_random_stream(redis_backend: RedisBackend) -> None:
     rng = random.Random(5)
-    records: list[Exposure | Event | Guardrail] = []
+    records: list[Exposures | Event | Guardrail] = []
     for _ in range(3000):
         unit = f"u{rng.randrange(400)}"
         roll = rng.random()
         if roll < 0.4:
-            records.append(Exposure(rng.choice("abc"), unit))
+            records.append(Exposures(rng.choice("abc"),
+                                     [unit, *(f"u{rng.randrange(400)}"
+                                              for _ in range(rng.randrange(3)))]))
         elif roll < 0.9:
             records.append(Event(rng.choice(METRICS), unit, round(rng.uniform(0, 50), 2),
                                  rng.choice([None, f"id{rng.randrange(300)}"])))

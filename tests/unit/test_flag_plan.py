@@ -59,6 +59,15 @@ def random_definition(rng: random.Random, earlier: list[str]) -> dict[str, Any]:
     return out
 
 
+def random_route(rng: random.Random, most: int
+                 ) -> tuple[list[str], dict[str, CompiledFlag], list[CompiledFlag]]:
+    """A generated flag set of up to `most` flags (each may need earlier ones), and a
+    route's flags taken from it."""
+    keys = [f"f{i}" for i in range(rng.randint(1, most))]
+    flags = compile_flags({key: random_definition(rng, keys[:i]) for i, key in enumerate(keys)})
+    return keys, flags, [flags[k] for k in rng.sample(keys, rng.randint(1, len(keys)))]
+
+
 def random_context(rng: random.Random) -> RequestContext:
     attributes = {}
     if rng.random() < 0.7:
@@ -134,6 +143,36 @@ def test_plan_matches_evaluate_over_generated_flag_sets(mode: str) -> None:
     assert compared == 2400
     # The generator reached every reason but ERROR (tested below).
     assert reasons == set(Reason) - {Reason.ERROR}
+
+
+def test_experiment_flags_report_their_split_with_the_unit_they_bucketed_by(mode: str
+                                                                        ) -> None:
+    """A measured flag decided by its split (on the route or as a prerequisite) is in
+    `split` with its variant, and its unit is the value it bucketed by (handed out by
+    inlined code; a plan of one function per prerequisite hands out none)."""
+    rng = random.Random(20261202)
+    reported = 0
+    for _ in range(60):
+        keys, flags, shown = random_route(rng, 6)
+        measured = frozenset(rng.sample(keys, rng.randint(1, len(keys))))
+        plan = FlagPlan(shown, flags, SUMMARY, experiment_flags=measured)
+        for _ in range(30):
+            context = random_context(rng)
+            result = plan.decide(context, at(TODAY))
+            assert result is not None
+            memo: dict[str, Evaluation] = {}
+            for flag in shown:
+                evaluate(flag, context, flags, TODAY, memo)
+            split = [memo[f.key] for f in plan.flags if f.key in measured and f.key in memo]
+            assert [(key, variant) for key, variant, _ in result.split] == [
+                (e.flag, e.variant) for e in split if e.reason is Reason.SPLIT]
+            for key, _, position in result.split:
+                if mode == "inline":
+                    assert result.units[position] == flags[key].bucket_value(context)
+                else:
+                    assert result.units == ()
+            reported += len(result.split)
+    assert reported > 100
 
 
 def test_prerequisite_outside_the_route_is_counted_only_when_reached(mode: str) -> None:
@@ -235,10 +274,7 @@ def test_plan_reading_headers_decides_as_with_a_built_context(mode: str) -> None
     rng = random.Random(20261128)
     compared = 0
     for _ in range(40):
-        keys = [f"f{i}" for i in range(rng.randint(1, 5))]
-        flags = compile_flags({key: random_definition(rng, keys[:i])
-                               for i, key in enumerate(keys)})
-        shown = [flags[k] for k in rng.sample(keys, rng.randint(1, len(keys)))]
+        _, flags, shown = random_route(rng, 5)
         environment = rng.choice(["production", "staging"])
         plan = FlagPlan(shown, flags, SUMMARY, SETTINGS, environment)
         for _ in range(30):
