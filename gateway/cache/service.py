@@ -50,6 +50,7 @@ class CacheService:
         self.refreshing: set[str] = set()
         self._hit_for_miss: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._writes: dict[tuple[str, str], asyncio.Task[Any]] = {}  # L2 writes in flight
         # The ignore_query set of each cached route, for purge-by-URL (see keys_of).
         self.ignore_sets: frozenset[frozenset[str]] = frozenset()
 
@@ -70,10 +71,11 @@ class CacheService:
         if self.l2 is not None:
             await self.l2.close()
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # ------------------------------------------------------------ lookups
     async def lookup(self, url: str, request_headers: HeaderSource, now: float
@@ -109,8 +111,37 @@ class CacheService:
 
     def store(self, entry: Entry) -> None:
         self.memory.put(entry)
-        if self.l2 is not None:
-            self.spawn(self.l2.put(entry))
+        self._share(entry)
+
+    def _share(self, entry: Entry) -> None:
+        """Write the entry to L2 after any earlier write of the same variant: a store and
+        the coded variants added right after it must land in that order, or the older
+        write (fewer variants) could be the one that stays."""
+        if self.l2 is None:
+            return
+        l2 = self.l2
+        slot = (entry.url, entry.variant)
+        before = self._writes.get(slot)
+
+        async def write() -> None:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            await l2.put(entry)
+
+        task = self.spawn(write())
+        self._writes[slot] = task
+        task.add_done_callback(lambda t: self._writes.pop(slot, None)
+                               if self._writes.get(slot) is t else None)
+
+    def add_encoding(self, entry: Entry, coding: str, body: bytes) -> None:
+        """Keep `body`, the entry's body in `coding`, with it: counted in memory_max, and
+        written to L2 so the other instances serve it without coding it again."""
+        if coding in entry.encoded:
+            return
+        before = entry.size
+        entry.encoded[coding] = body
+        self.memory.grew(entry, entry.size - before)
+        self._share(entry)
 
     def forget(self, entry: Entry) -> None:
         self.memory.remove(entry.url, entry.variant)
