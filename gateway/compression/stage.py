@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 OFFLOAD_AT = 64 * 1024  # bytes of one chunk coded off the event loop (module docstring)
 PREFERENCES_MEMO = 256  # distinct Accept-Encoding values remembered (browsers send a few)
+HEADS_PER_ENTRY = 64  # answers an entry remembers, by base head, Accept-Encoding and secrets
 IDENTITY = rfc.IDENTITY
 
 
@@ -88,13 +89,26 @@ class Compressor:
         secrets_allowed = self.routes.get(route)
         if secrets_allowed is None or method == "HEAD":
             return exchange
-        prefs, target = self._negotiate(asked.get("Accept-Encoding"))
+        accept = asked.get("Accept-Encoding")
+        entry: Entry | None = exchange.origin  # type: ignore[assignment]
+        stored = exchange.stored
+        if entry is not None and stored is not None:
+            # A hit: what this kind of request gets was worked out by an earlier one.
+            key = (id(stored), accept, not secrets_allowed and (
+                "Cookie" in asked or "Authorization" in asked))
+            known = entry.coded_heads.get(key)
+            if known is not None:
+                exchange.stored, exchange.body = known[0], known[1]
+                if known[2] is None:
+                    return exchange
+                return self._served(exchange, known[2], len(entry.body), len(known[1]),
+                                    record)
+            prefs, target = self._negotiate(accept)
+            return self._stored(entry, exchange, key, method, asked, prefs, target,
+                                secrets_allowed, record)
+        prefs, target = self._negotiate(accept)
         if exchange.status == 304:
             return self._not_modified(exchange, asked, target)
-        entry: Entry | None = exchange.origin  # type: ignore[assignment]
-        if entry is not None and exchange.stored is not None:
-            return self._stored(entry, exchange, method, asked, prefs, target,
-                                secrets_allowed, record)
         return self._passing(exchange, method, asked, prefs, target, secrets_allowed, record)
 
     def _not_modified(self, exchange: Exchange, asked: Mapping[str, str],
@@ -112,34 +126,32 @@ class Compressor:
         return exchange
 
     # ------------------------------------------------------------ stored responses
-    def _stored(self, entry: Entry, exchange: Exchange, method: str, asked: Mapping[str, str],
-                prefs: rfc.Preferences, target: Encoding | None, secrets_allowed: bool,
-                record: AccessRecord) -> Exchange | Awaitable[Exchange]:
+    def _stored(self, entry: Entry, exchange: Exchange, key: tuple[Any, ...], method: str,
+                asked: Mapping[str, str], prefs: rfc.Preferences, target: Encoding | None,
+                secrets_allowed: bool, record: AccessRecord) -> Exchange | Awaitable[Exchange]:
+        """The first hit of its kind (base head, Accept-Encoding value, secrets) on `entry`:
+        decide, code if needed, and keep the answer for the next ones."""
         stored = exchange.stored
         assert stored is not None
-        secret = not secrets_allowed and _has_secret(asked)
-        source = rfc.upstream_coding(stored.fields)
-        readable = source is None or rfc.accepts(prefs, source)
-        key = (id(stored), target, secret, readable)
-        known = entry.coded_heads.get(key)
-        if known is None:
-            plan = self._plan(method, exchange.status, stored.fields, asked, prefs, target,
-                              secrets_allowed, len(entry.body))
-            name = str(plan.output) if plan.output else IDENTITY
-            if plan.unchanged:
-                known = entry.coded_heads[key] = (stored, entry.body, plan.label)
-            elif plan.decode is None and plan.output is None:  # the same bytes, with Vary
-                known = entry.coded_heads[key] = (
-                    _head(stored, plan, len(entry.body)), entry.body, plan.label)
-            elif name in entry.encoded:
-                known = entry.coded_heads[key] = (
-                    _head(stored, plan, len(entry.encoded[name])), entry.encoded[name],
-                    plan.label)
-            elif len(entry.body) >= OFFLOAD_AT:
-                return self._stored_later(entry, exchange, key, plan, record)
-            else:
-                known = self._keep(entry, key, stored, plan,
-                                   self._code_whole(plan, entry.body))
+        if len(entry.coded_heads) >= HEADS_PER_ENTRY:
+            entry.coded_heads.clear()  # Accept-Encoding values are many only when forged
+        plan = self._plan(method, exchange.status, stored.fields, asked, prefs, target,
+                          secrets_allowed, len(entry.body))
+        name = str(plan.output) if plan.output else IDENTITY
+        if plan.unchanged:
+            known = entry.coded_heads[key] = (stored, entry.body, plan.label)
+        elif plan.decode is None and plan.output is None:  # the same bytes, with Vary
+            known = entry.coded_heads[key] = (
+                _head(stored, plan, len(entry.body)), entry.body, plan.label)
+        elif name in entry.encoded:
+            known = entry.coded_heads[key] = (
+                _head(stored, plan, len(entry.encoded[name])), entry.encoded[name],
+                plan.label)
+        elif len(entry.body) >= OFFLOAD_AT:
+            return self._stored_later(entry, exchange, key, plan, record)
+        else:
+            known = self._keep(entry, key, stored, plan,
+                               self._code_whole(plan, entry.body))
         head, body, label = known
         exchange.stored, exchange.body = head, body
         return self._served(exchange, label, len(entry.body), len(body), record)

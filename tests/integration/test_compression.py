@@ -361,3 +361,42 @@ async def _in_l2(gw: InProcessGateway) -> Any:
                     return entry
         await asyncio.sleep(0.05)
     return None
+
+
+# ---------------------------------------------------------------- bounded memory
+
+async def test_one_gib_compressible_download_is_coded_with_bounded_memory(
+        process_factory: Callable[..., Any], upstream: Upstream) -> None:
+    """1 GiB of JSON text coded as zstd as it streams: the gateway process grows < 64 MiB."""
+    from tests.integration.test_streaming import CHUNK, GIB, LIMIT, PeakRss
+
+    block = (DOC * (CHUNK // len(DOC) + 1))[:CHUNK]
+
+    async def source(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(GIB),
+                                               "Content-Type": "application/json"})
+        await response.prepare(request)
+        for _ in range(GIB // CHUNK):
+            await response.write(block)
+        await response.write_eof()
+        return response
+
+    upstream.on("/a/huge", source)
+    gw = process_factory(compressing_config(upstream.url))
+    inflate = zstandard.ZstdDecompressor().decompressobj()
+    total = coded = 0
+    first = b""
+    async with client_session() as s:
+        with PeakRss(gw.proc.pid) as rss:
+            async with s.get(f"{gw.url}/a/huge", headers={"Accept-Encoding": "zstd"}) as r:
+                assert r.headers["Content-Encoding"] == "zstd"
+                assert "Content-Length" not in r.headers
+                async for chunk in r.content.iter_any():
+                    coded += len(chunk)
+                    plain = inflate.decompress(chunk)
+                    if len(first) < CHUNK:
+                        first += plain[:CHUNK - len(first)]
+                    total += len(plain)
+    assert total == GIB and first == block
+    assert coded < GIB // 20
+    assert rss.growth < LIMIT, f"gateway RSS grew by {rss.growth / 1024**2:.1f} MiB"
