@@ -206,6 +206,8 @@ class Compressor:
                 record.encoding = plan.label
             return exchange
         _apply(headers, plan, None)
+        if plan.decode is None and plan.output is None:  # Vary only: the body as it is
+            return exchange
         if isinstance(body, bytes) and len(body) < OFFLOAD_AT:
             coded = self._code_whole(plan, body)  # UpstreamError: a 502 before any byte
             headers["Content-Length"] = str(len(coded))

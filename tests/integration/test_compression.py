@@ -400,3 +400,36 @@ async def test_one_gib_compressible_download_is_coded_with_bounded_memory(
     assert total == GIB and first == block
     assert coded < GIB // 20
     assert rss.growth < LIMIT, f"gateway RSS grew by {rss.growth / 1024**2:.1f} MiB"
+
+
+async def test_a_client_that_accepts_no_coding_gets_the_body_as_framed_with_vary(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    upstream.on("/a/doc", answering(Cache_Control="max-age=60"))
+    gw = await gateway_factory(compressing_config(upstream.url, cached=True))
+    for x_cache in ("MISS", "HIT"):
+        _, headers, body = await fetch(f"{gw.url}/a/doc", Accept_Encoding="identity")
+        assert headers["X-Cache"] == x_cache
+        assert headers["Content-Length"] == str(len(DOC)) and body == DOC
+        assert "Content-Encoding" not in headers
+        assert headers["Vary"] == "Accept-Encoding"
+
+
+async def test_metrics_and_the_access_log_show_the_coding_served(
+        gateway_factory: Factory, upstream: Upstream, capfd: Any) -> None:
+    upstream.on("/a/doc", answering())
+    config = compressing_config(upstream.url)
+    config["logging"] = {"level": "warning", "access_log": True}
+    gw = await gateway_factory(config)
+    _, _, body = await fetch(f"{gw.url}/a/doc", Accept_Encoding="br")
+    async with client_session() as s, s.get(f"{gw.admin_url}/metrics") as r:
+        text = await r.text()
+    values = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+              for line in text.splitlines()
+              if line.startswith("gateway_compression_bytes_total{")}
+    assert values['encoding="br",stage="in"'] >= len(DOC)
+    assert 0 < values['encoding="br",stage="out"'] < values['encoding="br",stage="in"']
+    assert gw.process.pipeline.access_log is not None
+    gw.process.pipeline.access_log.flush()
+    lines = [orjson.loads(line) for line in capfd.readouterr().out.splitlines()
+             if line.startswith("{")]
+    assert [line.get("encoding") for line in lines if line["path"] == "/a/doc"] == ["br"]
