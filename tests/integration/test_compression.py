@@ -420,7 +420,8 @@ async def test_metrics_and_the_access_log_show_the_coding_served(
     config = compressing_config(upstream.url)
     config["logging"] = {"level": "warning", "access_log": True}
     gw = await gateway_factory(config)
-    _, _, body = await fetch(f"{gw.url}/a/doc", Accept_Encoding="br")
+    _, headers, _ = await fetch(f"{gw.url}/a/doc", Accept_Encoding="br")
+    assert headers["Content-Encoding"] == "br"
     async with client_session() as s, s.get(f"{gw.admin_url}/metrics") as r:
         text = await r.text()
     values = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
