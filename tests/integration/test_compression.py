@@ -434,3 +434,12 @@ async def test_metrics_and_the_access_log_show_the_coding_served(
     lines = [orjson.loads(line) for line in capfd.readouterr().out.splitlines()
              if line.startswith("{")]
     assert [line.get("encoding") for line in lines if line["path"] == "/a/doc"] == ["br"]
+
+
+async def test_a_route_without_compression_forwards_validators_untouched(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    gw = await gateway_factory(compressing_config(upstream.url))
+    _, _, body = await fetch(f"{gw.url}/p/echo", If_None_Match='"v1-br"')
+    assert ["If-None-Match", '"v1-br"'] in orjson.loads(body)["headers"]
+    _, _, body = await fetch(f"{gw.url}/a/echo", If_None_Match='"v1-br"')
+    assert ["If-None-Match", '"v1"'] in orjson.loads(body)["headers"]
