@@ -254,8 +254,8 @@ class Pipeline:
         route = found.route
         record.route = route.name
         compressor = rt.compressor
-        if compressor is not None and ("If-None-Match" in headers or "If-Range" in headers) \
-                and route.name in compressor.routes:
+        if compressor is not None and route.name in compressor.routes and \
+                compressor.has_validators(headers):
             headers = compressor.plain_request(headers)  # coded validators (README)
 
         flagged = bool(route.flags or route.all_flags)

@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway import metrics
 from gateway.compression import codecs
@@ -38,6 +38,14 @@ OFFLOAD_AT = 64 * 1024  # bytes of one chunk coded off the event loop (module do
 PREFERENCES_MEMO = 256  # distinct Accept-Encoding values remembered (browsers send a few)
 HEADS_PER_ENTRY = 64  # answers an entry remembers, by base head, Accept-Encoding and secrets
 IDENTITY = rfc.IDENTITY
+# Looked up on every answer of a compressing route. `get` with an istr, not `in`: on a
+# CIMultiDictProxy `name in headers` measured ~1.3 us against ~0.16 us (multidict 7.2).
+_ACCEPT_ENCODING = istr("Accept-Encoding")
+_CONTENT_ENCODING = istr("Content-Encoding")
+_COOKIE = istr("Cookie")
+_AUTHORIZATION = istr("Authorization")
+_IF_NONE_MATCH = istr("If-None-Match")
+_IF_RANGE = istr("If-Range")
 
 
 class Compressor:
@@ -57,6 +65,10 @@ class Compressor:
                        for e in Encoding for stage in ("in", "out")}  # at load (STYLE)
 
     # ------------------------------------------------------------ request
+    @staticmethod
+    def has_validators(headers: Mapping[str, str]) -> bool:
+        return headers.get(_IF_NONE_MATCH) is not None or headers.get(_IF_RANGE) is not None
+
     def plain_request(self, headers: CIMultiDictProxy[str]) -> CIMultiDictProxy[str]:
         """The request with coded validators made plain (rules.plain_validators): what the
         cache and the upstream see. Called only when it has If-None-Match or If-Range."""
@@ -89,13 +101,19 @@ class Compressor:
         secrets_allowed = self.routes.get(route)
         if secrets_allowed is None or method == "HEAD":
             return exchange
-        accept = asked.get("Accept-Encoding")
-        entry: Entry | None = exchange.origin  # type: ignore[assignment]
+        accept = asked.get(_ACCEPT_ENCODING)
         stored = exchange.stored
+        if accept is None and (stored.fields if stored is not None else exchange.headers
+                               ).get(_CONTENT_ENCODING) is None:
+            # No Accept-Encoding: the answer as the upstream wrote it, with no Vary added
+            # (README): the usual API client pays two lookups here, nothing more.
+            return exchange
+        entry: Entry | None = exchange.origin  # type: ignore[assignment]
         if entry is not None and stored is not None:
             # A hit: what this kind of request gets was worked out by an earlier one.
-            key = (id(stored), accept, not secrets_allowed and (
-                "Cookie" in asked or "Authorization" in asked))
+            # Without Accept-Encoding secrets change nothing (identity either way).
+            key = (id(stored), accept, accept is not None and not secrets_allowed and (
+                asked.get(_COOKIE) is not None or asked.get(_AUTHORIZATION) is not None))
             known = entry.coded_heads.get(key)
             if known is not None:
                 exchange.stored, exchange.body = known[0], known[1]
@@ -362,10 +380,6 @@ def _without_coding(fields: Mapping[str, str]) -> CIMultiDict[str]:
     view = CIMultiDict(fields)
     view.popall("Content-Encoding", None)
     return view
-
-
-def _has_secret(asked: Mapping[str, str]) -> bool:
-    return any(name in asked for name in rfc.SECRET_REQUEST_FIELDS)
 
 
 async def _chunks(body: AsyncIterator[bytes] | bytes) -> AsyncIterator[bytes]:

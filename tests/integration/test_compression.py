@@ -113,11 +113,16 @@ async def test_no_accept_encoding_field_gets_identity(gateway_factory: Factory,
                                                       upstream: Upstream) -> None:
     upstream.on("/a/doc", answering())
     gw = await gateway_factory(compressing_config(upstream.url))
-    async with client_session(skip_auto_headers=("Accept-Encoding",)) as s, \
-            s.get(f"{gw.url}/a/doc") as r:
-        assert "Accept-Encoding" not in r.request_info.headers
-        assert "Content-Encoding" not in r.headers
-        assert await r.read() == DOC
+    upstream.on("/a/gz", answering(gzip.compress(DOC), Content_Encoding="gzip"))
+    async with client_session(skip_auto_headers=("Accept-Encoding",)) as s:
+        async with s.get(f"{gw.url}/a/doc") as r:
+            assert "Accept-Encoding" not in r.request_info.headers
+            assert "Content-Encoding" not in r.headers
+            assert "Vary" not in r.headers  # as the upstream wrote it (README)
+            assert await r.read() == DOC
+        async with s.get(f"{gw.url}/a/gz") as r:  # a coding it never asked for: decoded
+            assert "Content-Encoding" not in r.headers
+            assert await r.read() == DOC
 
 
 # ---------------------------------------------------------------- exclusions
