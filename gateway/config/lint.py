@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.adminauth import configured_token, loopback, unset_token_hint
-from gateway.config.model import Config, RateLimitRule, Scope, WhenAbsent
+from gateway.config.model import Config, RateLimitRule, RouteCompression, Scope, WhenAbsent
 
 _ABSENT = {"user": "a user id", "tenant": "a tenant id", "api_key": "an API key"}
 
@@ -61,6 +61,16 @@ def identity_warnings(config: Config) -> list[str]:
             "(127.0.0.1/32 for a sidecar's own service) in context.trusted_proxies."]
 
 
+def compression_warnings(config: Config) -> list[str]:
+    """A route's `compression: always` asks for something only the top-level block turns on."""
+    if config.compression is not None:
+        return []
+    return [f"routes[{i}] ({route.name}).compression: 'always' compresses nothing without a "
+            "top-level compression block; add one (README, Compression) or drop the key"
+            for i, route in enumerate(config.routes)
+            if route.compression is RouteCompression.ALWAYS]
+
+
 def config_warnings(config: Config, environ: Mapping[str, str]) -> list[str]:
     return [*admin_warnings(config, environ), *route_limit_warnings(config),
-            *identity_warnings(config)]
+            *identity_warnings(config), *compression_warnings(config)]

@@ -142,3 +142,16 @@ def test_12_5_5_vary_gains_accept_encoding_once() -> None:
     assert rules.with_vary(["Cookie"]) == "Cookie, Accept-Encoding"
     assert rules.with_vary(["accept-encoding"]) is None
     assert rules.with_vary(["*"]) is None
+
+
+def test_route_compression_always_without_the_block_is_warned_about() -> None:
+    from gateway.config.lint import compression_warnings
+    from gateway.config.model import Config as Whole
+    from gateway.config.model import Match, Route, RouteCompression, UpstreamRef
+
+    route = Route("r", Match(path_prefix="/"), UpstreamRef("a", "a"),
+                  compression=RouteCompression.ALWAYS)
+    [warning] = compression_warnings(Whole(source="x", routes=(route,)))
+    assert warning.startswith("routes[0] (r).compression: 'always' compresses nothing")
+    assert compression_warnings(Whole(source="x", routes=(route,),
+                                      compression=Compression())) == []
