@@ -24,6 +24,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 from gateway import metrics
 from gateway.accesslog import AccessLog, AccessRecord
 from gateway.admission import Gate, Overloaded, admitted, rank_of
+from gateway.compression import IF_NONE_MATCH, IF_RANGE, Compressor
 from gateway.config.model import Config, EscapedSlashes, Route
 from gateway.context import (
     RequestContext,
@@ -60,7 +61,6 @@ from gateway.wire.h1client import BodyTooLarge, UpstreamError
 
 if TYPE_CHECKING:
     from gateway.cache.assets import AssetRules
-    from gateway.compression import Compressor
     from gateway.experiments.engine import Experiments
 
 log = logging.getLogger("gateway")
@@ -254,8 +254,8 @@ class Pipeline:
         route = found.route
         record.route = route.name
         compressor = rt.compressor
-        if compressor is not None and route.name in compressor.routes and \
-                compressor.has_validators(headers):
+        if compressor is not None and route.name in compressor.routes and (
+                headers.get(IF_NONE_MATCH) is not None or headers.get(IF_RANGE) is not None):
             headers = compressor.plain_request(headers)  # coded validators (README)
 
         flagged = bool(route.flags or route.all_flags)

@@ -44,8 +44,8 @@ _ACCEPT_ENCODING = istr("Accept-Encoding")
 _CONTENT_ENCODING = istr("Content-Encoding")
 _COOKIE = istr("Cookie")
 _AUTHORIZATION = istr("Authorization")
-_IF_NONE_MATCH = istr("If-None-Match")
-_IF_RANGE = istr("If-Range")
+IF_NONE_MATCH = istr("If-None-Match")
+IF_RANGE = istr("If-Range")
 
 
 class Compressor:
@@ -65,13 +65,9 @@ class Compressor:
                        for e in Encoding for stage in ("in", "out")}  # at load (STYLE)
 
     # ------------------------------------------------------------ request
-    @staticmethod
-    def has_validators(headers: Mapping[str, str]) -> bool:
-        return headers.get(_IF_NONE_MATCH) is not None or headers.get(_IF_RANGE) is not None
-
     def plain_request(self, headers: CIMultiDictProxy[str]) -> CIMultiDictProxy[str]:
         """The request with coded validators made plain (rules.plain_validators): what the
-        cache and the upstream see. Called only when it has If-None-Match or If-Range."""
+        cache and the upstream see. Called only when it has IF_NONE_MATCH or IF_RANGE."""
         found = rfc.plain_validators(headers.get("If-None-Match"), headers.get("If-Range"),
                                      self.codings)
         if found is None:
@@ -98,15 +94,15 @@ class Compressor:
               record: AccessRecord) -> Exchange | Awaitable[Exchange]:
         """The exchange as this client gets it (itself when nothing applies), or an
         awaitable of it when coding must wait (a large first variant, a body to check)."""
-        secrets_allowed = self.routes.get(route)
-        if secrets_allowed is None or method == "HEAD":
-            return exchange
         accept = asked.get(_ACCEPT_ENCODING)
         stored = exchange.stored
         if accept is None and (stored.fields if stored is not None else exchange.headers
                                ).get(_CONTENT_ENCODING) is None:
             # No Accept-Encoding: the answer as the upstream wrote it, with no Vary added
             # (README): the usual API client pays two lookups here, nothing more.
+            return exchange
+        secrets_allowed = self.routes.get(route)
+        if secrets_allowed is None or method == "HEAD":
             return exchange
         entry: Entry | None = exchange.origin  # type: ignore[assignment]
         if entry is not None and stored is not None:
