@@ -166,7 +166,10 @@ def hits(lab: Lab, upstream: str, small: bytes, duration: float, repeat: int) ->
 
 def instructions(upstream: str, requests: int) -> None:
     """Callgrind: the same route with and without the compression block, no Accept-Encoding."""
-    request = b"GET /small.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    def request(accept: str | None) -> bytes:
+        field = f"Accept-Encoding: {accept}\r\n" if accept else ""
+        return f"GET /small.json HTTP/1.1\r\nHost: 127.0.0.1\r\n{field}\r\n".encode()
+
     figures: dict[str, float] = {}
     for cached in (True, False):
         for on in (False, True):
@@ -181,17 +184,28 @@ def instructions(upstream: str, requests: int) -> None:
                 route["cache"] = {"ttl": "1h"}
             config["routes"] = [route]
 
-            def drive(_label: str, count: int, first: int, port: int = port) -> None:
-                drive_keepalive(port, lambda _n: request, count, first)
+            def drive(label: str, count: int, first: int, port: int = port) -> None:
+                sent = request(None if label == "none" else label)
+                drive_keepalive(port, lambda _n: sent, count, first)
 
             name = f"{'hit' if cached else 'pass'} {'on' if on else 'off'}"
-            figures[name] = instructions_per_request(config, drive, ("r",), requests)["r"]
-            say(f"{name}: {figures[name]:,.0f} instructions/request")
+            # With compression on, a cached route's hits are also counted per coding.
+            labels = ("none", "identity", *LEVELS) if cached and on else ("none",)
+            counted = instructions_per_request(config, drive, labels, requests)
+            figures[name] = counted["none"]
+            for label in labels[1:]:
+                figures[f"hit {label}"] = counted[label]
+            say(f"{name}: {counted}")
     print("3. instructions per request, no Accept-Encoding (callgrind; target: on within 2%"
           " of off)")
     for kind in ("hit", "pass"):
         off, on = figures[f"{kind} off"], figures[f"{kind} on"]
         print(f"   {kind:<5} off {off:>12,.0f}   on {on:>12,.0f}   on/off {on / off:.4f}")
+    print("   hits of each stored coding against the identity hit (Accept-Encoding: identity)")
+    identity = figures["hit identity"]
+    for coding in LEVELS:
+        print(f"   {coding:<5} {figures[f'hit {coding}']:>12,.0f}   identity {identity:>12,.0f}"
+              f"   ratio {figures[f'hit {coding}'] / identity:.4f}")
 
 
 def main() -> int:
