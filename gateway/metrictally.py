@@ -85,6 +85,12 @@ class Tally:
         counts[child] = counts.get(child, 0) + 1
         self._schedule()
 
+    def add(self, child: Any, amount: int) -> None:
+        """`child.inc(amount)` at the end of this loop turn (bytes coded, for instance)."""
+        counts = self._counts
+        counts[child] = counts.get(child, 0) + amount
+        self._schedule()
+
     def _schedule(self) -> None:
         queued = self._queued_on
         if queued is not None and not queued.is_closed():

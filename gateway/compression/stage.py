@@ -26,6 +26,7 @@ from gateway.compression import codecs
 from gateway.compression import rules as rfc
 from gateway.config.model import Compression, Config, Encoding, RouteCompression
 from gateway.context import remember
+from gateway.metrictally import TALLY
 from gateway.proxy import Exchange, StoredHead, field_lines
 from gateway.wire.h1client import UpstreamError
 
@@ -253,7 +254,7 @@ class Compressor:
             if encoder is None:
                 return chunk
             if counted_in is not None:
-                counted_in.inc(len(chunk))
+                TALLY.add(counted_in, len(chunk))
             out = encoder.compress(chunk)
             return out + encoder.flush() if eager else out
 
@@ -263,13 +264,13 @@ class Compressor:
                        if len(chunk) >= OFFLOAD_AT else code(chunk))
                 if out:
                     if counted_out is not None:
-                        counted_out.inc(len(out))
+                        TALLY.add(counted_out, len(out))
                     yield out
             tail = decoder.finish() if decoder is not None else b""
             if encoder is not None:
                 tail = (encoder.compress(tail) if tail else b"") + encoder.finish()
                 if counted_out is not None:
-                    counted_out.inc(len(tail))
+                    TALLY.add(counted_out, len(tail))
             if tail:
                 yield tail
         except codecs.CorruptBody as exc:
@@ -304,8 +305,8 @@ class Compressor:
     def _served(self, exchange: Exchange, label: str | None, size_in: int, size_out: int,
                 record: AccessRecord) -> Exchange:
         if label is not None and label != IDENTITY and size_in != size_out:
-            self._bytes[(label, "in")].inc(size_in)
-            self._bytes[(label, "out")].inc(size_out)
+            TALLY.add(self._bytes[(label, "in")], size_in)  # applied once per loop turn
+            TALLY.add(self._bytes[(label, "out")], size_out)
         self._label(exchange, label, record)
         return exchange
 
