@@ -305,7 +305,7 @@ class Compressor:
     def _served(self, exchange: Exchange, label: str | None, size_in: int, size_out: int,
                 record: AccessRecord) -> Exchange:
         if label is not None and label != IDENTITY and size_in != size_out:
-            TALLY.add(self._bytes[(label, "in")], size_in)  # applied once per loop turn
+            TALLY.add(self._bytes[(label, "in")], size_in)  # applied once a second
             TALLY.add(self._bytes[(label, "out")], size_out)
         self._label(exchange, label, record)
         return exchange
