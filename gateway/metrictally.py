@@ -88,7 +88,9 @@ class Tally:
 
     def add(self, child: Any, amount: int) -> None:
         """`child.inc(amount)` within GROUPS_EVERY, as the counter groups are (bytes coded:
-        two counters per coded answer, each `inc` a locked call in the flush)."""
+        two counters per coded answer, each `inc` a locked call in the flush). A caller on
+        the request path may update `sums` itself, as the flags do `groups`: the request's
+        own `finished` schedules the flush."""
         sums = self.sums
         sums[child] = sums.get(child, 0) + amount
         self._schedule()
