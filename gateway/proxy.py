@@ -20,7 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from gateway.config.model import Upstream
-from gateway.wire.aiohttp_io import OneWrite, Prebuilt, serialize_head
+from gateway.wire.aiohttp_io import OneWrite, Prebuilt, response_head, serialize_head
 from gateway.wire.h1client import (
     EMPTY_PAYLOAD,
     BodyTooLarge,
@@ -294,12 +294,8 @@ class UpstreamPool:
     def url(self, upstream: str, path_qs: str) -> URL:
         return URL(self.upstreams[upstream].url.rstrip("/") + path_qs, encoded=True)
 
-    async def send(self, out: Outgoing, whole_small: bool = True) -> Exchange:
-        """The upstream's answer; its body as bytes when it came whole with the head.
-
-        `whole_small=False` always gives an iterator (the cache stage applies its size and
-        conditional-request rules to streamed bodies).
-        """
+    async def send(self, out: Outgoing) -> Exchange:
+        """The upstream's answer; its body as bytes when it came whole with the head."""
         pool = self.pools[out.upstream]
         headers, added = out.wire()
         client = out.interim
@@ -310,7 +306,7 @@ class UpstreamPool:
         message, content = response.message, response.body
         if content is EMPTY_PAYLOAD:
             body: AsyncIterator[bytes] | bytes = b""
-        elif whole_small and content.is_eof() and content.exception() is None and \
+        elif content.is_eof() and content.exception() is None and \
                 content.total_bytes <= SMALL_BODY:
             # The whole (small) body came with the head: hand it over as bytes, so relay
             # writes head and body at once without a per-chunk iterator. It is already in
@@ -370,6 +366,19 @@ BODILESS_STATUSES = frozenset({204, 304})
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
+async def _write_whole(request: web.BaseRequest, prebuilt: Prebuilt, exchange: Exchange
+                       ) -> Prebuilt:
+    assert isinstance(exchange.body, bytes)
+    try:
+        await prebuilt.prepare(request)
+        await prebuilt.write_eof(exchange.body)
+    except ConnectionResetError:
+        pass  # the client went away; nobody is left to answer
+    finally:
+        exchange.release()
+    return prebuilt
+
+
 async def relay(request: web.BaseRequest, exchange: Exchange,
                 extra: Iterable[tuple[str, str]] = ()) -> web.StreamResponse:
     """Write an exchange to the client, streaming the body; returns the prepared response."""
@@ -387,18 +396,30 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
             varying.extend(extra)
             head = serialize_head(f"HTTP/1.1 {exchange.status} {reason}", varying)
             head = with_fields(head, stored.raw)
-            prebuilt = Prebuilt(exchange.status, exchange.reason, head, len(body))
-            try:
-                await prebuilt.prepare(request)
-                await prebuilt.write_eof(body)
-            except ConnectionResetError:
-                pass  # the client went away; nobody is left to answer
-            finally:
-                exchange.release()
-            return prebuilt
+            return await _write_whole(request, Prebuilt(exchange.status, exchange.reason, head,
+                                                        len(body)), exchange)
         headers = stored.fields.copy()
         headers.extend(exchange.headers)
         exchange.headers, exchange.stored = headers, None
+    elif isinstance(exchange.body, bytes) and exchange.body and \
+            request.version == HttpVersion11 and request.keep_alive and \
+            request.method == "GET" and exchange.status >= 200 and \
+            exchange.status not in BODILESS_STATUSES and \
+            exchange.headers.get("Content-Length") == str(len(exchange.body)):
+        # The usual small answer: its head made in one C call (response_head), then head
+        # and body in one write, as a cache hit's.
+        fields = exchange.headers
+        for name, value in extra:
+            fields[name] = value
+        reason = exchange.reason if exchange.reason is not None else \
+            _REASONS.get(exchange.status, "")
+        try:
+            head = response_head(exchange.status, reason, fields)
+        except ValueError:
+            pass  # a control character: aiohttp's own path below refuses it as it always has
+        else:
+            return await _write_whole(request, Prebuilt(exchange.status, reason, head,
+                                                        len(exchange.body)), exchange)
     kind = OneWrite if isinstance(exchange.body, bytes) else web.StreamResponse
     response = kind(status=exchange.status, reason=exchange.reason,
                     headers=exchange.headers)  # copied in C, duplicates kept

@@ -14,6 +14,7 @@ from tests.harness import (
     base_config,
     write_config,
 )
+from tests.rediscluster import RedisBackend, RedisCluster, cluster_backend, single_backend
 
 
 @pytest.fixture
@@ -38,6 +39,45 @@ def redis_factory() -> Iterator[Callable[[], RedisServer]]:
     yield make
     for server in servers:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def _shared_redis_cluster() -> Iterator[RedisCluster]:
+    cluster = RedisCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def redis_cluster(_shared_redis_cluster: RedisCluster) -> RedisCluster:
+    """A real 3-master, 3-replica Redis Cluster shared by the session, emptied for each test.
+    A test that kills, pauses or reshards nodes takes its own from `redis_cluster_factory`."""
+    _shared_redis_cluster.flushall()
+    return _shared_redis_cluster
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def redis_backend(request: pytest.FixtureRequest) -> RedisBackend:
+    """The store suites' Redis: a private redis-server, then the shared cluster (emptied)."""
+    if request.param == "redis":
+        return single_backend(request.getfixturevalue("redis_server"))
+    return cluster_backend(request.getfixturevalue("redis_cluster"))
+
+
+@pytest.fixture
+def redis_cluster_factory() -> Iterator[Callable[[], RedisCluster]]:
+    clusters: list[RedisCluster] = []
+
+    def make() -> RedisCluster:
+        cluster = RedisCluster().start()
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.close()
 
 
 @pytest.fixture

@@ -61,8 +61,28 @@ def delta_seconds(value: str | None) -> int:
     return min(int(value), MAX_DELTA)
 
 
+# Parsed single field lines of up to _MEMO_LINE characters, and none at all: a handful of
+# values (no field, `no-store`, `max-age=60`) make up nearly every request and response.
+_PARSED: dict[tuple[str, ...], Directives] = {}
+_MEMO_ENTRIES = 256
+_MEMO_LINE = 200
+
+
 def parse_directives(fields: Iterable[str]) -> Directives:
     """Cache-Control (or a targeted field) from all its field lines, tolerant of junk."""
+    lines = tuple(fields)
+    found = _PARSED.get(lines)
+    if found is not None:
+        return found
+    found = _parse_directives(lines)
+    if len(lines) <= 1 and (not lines or len(lines[0]) <= _MEMO_LINE):
+        if len(_PARSED) >= _MEMO_ENTRIES:
+            _PARSED.clear()
+        _PARSED[lines] = found
+    return found
+
+
+def _parse_directives(fields: Iterable[str]) -> Directives:
     values: dict[str, str | None] = {}
     conflicting: set[str] = set()
     valid = True

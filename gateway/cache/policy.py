@@ -23,6 +23,7 @@ Choices the RFCs leave to us (also in the README):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -521,6 +522,7 @@ def dropped_fields(route: RouteCache, *, stored: bool, age: bool) -> frozenset[s
     return frozenset(drop)
 
 
+@functools.lru_cache(maxsize=1024)  # a few members repeat: "gateway; fwd=miss; ..."
 def cache_status(*, hit: bool, ttl: float | None = None, fwd: str | None = None,
                  fwd_status: int | None = None, stored: bool = False,
                  detail: str | None = None) -> str:

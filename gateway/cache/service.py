@@ -50,7 +50,6 @@ class CacheService:
         self.refreshing: set[str] = set()
         self._hit_for_miss: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._writes: dict[tuple[str, str], asyncio.Task[Any]] = {}  # L2 writes in flight
         # The ignore_query set of each cached route, for purge-by-URL (see keys_of).
         self.ignore_sets: frozenset[frozenset[str]] = frozenset()
 
@@ -98,12 +97,21 @@ class CacheService:
             self.memory.touch(entry)
         return entry
 
-    async def lookup_shared(self, url: str, request_headers: HeaderSource, now: float
-                            ) -> Entry | None:
-        """The L2 half of `lookup` (after an L1 miss)."""
-        if self.l2 is None or self.is_hit_for_miss(url):
+    def read_ahead(self, url: str) -> asyncio.Future[Any] | None:
+        """Start the L2 read `lookup_shared` will need, if it will: L1 holds nothing for
+        the URL (a URL with variants in L1 is most likely answered from there) and it is
+        not hit-for-miss. See RedisStore.read_ahead."""
+        if self.l2 is None or self.memory.variants_of(url) or self.is_hit_for_miss(url):
             return None
-        candidates = [e for e in map(decode, await self.l2.variants(url)) if e is not None]
+        return self.l2.read_ahead(url)
+
+    async def lookup_shared(self, url: str, request_headers: HeaderSource, now: float,
+                            ahead: asyncio.Future[Any] | None = None) -> Entry | None:
+        """The L2 half of `lookup` (after an L1 miss); `ahead`: its read, already asked for."""
+        if self.l2 is None or (ahead is None and self.is_hit_for_miss(url)):
+            return None
+        candidates = [e for e in map(decode, await self.l2.variants(url, ahead))
+                      if e is not None]
         entry = _match(candidates, request_headers, now)
         if entry is not None:
             self.memory.put(entry)
@@ -111,37 +119,21 @@ class CacheService:
 
     def store(self, entry: Entry) -> None:
         self.memory.put(entry)
-        self._share(entry)
-
-    def _share(self, entry: Entry) -> None:
-        """Write the entry to L2 after any earlier write of the same variant: a store and
-        the coded variants added right after it must land in that order, or the older
-        write (fewer variants) could be the one that stays."""
-        if self.l2 is None:
-            return
-        l2 = self.l2
-        slot = (entry.url, entry.variant)
-        before = self._writes.get(slot)
-
-        async def write() -> None:
-            if before is not None:
-                await asyncio.gather(before, return_exceptions=True)
-            await l2.put(entry)
-
-        task = self.spawn(write())
-        self._writes[slot] = task
-        task.add_done_callback(lambda t: self._writes.pop(slot, None)
-                               if self._writes.get(slot) is t else None)
+        if self.l2 is not None:
+            self.l2.put(entry)
 
     def add_encoding(self, entry: Entry, coding: str, body: bytes) -> None:
         """Keep `body`, the entry's body in `coding`, with it: counted in memory_max, and
-        written to L2 so the other instances serve it without coding it again."""
+        written to L2 so the other instances serve it without coding it again. L2 writes
+        go out in the order they are made (one pipelined connection), so this one, with
+        more variants, lands after the store it follows."""
         if coding in entry.encoded:
             return
         before = entry.size
         entry.encoded[coding] = body
         self.memory.grew(entry, entry.size - before)
-        self._share(entry)
+        if self.l2 is not None:
+            self.l2.put(entry)
 
     def forget(self, entry: Entry) -> None:
         self.memory.remove(entry.url, entry.variant)

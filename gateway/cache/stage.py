@@ -29,6 +29,7 @@ from gateway.cache.key import url_key, variant_id, vary_values
 from gateway.cache.service import CacheService, Flight
 from gateway.config.model import Config, Route, RouteCache
 from gateway.context import remember
+from gateway.metrictally import TALLY
 from gateway.proxy import Exchange, Fetch, Outgoing, StoredHead, field_lines
 from gateway.wire.aiohttp_io import SERVER_SOFTWARE
 from gateway.wire.h1client import UpstreamError
@@ -54,9 +55,11 @@ class RoutePolicy:
     keys: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     # What client_headers drops from a stored response served with Age: keys Entry.client.
     hit_drop: frozenset[str] = frozenset()
+    # What it drops from a response passed through unstored.
+    pass_drop: tuple[str, ...] = ()
 
     def count(self, result: str) -> None:
-        self.counters[result].inc()
+        TALLY.inc(self.counters[result])
 
     def key(self, client_url: str) -> str:
         key = self.keys.get(client_url)
@@ -76,16 +79,28 @@ class ResponseCache:
             wait = upstream.timeout if upstream is not None else 30.0
             policy = RoutePolicy(route.name, route.cache, frozenset(route.cache.ignore_query),
                                  wait, hit_drop=rfc.dropped_fields(route.cache, stored=True,
-                                                                   age=True))
+                                                                   age=True),
+                                 pass_drop=tuple(rfc.dropped_fields(route.cache, stored=False,
+                                                                    age=False)))
             for result in RESULTS:  # children at load, not per request (STYLE)
                 policy.counters[result] = metrics.CACHE_LOOKUPS.labels(route.name, result)
             self.policies[route.name] = policy
         service.configure(config.cache, frozenset(p.ignore for p in self.policies.values()))
 
-    def serve(self, route: Route, out: Outgoing, fetch: Fetch
-              ) -> Exchange | Awaitable[Exchange]:
+    def look_ahead(self, route: Route, method: str, client_url: str,
+                   asked: Mapping[str, str]) -> asyncio.Future[Any] | None:
+        """The L2 read `serve` would make for this request, asked for now (while the rate
+        limiter decides, so both leave in one write), or None if it would make none."""
+        p = self.policies.get(route.name)
+        if p is None or self.service.l2 is None or method not in ("GET", "HEAD") or \
+                _any_field(asked, rfc.BYPASS_REQUEST_FIELDS):
+            return None
+        return self.service.read_ahead(p.key(client_url))
+
+    def serve(self, route: Route, out: Outgoing, fetch: Fetch,
+              ahead: asyncio.Future[Any] | None = None) -> Exchange | Awaitable[Exchange]:
         """The answer itself for a fresh L1 hit (the usual hit: no coroutine, nothing
-        awaited), else an awaitable of it."""
+        awaited), else an awaitable of it. `ahead`: `look_ahead`'s read."""
         p = self.policies.get(route.name)
         if p is None:
             if out.method not in rfc.SAFE_METHODS:
@@ -100,12 +115,18 @@ class ResponseCache:
             return self._bypass(p, out, fetch)
         key = p.key(out.client_url)
         now = time.time()
-        stored = self.service.lookup_memory(key, out.sent_headers, now)
+        svc = self.service
+        stored = svc.lookup_memory(key, out.sent_headers, now)
         if stored is not None:
             age = stored.age(now)
             if rfc.evaluate(stored.fresh, age, out.asked) is rfc.Use.FRESH:
                 return self._hit(p, stored, out, age)
-        return self._read(p, key, out, fetch, stored)
+        elif svc.l2 is None and out.method == "GET" and svc.is_hit_for_miss(key) and \
+                "Range" not in out.asked:
+            # Hit-for-miss with nothing stored anywhere: what `_read` would conclude after
+            # its lookups, without them (and without the collapsing machinery).
+            return self._exchange(p, key, out, fetch, None, _no_waiters)
+        return self._read(p, key, out, fetch, stored, ahead)
 
     async def _bypass(self, p: RoutePolicy, out: Outgoing, fetch: Fetch) -> Exchange:
         return self._pass(p, await fetch(out), "BYPASS", rfc.cache_status(
@@ -119,16 +140,19 @@ class ResponseCache:
 
     # ------------------------------------------------------------ GET / HEAD
     async def _read(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch,
-                    in_memory: Entry | None) -> Exchange:
+                    in_memory: Entry | None, ahead: asyncio.Future[Any] | None = None
+                    ) -> Exchange:
         """Everything but a fresh L1 hit; `in_memory` is what `serve` found in L1 (stale, or
-        not fresh enough for this request), looked up again only after waiting."""
+        not fresh enough for this request), looked up again only after waiting; `ahead`:
+        the L2 read of the first lookup, already asked for."""
         svc = self.service
         stale: Entry | None = None
         for attempt in range(ATTEMPTS):
             now = time.time()
             stale = in_memory if attempt == 0 else svc.lookup_memory(key, out.sent_headers, now)
             if stale is None and svc.l2 is not None:
-                stale = await svc.lookup_shared(key, out.sent_headers, now)
+                stale = await svc.lookup_shared(key, out.sent_headers, now, ahead)
+            ahead = None
             if stale is not None:
                 age = stale.age(now)
                 ttl = stale.fresh.lifetime - age  # Entry.ttl(now), the age computed once
@@ -163,7 +187,7 @@ class ResponseCache:
                      stale: Entry | None, flight: Flight | None) -> Exchange:
         """Go upstream (conditionally when a stale entry has validators) and store what we may."""
         svc = self.service
-        finish: Callable[[bool], None] = flight.finish if flight else (lambda stored: None)
+        finish: Callable[[bool], None] = flight.finish if flight else _no_waiters
         if flight is not None:
             def finish(stored: bool) -> None:
                 assert flight is not None
@@ -214,11 +238,16 @@ class ResponseCache:
         p.count("miss")
         reason = rfc.not_storable_reason("GET", exchange.status, exchange.headers,
                                          upstream_out.headers, p.cache)
-        fresh = rfc.freshness(exchange.status, exchange.headers, p.cache, response_time)
-        if reason is None and not rfc.worth_storing(fresh, exchange.headers):
+        # Freshness (dates parsed and all) only for what may be stored.
+        fresh = rfc.freshness(exchange.status, exchange.headers, p.cache, response_time) \
+            if reason is None else None
+        if fresh is not None and not rfc.worth_storing(fresh, exchange.headers):
             reason = "no-freshness"
         length = exchange.headers.get("Content-Length", "")
-        if reason is None and length.isdigit() and int(length) > svc.settings.max_object_size:
+        body = exchange.body
+        limit = svc.settings.max_object_size
+        if reason is None and ((length.isdigit() and int(length) > limit) or (
+                isinstance(body, bytes) and len(body) > limit)):
             reason = "too-large"
         if reason is not None:
             svc.mark_hit_for_miss(key)
@@ -227,6 +256,7 @@ class ResponseCache:
             finish(False)
             return self._pass(p, exchange, "MISS", rfc.cache_status(
                 hit=False, fwd=fwd, fwd_status=exchange.status, detail=reason))
+        assert fresh is not None
         svc.clear_hit_for_miss(key)
         names = vary_names(field_values(exchange.headers, "Vary")) or ()
         values = vary_values(names, out.headers)
@@ -248,19 +278,19 @@ class ResponseCache:
             finish(False)
 
         status = rfc.cache_status(hit=False, fwd=fwd, fwd_status=exchange.status, stored=True)
-        if isinstance(exchange.body, bytes):
-            complete(exchange.body)
-        elif length.isdigit() and _any_field(out.asked, rfc.CLIENT_CONDITIONALS):
+        if length.isdigit() and _any_field(out.asked, rfc.CLIENT_CONDITIONALS):
             # The client asked conditionally and the body is known to fit: keep it, then
             # answer the client from the entry (a 304 when its validators match, §4.3.2).
-            body = await _read_all(exchange.body, svc.settings.max_object_size)
+            whole = body if isinstance(body, bytes) else await _read_all(body, limit)
             exchange.release()
-            if body is None:
+            if whole is None:
                 raise UpstreamError(502, "the upstream sent more than its Content-Length")
+            complete(whole)
+            return self._from_entry(p, _with_body(template, whole), out, None, "MISS", status)
+        if isinstance(body, bytes):
             complete(body)
-            return self._from_entry(p, _with_body(template, body), out, None, "MISS", status)
         else:
-            exchange.body = _tee(exchange.body, svc.settings.max_object_size, complete, abandon)
+            exchange.body = _tee(body, limit, complete, abandon)
             release = exchange.release
 
             def release_and_finish() -> None:
@@ -353,7 +383,9 @@ class ResponseCache:
     def _pass(self, p: RoutePolicy, exchange: Exchange, x_cache: str, status: str) -> Exchange:
         if x_cache == "BYPASS":
             p.count("bypass")
-        exchange.headers = rfc.client_headers(exchange.headers.items(), p.cache, stored=False)
+        if _any_field(exchange.headers, p.pass_drop):  # else client_headers changes nothing
+            exchange.headers = rfc.client_headers(exchange.headers.items(), p.cache,
+                                                  stored=False)
         return _mark(exchange, x_cache, status)
 
     async def _unsafe(self, p: RoutePolicy | None, out: Outgoing, fetch: Fetch) -> Exchange:
@@ -412,6 +444,10 @@ def _part(entry: Entry, headers: CIMultiDict[str],
     headers["Content-Length"] = str(asked.last - asked.first + 1)
     return Exchange(status=206, reason="Partial Content", headers=headers,
                     body=entry.body[asked.first:asked.last + 1])
+
+
+def _no_waiters(stored: bool) -> None:
+    """The `finish` of a fetch that leads no collapsed waiters."""
 
 
 def _any_field(headers: Mapping[str, str], names: tuple[str, ...]) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,7 +44,7 @@ TOP_KEYS = (
 )
 RULE_KEYS = (
     "algorithm", "scope", "limit", "window", "burst", "action", "max_wait", "queue_size",
-    "tiers", "degrade_upstream", "shadow", "when_absent",
+    "tiers", "degrade_upstream", "shadow", "when_absent", "lease", "lease_ttl",
 )
 LISTEN_KEYS = (
     "host", "port", "max_header_size", "header_timeout", "idle_timeout", "body_timeout",
@@ -177,7 +178,7 @@ def parse_admin(s: Section | None) -> m.Admin:
 def parse_redis(s: Section | None) -> m.RedisSettings | None:
     if s is None:
         return None
-    return m.RedisSettings(
+    settings = m.RedisSettings(
         url=s.get("url", redis_url, "redis://127.0.0.1:6379/0"),
         cluster=s.get("cluster", boolean, False),
         key_prefix=s.get("key_prefix", any_value, "gw:"),
@@ -185,7 +186,17 @@ def parse_redis(s: Section | None) -> m.RedisSettings | None:
         failure_mode=m.FailureMode(s.get("failure_mode", choice(list(m.FailureMode)), "open")
                                    or "open"),
         max_connections=s.get("max_connections", integer(1, 100_000), 64),
+        max_connections_per_node=s.get("max_connections_per_node", integer(1, 100_000), 16),
     )
+    if settings.cluster and settings.url and _database(settings.url) not in ("", "0"):
+        s.error("url", f"a Redis Cluster has only database 0, the URL selects "
+                       f"{_database(settings.url)}; end it with /0 or no path")
+    return settings
+
+
+def _database(url: str) -> str:
+    """The database a redis:// URL selects ('' when it names none)."""
+    return urllib.parse.urlsplit(url).path.strip("/")
 
 
 def _header_source(r: Reader, value: object, path: str, line: int) -> m.HeaderSource | None:
@@ -351,6 +362,10 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
     degrade = s.get("degrade_upstream", string, None)
     if degrade is not None and action != "degrade":
         s.error("degrade_upstream", f"applies only to action degrade, not {action}")
+    lease = s.get("lease", integer(2, 1_000_000), 0)
+    lease_ttl = s.get("lease_ttl", positive_duration, None)
+    if lease_ttl is not None and not lease:
+        s.error("lease_ttl", "applies only with lease")
     return m.RateLimitRule(
         name=name,
         algorithm=m.Algorithm(algorithm) if algorithm else m.Algorithm.TOKEN_BUCKET,
@@ -366,6 +381,8 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
         shadow=s.get("shadow", boolean, False),
         when_absent=m.WhenAbsent(
             s.get("when_absent", choice(list(m.WhenAbsent)), "skip") or "skip"),
+        lease=lease or 0,
+        lease_ttl=lease_ttl if lease_ttl is not None else 1.0,
     )
 
 
@@ -869,6 +886,7 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
 
     redis_settings = parse_redis(top.section("redis", (
         "url", "cluster", "key_prefix", "timeout", "failure_mode", "max_connections",
+        "max_connections_per_node",
     )) if top.data.get("redis") is not None else None)
     if redis_settings is not None and env and env.get("REDIS_URL"):
         try:

@@ -1,7 +1,7 @@
 """From rules and a request context to the checks one decision makes (pure, no I/O);
 `plan` compiles them per route and caches them per combination of scope values.
 
-Keys: `{key_prefix}{rl}:<rule>:<kind>:<scope value>`, e.g. `gw:{rl}:user_requests:sw:log:u42`.
+Keys: `{key_prefix}{rl}:<rule>:<kind>:<scope value>`, e.g. `gw:{rl}:user_requests:sw2:log:u42`.
 
 * One constant hash tag, `{rl}`, for every rate-limit key of a gateway. Redis Cluster runs a
   script only when all its keys share a slot, and the counter of (rule R, scope value V) is
@@ -10,7 +10,7 @@ Keys: `{key_prefix}{rl}:<rule>:<kind>:<scope value>`, e.g. `gw:{rl}:user_request
   give one counter two names. We chose exactness over spreading: all rate-limit keys live on
   one cluster shard. A later cluster issue may partition (e.g. tag by scope value and decide
   per-slot groups), at the price of the all-or-nothing guarantee across groups.
-* `<kind>` names the algorithm (`tb`, `lb`, `sw:log`/`sw:sum`, `fw`), so changing a rule's
+* `<kind>` names the algorithm (`tb`, `lb`, `sw2:log`/`sw2:count`, `fw`), so changing a rule's
   algorithm on reload starts a fresh counter instead of reading a foreign data type.
 * The scope value comes last: rule names cannot contain ':', so no user id can forge the key
   of another rule or part. API keys arrive hashed (`RequestContext.api_key`).
@@ -43,7 +43,7 @@ ALGORITHM_CODE = {
 }
 _KEY_PARTS = {
     Algorithm.TOKEN_BUCKET: ("tb",), Algorithm.LEAKY_BUCKET: ("lb",),
-    Algorithm.SLIDING_WINDOW: ("sw:log", "sw:sum"), Algorithm.FIXED_WINDOW: ("fw",),
+    Algorithm.SLIDING_WINDOW: ("sw2:log", "sw2:count"), Algorithm.FIXED_WINDOW: ("fw",),
 }
 
 _SCOPE_READERS: dict[str, Callable[[RequestContext, Scope], str | None]] = {

@@ -113,7 +113,7 @@ async def test_failure_mode_open_admits_and_recovers(
     await asyncio.sleep(1.5)
     assert all(code == 200 for _, code in seen)  # failed open: everyone admitted
     (redis_server.resume if disrupt == "pause" else redis_server.start)()
-    log = "gwtest:{rl}:per_user:sw:log:steady"
+    log = "gwtest:{rl}:per_user:sw2:log:steady"
     counted = int(redis_server.cli("ZCARD", log))
     await wait_for(lambda: int(redis_server.cli("ZCARD", log)) > counted)  # Redis decides again
     stop.set()

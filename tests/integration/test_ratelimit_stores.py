@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -322,3 +323,56 @@ async def test_a_hung_redis_fails_by_the_deadline_and_a_fresh_connection_recover
         # The old connection still holds the stale replies: a new one must answer.
         decision = await store.decide([c], T0 + S)
         assert decision.admitted and decision.results[0].remaining == 999
+
+
+# ---------------------------------------------------------------- the sliding window's log
+
+async def test_a_log_trimmed_in_batches_decides_as_the_in_process_log(
+        redis_server: RedisServer) -> None:
+    """lua/ratelimit.lua keeps entries that left the window until TRIM_UNITS of them pile
+    up, and reads the live total from running totals: under a steady stream with mixed
+    costs (entries leaving on most requests, trims now and then) every decision and every
+    retry time must be the in-process store's, and the log never holds more than the live
+    entries and one batch of the departed."""
+    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
+    local = LocalStore()
+    remote = RedisStore(link)
+    rng = random.Random(7)
+    now = T0
+    client = redis.Redis(port=redis_server.port)
+    try:
+        for _ in range(600):
+            now += rng.choice([1, 7_000, 20_000, 31_000])
+            c = check(Algorithm.SLIDING_WINDOW, limit=40, window=1, cost=rng.choice([1, 1, 2, 3]))
+            assert await local.decide([c], now) == await remote.decide([c], now)
+            log = c.keys[0]
+            live = client.zcount(log, f"({now - S}", "+inf")
+            assert client.zcard(log) <= live + 32
+        assert _calls(redis_server, "zremrangebyscore") > 0  # batches were dropped
+    finally:
+        client.close()
+        await link.close()
+
+
+async def test_a_sliding_window_outlives_its_entries_by_a_window_and_at_most_two(
+        redis_server: RedisServer) -> None:
+    """Both keys' expiry is set once a window, to two windows ahead (plus the slack): after
+    any admission they live at least one window plus the slack, at most two plus it. On
+    Redis's own clock, with admissions spread over several windows."""
+    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
+    store = RedisStore(link)
+    client = redis.Redis(port=redis_server.port)
+    window, slack = 200, 1000  # milliseconds
+    try:
+        c = check(Algorithm.SLIDING_WINDOW, limit=1000, window=window / 1000)
+        for _ in range(25):
+            began = time.monotonic()
+            assert (await store.decide([c])).admitted
+            for key in c.keys:
+                ttl = client.pttl(key)
+                since = (time.monotonic() - began) * 1000
+                assert window + slack - since - 2 <= ttl <= 2 * window + slack + 1
+            await asyncio.sleep(0.03)
+    finally:
+        client.close()
+        await link.close()

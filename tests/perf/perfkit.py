@@ -388,7 +388,8 @@ def drive_keepalive(port: int, make_request: Callable[[int], bytes], count: int,
 
 def instructions_per_request(config: dict[str, Any], drive: Callable[[str, int, int], None],
                              labels: Sequence[str], requests: int, warm: int = 400,
-                             source: Path | None = None, rounds: int = 2) -> dict[str, float]:
+                             source: Path | None = None, rounds: int = 2,
+                             keep: Path | None = None) -> dict[str, float]:
     """Instructions per request of a gateway process under callgrind, per label.
 
     `drive(label, count, first)` sends `count` requests of kind `label` to the gateway on
@@ -399,17 +400,32 @@ def instructions_per_request(config: dict[str, Any], drive: Callable[[str, int, 
     a gap, not a throughput figure. `source`: the gateway package of another checkout.
     PYTHONHASHSEED is fixed, so processes of different revisions hash (and probe their
     dicts) alike: with random seeds two runs of the same code differed by up to ~1%.
+    `keep`: a directory that receives each label's last callgrind dump
+    (`<label>.callgrind`), for callgrind_annotate.
     """
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        raise RuntimeError("valgrind not installed (apt-get install valgrind)")
     cwd = source or REPO
     with tempfile.TemporaryDirectory() as out:
         path = write_config(Path(out), config, "callgrind.yaml")
+        return instructions_of_command(
+            [PYTHON, "-m", "gateway", "run", "--config", str(path)], config["listen"]["port"],
+            drive, labels, requests, warm=warm, rounds=rounds, keep=keep, cwd=cwd,
+            env={"PYTHONPATH": str(cwd)})
+
+
+def instructions_of_command(cmd: Sequence[str], port: int,
+                            drive: Callable[[str, int, int], None], labels: Sequence[str],
+                            requests: int, warm: int = 400, rounds: int = 2,
+                            keep: Path | None = None, cwd: Path = REPO,
+                            env: Mapping[str, str] | None = None) -> dict[str, float]:
+    """`instructions_per_request` for any server command listening on `port` (the naive
+    proxy, say), counted the same way."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise RuntimeError("valgrind not installed (apt-get install valgrind)")
+    with tempfile.TemporaryDirectory() as out:
         proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-             f"--callgrind-out-file={out}/cg.out", PYTHON, "-m", "gateway", "run",
-             "--config", str(path)], cwd=cwd,
-            env=dict(os.environ, PYTHONPATH=str(cwd), PYTHONHASHSEED="0"),
+             f"--callgrind-out-file={out}/cg.out", *cmd], cwd=cwd,
+            env=dict(os.environ, PYTHONHASHSEED="0", **(env or {})),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def control(*args: str) -> None:
@@ -418,7 +434,7 @@ def instructions_per_request(config: dict[str, Any], drive: Callable[[str, int, 
 
         counts: dict[str, list[float]] = {label: [] for label in labels}
         try:
-            wait_for_port(config["listen"]["port"], timeout=120, proc=proc)
+            wait_for_port(port, timeout=120, proc=proc)
             for label in labels:
                 drive(label, warm, 0)  # plans, memos, connections
             for round_ in range(rounds):
@@ -433,6 +449,10 @@ def instructions_per_request(config: dict[str, Any], drive: Callable[[str, int, 
                     totals = [line for line in newest.read_text().splitlines()
                               if line.startswith(("summary:", "totals:"))]
                     counts[label].append(int(totals[-1].split()[1]) / requests)
+                    if keep is not None:
+                        keep.mkdir(parents=True, exist_ok=True)
+                        name = re.sub(r"[^\w.-]+", "_", label)
+                        shutil.copy(newest, keep / f"{name}.callgrind")
         finally:
             proc.terminate()
             proc.wait(timeout=30)

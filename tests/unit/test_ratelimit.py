@@ -33,7 +33,7 @@ CTX = RequestContext(client_ip="203.0.113.9", user_id="u42", tenant_id="acme",
 
 def test_keys_share_one_hash_tag_and_end_with_the_scope_value() -> None:
     assert rule_keys("gw:", "user_requests", Algorithm.SLIDING_WINDOW, "u42") == (
-        "gw:{rl}:user_requests:sw:log:u42", "gw:{rl}:user_requests:sw:sum:u42")
+        "gw:{rl}:user_requests:sw2:log:u42", "gw:{rl}:user_requests:sw2:count:u42")
     assert rule_keys("gw:", "ip", Algorithm.FIXED_WINDOW, "2001:db8::1") == (
         "gw:{rl}:ip:fw:2001:db8::1",)
 

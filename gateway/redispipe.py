@@ -1,8 +1,15 @@
-"""One Redis connection reserved for rate-limit decisions, pipelined.
+"""One Redis connection for the request path, pipelined: rate-limit decisions, L2 cache reads
+and writes.
 
 Commands submitted during one event-loop iteration are written together in one write; one
 reader task feeds everything that comes back to hiredis and hands each reply to its caller in
-order (Redis answers a connection's commands in the order it received them).
+order (Redis answers a connection's commands in the order it received them). So a request's
+rate-limit decision and its L2 lookup, submitted in the same iteration, cost one round trip,
+and the round trips per request fall with concurrency (bench: tests/perf/bench_redis.py).
+
+A Pipe talks to one Redis server: each `Command` carries the key it touches, so a client of
+several servers (Redis Cluster) can keep one Pipe per node and route each command by its
+key's slot without the Pipe changing.
 
 Why not redis-py's command path: per batch it checks a connection out of the pool (a
 condition, a lock, a timeout context, observability hooks), wraps every reply read in
@@ -17,8 +24,9 @@ RedisLink's pool (AUTH, SELECT, TLS, client name), and RedisLink's circuit break
   command behind it on the connection (their replies can no longer be matched), which is
   then dropped; each failed batch counts as one failure of the breaker, like a failed
   `RedisLink.call`;
-* NOSCRIPT (Redis restarted, SCRIPT FLUSH): `reload` (a SCRIPT LOAD) is written once and the
-  command once more behind it; a second NOSCRIPT for the same command is an error.
+* NOSCRIPT (Redis restarted, SCRIPT FLUSH): the command's `reload` (a SCRIPT LOAD) is
+  written once and the command once more behind it; a second NOSCRIPT for the same command
+  is an error. Any other error reply fails that command alone.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.exceptions import NoScriptError, RedisError
 
@@ -38,15 +46,45 @@ log = logging.getLogger("gateway.redis")
 
 READ_SIZE = 65536
 
-Batch = list[tuple[bytes, "asyncio.Future[Any]"]]
+
+class Command(NamedTuple):
+    """One command in RESP, the key it touches (what a per-node client routes by), and for
+    an EVALSHA the SCRIPT LOAD that makes it runnable again after NOSCRIPT."""
+
+    wire: bytes
+    key: str = ""
+    reload: bytes | None = None
+
+
+Batch = list[tuple[Command, "asyncio.Future[Any]"]]
 # (caller or None for our own SCRIPT LOAD, command, deadline, already resent once)
-Sent = tuple["asyncio.Future[Any] | None", bytes, float, bool]
+Sent = tuple["asyncio.Future[Any] | None", Command, float, bool]
+
+
+def pack_command(*parts: bytes) -> bytes:
+    """A command in RESP (an array of bulk strings)."""
+    return b"*%d\r\n%s" % (len(parts), b"".join(bulk(p) for p in parts))
+
+
+def bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def script_command(sha: str, keys: tuple[str, ...], args: tuple[bytes, ...],
+                   reload: bytes) -> Command:
+    """An EVALSHA of a script with few arguments (the rate limiter packs its own)."""
+    parts = [b"EVALSHA", sha.encode(), b"%d" % len(keys),
+             *(k.encode("utf-8", "surrogateescape") for k in keys), *args]
+    return Command(pack_command(*parts), keys[0] if keys else "", reload)
+
+
+def load_command(source: str) -> bytes:
+    return pack_command(b"SCRIPT", b"LOAD", source.encode())
 
 
 class Pipe:
-    def __init__(self, link: RedisLink, reload: bytes) -> None:
+    def __init__(self, link: RedisLink) -> None:
         self.link = link
-        self.reload = reload
         self.timeout = link.settings.timeout
         self._waiting: Batch = []  # submitted during this loop iteration
         self._connecting: list[Batch] = []  # flushed while the connection is being made
@@ -55,10 +93,10 @@ class Pipe:
         self._writer: asyncio.StreamWriter | None = None
         self._reader: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._reloading = False  # a SCRIPT LOAD is on the wire, not yet answered
+        self._reloading: set[bytes] = set()  # SCRIPT LOADs on the wire, not yet answered
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def submit(self, command: bytes) -> asyncio.Future[Any]:
+    def submit(self, command: Command) -> asyncio.Future[Any]:
         """The future of `command`'s reply; RedisUnavailable if Redis cannot answer it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -91,19 +129,19 @@ class Pipe:
         sent = self._sent
         for command, future in batch:
             sent.append((future, command, deadline, False))
-        self._writer.write(b"".join([command for command, _ in batch]))
+        self._writer.write(b"".join([command.wire for command, _ in batch]))
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._expire)
 
-    def _resend(self, future: asyncio.Future[Any], command: bytes) -> None:
-        assert self._writer is not None
+    def _resend(self, future: asyncio.Future[Any], command: Command) -> None:
+        assert self._writer is not None and command.reload is not None
         deadline = asyncio.get_running_loop().time() + self.timeout
-        if not self._reloading:  # replies to commands written before it are still coming
-            self._reloading = True
-            self._sent.append((None, self.reload, deadline, True))
-            self._writer.write(self.reload)
+        if command.reload not in self._reloading:  # replies to earlier commands still coming
+            self._reloading.add(command.reload)
+            self._sent.append((None, Command(command.reload), deadline, True))
+            self._writer.write(command.reload)
         self._sent.append((future, command, deadline, True))
-        self._writer.write(command)
+        self._writer.write(command.wire)
 
     async def _connect(self) -> None:
         """Borrow the pipe's connection; whatever goes wrong meanwhile (refused, AUTH
@@ -135,7 +173,7 @@ class Pipe:
             # Not a Redis or network trouble: most likely a redis-py release whose
             # connection internals differ (gateway/wire/redis_pipe.py). Said once per
             # attempt; the breaker spaces attempts out.
-            log.error("the rate-limit connection to Redis failed: %s", why)
+            log.error("the pipelined connection to Redis failed: %s", why)
         _fail([f for batch in batches for _, f in batch], why)
         self._failed(len(batches))
 
@@ -163,13 +201,13 @@ class Pipe:
     def _deliver(self, reply: Any) -> None:
         future, command, _, resent = self._sent.popleft()
         if future is None:  # the reply to our SCRIPT LOAD
-            self._reloading = False
+            self._reloading.discard(command.wire)
         elif future.done():  # the client went away meanwhile
             pass
-        elif isinstance(reply, NoScriptError) and not resent:
+        elif isinstance(reply, NoScriptError) and not resent and command.reload is not None:
             self._resend(future, command)
         elif isinstance(reply, Exception):
-            future.set_exception(RedisUnavailable(f"script error: {reply}"))
+            future.set_exception(RedisUnavailable(f"Redis error: {reply}"))
         else:
             future.set_result(reply)
 
@@ -200,7 +238,7 @@ class Pipe:
 
     def _drop(self) -> None:
         conn, self._conn, self._writer = self._conn, None, None
-        self._reloading = False
+        self._reloading = set()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
