@@ -22,6 +22,8 @@ from gateway.admin import build_admin_app
 from gateway.admission import Gates
 from gateway.admission.share import Ledger
 from gateway.cache import CacheService, ResponseCache
+from gateway.cache.assets import AssetRules
+from gateway.compression import Compressor
 from gateway.config import Config, ConfigError, load_config
 from gateway.config.model import FailureMode
 from gateway.edge import BAD_REQUEST_LOG, ConnectionRules
@@ -103,6 +105,10 @@ def build_runtime(config: Config, services: Services) -> Runtime:
     if services.cache is not None and any(r.cache is not None for r in config.routes):
         stages["cache"] = ResponseCache(services.cache, config)
     stages["gates"] = services.gates.adopt(config.upstreams)
+    if config.compression is not None:
+        stages["compressor"] = Compressor(config.compression, config, services.cache)
+    if config.cache.asset_policies or config.cache.immutable_paths is not None:
+        stages["assets"] = AssetRules(config.cache, {r.name: r.cache for r in config.routes})
     return Runtime.build(config, services.pool, **stages)
 
 

@@ -38,7 +38,7 @@ from gateway.units import parse_duration, parse_size
 TOP_KEYS = (
     "environment", "listen", "workers", "drain_timeout", "logging", "admin", "redis",
     "context", "upstreams", "rate_limit_headers", "rate_limits", "rate_limits_local_max_keys",
-    "cache", "flag_headers",
+    "cache", "compression", "flag_headers",
     "flags", "experiments", "routes",
     "flag_sources", "flag_bucketing", "ofrep",
 )
@@ -62,6 +62,11 @@ ROUTE_CACHE_KEYS = (
     "ttl", "override", "browser_ttl", "stale_while_revalidate", "stale_if_error",
     "ignore_query", "tags_header", "store_set_cookie",
 )
+CACHE_KEYS = ("memory_max", "max_object_size", "redis", "asset_policies", "immutable_paths")
+ASSET_POLICY_KEYS = ("types", "ttl", "browser_ttl", "override")
+COMPRESSION_KEYS = ("encodings", "min_size", "types", "level")
+ROUTE_COMPRESSION = ("true", "false", "always")
+_MEDIA_RANGE = re.compile(r"^[a-z0-9!#$&^_.+\-]+/(\*|[a-z0-9!#$&^_.+\-]+)$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -391,13 +396,77 @@ def _largest_admission(rule: m.RateLimitRule) -> int:
                 *(units(t.limit, t.burst) for t in rule.tiers.values())])
 
 
-def parse_cache(s: Section | None) -> m.CacheSettings:
+def media_ranges(value: object) -> tuple[str, ...]:
+    """Media types or `type/*` ranges, lower-cased (media types are case-insensitive)."""
+    ranges = tuple(t.strip().lower() for t in string_list(value))
+    for text in ranges:
+        if not _MEDIA_RANGE.match(text):
+            raise ValueError(f"{text!r} is no media type or range (type/subtype or type/*)")
+    return ranges
+
+
+def pattern(value: object) -> re.Pattern[str]:
+    try:
+        return re.compile(string(value))
+    except re.error as exc:
+        raise ValueError(f"invalid regex: {exc}") from None
+
+
+def parse_asset_policy(r: Reader, value: object, path: str, line: int) -> m.AssetPolicy:
+    s = r.section(value, path, line, ASSET_POLICY_KEYS)
+    if s is None:
+        return m.AssetPolicy(types=())
+    policy = m.AssetPolicy(
+        types=s.get("types", media_ranges) or (),
+        ttl=s.get("ttl", duration, None),
+        browser_ttl=s.get("browser_ttl", duration, None),
+        override=s.get("override", boolean, False),
+    )
+    if policy.ttl is None and policy.browser_ttl is None:
+        s.error(None, "needs a ttl, a browser_ttl or both: a policy without either does nothing")
+    return policy
+
+
+def parse_cache(r: Reader, s: Section | None) -> m.CacheSettings:
     if s is None:
         return m.CacheSettings()
     return m.CacheSettings(
         memory_max=s.get("memory_max", size, 64 * 1024**2),
         max_object_size=s.get("max_object_size", size, 8 * 1024**2),
         redis=s.get("redis", boolean, False),
+        asset_policies=tuple(parse_asset_policy(r, value, path, line)
+                             for _, value, path, line in s.elements("asset_policies")),
+        immutable_paths=s.get("immutable_paths", pattern, None),
+    )
+
+
+def parse_compression(r: Reader, s: Section | None) -> m.Compression | None:
+    if s is None:
+        return None
+    names = [str(e) for e in m.Encoding]
+
+    def encodings(value: object) -> tuple[m.Encoding, ...]:
+        found = [choice(names)(item) for item in string_list(value)]
+        if len(set(found)) != len(found):
+            raise ValueError("lists an encoding twice")
+        return tuple(m.Encoding(name) for name in found)
+
+    levels = dict(m.DEFAULT_LEVELS)
+    for name, value, path, line in s.items("level"):
+        if name not in names:
+            hint = _hint(name, {n: 0 for n in names})
+            r.error(line, path, f"unknown encoding {name!r}{hint or f' (one of {names})'}")
+            continue
+        low, high = m.LEVELS[m.Encoding(name)]
+        try:
+            levels[m.Encoding(name)] = integer(low, high)(value)
+        except ValueError as exc:
+            r.error(line, path, f"{exc} ({name} levels run from {low} to {high})")
+    return m.Compression(
+        encodings=s.get("encodings", encodings, m.Compression().encodings) or (),
+        min_size=s.get("min_size", size, 1024) or 0,
+        types=s.get("types", media_ranges, m.DEFAULT_COMPRESSIBLE) or (),
+        level=levels,
     )
 
 
@@ -758,7 +827,7 @@ def parse_match(r: Reader, s: Section | None) -> m.Match:
 def parse_route(r: Reader, index: int, value: object, path: str, line: int) -> m.Route:
     s = r.section(value, path, line, (
         "name", "match", "upstream", "strip_prefix", "rate_limits", "cost", "max_body",
-        "cache", "flags", "priority"))
+        "cache", "flags", "priority", "compression"))
     if s is None:
         return m.Route(f"#{index}", m.Match(), m.UpstreamRef("", ""))
     up = s.data.get("upstream")
@@ -791,8 +860,19 @@ def parse_route(r: Reader, index: int, value: object, path: str, line: int) -> m
         cache=parse_route_cache(s.section("cache", ROUTE_CACHE_KEYS)) if "cache" in s else None,
         flags=flags if flags is not None else ("*all*",),
         priority=m.Priority(s.get("priority", choice(m.PRIORITIES), "normal") or "normal"),
+        compression=m.RouteCompression(s.get("compression", route_compression, "true")
+                                       or "true"),
     )
     return route
+
+
+def route_compression(value: object) -> str:
+    """true / false (YAML booleans) or "always" (compress beside secrets too)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == "always":
+        return "always"
+    raise ValueError(f"expected true, false or always, got {value!r}")
 
 
 # ---------------------------------------------------------------- the whole file
@@ -829,7 +909,9 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
     flag_sources, flagd_flags = parse_flag_sources(r, top, file, flags)
     experiments = {name: parse_experiment(r, name, value, path, line)
                    for name, value, path, line in top.items("experiments")}
-    cache = parse_cache(top.section("cache", ("memory_max", "max_object_size", "redis")))
+    cache = parse_cache(r, top.section("cache", CACHE_KEYS))
+    compression = parse_compression(r, top.section("compression", COMPRESSION_KEYS)
+                                    if "compression" in top else None)
     fh = top.section("flag_headers", ("prefix", "summary"))
     flag_headers = m.FlagHeaders(
         prefix=fh.get("prefix", header_name, "X-Flag-") if fh else "X-Flag-",
@@ -934,6 +1016,7 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
         rate_limits_local_max_keys=top.get("rate_limits_local_max_keys",
                                            integer(1, 100_000_000), 100_000) or 100_000,
         cache=cache,
+        compression=compression,
         flag_headers=flag_headers,
         flags=flags,
         experiments=experiments,
