@@ -9,6 +9,7 @@ long the body (tests/integration/test_compression.py streams 1 GiB).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from typing import Protocol
 
 import brotli  # type: ignore[import-untyped]  # ships no stubs
@@ -21,6 +22,22 @@ class CorruptBody(Exception):
     """An encoded body that does not decode: the upstream's error, never the client's."""
 
 
+# Decoding is where a small input becomes a large output: 327 bytes of zstd hold 10 MB of
+# zeros, a 64 KiB gzip chunk up to 64 MiB. So a decoder hands its output back in pieces of
+# about PIECE bytes (gzip exactly at most; brotli's buffer may overshoot its limit, about 2x
+# measured; zstd decodes at most ZSTD_STEP bytes of input per step, whose worst case,
+# run-length blocks of 128 KiB from 4 bytes each, is 4 MiB), and the stream writes each
+# piece before the next is made: memory per response stays bounded whatever the ratio.
+PIECE = 1 << 20
+ZSTD_STEP = 128
+# A body decoded whole (a stored response, or a small one coded at once) is held at once:
+# past this it is refused as the upstream's error rather than allowed to fill memory.
+WHOLE_LIMIT = 64 << 20
+# RFC 9659 §3: a "zstd" content coding uses a window of at most 8 MB; a larger one is refused
+# (and would otherwise be memory the upstream chooses).
+ZSTD_WINDOW = 8 << 20
+
+
 class Encoder(Protocol):
     def compress(self, data: bytes) -> bytes: ...
 
@@ -30,7 +47,7 @@ class Encoder(Protocol):
 
 
 class Decoder(Protocol):
-    def decompress(self, data: bytes) -> bytes: ...
+    def decompress(self, data: bytes) -> Iterator[bytes]: ...  # pieces of about PIECE
 
     def finish(self) -> bytes: ...  # raises CorruptBody when the stream ended too early
 
@@ -108,13 +125,20 @@ class _GunZip:
     def __init__(self) -> None:
         self._z = zlib.decompressobj(47)  # 32 + 15: gzip or zlib header, as sent
 
-    def decompress(self, data: bytes) -> bytes:
-        if self._z.eof:
+    def decompress(self, data: bytes) -> Iterator[bytes]:
+        z = self._z
+        if z.eof:
             if data.strip(b"\0"):
                 raise CorruptBody("bytes after the end of the gzip stream")
-            return b""
+            return
         try:
-            return self._z.decompress(data)
+            while True:
+                out = z.decompress(data, PIECE)
+                if out:
+                    yield out
+                data = z.unconsumed_tail
+                if not data and len(out) < PIECE:  # a full piece may leave output inside
+                    return
         except zlib.error as exc:
             raise CorruptBody(f"gzip: {exc}") from None
 
@@ -130,12 +154,19 @@ class _UnBrotli:
     def __init__(self) -> None:
         self._b = brotli.Decompressor()
 
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes) -> Iterator[bytes]:
+        b = self._b
         try:
-            out: bytes = self._b.process(data)
+            out: bytes = b.process(data, output_buffer_limit=PIECE)
+            while True:
+                if out:
+                    yield out
+                # a full piece may leave output inside, as may a decoder not yet ready for input
+                if len(out) < PIECE and b.can_accept_more_data():
+                    return
+                out = b.process(b"", output_buffer_limit=PIECE)
         except brotli.error as exc:
             raise CorruptBody(f"br: {exc}") from None
-        return out
 
     def finish(self) -> bytes:
         if not self._b.is_finished():
@@ -147,11 +178,15 @@ class _UnZstd:
     __slots__ = ("_z",)
 
     def __init__(self) -> None:
-        self._z = zstandard.ZstdDecompressor().decompressobj()
+        self._z = zstandard.ZstdDecompressor(max_window_size=ZSTD_WINDOW).decompressobj()
 
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes) -> Iterator[bytes]:
+        view = memoryview(data)
         try:
-            return self._z.decompress(data)
+            for at in range(0, len(view), ZSTD_STEP):
+                out = self._z.decompress(view[at:at + ZSTD_STEP])
+                if out:
+                    yield out
         except zstandard.ZstdError as exc:
             raise CorruptBody(f"zstd: {exc}") from None
 
@@ -169,6 +204,13 @@ def decoder(coding: Encoding) -> Decoder:
     return _UnZstd()
 
 
-def decompress(coding: Encoding, data: bytes) -> bytes:
+def decompress(coding: Encoding, data: bytes, limit: int = WHOLE_LIMIT) -> bytes:
+    """A whole body at once, refused (CorruptBody) when it decodes to more than `limit`."""
     coder = decoder(coding)
-    return coder.decompress(data) + coder.finish()
+    pieces, size = [], 0
+    for piece in coder.decompress(data):
+        size += len(piece)
+        if size > limit:
+            raise CorruptBody(f"it decodes to more than {limit >> 20} MiB held at once")
+        pieces.append(piece)
+    return b"".join(pieces) + coder.finish()

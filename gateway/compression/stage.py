@@ -16,7 +16,7 @@ and before the relay. It asks gateway.compression.rules what to do and does it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
@@ -262,24 +262,39 @@ class Compressor:
         counted_out = self._bytes[(output, "out")] if output else None
         loop = asyncio.get_running_loop()
 
-        def code(chunk: bytes) -> bytes:
-            if decoder is not None:
-                chunk = decoder.decompress(chunk)
-            if encoder is None:
-                return chunk
+        def step(pieces: Iterator[bytes]) -> tuple[bytes, int] | None:
+            """The next decoded piece coded for the client, with the piece's own size; None
+            when the chunk is done."""
+            piece = next(pieces, None)
+            if piece is None or encoder is None:
+                return None if piece is None else (piece, len(piece))
             if counted_in is not None:
-                TALLY.add(counted_in, len(chunk))
-            out = encoder.compress(chunk)
-            return out + encoder.flush() if eager else out
+                TALLY.add(counted_in, len(piece))
+            out = encoder.compress(piece)
+            return (out + encoder.flush() if eager else out), len(piece)
 
         try:
             async for chunk in _chunks(body):
-                out = (await loop.run_in_executor(None, code, chunk)
-                       if len(chunk) >= OFFLOAD_AT else code(chunk))
-                if out:
-                    if counted_out is not None:
-                        TALLY.add(counted_out, len(out))
-                    yield out
+                if decoder is None:
+                    pieces = iter((chunk,))
+                else:
+                    pieces = decoder.decompress(chunk)
+                offload = len(chunk) >= OFFLOAD_AT
+                while True:
+                    done = (await loop.run_in_executor(None, step, pieces) if offload
+                            else step(pieces))
+                    if done is None:
+                        break
+                    out, size = done
+                    if out:
+                        if counted_out is not None:
+                            TALLY.add(counted_out, len(out))
+                        yield out
+                    if decoder is None:
+                        break  # the chunk was the one piece
+                    # a small chunk that decodes large (a high ratio, or a bomb) is coded
+                    # off the loop from its second piece on
+                    offload = offload or size >= OFFLOAD_AT
             tail = decoder.finish() if decoder is not None else b""
             if encoder is not None:
                 tail = (encoder.compress(tail) if tail else b"") + encoder.finish()
