@@ -158,6 +158,7 @@ class RedisSettings:
     timeout: float = 0.05
     failure_mode: FailureMode = FailureMode.OPEN
     max_connections: int = 64
+    max_connections_per_node: int = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +241,7 @@ class RateLimitRule:
     degrade_upstream: str | None = None
     shadow: bool = False
     when_absent: WhenAbsent = WhenAbsent.SKIP
+    shards: int = 1
 
 
 @dataclass(frozen=True, slots=True)

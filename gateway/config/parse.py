@@ -43,7 +43,7 @@ TOP_KEYS = (
 )
 RULE_KEYS = (
     "algorithm", "scope", "limit", "window", "burst", "action", "max_wait", "queue_size",
-    "tiers", "degrade_upstream", "shadow", "when_absent",
+    "tiers", "degrade_upstream", "shadow", "when_absent", "shards",
 )
 LISTEN_KEYS = (
     "host", "port", "max_header_size", "header_timeout", "idle_timeout", "body_timeout",
@@ -180,6 +180,7 @@ def parse_redis(s: Section | None) -> m.RedisSettings | None:
         failure_mode=m.FailureMode(s.get("failure_mode", choice(list(m.FailureMode)), "open")
                                    or "open"),
         max_connections=s.get("max_connections", integer(1, 100_000), 64),
+        max_connections_per_node=s.get("max_connections_per_node", integer(1, 10_000), 16),
     )
 
 
@@ -346,13 +347,16 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
     degrade = s.get("degrade_upstream", string, None)
     if degrade is not None and action != "degrade":
         s.error("degrade_upstream", f"applies only to action degrade, not {action}")
+    limit, burst = s.get("limit", integer(1)), s.get("burst", integer(0), 0)
+    shards = s.get("shards", integer(1, 1024), 1) or 1
+    _check_shards(s, shards, algorithm, limit, burst or 0, tiers)
     return m.RateLimitRule(
         name=name,
         algorithm=m.Algorithm(algorithm) if algorithm else m.Algorithm.TOKEN_BUCKET,
         scope=rule_scope,
-        limit=s.get("limit", integer(1)),
+        limit=limit,
         window=s.get("window", positive_duration),
-        burst=s.get("burst", integer(0), 0),
+        burst=burst,
         action=m.Action(action or "reject"),
         max_wait=max_wait or 0.0,
         queue_size=s.get("queue_size", integer(1, 1_000_000), 1000),
@@ -361,7 +365,28 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
         shadow=s.get("shadow", boolean, False),
         when_absent=m.WhenAbsent(
             s.get("when_absent", choice(list(m.WhenAbsent)), "skip") or "skip"),
+        shards=shards,
     )
+
+
+def _check_shards(s: Section, shards: int, algorithm: str | None, limit: int | None,
+                  burst: int, tiers: Mapping[str, m.TierOverride]) -> None:
+    """Every shard needs a rate of at least one unit per window, and a leaky bucket's shard
+    a capacity of at least one unit (its capacity is burst + 1)."""
+    if shards == 1 or limit is None:
+        return
+    for where, t_limit, t_burst in [("", limit, burst), *(
+            (f" (tier {name})", t.limit or limit, burst if t.burst is None else t.burst)
+            for name, t in tiers.items())]:
+        if t_limit < shards:
+            s.error("shards", f"{shards} shards need a limit of at least {shards}{where}: "
+                    f"each shard gets limit/shards units, here {t_limit}")
+            return
+        if algorithm == "leaky_bucket" and t_burst + 1 < shards:
+            s.error("shards", f"{shards} shards of a leaky bucket need a burst of at least "
+                    f"{shards - 1}{where}: each shard holds (burst + 1)/shards units, "
+                    f"here burst is {t_burst}")
+            return
 
 
 def _largest_admission(rule: m.RateLimitRule) -> int:
@@ -789,6 +814,7 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
 
     redis_settings = parse_redis(top.section("redis", (
         "url", "cluster", "key_prefix", "timeout", "failure_mode", "max_connections",
+        "max_connections_per_node",
     )) if top.data.get("redis") is not None else None)
     if redis_settings is not None and env and env.get("REDIS_URL"):
         try:

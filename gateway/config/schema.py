@@ -102,7 +102,8 @@ def _rule() -> Schema:
         "algorithm": one_of(m.Algorithm), "scope": scope, "limit": integer(1),
         "window": DURATION, "burst": integer(0), "action": one_of(m.Action),
         "max_wait": DURATION, "queue_size": integer(0), "tiers": mapping_of(tier),
-        "degrade_upstream": STRING, "shadow": BOOLEAN, "when_absent": one_of(m.WhenAbsent)},
+        "degrade_upstream": STRING, "shadow": BOOLEAN, "when_absent": one_of(m.WhenAbsent),
+        "shards": integer(1, 1024)},
         required=("algorithm", "limit", "window"))
 
 
@@ -182,10 +183,11 @@ def _top() -> dict[str, Schema]:
         "admin": closed(("host", "port", "token_env"), {
             "host": STRING, "port": integer(0, 65535), "token_env": STRING}),
         "redis": closed(("url", "cluster", "key_prefix", "timeout", "failure_mode",
-                         "max_connections"), {
+                         "max_connections", "max_connections_per_node"), {
             "url": {"type": "string", "pattern": "^(redis|rediss|unix)://"},
             "cluster": BOOLEAN, "key_prefix": {"type": "string"}, "timeout": DURATION,
-            "failure_mode": one_of(m.FailureMode), "max_connections": integer(1, 100_000)}),
+            "failure_mode": one_of(m.FailureMode), "max_connections": integer(1, 100_000),
+            "max_connections_per_node": integer(1, 10_000)}),
         "context": _context(),
         "upstreams": mapping_of(upstream),
         "rate_limit_headers": one_of(m.HeaderStyle),

@@ -31,7 +31,7 @@ from typing import Any
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway import metrics
-from gateway.redisconn import RedisLink, RedisUnavailable
+from gateway.redisconn import CircuitBreaker, RedisLink, RedisUnavailable
 from gateway.wire.redis_pipe import MORE, checkout, give_back, reply_reader, streams
 
 log = logging.getLogger("gateway.redis")
@@ -43,10 +43,25 @@ Batch = list[tuple[bytes, "asyncio.Future[Any]"]]
 Sent = tuple["asyncio.Future[Any] | None", bytes, float, bool]
 
 
+class ErrorReply(RedisUnavailable):
+    """Redis answered the command with an error; `error` is redis-py's exception for it
+    (a cluster client reads MOVED, ASK and TRYAGAIN from it)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"script error: {error}")
+        self.error = error
+
+
 class Pipe:
-    def __init__(self, link: RedisLink, reload: bytes) -> None:
+    """`pool` and `breaker` default to RedisLink's; a cluster store gives each node's pipe
+    a pool and a breaker of its own, so one dead master fails only its own slots."""
+
+    def __init__(self, link: RedisLink, reload: bytes, pool: Any = None,
+                 breaker: CircuitBreaker | None = None) -> None:
         self.link = link
         self.reload = reload
+        self.pool = pool if pool is not None else link.client.connection_pool
+        self.breaker = breaker if breaker is not None else link.breaker
         self.timeout = link.settings.timeout
         self._waiting: Batch = []  # submitted during this loop iteration
         self._connecting: list[Batch] = []  # flushed while the connection is being made
@@ -74,7 +89,7 @@ class Pipe:
     # ------------------------------------------------------------------ writing
     def _flush(self) -> None:
         batch, self._waiting = self._waiting, []
-        if not self.link.breaker.allow():
+        if not self.breaker.allow():
             _fail([f for _, f in batch], "Redis circuit breaker is open")
             return
         if self._writer is not None:
@@ -109,7 +124,7 @@ class Pipe:
         """Borrow the pipe's connection; whatever goes wrong meanwhile (refused, AUTH
         failed, no answer, a redis-py that does not fit) fails the batches waiting for it
         at once, so the stage answers them per failure_mode within redis.timeout."""
-        pool = self.link.client.connection_pool
+        pool = self.pool
         conn: Any = None
         try:
             async with asyncio.timeout(self.timeout):
@@ -152,7 +167,7 @@ class Pipe:
                 while reply is not MORE:
                     self._deliver(reply)
                     reply = parser.gets()
-                self.link.breaker.success()
+                self.breaker.success()
         # IndexError: a reply nobody asked for. Anything else, too, ends the connection:
         # with no reader, its commands would only wait for their deadline.
         except Exception as exc:  # noqa: BLE001
@@ -169,7 +184,7 @@ class Pipe:
         elif isinstance(reply, NoScriptError) and not resent:
             self._resend(future, command)
         elif isinstance(reply, Exception):
-            future.set_exception(RedisUnavailable(f"script error: {reply}"))
+            future.set_exception(ErrorReply(reply))
         else:
             future.set_result(reply)
 
@@ -195,7 +210,7 @@ class Pipe:
 
     def _failed(self, batches: int) -> None:
         for _ in range(batches):
-            self.link.breaker.failure()
+            self.breaker.failure()
             metrics.REDIS_ERRORS.inc()
 
     def _drop(self) -> None:
@@ -208,7 +223,7 @@ class Pipe:
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
         if conn is not None:
-            self._spawn(give_back(self.link.client.connection_pool, conn))
+            self._spawn(give_back(self.pool, conn))
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

@@ -27,6 +27,7 @@ from gateway.config.model import (
     WhenAbsent,
 )
 from gateway.context import RequestContext
+from gateway.ratelimit.cluster_store import ClusterStore
 from gateway.ratelimit.decision import NEVER, Decision, LimitStore
 from gateway.ratelimit.local import LocalStore
 from gateway.ratelimit.plan import RoutePlan
@@ -34,6 +35,7 @@ from gateway.ratelimit.redis_store import RedisStore
 from gateway.ratelimit.rules import Check, make_check
 from gateway.redisconn import RedisLink, RedisUnavailable
 from tests.harness import RedisServer
+from tests.rediscluster import RedisCluster
 
 S = 1_000_000  # one second in microseconds
 T0 = 1_700_000_000 * S  # a virtual epoch instant, aligned to whole seconds and minutes
@@ -41,16 +43,31 @@ T0 = 1_700_000_000 * S  # a virtual epoch instant, aligned to whole seconds and 
 ALL = list(Algorithm)
 
 
-@pytest.fixture(params=["local", "redis"])
-async def store(request: pytest.FixtureRequest, redis_server: RedisServer
-                ) -> AsyncIterator[LimitStore]:
+@pytest.fixture(params=["local", "redis", "cluster"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[LimitStore]:
     if request.param == "local":
         yield LocalStore(clock=lambda: T0)
         return
-    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
+    async with remote_store(request, request.param) as remote:
+        yield remote
+
+
+@contextlib.asynccontextmanager
+async def remote_store(request: pytest.FixtureRequest, kind: str
+                       ) -> AsyncIterator[RedisStore | ClusterStore]:
+    """A Redis store on a private redis-server, or a cluster store on the shared cluster."""
+    if kind == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        link = RedisLink(RedisSettings(url=cluster.url, cluster=True, timeout=2.0))
+        remote: RedisStore | ClusterStore = ClusterStore(link)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        link = RedisLink(RedisSettings(url=server.url, timeout=2.0))
+        remote = RedisStore(link)
     try:
-        yield RedisStore(link)
+        yield remote
     finally:
+        await remote.close()
         await link.close()
 
 
@@ -192,8 +209,9 @@ async def test_when_absent_ip_never_shares_a_counter_with_a_user_named_like_the_
     assert await count(store, impostor.checks[0], T0, 5) == 3  # untouched by the address
 
 
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
 async def test_both_stores_decide_when_absent_plans_identically(
-        redis_server: RedisServer) -> None:
+        request: pytest.FixtureRequest, kind: str) -> None:
     rules = (
         RateLimitRule("u", Algorithm.SLIDING_WINDOW, Scope("user"), 4, 2.0, 1,
                       when_absent=WhenAbsent.IP),
@@ -219,11 +237,8 @@ async def test_both_stores_decide_when_absent_plans_identically(
             out.append(await store.decide(prepared.checks, now))
         return out
 
-    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
-    try:
-        local, remote = await run(LocalStore()), await run(RedisStore(link))
-    finally:
-        await link.close()
+    async with remote_store(request, kind) as store:
+        local, remote = await run(LocalStore()), await run(store)
     assert local == remote
     assert any(d.admitted for d in local) and not all(d.admitted for d in local)
 
@@ -261,6 +276,23 @@ async def test_both_stores_decide_identically(redis_server: RedisServer) -> None
             assert any(d.admitted for d in local) and not all(d.admitted for d in local)
             redis_server.cli("FLUSHALL")
     finally:
+        await link.close()
+
+
+async def test_the_cluster_store_decides_as_the_local_one_across_slots(
+        redis_cluster: RedisCluster) -> None:
+    """The schedule's rules count per three values, so most decisions span slots and run
+    as reservations, a refused one returned: the outcome must be the single store's."""
+    link = RedisLink(RedisSettings(url=redis_cluster.url, cluster=True, timeout=2.0))
+    store = ClusterStore(link)
+    try:
+        for seed in range(3):
+            local, remote = await replay(LocalStore(), seed), await replay(store, seed)
+            assert local == remote
+            assert any(d.admitted for d in local) and not all(d.admitted for d in local)
+            redis_cluster.flushall()
+    finally:
+        await store.close()
         await link.close()
 
 
