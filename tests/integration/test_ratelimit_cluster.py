@@ -1,0 +1,143 @@
+"""Rate limits on a real Redis Cluster: exact under real concurrency (several stores, each
+with its own connection to every master), all-or-nothing across slots, sharded hot rules,
+and load spread over the masters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.config.model import Algorithm, RateLimitRule, RedisSettings, Scope
+from gateway.context import RequestContext
+from gateway.ratelimit.cluster_store import ClusterStore, slot_groups
+from gateway.ratelimit.plan import RoutePlan
+from gateway.ratelimit.rules import Check, make_check
+from gateway.redisconn import RedisLink
+from gateway.redisslots import key_slot
+from tests.rediscluster import RedisCluster
+
+STORES = 4  # like four sidecars: four connections to every master, interleaving freely
+CONCURRENT = 1000
+ALL = list(Algorithm)
+
+
+@contextlib.asynccontextmanager
+async def cluster_stores(cluster: RedisCluster, n: int = STORES
+                         ) -> AsyncIterator[list[ClusterStore]]:
+    links = [RedisLink(RedisSettings(url=cluster.url, cluster=True, timeout=5.0))
+             for _ in range(n)]
+    stores = [ClusterStore(link) for link in links]
+    try:
+        yield stores
+    finally:
+        for store, link in zip(stores, links, strict=True):
+            await store.close()
+            await link.close()
+
+
+def rule(name: str, algorithm: Algorithm, scope: str, limit: int, shards: int = 1
+         ) -> RateLimitRule:
+    # A leaky bucket admits burst + 1 at once: burst limit - 1 lets a whole window in.
+    burst = limit - 1 if algorithm is Algorithm.LEAKY_BUCKET else 0
+    return RateLimitRule(name, algorithm, Scope(scope), limit, 3600.0, burst, shards=shards)  # type: ignore[arg-type]
+
+
+async def remaining(store: ClusterStore, check: Check) -> int:
+    return (await store.decide([check._replace(cost=0)], commit=False)).results[0].remaining
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+async def test_exactly_limit_admitted_of_1000_concurrent_requests(
+        redis_cluster: RedisCluster, algorithm: Algorithm) -> None:
+    user = make_check(rule("per_user", algorithm, "user", 50), "gw:", "u1", None, 1)
+    async with cluster_stores(redis_cluster) as stores:
+        decisions = await asyncio.gather(*(stores[i % STORES].decide([user])
+                                           for i in range(CONCURRENT)))
+    assert sum(d.admitted for d in decisions) == 50
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+async def test_rules_on_two_slots_never_over_admit_and_refusals_consume_nothing(
+        redis_cluster: RedisCluster, algorithm: Algorithm) -> None:
+    """A global rule and a per-user rule live on different slots; 1,000 concurrent requests
+    of 40 users: neither limit is passed, and what each counter holds is exactly what was
+    admitted, so the refused requests' reservations all came back."""
+    everyone = rule("everyone", algorithm, "global", 50)
+    per_user = rule("per_user", algorithm, "user", 2)
+    users = [f"u{n}" for n in range(40)]
+    rng = random.Random(7)
+    picks = [rng.choice(users) for _ in range(CONCURRENT)]
+    glob = make_check(everyone, "gw:", "*", None, 1)
+    checks = {u: [glob, make_check(per_user, "gw:", u, None, 1)] for u in users}
+    assert all(len(slot_groups(c)) == 2 for c in checks.values())
+    async with cluster_stores(redis_cluster) as stores:
+        decisions = await asyncio.gather(*(stores[i % STORES].decide(checks[u])
+                                           for i, u in enumerate(picks)))
+        admitted = Counter(u for u, d in zip(picks, decisions, strict=True) if d.admitted)
+        assert 0 < sum(admitted.values()) <= 50
+        assert max(admitted.values()) <= 2
+        assert await remaining(stores[0], glob) == 50 - sum(admitted.values())
+        for u in users:
+            assert await remaining(stores[0], checks[u][1]) == 2 - admitted[u], u
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+async def test_a_request_refused_on_one_slot_gives_back_what_the_other_reserved(
+        redis_cluster: RedisCluster, algorithm: Algorithm) -> None:
+    glob = make_check(rule("everyone", algorithm, "global", 10), "gw:", "*", None, 1)
+    user = make_check(rule("per_user", algorithm, "user", 1), "gw:", "u1", None, 1)
+    async with cluster_stores(redis_cluster, 1) as (store,):
+        assert (await store.decide([glob, user])).admitted
+        for _ in range(3):  # the user rule refuses: the global reservation comes back
+            decision = await store.decide([glob, user])
+            assert not decision.admitted and decision.results[0].allowed
+        assert await remaining(store, glob) == 9
+        others = [make_check(rule("per_user", algorithm, "user", 1), "gw:", f"v{n}", None, 1)
+                  for n in range(9)]
+        assert all([(await store.decide([glob, o])).admitted for o in others])
+        late = make_check(rule("per_user", algorithm, "user", 1), "gw:", "late", None, 1)
+        decision = await store.decide([glob, late])  # now the global rule refuses
+        assert not decision.admitted and decision.results[1].allowed
+        assert await remaining(store, late) == 1
+
+
+@pytest.mark.parametrize("algorithm", ALL)
+async def test_a_sharded_global_rule_admits_exactly_its_limit_from_shards_on_every_master(
+        redis_cluster: RedisCluster, algorithm: Algorithm) -> None:
+    plan = RoutePlan((rule("everyone", algorithm, "global", 40, shards=8),), 1, "gw:")
+    ctx = RequestContext("192.0.2.1")
+    prepared = [plan.prepare(ctx) for _ in range(CONCURRENT)]
+    keys = {p.checks[0].keys[0] for p in prepared if p is not None}
+    assert len(keys) == 8 and len({key_slot(k) for k in keys}) == 8
+    assert {redis_cluster.node_for_key(k).port for k in keys} == \
+        {node.port for node in redis_cluster.masters}
+    async with cluster_stores(redis_cluster) as stores:
+        decisions = await asyncio.gather(*(stores[i % STORES].decide_prepared(p)
+                                           for i, p in enumerate(prepared) if p is not None))
+    assert sum(d.admitted for d in decisions) == 40
+
+
+async def test_a_thousand_users_spread_keys_and_commands_over_the_masters(
+        redis_cluster: RedisCluster) -> None:
+    per_user = rule("per_user", Algorithm.SLIDING_WINDOW, "user", 100)
+    per_tenant = rule("per_tenant", Algorithm.TOKEN_BUCKET, "tenant", 1000)
+    for node in redis_cluster.masters:
+        node.command("CONFIG", "RESETSTAT")
+    async with cluster_stores(redis_cluster, 1) as (store,):
+        for batch in range(10):
+            await asyncio.gather(*(
+                store.decide([make_check(per_user, "gw:", f"user-{n}", None, 1),
+                              make_check(per_tenant, "gw:", f"tenant-{n % 50}", None, 1)])
+                for n in range(batch * 100, batch * 100 + 100)))
+    masters = redis_cluster.masters
+    keys = [int(node.command("DBSIZE")) for node in masters]  # type: ignore[call-overload]
+    calls = [sum(int(stat["calls"]) for name, stat in node.info("commandstats").items()  # type: ignore[index]
+                 if name in ("cmdstat_evalsha", "cmdstat_eval")) for node in masters]
+    assert sum(keys) == 2 * 1000 + 50 and sum(calls) >= 2 * 1000
+    assert max(keys) <= 0.45 * sum(keys), keys
+    assert max(calls) <= 0.45 * sum(calls), calls
