@@ -7,19 +7,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import subprocess
+import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import aiohttp
 import pytest
 
 from gateway.config.model import Algorithm, RateLimitRule, RedisSettings, Scope
 from gateway.context import RequestContext
 from gateway.ratelimit.cluster_store import ClusterStore, slot_groups
 from gateway.ratelimit.plan import RoutePlan
-from gateway.ratelimit.rules import Check, make_check
+from gateway.ratelimit.rules import Check, make_check, rule_keys
 from gateway.redisconn import RedisLink
 from gateway.redisslots import key_slot
-from tests.rediscluster import RedisCluster
+from tests.harness import Upstream, base_config, client_session
+from tests.rediscluster import RedisCluster, redis_cli_binary
 
 STORES = 4  # like four sidecars: four connections to every master, interleaving freely
 CONCURRENT = 1000
@@ -141,3 +146,108 @@ async def test_a_thousand_users_spread_keys_and_commands_over_the_masters(
     assert sum(keys) == 2 * 1000 + 50 and sum(calls) >= 2 * 1000
     assert max(keys) <= 0.45 * sum(keys), keys
     assert max(calls) <= 0.45 * sum(calls), calls
+
+
+# ---------------------------------------------------------------- through the gateway
+
+def gateway_config(upstream: Upstream, cluster: RedisCluster, limit: int,
+                   failure_mode: str = "closed") -> dict[str, Any]:
+    rules = {"per_user": {"algorithm": "fixed_window", "scope": "user", "limit": limit,
+                          "window": "1h"}}
+    config = base_config(upstream.url, rate_limits=rules, redis={
+        "url": cluster.url, "cluster": True, "key_prefix": "gwtest:", "timeout": "200ms",
+        "failure_mode": failure_mode, "max_connections_per_node": 2})
+    config["routes"][0]["rate_limits"] = ["per_user"]
+    return config
+
+
+def users_on(cluster: RedisCluster, port: int, n: int, prefix: str = "u") -> list[str]:
+    """n user ids whose rate-limit key lives on the master at `port`."""
+    out: list[str] = []
+    i = 0
+    while len(out) < n:
+        user = f"{prefix}{i}"
+        key = rule_keys("gwtest:", "per_user", Algorithm.FIXED_WINDOW, user)[0]
+        if cluster.node_for_key(key).port == port:
+            out.append(user)
+        i += 1
+    return out
+
+
+async def hit(session: aiohttp.ClientSession, url: str, user: str) -> int:
+    async with session.get(f"{url}/x", headers={"X-User-Id": user}) as r:
+        await r.read()
+        return r.status
+
+
+async def steady(url: str, users: list[str], stop: asyncio.Event, seen: list[int]) -> None:
+    async with client_session() as s:
+        n = 0
+        while not stop.is_set():
+            seen.append(await hit(s, url, users[n % len(users)]))
+            n += 1
+            await asyncio.sleep(0.005)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_killed_master_gives_failure_mode_then_its_replica_decides_exactly(
+        redis_cluster_factory: Callable[[], RedisCluster], upstream: Upstream,
+        gateway_factory: Callable[..., Any]) -> None:
+    cluster = redis_cluster_factory()
+    victim = cluster.masters[0]
+    users = users_on(cluster, victim.port, 60)
+    gw = await gateway_factory(gateway_config(upstream, cluster, limit=1000))
+    stop, seen = asyncio.Event(), []
+    runner = asyncio.create_task(steady(gw.url, users, stop, seen))
+    await wait_until(lambda: len(seen) >= 20)
+    victim.kill()
+    await wait_until(lambda: 503 in seen)  # failure_mode closed while nobody serves the slots
+    mark = seen.index(503)
+    await wait_until(lambda: 200 in seen[mark:])  # the replica took over; the gateway followed
+    stop.set()
+    await runner
+    assert set(seen) == {200, 503}
+    # Exact again on the promoted replica: a fresh user gets exactly the limit.
+    fresh = users_on(cluster, cluster.node_for_key(
+        rule_keys("gwtest:", "per_user", Algorithm.FIXED_WINDOW, users[0])[0]).port, 1, "f")[0]
+    async with client_session() as s:
+        codes = [await hit(s, gw.url, fresh) for _ in range(1003)]
+    assert Counter(codes) == {200: 1000, 429: 3}
+
+
+async def test_slots_resharded_under_load_are_followed_without_an_error(
+        redis_cluster_factory: Callable[[], RedisCluster], upstream: Upstream,
+        gateway_factory: Callable[..., Any]) -> None:
+    cluster = redis_cluster_factory()
+    source, target = cluster.masters[:2]
+    users = users_on(cluster, source.port, 200)
+    gw = await gateway_factory(gateway_config(upstream, cluster, limit=100_000))
+    stop, seen = asyncio.Event(), []
+    runners = [asyncio.create_task(steady(gw.url, users[i::4], stop, seen)) for i in range(4)]
+    await wait_until(lambda: len(seen) >= 40)
+    moved = await asyncio.to_thread(subprocess.run, [
+        redis_cli_binary(), "--cluster", "reshard", source.address,
+        "--cluster-from", str(source.command("CLUSTER", "MYID")),
+        "--cluster-to", str(target.command("CLUSTER", "MYID")),
+        "--cluster-slots", "2000", "--cluster-yes"],
+        capture_output=True, timeout=120, check=True)
+    assert b"Moving slot" in moved.stdout
+    cluster.wait_ok()
+    mark = len(seen)
+    await wait_until(lambda: len(seen) >= mark + 40)
+    stop.set()
+    await asyncio.gather(*runners)
+    assert set(seen) == {200}
+    owners = {cluster.node_for_key(rule_keys("gwtest:", "per_user", Algorithm.FIXED_WINDOW,
+                                             u)[0]).port for u in users}
+    assert target.port in owners  # some of the users' keys did move while they were counted
+    counted = sum(int(cluster.node_for_key(k).command("HGET", k, "n") or 0)  # type: ignore[call-overload]
+                  for k in (rule_keys("gwtest:", "per_user", Algorithm.FIXED_WINDOW, u)[0]
+                            for u in users))
+    assert counted == len(seen)  # every admitted request counted once, none lost or doubled
