@@ -1,0 +1,81 @@
+"""`shards: N`: a rule's units dealt over N keys that add up to the rule exactly, requests of
+one route handed round the shards in turn, and config errors for splits that cannot work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config
+from gateway.config.model import Algorithm, RateLimitRule, Scope
+from gateway.context import RequestContext
+from gateway.ratelimit.plan import RoutePlan
+from gateway.ratelimit.rules import shard_params
+from tests.harness import reference_config_with
+
+
+def test_the_reference_config_with_the_scaleout_keys_passes(tmp_path: Path) -> None:
+    config = load_config(str(reference_config_with(tmp_path, "scaleout")))
+    assert config.redis is not None and config.redis.cluster
+    assert config.redis.max_connections_per_node == 16
+    assert config.rate_limits["global_requests"].shards == 8
+
+
+@pytest.mark.parametrize("algorithm", list(Algorithm))
+@pytest.mark.parametrize("limit, burst, shards", [(100, 20, 8), (43, 7, 8), (8, 7, 8), (5, 4, 1)])
+def test_shards_add_up_to_the_rule(algorithm: Algorithm, limit: int, burst: int,
+                                   shards: int) -> None:
+    parts = [shard_params(algorithm, limit, burst, shards, n) for n in range(shards)]
+    assert sum(p[0] for p in parts) == limit and min(p[0] for p in parts) >= 1
+    assert max(p[0] for p in parts) - min(p[0] for p in parts) <= 1
+    if algorithm is Algorithm.LEAKY_BUCKET:  # capacity burst + 1 per shard
+        assert sum(p[1] + 1 for p in parts) == burst + 1
+    else:
+        assert sum(p[1] for p in parts) == burst
+
+
+def test_a_route_hands_its_requests_round_the_shards_whoever_sends_them() -> None:
+    sharded = RateLimitRule("g", Algorithm.TOKEN_BUCKET, Scope("global"), 40, 60.0, shards=4)
+    per_user = RateLimitRule("u", Algorithm.TOKEN_BUCKET, Scope("user"), 5, 60.0)
+    plan = RoutePlan((sharded, per_user), 1, "gw:")
+    keys = []
+    for n in range(12):  # a new user each time: the turn is the route's, not the user's
+        prepared = plan.prepare(RequestContext("192.0.2.1", user_id=f"u{n}"))
+        assert prepared is not None
+        keys.append(prepared.checks[0].keys[0])
+        assert prepared.checks[0].limit == 10 and prepared.checks[1].limit == 5
+    assert len(set(keys)) == 4 and all(keys.count(k) == 3 for k in set(keys))
+
+
+def errors(tmp_path: Path, rule: str) -> list[str]:
+    path = tmp_path / "g.yaml"
+    path.write_text(f"""\
+upstreams:
+  api: {{url: "http://127.0.0.1:9"}}
+rate_limits:
+  hot: {rule}
+routes:
+  - {{name: r, match: {{path_prefix: /}}, upstream: api, rate_limits: [hot]}}
+""")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    return [str(i) for i in info.value.issues]
+
+
+def test_shards_need_a_unit_of_limit_each(tmp_path: Path) -> None:
+    [issue] = errors(tmp_path, "{algorithm: fixed_window, scope: global, limit: 4, "
+                               "window: 1s, shards: 8}")
+    assert "rate_limits.hot.shards" in issue and "limit of at least 8" in issue
+
+
+def test_shards_of_a_leaky_bucket_need_a_unit_of_capacity_each(tmp_path: Path) -> None:
+    [issue] = errors(tmp_path, "{algorithm: leaky_bucket, scope: global, limit: 100, "
+                               "window: 1s, burst: 2, shards: 8}")
+    assert "burst of at least 7" in issue
+
+
+def test_a_tier_too_small_for_the_shards_is_named(tmp_path: Path) -> None:
+    issues = errors(tmp_path, "{algorithm: token_bucket, scope: global, limit: 100, "
+                              "window: 1s, shards: 8, tiers: {free: {limit: 3}}}")
+    assert any("shards" in i and "(tier free)" in i and "here 3" in i for i in issues)
