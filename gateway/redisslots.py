@@ -79,9 +79,10 @@ def redirect_of(error: Exception) -> Redirect | None:
     """The redirection an error reply asks for, or None for any other error. redis-py's
     parser gives MOVED/ASK/TRYAGAIN their own exception classes with the prefix cut off
     (MovedError is an AskError); an error kept as plain text is read from its words."""
-    if isinstance(error, MovedError | AskError):
-        kind = "MOVED" if isinstance(error, MovedError) else "ASK"
-        return Redirect(kind, (error.host, int(error.port)))
+    if isinstance(error, MovedError):
+        return Redirect("MOVED", (error.host, int(error.port)))
+    if isinstance(error, AskError):
+        return Redirect("ASK", (error.host, int(error.port)))
     if isinstance(error, TryAgainError):
         return Redirect("TRYAGAIN")
     return parse_redirect(str(error))
@@ -97,5 +98,5 @@ def parse_redirect(message: str) -> Redirect | None:
     if parts[0] in ("MOVED", "ASK") and len(parts) >= 3:
         host, _, port = parts[2].rpartition(":")
         if port.isdigit():
-            return Redirect(parts[0], (host, int(port)))  # type: ignore[arg-type]
+            return Redirect("MOVED" if parts[0] == "MOVED" else "ASK", (host, int(port)))
     return None

@@ -7,7 +7,8 @@ iteration at once. Each request still gets its own script call, so Redis `INFO
 commandstats` shows one evalsha per decided request and each decision stays atomic.
 The commands go over one reserved, pipelined connection (`pipe`: deadline, breaker and
 NOSCRIPT reload there); a cluster client, which has no single pool, batches through
-redis-py's pipeline instead.
+redis-py's pipeline instead. The gateway itself decides on a cluster with `ClusterStore`
+(one pipe per master, rules grouped by slot).
 """
 
 from __future__ import annotations

@@ -140,12 +140,16 @@ async def test_a_thousand_users_spread_keys_and_commands_over_the_masters(
                               make_check(per_tenant, "gw:", f"tenant-{n % 50}", None, 1)])
                 for n in range(batch * 100, batch * 100 + 100)))
     masters = redis_cluster.masters
-    keys = [int(node.command("DBSIZE")) for node in masters]  # type: ignore[call-overload]
-    calls = [sum(int(stat["calls"]) for name, stat in node.info("commandstats").items()  # type: ignore[index]
-                 if name in ("cmdstat_evalsha", "cmdstat_eval")) for node in masters]
+    keys = [int(str(node.command("DBSIZE"))) for node in masters]
+    calls = [evalsha_calls(node.info("commandstats")) for node in masters]
     assert sum(keys) == 2 * 1000 + 50 and sum(calls) >= 2 * 1000
     assert max(keys) <= 0.45 * sum(keys), keys
     assert max(calls) <= 0.45 * sum(calls), calls
+
+
+def evalsha_calls(stats: dict[str, Any]) -> int:
+    return sum(int(stat["calls"]) for name, stat in stats.items()
+               if name in ("cmdstat_evalsha", "cmdstat_eval"))
 
 
 # ---------------------------------------------------------------- through the gateway
@@ -203,7 +207,7 @@ async def test_a_killed_master_gives_failure_mode_then_its_replica_decides_exact
     victim = cluster.masters[0]
     users = users_on(cluster, victim.port, 60)
     gw = await gateway_factory(gateway_config(upstream, cluster, limit=1000))
-    stop, seen = asyncio.Event(), []
+    stop, seen = asyncio.Event(), list[int]()
     runner = asyncio.create_task(steady(gw.url, users, stop, seen))
     await wait_until(lambda: len(seen) >= 20)
     victim.kill()
@@ -228,7 +232,7 @@ async def test_slots_resharded_under_load_are_followed_without_an_error(
     source, target = cluster.masters[:2]
     users = users_on(cluster, source.port, 200)
     gw = await gateway_factory(gateway_config(upstream, cluster, limit=100_000))
-    stop, seen = asyncio.Event(), []
+    stop, seen = asyncio.Event(), list[int]()
     runners = [asyncio.create_task(steady(gw.url, users[i::4], stop, seen)) for i in range(4)]
     await wait_until(lambda: len(seen) >= 40)
     moved = await asyncio.to_thread(subprocess.run, [
@@ -251,3 +255,20 @@ async def test_slots_resharded_under_load_are_followed_without_an_error(
                   for k in (rule_keys("gwtest:", "per_user", Algorithm.FIXED_WINDOW, u)[0]
                             for u in users))
     assert counted == len(seen)  # every admitted request counted once, none lost or doubled
+
+
+async def test_admin_state_and_reset_of_a_sharded_rule_cover_every_shard(
+        redis_cluster: RedisCluster, upstream: Upstream,
+        gateway_factory: Callable[..., Any]) -> None:
+    config = gateway_config(upstream, redis_cluster, limit=1000)
+    config["rate_limits"]["everyone"] = {"algorithm": "sliding_window", "scope": "global",
+                                         "limit": 16, "window": "1h", "shards": 4}
+    config["routes"][0]["rate_limits"] = ["everyone"]
+    gw = await gateway_factory(config)
+    limiter = gw.process.pipeline.runtime.limiter
+    async with client_session() as s:
+        assert [await hit(s, gw.url, f"u{n}") for n in range(6)] == [200] * 6
+    state = await limiter.state("everyone", "")
+    assert (state["remaining"], state["quota"], state["store"]) == (10, 16, "redis")
+    await limiter.reset("everyone", "")
+    assert (await limiter.state("everyone", ""))["remaining"] == 16

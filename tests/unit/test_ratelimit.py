@@ -15,8 +15,8 @@ from gateway.ratelimit.headers import most_restrictive, rate_limit_fields, retry
 from gateway.ratelimit.lanes import Lanes
 from gateway.ratelimit.plan import RoutePlan
 from gateway.ratelimit.rules import make_check, rule_keys, scope_value
-from gateway.redisslots import key_slot
 from gateway.ratelimit.stage import _hold_action
+from gateway.redisslots import key_slot
 
 USER = Scope("user")
 

@@ -1,0 +1,230 @@
+"""Rate limits on a Redis Cluster. Not collected by pytest; run as a script:
+
+    python tests/perf/bench_cluster.py [--seconds 5] [--clients 4] [--skip-gateways]
+
+1. Exactness: 4 gateway instances x 2 workers on one local 3-master (+3 replica) cluster,
+   one route per algorithm (a per-user rule of limit 50, and a route adding a global rule
+   of limit 50 on another slot): 1,000 concurrent requests of one user spread over the four
+   instances; prints how many each route admitted.
+2. Decisions per second: `--clients` processes, each one store with 256 decisions in
+   flight over 1,000 users (a sliding-window user rule, then the same plus a global token
+   bucket with shards: 8, so each decision spans two slots), against the cluster and
+   against one redis-server on this machine, alternating. Prints decisions/s, each master's
+   share of the EVALSHAs (INFO commandstats) and of the Redis CPU spent (INFO cpu), and the
+   Redis CPU microseconds per decision: the figure the README's capacity model is built on.
+On this 2-core machine the Python clients, not Redis, are the bottleneck: compare Redis CPU
+per decision, not decisions/s, when sizing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from gateway.config.model import Algorithm, RateLimitRule, RedisSettings, Scope
+from gateway.context import RequestContext
+from gateway.ratelimit.cluster_store import ClusterStore
+from gateway.ratelimit.plan import RoutePlan
+from gateway.ratelimit.redis_store import RedisStore
+from gateway.redisconn import RedisLink
+from tests.harness import GatewayProcessHandle, RedisServer, Upstream, base_config
+from tests.rediscluster import RedisCluster
+
+ALGORITHMS = ("token_bucket", "leaky_bucket", "sliding_window", "fixed_window")
+
+
+# ---------------------------------------------------------------- 1. exactness
+
+def gateway_config(upstream_url: str, cluster: RedisCluster) -> dict[str, Any]:
+    rules: dict[str, Any] = {}
+    routes = []
+    for algorithm in ALGORITHMS:
+        burst = 49 if algorithm == "leaky_bucket" else 0
+        rules[f"user_{algorithm}"] = {"algorithm": algorithm, "scope": "user", "limit": 50,
+                                      "window": "1h", "burst": burst}
+        rules[f"all_{algorithm}"] = {"algorithm": algorithm, "scope": "global", "limit": 50,
+                                     "window": "1h", "burst": burst}
+        routes.append({"name": algorithm, "match": {"path_prefix": f"/{algorithm}/"},
+                       "upstream": "api", "rate_limits": [f"user_{algorithm}"]})
+        routes.append({"name": f"{algorithm}_2", "match": {"path_prefix": f"/2/{algorithm}/"},
+                       "upstream": "api",
+                       "rate_limits": [f"all_{algorithm}", f"user_{algorithm}"]})
+    config = base_config(upstream_url, rate_limits=rules, redis={
+        "url": cluster.url, "cluster": True, "timeout": "2s", "failure_mode": "closed"})
+    config["routes"] = routes
+    return config
+
+
+async def burst(urls: list[str], path: str, n: int, users: list[str]) -> Counter[int]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        async def one(i: int) -> int:
+            async with s.get(f"{urls[i % len(urls)]}{path}",
+                             headers={"X-User-Id": users[i % len(users)]}) as r:
+                await r.read()
+                return r.status
+        return Counter(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+async def exactness(cluster: RedisCluster, instances: int, workers: int) -> None:
+    upstream = await Upstream().start()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+    gateways = []
+    try:
+        for i in range(instances):
+            path = tmp / f"g{i}.yaml"
+            path.write_text(yaml.safe_dump(gateway_config(upstream.url, cluster)))
+            gateways.append(GatewayProcessHandle(path, workers).start(timeout=60))
+        urls = [g.url for g in gateways]
+        print(f"\n1. exactness: {instances} gateways x {workers} workers, 1,000 concurrent "
+              "requests per route, limit 50")
+        for algorithm in ALGORITHMS:
+            one = await burst(urls, f"/{algorithm}/x", 1000, ["alice"])
+            # 40 users of limit 50 each behind a global rule of 50 on another slot.
+            two = await burst(urls, f"/2/{algorithm}/x", 1000, [f"u{n}" for n in range(40)])
+            print(f"   {algorithm:15} one user: admitted {one[200]:4} (429: {one[429]}, "
+                  f"other: {sum(one.values()) - one[200] - one[429]})   user+global on two "
+                  f"slots: admitted {two[200]:4} (429: {two[429]}, other: "
+                  f"{sum(two.values()) - two[200] - two[429]})")
+    finally:
+        for g in gateways:
+            g.stop()
+        await upstream.stop()
+
+
+# ---------------------------------------------------------------- 2. decisions per second
+
+def rules(two_slots: bool) -> tuple[RateLimitRule, ...]:
+    user = RateLimitRule("per_user", Algorithm.SLIDING_WINDOW, Scope("user"), 10**9, 60.0)
+    if not two_slots:
+        return (user,)
+    return (RateLimitRule("everyone", Algorithm.TOKEN_BUCKET, Scope("global"), 10**9, 60.0,
+                          shards=8), user)
+
+
+def client(url: str, cluster: bool, two_slots: bool, seconds: float, out: Any) -> None:
+    import uvloop
+
+    async def run() -> int:
+        link = RedisLink(RedisSettings(url=url, cluster=cluster, timeout=5.0))
+        store = ClusterStore(link) if cluster else RedisStore(link)
+        plan = RoutePlan(rules(two_slots), 1, "bench:")
+        contexts = [RequestContext("192.0.2.1", user_id=f"user-{n}") for n in range(1000)]
+        done = 0
+        end = time.monotonic() + seconds
+
+        async def worker(seed: int) -> None:
+            nonlocal done
+            rng = random.Random(seed)
+            while time.monotonic() < end:
+                prepared = plan.prepare(rng.choice(contexts))
+                assert prepared is not None
+                await store.decide_prepared(prepared)
+                done += 1
+
+        await asyncio.gather(*(worker(i) for i in range(256)))
+        await store.close()
+        await link.close()
+        return done
+
+    out.put(uvloop.run(run()))
+
+
+def node_stats(ports: list[int]) -> list[tuple[int, float]]:
+    """(EVALSHA calls, Redis CPU seconds) per node."""
+    out = []
+    for port in ports:
+        c = redis.Redis(port=port)
+        try:
+            stats, cpu = c.info("commandstats"), c.info("cpu")
+        finally:
+            c.close()
+        calls = int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+        out.append((calls, float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])))
+    return out
+
+
+def throughput(url: str, cluster: bool, two_slots: bool, ports: list[int], clients: int,
+               seconds: float) -> tuple[float, list[tuple[int, float]]]:
+    for port in ports:
+        c = redis.Redis(port=port)
+        c.config_resetstat()
+        c.close()
+    before = node_stats(ports)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=client, args=(url, cluster, two_slots, seconds, out))
+             for _ in range(clients)]
+    started = time.monotonic()
+    for p in procs:
+        p.start()
+    total = sum(out.get(timeout=seconds + 60) for _ in procs)
+    for p in procs:
+        p.join()
+    elapsed = time.monotonic() - started
+    after = node_stats(ports)
+    deltas = [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before, strict=True)]
+    return total / max(elapsed - 1.0, seconds), deltas  # spawn start-up is not load
+
+
+def report(label: str, rate: float, deltas: list[tuple[int, float]], decisions_per_call: float
+           ) -> None:
+    calls = sum(d[0] for d in deltas) or 1
+    cpu = sum(d[1] for d in deltas) or 1e-9
+    decisions = calls / decisions_per_call
+    print(f"   {label:34} {rate:9,.0f} decisions/s   Redis CPU {cpu * 1e6 / decisions:5.1f} "
+          f"us/decision ({decisions / cpu:,.0f} decisions per Redis core-second)")
+    if len(deltas) > 1:
+        shares = ", ".join(f"{d[0] / calls:4.0%} of EVALSHAs, {d[1] / cpu:4.0%} of CPU"
+                           for d in deltas)
+        print(f"   {'':34} per master: {shares}")
+
+
+def decisions(cluster: RedisCluster, single: RedisServer, clients: int, seconds: float) -> None:
+    masters = [node.port for node in cluster.masters]
+    print(f"\n2. decisions per second: {clients} client processes x 256 in flight, 1,000 users")
+    for two_slots in (False, True):
+        what = "user + global(shards 8)" if two_slots else "user rule"
+        per_call = 2.0 if two_slots else 1.0  # on the cluster a decision is one EVALSHA per slot
+        rate, deltas = throughput(single.url, False, two_slots, [single.port], clients, seconds)
+        report(f"single redis-server, {what}", rate, deltas, 1.0)
+        rate, deltas = throughput(cluster.url, True, two_slots, masters, clients, seconds)
+        report(f"cluster (3 masters), {what}", rate, deltas, per_call)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--instances", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--skip-gateways", action="store_true")
+    args = parser.parse_args()
+    cluster = RedisCluster().start()
+    single = RedisServer().start()
+    try:
+        if not args.skip_gateways:
+            asyncio.run(exactness(cluster, args.instances, args.workers))
+            cluster.flushall()
+        decisions(cluster, single, args.clients, args.seconds)
+    finally:
+        single.close()
+        cluster.close()
+
+
+if __name__ == "__main__":
+    main()
