@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from gateway.luascripts import load_script
 from gateway.ratelimit.decision import Decision, RuleResult
@@ -88,9 +89,16 @@ class ClusterStore:
         if len(parts) == 1:
             slot, _, command = parts[0]
             return Decision.from_flat(await self.router.call(slot, command))
-        replies = await asyncio.gather(*(self.router.call(slot, command)
-                                         for slot, _, command in parts),
-                                       return_exceptions=True)
+        router = self.router
+        if router.map is None:
+            await router.refresh()
+        sent = [router.send(slot, command) for slot, _, command in parts]  # all in flight
+        replies: list[Any] = []
+        for (slot, _, command), future in zip(parts, sent, strict=True):
+            try:
+                replies.append(await router.settle(slot, command, future))
+            except RedisUnavailable as exc:
+                replies.append(exc)
         results: list[RuleResult | None] = [None] * len(checks)
         admitted, failure = True, None
         held: list[tuple[int, tuple[int, ...], Decision, int]] = []  # slots to give back

@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 
 from gateway.ratelimit.pipe import ErrorReply, Pipe
 from gateway.redisconn import CircuitBreaker, RedisLink, RedisUnavailable
-from gateway.redisslots import Address, SlotMap, parse_cluster_slots, redirect_of
+from gateway.redisslots import Address, Redirect, SlotMap, parse_cluster_slots, redirect_of
 
 log = logging.getLogger("gateway.redis")
 
@@ -68,10 +68,42 @@ class SlotRouter:
         """The reply of `command`, all of whose keys are in `slot`."""
         if self.map is None:
             await self.refresh()
+        return await self.settle(slot, command, self.send(slot, command))
+
+    def send(self, slot: int, command: bytes) -> asyncio.Future[Any]:
+        """Write `command` to the master of `slot` (as the map says; it must be read)
+        without waiting: a caller sending to several slots awaits their replies together,
+        with no task per call. `settle` then follows what the reply asks for."""
         assert self.map is not None
         target = self.map.owner(slot)
-        asking = False
+        if target is None:
+            failed = asyncio.get_running_loop().create_future()
+            failed.set_exception(RedisUnavailable(f"no master serves slot {slot}"))
+            return failed
+        return self.pipe(target).submit(command)
+
+    async def settle(self, slot: int, command: bytes, sent: asyncio.Future[Any]) -> Any:
+        """The reply to `command` sent as `sent`, following redirections."""
+        try:
+            return await sent
+        except ErrorReply as exc:
+            redirect = redirect_of(exc.error)
+            if redirect is None:
+                raise
+            return await self._follow(slot, command, redirect)
+        except RedisUnavailable:
+            self.refresh_soon()
+            raise
+
+    async def _follow(self, slot: int, command: bytes, redirect: Redirect) -> Any:
+        assert self.map is not None
         for _ in range(MAX_HOPS):
+            target, asking = redirect.target, redirect.kind == "ASK"
+            if redirect.kind == "TRYAGAIN":
+                await asyncio.sleep(TRYAGAIN_PAUSE)
+                target = self.map.owner(slot)
+            elif redirect.kind == "MOVED":
+                self.refresh_soon()
             if target is None:
                 self.refresh_soon()
                 raise RedisUnavailable(f"no master serves slot {slot}")
@@ -81,17 +113,10 @@ class SlotRouter:
             try:
                 return await pipe.submit(command)
             except ErrorReply as exc:
-                redirect = redirect_of(exc.error)
-                if redirect is None:
+                again = redirect_of(exc.error)
+                if again is None:
                     raise
-                if redirect.kind == "TRYAGAIN":
-                    await asyncio.sleep(TRYAGAIN_PAUSE)
-                    asking = False
-                    target = self.map.owner(slot)
-                    continue
-                if redirect.kind == "MOVED":
-                    self.refresh_soon()
-                target, asking = redirect.target, redirect.kind == "ASK"
+                redirect = again
             except RedisUnavailable:
                 self.refresh_soon()
                 raise
