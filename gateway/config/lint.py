@@ -61,6 +61,17 @@ def identity_warnings(config: Config) -> list[str]:
             "(127.0.0.1/32 for a sidecar's own service) in context.trusted_proxies."]
 
 
+def shard_warnings(config: Config) -> list[str]:
+    """Shards spread a hot rule over a cluster's masters; on one Redis, or in-process, they
+    spread nothing and only cost accuracy (see the README's accuracy bound)."""
+    if config.redis is not None and config.redis.cluster:
+        return []
+    where = "one Redis" if config.redis is not None else "the in-process store"
+    return [f"rate_limits.{rule.name}.shards: {rule.shards} shards on {where} spread no "
+            "load and can refuse a request while another shard has room; set redis.cluster: "
+            "true, or drop shards" for rule in config.rate_limits.values() if rule.shards > 1]
+
+
 def config_warnings(config: Config, environ: Mapping[str, str]) -> list[str]:
     return [*admin_warnings(config, environ), *route_limit_warnings(config),
-            *identity_warnings(config)]
+            *identity_warnings(config), *shard_warnings(config)]

@@ -390,10 +390,14 @@ def _check_shards(s: Section, shards: int, algorithm: str | None, limit: int | N
 
 
 def _largest_admission(rule: m.RateLimitRule) -> int:
-    """The largest cost any tier of the rule admits at once (leaky bucket: burst + 1)."""
+    """The largest cost any tier of the rule admits at once (leaky bucket: burst + 1); of a
+    sharded rule, what its smallest shard admits (a request may draw any shard)."""
     def units(limit: int | None, burst: int | None) -> int:
         limit, burst = limit or rule.limit, rule.burst if burst is None else burst
-        return burst + 1 if rule.algorithm is m.Algorithm.LEAKY_BUCKET else limit + burst
+        n = rule.shards  # too many shards for the units is an error of its own: say it once
+        if rule.algorithm is m.Algorithm.LEAKY_BUCKET:
+            return max(1, (burst + 1) // n)
+        return max(1, limit // n) + burst // n
 
     return max([units(rule.limit, rule.burst),
                 *(units(t.limit, t.burst) for t in rule.tiers.values())])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, load_config
+from gateway.config.lint import shard_warnings
 from gateway.config.model import Algorithm, RateLimitRule, Scope
 from gateway.context import RequestContext
 from gateway.ratelimit.plan import RoutePlan
@@ -79,3 +80,37 @@ def test_a_tier_too_small_for_the_shards_is_named(tmp_path: Path) -> None:
     issues = errors(tmp_path, "{algorithm: token_bucket, scope: global, limit: 100, "
                               "window: 1s, shards: 8, tiers: {free: {limit: 3}}}")
     assert any("shards" in i and "(tier free)" in i and "here 3" in i for i in issues)
+
+
+def test_a_route_cost_larger_than_the_smallest_shard_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text("""\
+upstreams:
+  api: {url: "http://127.0.0.1:9"}
+rate_limits:
+  hot: {algorithm: fixed_window, scope: global, limit: 30, window: 1s, shards: 8}
+routes:
+  - {name: r, match: {path_prefix: /}, upstream: api, rate_limits: [hot], cost: 4}
+""")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    [issue] = [str(i) for i in info.value.issues]
+    assert "routes[0].cost" in issue and "(3)" in issue
+
+
+def test_shards_without_a_cluster_are_warned_about(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text("""\
+upstreams:
+  api: {url: "http://127.0.0.1:9"}
+redis: {url: "redis://127.0.0.1:7000/0"}
+rate_limits:
+  hot: {algorithm: fixed_window, scope: global, limit: 30, window: 1s, shards: 4}
+routes:
+  - {name: r, match: {path_prefix: /}, upstream: api, rate_limits: [hot]}
+""")
+    config = load_config(str(path))
+    [warning] = shard_warnings(config)
+    assert warning.startswith("rate_limits.hot.shards: 4 shards on one Redis")
+    cluster = load_config(str(reference_config_with(tmp_path, "scaleout")))
+    assert shard_warnings(cluster) == []
