@@ -49,18 +49,24 @@ def test_a_route_hands_its_requests_round_the_shards_whoever_sends_them() -> Non
     assert len(set(keys)) == 4 and all(keys.count(k) == 3 for k in set(keys))
 
 
-def errors(tmp_path: Path, rule: str) -> list[str]:
+def config_file(tmp_path: Path, rule: str, route: str = "", top: str = "") -> Path:
+    """A config with rule `hot` and one route naming it (`route`: more of its keys)."""
     path = tmp_path / "g.yaml"
     path.write_text(f"""\
 upstreams:
   api: {{url: "http://127.0.0.1:9"}}
+{top}
 rate_limits:
   hot: {rule}
 routes:
-  - {{name: r, match: {{path_prefix: /}}, upstream: api, rate_limits: [hot]}}
+  - {{name: r, match: {{path_prefix: /}}, upstream: api, rate_limits: [hot]{route}}}
 """)
+    return path
+
+
+def errors(tmp_path: Path, rule: str, route: str = "") -> list[str]:
     with pytest.raises(ConfigError) as info:
-        load_config(str(path))
+        load_config(str(config_file(tmp_path, rule, route)))
     return [str(i) for i in info.value.issues]
 
 
@@ -83,33 +89,15 @@ def test_a_tier_too_small_for_the_shards_is_named(tmp_path: Path) -> None:
 
 
 def test_a_route_cost_larger_than_the_smallest_shard_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "g.yaml"
-    path.write_text("""\
-upstreams:
-  api: {url: "http://127.0.0.1:9"}
-rate_limits:
-  hot: {algorithm: fixed_window, scope: global, limit: 30, window: 1s, shards: 8}
-routes:
-  - {name: r, match: {path_prefix: /}, upstream: api, rate_limits: [hot], cost: 4}
-""")
-    with pytest.raises(ConfigError) as info:
-        load_config(str(path))
-    [issue] = [str(i) for i in info.value.issues]
+    [issue] = errors(tmp_path, "{algorithm: fixed_window, scope: global, limit: 30, "
+                               "window: 1s, shards: 8}", route=", cost: 4")
     assert "routes[0].cost" in issue and "(3)" in issue
 
 
 def test_shards_without_a_cluster_are_warned_about(tmp_path: Path) -> None:
-    path = tmp_path / "g.yaml"
-    path.write_text("""\
-upstreams:
-  api: {url: "http://127.0.0.1:9"}
-redis: {url: "redis://127.0.0.1:7000/0"}
-rate_limits:
-  hot: {algorithm: fixed_window, scope: global, limit: 30, window: 1s, shards: 4}
-routes:
-  - {name: r, match: {path_prefix: /}, upstream: api, rate_limits: [hot]}
-""")
-    config = load_config(str(path))
+    config = load_config(str(config_file(
+        tmp_path, "{algorithm: fixed_window, scope: global, limit: 30, window: 1s, shards: 4}",
+        top='redis: {url: "redis://127.0.0.1:7000/0"}')))
     [warning] = shard_warnings(config)
     assert warning.startswith("rate_limits.hot.shards: 4 shards on one Redis")
     cluster = load_config(str(reference_config_with(tmp_path, "scaleout")))
