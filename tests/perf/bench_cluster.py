@@ -45,6 +45,7 @@ from gateway.redisconn import RedisLink
 from tests.harness import GatewayProcessHandle, RedisServer, Upstream, base_config
 from tests.rediscluster import RedisCluster
 
+TIMEOUT = "250ms"  # 100 ms times out now and then on this shared, loaded machine
 ALGORITHMS = ("token_bucket", "leaky_bucket", "sliding_window", "fixed_window")
 
 
@@ -104,6 +105,90 @@ async def exactness(cluster: RedisCluster, instances: int, workers: int) -> None
         for g in gateways:
             g.stop()
         await upstream.stop()
+
+
+# ---------------------------------------------------------------- 3. failover
+
+def users_on(cluster: RedisCluster, port: int, n: int) -> list[str]:
+    from gateway.ratelimit.rules import rule_keys
+
+    out: list[str] = []
+    i = 0
+    while len(out) < n:
+        key = rule_keys("gw:", "per_user", Algorithm.FIXED_WINDOW, f"f{i}")[0]
+        if cluster.node_for_key(key).port == port:
+            out.append(f"f{i}")
+        i += 1
+    return out
+
+
+async def failover(workers: int, full_coverage: bool) -> None:
+    """Kill a master under load: how long its users get failure_mode, how long each of
+    those answers took, and whether the other masters' users noticed. With Redis's default
+    cluster-require-full-coverage yes, every node refuses every command (CLUSTERDOWN) from
+    the moment the master is marked failed until its replica is promoted."""
+    cluster = RedisCluster().start()
+    if not full_coverage:
+        for node in cluster.nodes:
+            node.command("CONFIG", "SET", "cluster-require-full-coverage", "no")
+    upstream = await Upstream().start()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-failover-"))
+    gateway = None
+    try:
+        victim, other = cluster.masters[:2]
+        hit_users, safe_users = users_on(cluster, victim.port, 50), users_on(cluster, other.port, 50)
+        config = base_config(upstream.url, rate_limits={"per_user": {
+            "algorithm": "fixed_window", "scope": "user", "limit": 10**6, "window": "1h"}},
+            redis={"url": cluster.url, "cluster": True, "timeout": TIMEOUT,
+                   "failure_mode": "closed"})
+        config["routes"][0]["rate_limits"] = ["per_user"]
+        path = tmp / "g.yaml"
+        path.write_text(yaml.safe_dump(config))
+        gateway = GatewayProcessHandle(path, workers).start(timeout=60)
+        seen: list[tuple[float, float, int, bool]] = []  # (sent, took, status, on victim)
+        stop = asyncio.Event()
+
+        async def loop(users: list[str], on_victim: bool) -> None:
+            async with aiohttp.ClientSession() as s:
+                n = 0
+                while not stop.is_set():
+                    sent = time.monotonic()
+                    async with s.get(f"{gateway.url}/x",
+                                     headers={"X-User-Id": users[n % len(users)]}) as r:
+                        await r.read()
+                    seen.append((sent, time.monotonic() - sent, r.status, on_victim))
+                    n += 1
+                    await asyncio.sleep(0.002)
+
+        tasks = [asyncio.create_task(loop(users, v)) for users, v in
+                 ((hit_users, True), (hit_users[25:], True), (safe_users, False))]
+        await asyncio.sleep(2)
+        victim.kill()
+        killed = time.monotonic()
+        await asyncio.to_thread(cluster.wait_ok, 30)
+        await asyncio.sleep(2)
+        stop.set()
+        await asyncio.gather(*tasks)
+        failed = [(t, took) for t, took, status, v in seen if v and status != 200]
+        safe = Counter(status for t, _, status, v in seen if not v and t > killed)
+        print(f"\n3. failover: a master killed under load ({workers} workers, redis.timeout "
+              f"{TIMEOUT}, failure_mode closed, cluster-require-full-coverage "
+              f"{'yes' if full_coverage else 'no'})")
+        if failed:
+            last = max(t for t, _ in failed)
+            print(f"   its users: {len(failed)} answers 503 from +{failed[0][0] - killed:.2f} s "
+                  f"to +{last - killed:.2f} s after the kill; the slowest took "
+                  f"{max(took for _, took in failed) * 1000:.0f} ms, median "
+                  f"{sorted(took for _, took in failed)[len(failed) // 2] * 1000:.1f} ms")
+        print(f"   other masters' users meanwhile: {dict(safe)}")
+        odd = [t - killed for t, _, status, v in seen if not v and status != 200]
+        if odd:
+            print(f"   (their 503s: from +{min(odd):.2f} s to +{max(odd):.2f} s)")
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        await upstream.stop()
+        cluster.close()
 
 
 # ---------------------------------------------------------------- 2. decisions per second
@@ -242,6 +327,8 @@ def main() -> None:
         if not args.skip_gateways:
             asyncio.run(exactness(cluster, args.instances, args.workers))
             cluster.flushall()
+            for full_coverage in (True, False):
+                asyncio.run(failover(args.workers, full_coverage))
         decisions(cluster, single, args.clients, args.seconds, args.rounds)
     finally:
         single.close()
