@@ -91,7 +91,7 @@ class ClusterStore:
             return Decision.from_flat(await self.router.call(slot, command))
         router = self.router
         if router.map is None:
-            await router.refresh()
+            await router.first_map()
         sent = [router.send(slot, command) for slot, _, command in parts]  # all in flight
         replies: list[Any] = []
         for (slot, _, command), future in zip(parts, sent, strict=True):

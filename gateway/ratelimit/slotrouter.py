@@ -61,14 +61,22 @@ class SlotRouter:
         self.map: SlotMap | None = None
         self.pipes: dict[Address, Pipe] = {}
         self._refreshing: asyncio.Task[None] | None = None
+        self._first: asyncio.Task[None] | None = None
         self._refreshed_at = 0.0
 
     # ------------------------------------------------------------------ calls
     async def call(self, slot: int, command: bytes) -> Any:
         """The reply of `command`, all of whose keys are in `slot`."""
         if self.map is None:
-            await self.refresh()
+            await self.first_map()
         return await self.settle(slot, command, self.send(slot, command))
+
+    async def first_map(self) -> None:
+        """Read the slot map before the first command: one `CLUSTER SLOTS` however many
+        requests arrive meanwhile (each fails with it if no node answers)."""
+        if self._first is None or self._first.done():
+            self._first = asyncio.get_running_loop().create_task(self.refresh())
+        await asyncio.shield(self._first)
 
     def send(self, slot: int, command: bytes) -> asyncio.Future[Any]:
         """Write `command` to the master of `slot` (as the map says; it must be read)
@@ -170,8 +178,9 @@ class SlotRouter:
         raise RedisUnavailable(f"no Redis Cluster node gave its slot map ({why})")
 
     async def close(self) -> None:
-        if self._refreshing is not None:
-            self._refreshing.cancel()
+        for task in (self._refreshing, self._first):
+            if task is not None:
+                task.cancel()
         for pipe in self.pipes.values():
             await pipe.close()
             await pipe.pool.disconnect()

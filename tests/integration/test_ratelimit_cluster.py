@@ -21,9 +21,9 @@ from gateway.context import RequestContext
 from gateway.ratelimit.cluster_store import ClusterStore, slot_groups
 from gateway.ratelimit.plan import RoutePlan
 from gateway.ratelimit.rules import Check, make_check, rule_keys
-from gateway.redisconn import RedisLink
+from gateway.redisconn import RedisLink, RedisUnavailable
 from gateway.redisslots import key_slot
-from tests.harness import Upstream, base_config, client_session
+from tests.harness import Upstream, base_config, client_session, free_port
 from tests.rediscluster import RedisCluster, redis_cli_binary
 
 STORES = 4  # like four sidecars: four connections to every master, interleaving freely
@@ -273,3 +273,18 @@ async def test_admin_state_and_reset_of_a_sharded_rule_cover_every_shard(
     assert (state["remaining"], state["quota"], state["store"]) == (10, 16, "redis")
     await limiter.reset("everyone", "")
     assert (await limiter.state("everyone", ""))["remaining"] == 16
+
+
+async def test_a_cluster_nobody_answers_for_fails_every_decision_as_unavailable() -> None:
+    link = RedisLink(RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0", cluster=True,
+                                   timeout=0.5))
+    store = ClusterStore(link)
+    check = make_check(rule("per_user", Algorithm.FIXED_WINDOW, "user", 5), "gw:", "u1", None, 1)
+    try:
+        outcomes = await asyncio.gather(*(store.decide([check]) for _ in range(50)),
+                                        return_exceptions=True)
+        assert all(isinstance(o, RedisUnavailable) for o in outcomes)
+        assert "no Redis Cluster node gave its slot map" in str(outcomes[0])
+    finally:
+        await store.close()
+        await link.close()
