@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -41,6 +42,7 @@ TOP_KEYS = (
     "flags", "experiments", "routes",
     "flag_sources", "flag_bucketing", "ofrep",
 )
+MAX_SHARD_TURNS = 1024  # prepared decisions per combination of a route with sharded rules
 RULE_KEYS = (
     "algorithm", "scope", "limit", "window", "burst", "action", "max_wait", "queue_size",
     "tiers", "degrade_upstream", "shadow", "when_absent", "shards",
@@ -919,6 +921,13 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
             if flag_key not in flags and flag_key not in flagd_flags:
                 r.error(line_of("flags"), f"{path}.flags", f"unknown flag {flag_key!r}"
                         + _hint(flag_key, {**flags, **flagd_flags}))
+        sharded = {rules[n].shards for n in route.rate_limits if n in rules} - {1}
+        if math.lcm(*sharded) > MAX_SHARD_TURNS:
+            r.error(line_of("rate_limits"), f"{path}.rate_limits",
+                    f"its sharded rules have {sorted(sharded)} shards: a route deals its "
+                    "requests round every combination of their shards, here "
+                    f"{math.lcm(*sharded)}, more than {MAX_SHARD_TURNS}; use shard counts "
+                    "that divide one another")
         if route.cache is not None and route.match.methods and \
                 not route.match.methods & {"GET", "HEAD"}:
             r.error(line_of("cache"), f"{path}.cache",

@@ -14,6 +14,7 @@ the shards (the accuracy bound this gives is in the README).
 
 from __future__ import annotations
 
+import math
 import operator
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -94,7 +95,9 @@ class RoutePlan:
         # (rule index, configured tier, by ip, shard) -> key bases and parameters.
         self._templates: dict[tuple[int, str | None, bool, int | None],
                               tuple[tuple[str, ...], int, int, int]] = {}
-        self._turns = max((rule.shards for rule in rules), default=1)
+        # Every combination of the sharded rules' shards in turn, so each rule's shards get
+        # requests evenly (the config keeps this least common multiple small).
+        self._turns = math.lcm(*(rule.shards for rule in rules))
         # One turn per route, not per combination: requests of many users, each seen a few
         # times, still go round every shard of a global rule.
         self._turn = 0

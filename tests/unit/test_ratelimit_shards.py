@@ -3,6 +3,7 @@ one route handed round the shards in turn, and config errors for splits that can
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -49,8 +50,10 @@ def test_a_route_hands_its_requests_round_the_shards_whoever_sends_them() -> Non
     assert len(set(keys)) == 4 and all(keys.count(k) == 3 for k in set(keys))
 
 
-def config_file(tmp_path: Path, rule: str, route: str = "", top: str = "") -> Path:
-    """A config with rule `hot` and one route naming it (`route`: more of its keys)."""
+def config_file(tmp_path: Path, rule: str, route: str = "rate_limits: [hot]",
+                top: str = "", more: str = "") -> Path:
+    """A config with rule `hot` (and the rules of `more`) and one route (`route`: its keys
+    besides name, match and upstream); `top`: more top-level keys."""
     path = tmp_path / "g.yaml"
     path.write_text(f"""\
 upstreams:
@@ -58,15 +61,17 @@ upstreams:
 {top}
 rate_limits:
   hot: {rule}
+  {more}
 routes:
-  - {{name: r, match: {{path_prefix: /}}, upstream: api, rate_limits: [hot]{route}}}
+  - {{name: r, match: {{path_prefix: /}}, upstream: api, {route}}}
 """)
     return path
 
 
-def errors(tmp_path: Path, rule: str, route: str = "") -> list[str]:
+def errors(tmp_path: Path, rule: str, route: str = "rate_limits: [hot]", more: str = ""
+           ) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        load_config(str(config_file(tmp_path, rule, route)))
+        load_config(str(config_file(tmp_path, rule, route, more=more)))
     return [str(i) for i in info.value.issues]
 
 
@@ -90,7 +95,7 @@ def test_a_tier_too_small_for_the_shards_is_named(tmp_path: Path) -> None:
 
 def test_a_route_cost_larger_than_the_smallest_shard_is_refused(tmp_path: Path) -> None:
     [issue] = errors(tmp_path, "{algorithm: fixed_window, scope: global, limit: 30, "
-                               "window: 1s, shards: 8}", route=", cost: 4")
+                               "window: 1s, shards: 8}", route="rate_limits: [hot], cost: 4")
     assert "routes[0].cost" in issue and "(3)" in issue
 
 
@@ -102,3 +107,24 @@ def test_shards_without_a_cluster_are_warned_about(tmp_path: Path) -> None:
     assert warning.startswith("rate_limits.hot.shards: 4 shards on one Redis")
     cluster = load_config(str(reference_config_with(tmp_path, "scaleout")))
     assert shard_warnings(cluster) == []
+
+
+def test_rules_of_different_shard_counts_each_get_their_shards_evenly() -> None:
+    eight = RateLimitRule("g", Algorithm.FIXED_WINDOW, Scope("global"), 80, 60.0, shards=8)
+    three = RateLimitRule("t", Algorithm.FIXED_WINDOW, Scope("global"), 30, 60.0, shards=3)
+    plan = RoutePlan((eight, three), 1, "gw:")
+    drawn = []
+    for _ in range(240):
+        prepared = plan.prepare(RequestContext("192.0.2.1"))
+        assert prepared is not None
+        drawn.append((prepared.checks[0].keys[0], prepared.checks[1].keys[0]))
+    assert sorted(Counter(g for g, _ in drawn).values()) == [30] * 8
+    assert sorted(Counter(t for _, t in drawn).values()) == [80] * 3
+
+
+def test_shard_counts_whose_combinations_are_too_many_are_refused(tmp_path: Path) -> None:
+    [issue] = errors(tmp_path, "{algorithm: fixed_window, scope: global, limit: 5000, "
+                               "window: 1s, shards: 1000}", route="rate_limits: [hot, b]",
+                     more="b: {algorithm: fixed_window, scope: global, limit: 5000, "
+                          "window: 1s, shards: 999}")
+    assert "routes[0].rate_limits" in issue and "999000" in issue
