@@ -68,10 +68,15 @@ class Prepared:
         return maker(remaining, wait_us)
 
 
-class Rotation(tuple[Prepared, ...]):
-    """The Prepared of each shard of one combination (the route's turn picks one)."""
+class Rotation(list[Prepared | None]):
+    """The Prepared of each turn of one combination (the route's turn picks one), each made
+    when first drawn: a combination seen a few times costs only the turns it drew."""
 
-    __slots__ = ()
+    __slots__ = ("absent",)
+
+    def __init__(self, turns: int, absent: tuple[RateLimitRule, ...]) -> None:
+        super().__init__([None] * turns)
+        self.absent = absent
 
 
 class RoutePlan:
@@ -115,18 +120,21 @@ class RoutePlan:
             cache[key] = prepared
         if type(prepared) is Rotation:
             self._turn = turn = (self._turn + 1) % self._turns
-            return prepared[turn]
+            drawn = prepared[turn]
+            if drawn is None:
+                drawn = prepared[turn] = Prepared(self.checks(ctx, turn), self.style,
+                                                  prepared.absent)
+            return drawn
         return prepared  # type: ignore[return-value]
 
     def _build(self, ctx: RequestContext) -> Prepared | Rotation | None:
         absent = self.refusing(ctx)
-        variants = []
-        for turn in range(self._turns):
-            checks = self.checks(ctx, turn)
-            if not checks and not absent:
-                return None
-            variants.append(Prepared(checks, self.style, absent))
-        return variants[0] if len(variants) == 1 else Rotation(variants)
+        checks = self.checks(ctx)
+        if not checks and not absent:
+            return None
+        if self._turns > 1 and checks:
+            return Rotation(self._turns, absent)
+        return Prepared(checks, self.style, absent)
 
     def checks(self, ctx: RequestContext, turn: int = 0) -> tuple[Check, ...]:
         """The checks of the rules that apply: those whose scope value the request carries,
