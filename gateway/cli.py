@@ -83,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--control", required=True)
     worker.add_argument("--of", type=int, default=1, dest="of",
                         help="how many workers the instance has (admission limits are split)")
+    worker.add_argument("--slot", type=int, default=0,
+                        help="this worker's place among them (0 to --of - 1)")
+    worker.add_argument("--ledger", default=None,
+                        help="the directory where the workers lend each other admission "
+                        "permits")
     return parser
 
 
@@ -127,8 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "worker":
         from gateway.server import run_process
 
+        from gateway.admission.share import Ledger
+
+        ledger = Ledger(args.ledger, args.slot, args.of) if args.ledger else None
         return run_process(args.config, config, control_path=args.control, reuse_port=True,
-                           workers=args.of)
+                           workers=args.of, ledger=ledger)
     if args.command == "demo":
         from gateway.demo import run_demo
 

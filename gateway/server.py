@@ -20,6 +20,7 @@ from gateway import metrics
 from gateway.accesslog import access_log
 from gateway.admin import build_admin_app
 from gateway.admission import Gates
+from gateway.admission.share import Ledger
 from gateway.cache import CacheService, ResponseCache
 from gateway.config import Config, ConfigError, load_config
 from gateway.config.model import FailureMode
@@ -64,7 +65,8 @@ class Services:
     gates: Gates = field(default_factory=Gates)
 
     @classmethod
-    async def create(cls, config: Config, workers: int = 1) -> Services:
+    async def create(cls, config: Config, workers: int = 1, ledger: Ledger | None = None
+                     ) -> Services:
         redis = RedisLink(config.redis) if config.redis is not None else None
         flag_overrides = FlagOverrides(redis)
         await flag_overrides.start()  # stored runtime flag changes, before the first request
@@ -76,7 +78,7 @@ class Services:
         return cls(pool=UpstreamPool(config.upstreams), redis=redis,
                    flag_overrides=flag_overrides,
                    limits_remote=remote_limits(redis) if redis is not None else None,
-                   cache=cache, recorder=recorder, gates=Gates(workers))
+                   cache=cache, recorder=recorder, gates=Gates(workers, ledger))
 
     async def close(self) -> None:
         await self.recorder.close()  # what was recorded until now reaches the store
@@ -115,9 +117,11 @@ class GatewayProcess:
     """Serves one config in this process. `control_path` set: a worker under a supervisor."""
 
     def __init__(self, config_path: str, config: Config, control_path: str | None = None,
-                 reuse_port: bool = False, workers: int = 1) -> None:
+                 reuse_port: bool = False, workers: int = 1, ledger: Ledger | None = None
+                 ) -> None:
         self.config_path = config_path
         self.workers = workers  # processes of this instance (admission limits are split)
+        self.ledger = ledger  # where the workers lend each other admission permits
         self.control_path = control_path
         self.reuse_port = reuse_port
         self.services: Services | None = None
@@ -147,7 +151,7 @@ class GatewayProcess:
     async def start(self) -> None:
         config = self._initial
         servername.install()  # before the first response: no version in Server
-        self.services = await Services.create(config, self.workers)
+        self.services = await Services.create(config, self.workers, self.ledger)
         await self._swap(build_runtime(config, self.services))
         BAD_REQUEST_LOG.configure(config.logging.bad_request_lines_per_second)
         # a client that goes away cancels its upstream exchange
@@ -297,8 +301,9 @@ def configure_logging(level: str) -> None:
 
 
 async def serve(config_path: str, config: Config, control_path: str | None = None,
-                reuse_port: bool = False, workers: int = 1) -> int:
-    process = GatewayProcess(config_path, config, control_path, reuse_port, workers)
+                reuse_port: bool = False, workers: int = 1, ledger: Ledger | None = None
+                ) -> int:
+    process = GatewayProcess(config_path, config, control_path, reuse_port, workers, ledger)
     loop = asyncio.get_running_loop()
     try:
         await process.start()
@@ -328,10 +333,12 @@ def tune_gc() -> None:
 
 
 def run_process(config_path: str, config: Config, control_path: str | None = None,
-                reuse_port: bool = False, workers: int = 1) -> int:
+                reuse_port: bool = False, workers: int = 1, ledger: Ledger | None = None
+                ) -> int:
     install_uvloop()
     configure_logging(config.logging.level)
     raise_open_file_limit()
     tune_gc()
-    return asyncio.run(serve(config_path, config, control_path, reuse_port, workers))
+    return asyncio.run(serve(config_path, config, control_path, reuse_port, workers,
+                             ledger))
 

@@ -7,8 +7,9 @@ pass-through implementation used when a config has nothing for that stage.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiohttp import web
 from multidict import MultiMapping
@@ -40,8 +41,13 @@ class RateLimitStage(Protocol):
 
 
 class CacheStage(Protocol):
-    def serve(self, route: Route, out: Outgoing, fetch: Fetch
-              ) -> Exchange | Awaitable[Exchange]: ...
+    def look_ahead(self, route: Route, method: str, client_url: str,
+                   asked: Mapping[str, str]) -> asyncio.Future[Any] | None:
+        """Start the shared-store read `serve` will need, so it leaves with the rate-limit
+        decision; None if there is none to start."""
+
+    def serve(self, route: Route, out: Outgoing, fetch: Fetch,
+              ahead: asyncio.Future[Any] | None = None) -> Exchange | Awaitable[Exchange]: ...
 
 
 class FlagResult(NamedTuple):
@@ -78,8 +84,12 @@ class NoLimits:
 
 
 class NoCache:
-    def serve(self, route: Route, out: Outgoing, fetch: Fetch
-              ) -> Exchange | Awaitable[Exchange]:
+    def look_ahead(self, route: Route, method: str, client_url: str,
+                   asked: Mapping[str, str]) -> asyncio.Future[Any] | None:
+        return None
+
+    def serve(self, route: Route, out: Outgoing, fetch: Fetch,
+              ahead: asyncio.Future[Any] | None = None) -> Exchange | Awaitable[Exchange]:
         return fetch(out)
 
 

@@ -67,7 +67,8 @@ class Supervisor:
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self.metrics_dir)
         worker.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "worker", "--config", self.config_path,
-            "--control", worker.control, "--of", str(self.count), env=env,
+            "--control", worker.control, "--of", str(self.count), "--slot", str(worker.index),
+            "--ledger", self.tmp, env=env,
         )
         if worker.session is None:
             worker.session = aiohttp.ClientSession(

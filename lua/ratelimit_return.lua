@@ -8,52 +8,85 @@
 -- Returns the number of rules whose units were given back (a rule whose state expired
 -- meanwhile has nothing left to return).
 local reserved = tonumber(ARGV[1])
-local function fmt(x) return string.format('%.0f', x) end
-
--- GCRA: the reservation moved the theoretical arrival time on by cost emission intervals.
--- A time at or before the reservation's is an idle bucket, like no key at all. The TTL is
--- counted from the reservation (the script's own clock then), a round trip too long at most.
-local function gcra(keys, limit, window, cost)
-  local tat = tonumber(redis.call('GET', keys[1]))
-  if not tat then return 0 end
-  local back = tat - cost * math.ceil(window / limit)
-  if back <= reserved then
-    redis.call('DEL', keys[1])
-  else
-    redis.call('SET', keys[1], fmt(back), 'PX', math.ceil((back - reserved) / 1000) + 1000)
-  end
-  return 1
-end
-
--- The log entry "seq:cost" at the reservation's instant; entries of equal time and cost are
--- interchangeable, so removing any one of them restores the log the request found.
-local function sliding_window(keys, limit, window, cost)
-  local entries = redis.call('ZRANGEBYSCORE', keys[1], fmt(reserved), fmt(reserved))
-  for i = 1, #entries do
-    if tonumber(string.match(entries[i], ':(%d+)$')) == cost then
-      redis.call('ZREM', keys[1], entries[i])
-      redis.call('HINCRBY', keys[2], 't', -cost)
-      return 1
-    end
-  end
-  return 0
-end
-
-local function fixed_window(keys, limit, window, cost)
-  local state = redis.call('HMGET', keys[1], 'w', 'n')
-  if tonumber(state[1]) ~= math.floor(reserved / window) then return 0 end
-  redis.call('HSET', keys[1], 'n', fmt(math.max(0, tonumber(state[2]) - cost)))
-  return 1
-end
-
-local ALGORITHMS = {{gcra, 1}, {gcra, 1}, {sliding_window, 2}, {fixed_window, 1}}
+local call, ceil, format = redis.call, math.ceil, string.format
+local SLACK_MS = 1000  -- as in lua/ratelimit.lua
+local function int(x) return format('%d', x) end
 
 local returned = 0
 local k = 1
 for b = 2, #ARGV, 4 do
-  local algorithm = ALGORITHMS[tonumber(ARGV[b])]
-  returned = returned + algorithm[1]({KEYS[k], KEYS[k + 1]}, tonumber(ARGV[b + 1]),
-                                     tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]))
-  k = k + algorithm[2]
+  local algorithm = tonumber(ARGV[b])
+  local limit, window = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local cost = tonumber(ARGV[b + 3])
+  local key = KEYS[k]
+  if algorithm <= 2 then
+    -- GCRA: the reservation moved the theoretical arrival time on by cost emission
+    -- intervals. A time at or before the reservation's is an idle bucket, like no key at
+    -- all. The expiry is counted from the reservation (the script's clock then), a round
+    -- trip too long at most.
+    local tat = tonumber(call('GET', key))
+    if tat then
+      local back = tat - cost * ceil(window / limit)
+      if back <= reserved then
+        call('DEL', key)
+      else
+        call('SET', key, int(back), 'PX', int(ceil((back - reserved) / 1000) + SLACK_MS))
+      end
+      returned = returned + 1
+    end
+    k = k + 1
+  elseif algorithm == 3 then
+    -- Sliding window: each log entry is named by the running total of units up to and
+    -- including it, so an entry's cost is its name minus the name before it (the first
+    -- one's: the count's total of trimmed entries). The reservation's entry is one of the
+    -- reservation's instant and cost; entries of equal instant and cost are
+    -- interchangeable, so giving back any one of them restores what the request found.
+    -- Every total stays consistent: the entry goes, each later entry's name and the count's
+    -- running total drop by `cost`. Later entries are those at or after the reservation's
+    -- instant (Redis's clock, which the window already assumes does not step back): one
+    -- round trip's admissions. An entry trimmed or expired meanwhile had left the window:
+    -- nothing to give back.
+    local log, count = key, KEYS[k + 1]
+    local state = call('GET', count)
+    if state then
+      local c, t, r = string.match(state, '^(%d+) (%d+) (%d+)$')
+      local found = call('ZRANGEBYSCORE', log, int(reserved), '+inf', 'WITHSCORES')
+      local later = {}
+      for i = 1, #found, 2 do later[#later + 1] = {tonumber(found[i]), found[i + 1]} end
+      -- By name: entries of one instant come in the text order of their names ("10"
+      -- before "9"), and renaming lowest first never meets a name not yet renamed.
+      table.sort(later, function(x, y) return x[1] < y[1] end)
+      local before = call('ZREVRANGEBYSCORE', log, '(' .. int(reserved), '-inf', 'LIMIT', '0', '1')
+      local previous = tonumber(before[1] or t)
+      local ours = nil
+      for i = 1, #later do
+        if tonumber(later[i][2]) ~= reserved then break end
+        if later[i][1] - previous == cost then
+          ours = i
+          break
+        end
+        previous = later[i][1]
+      end
+      if ours then
+        call('ZREM', log, int(later[ours][1]))
+        for i = ours + 1, #later do
+          call('ZREM', log, int(later[i][1]))
+          call('ZADD', log, later[i][2], int(later[i][1] - cost))
+        end
+        call('SET', count, format('%d %s %s', tonumber(c) - cost, t, r), 'KEEPTTL')
+        returned = returned + 1
+      end
+    end
+    k = k + 2
+  else
+    -- Fixed window: the units counted in the reservation's window, if it is still the
+    -- current one.
+    local state = call('HMGET', key, 'w', 'n')
+    if tonumber(state[1]) == math.floor(reserved / window) then
+      call('HSET', key, 'n', int(math.max(0, tonumber(state[2]) - cost)))
+      returned = returned + 1
+    end
+    k = k + 1
+  end
 end
 return returned

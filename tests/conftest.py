@@ -14,7 +14,7 @@ from tests.harness import (
     base_config,
     write_config,
 )
-from tests.rediscluster import RedisCluster
+from tests.rediscluster import RedisBackend, RedisCluster, cluster_backend, single_backend
 
 
 @pytest.fixture
@@ -56,6 +56,14 @@ def redis_cluster(_shared_redis_cluster: RedisCluster) -> RedisCluster:
     A test that kills, pauses or reshards nodes takes its own from `redis_cluster_factory`."""
     _shared_redis_cluster.flushall()
     return _shared_redis_cluster
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def redis_backend(request: pytest.FixtureRequest) -> RedisBackend:
+    """The store suites' Redis: a private redis-server, then the shared cluster (emptied)."""
+    if request.param == "redis":
+        return single_backend(request.getfixturevalue("redis_server"))
+    return cluster_backend(request.getfixturevalue("redis_cluster"))
 
 
 @pytest.fixture

@@ -13,12 +13,15 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
+from redis.cluster import RedisCluster as SyncClusterClient
 
-from tests.harness import free_port, redis_server_binary, wait_for_port
+from gateway.config.model import RedisSettings
+from tests.harness import RedisServer, free_port, redis_server_binary, wait_for_port
 
 NODE_TIMEOUT_MS = 1000  # how long a silent master takes to be failed over
 
@@ -181,3 +184,52 @@ class RedisCluster:
         for node in self.nodes:
             node.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class RedisBackend:
+    """Where a store suite's Redis is: one redis-server or the cluster. The suites run on
+    both and must behave the same."""
+
+    name: str
+    url: str
+    cluster: bool
+    nodes: list[Callable[[], redis.Redis]]  # a client of each node that holds keys
+
+    def settings(self, **overrides: object) -> RedisSettings:
+        return RedisSettings(url=self.url, cluster=self.cluster, **overrides)  # type: ignore[arg-type]
+
+    def config(self, **overrides: object) -> dict[str, object]:
+        """The `redis` section of a gateway config."""
+        return {"url": self.url, "cluster": self.cluster, **overrides}
+
+    def client(self) -> Any:
+        """A client that reaches every key: redis-py's cluster client on a cluster."""
+        if self.cluster:
+            return SyncClusterClient.from_url(self.url, decode_responses=True)
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+    def keys(self, pattern: str = "*") -> list[str]:
+        """Every key matching `pattern`, gathered from every master."""
+        found: list[str] = []
+        for make in self.nodes:
+            with make() as node:
+                found.extend(str(key) for key in node.scan_iter(match=pattern, count=1000))
+        return sorted(found)
+
+    def dbsize(self) -> int:
+        total = 0
+        for make in self.nodes:
+            with make() as node:
+                total += int(node.dbsize())  # type: ignore[arg-type]
+        return total
+
+
+def single_backend(server: RedisServer) -> RedisBackend:
+    return RedisBackend("redis", server.url, False,
+                        [lambda: redis.Redis(port=server.port, decode_responses=True)])
+
+
+def cluster_backend(cluster: RedisCluster) -> RedisBackend:
+    return RedisBackend("cluster", cluster.url, True,
+                        [node.client for node in cluster.masters])

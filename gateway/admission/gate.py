@@ -23,6 +23,7 @@ from aiohttp import web
 from gateway import metrics
 from gateway.admission.control import GRANTED, REASONS, Controller, Waiter
 from gateway.admission.limit import GradientLimit
+from gateway.admission.share import Lease, Ledger
 from gateway.config.model import PRIORITIES, Admission, Priority, Upstream
 from gateway.metrictally import TALLY
 from gateway.problem import problem
@@ -32,6 +33,10 @@ from gateway.wire.h1client import UpstreamError
 # RFC 9457 §3.1.1: a type URI that is not meant to be dereferenced; tag: as it suggests.
 OVERLOADED = "tag:sidecar-gateway,2026:overloaded"
 DRAIN_SHARE = 0.5  # of drain_timeout that queued requests may still wait on SIGTERM
+# How often a worker that lends permits looks at the ledger without an event of its own:
+# an idle worker's spare permits reach a busy one within this (each look reads a few words
+# of shared memory; 200 a second cost about 0.2% of a core).
+LEND_EVERY = 0.005
 
 
 class Overloaded(UpstreamError):
@@ -74,7 +79,8 @@ class Gate:
     """One upstream's admission in this process."""
 
     def __init__(self, upstream: str, settings: Admission, workers: int = 1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 ledger: Ledger | None = None) -> None:
         self.upstream = upstream
         self.workers = workers
         self.control = Controller(settings, workers)
@@ -82,6 +88,10 @@ class Gate:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._publishing = False
+        self.ledger = ledger
+        self.lease: Lease | None = None
+        self._lending: asyncio.TimerHandle | None = None
+        self.lend(settings)
         # Children at load (STYLE): the request path only looks them up in tuples.
         self._inflight = metrics.ADMISSION_INFLIGHT.labels(upstream)
         self._limit = metrics.ADMISSION_LIMIT.labels(upstream)
@@ -89,6 +99,8 @@ class Gate:
         self._depth = tuple(metrics.ADMISSION_QUEUE_DEPTH.labels(upstream, p)
                             for p in PRIORITIES)
         self._wait = tuple(metrics.ADMISSION_WAIT.labels(upstream, p) for p in PRIORITIES)
+        self._shed_wait = tuple(metrics.ADMISSION_SHED_WAIT.labels(upstream, p)
+                                for p in PRIORITIES)
         self._shed = {(rank, reason): metrics.ADMISSION_SHED.labels(upstream, p, reason)
                       for rank, p in enumerate(PRIORITIES) for reason in REASONS}
         self.publish()
@@ -114,12 +126,13 @@ class Gate:
         except asyncio.CancelledError:  # the client went away: out of the queue at once
             self._leave(verdict)
             raise
-        now = self.clock()
         if outcome != GRANTED:  # counted when it was settled
             raise Overloaded(self.upstream, PRIORITIES[rank], outcome,
-                             self.control.retry_after(rank))
-        TALLY.observe(self._wait[rank], now - arrived)
-        return Permit(self, now)
+                             self.control.retry_after(rank, self.clock()))
+        # Held from the grant, not from this task's turn on the loop: the time between is
+        # part of what a permit costs the upstream's throughput.
+        TALLY.observe(self._wait[rank], verdict.granted - arrived)
+        return Permit(self, verdict.granted)
 
     def release(self, permit: Permit) -> None:
         now = self.clock()
@@ -132,23 +145,80 @@ class Gate:
             self.control.give_back(self.clock())  # granted as the client left: unused
         self._settle()
 
+    # ------------------------------------------------------------------ lending
+    def lend(self, settings: Admission) -> None:
+        """With several workers and a fixed limit: take this worker's lease of it (see
+        gateway/admission/share.py). An adaptive limit stays split: each worker's
+        follows the latency its own requests see."""
+        self.retire()
+        if self.ledger is None or self.workers < 2 or settings.max_concurrency is None:
+            return
+        self.lease = self.ledger.lease(self.upstream, settings.max_concurrency)
+        self.control.resize(self.lease.quota, self.clock())
+        with contextlib.suppress(RuntimeError):  # no loop: a script or a unit test
+            self._lending = asyncio.get_running_loop().call_later(LEND_EVERY, self._look)
+
+    def retire(self) -> None:
+        """No longer configured: out of the ledger (its permits out are no longer counted
+        there while they finish)."""
+        if self.lease is not None:
+            self.lease.close()
+            self.lease = None
+        if self._lending is not None:
+            self._lending.cancel()
+            self._lending = None
+
+    def _look(self) -> None:
+        if self.lease is None:
+            self._lending = None
+            return
+        self._balance()  # also when nothing is spare: what waits here is published
+        self._settle()
+        self._lending = asyncio.get_running_loop().call_later(LEND_EVERY, self._look)
+
+    def _balance(self) -> None:
+        """Borrow for waiters, lend what is spare, give back a loan a worker below its
+        share asks for; the limit here is this worker's quota."""
+        lease, control = self.lease, self.control
+        assert lease is not None
+        limit, waiting, inflight = control.limit, control.waiting, control.inflight
+        lease.wanting(waiting)
+        anyone, short = lease.peers_waiting()
+        if waiting and limit > lease.base and short:
+            limit = lease.base  # as permits return they go back, not to waiters here
+        elif waiting:
+            limit += lease.borrow(waiting)
+        elif anyone:
+            limit = inflight  # nobody waits here: what is not out goes to who waits
+        keep = max(limit, inflight)
+        if keep < lease.quota:
+            lease.give(lease.quota - keep)
+        if limit != control.limit:
+            control.resize(limit, self.clock())
+
     def _refusal(self, rank: int, reason: str) -> Overloaded:
         TALLY.inc(self._shed[rank, reason])
+        TALLY.observe(self._shed_wait[rank], 0.0)
         return Overloaded(self.upstream, PRIORITIES[rank], reason,
-                          self.control.retry_after(rank))
+                          self.control.retry_after(rank, self.clock()))
 
     # ------------------------------------------------------------------ the loop's side
     def _settle(self) -> None:
         """Wake every waiter the controller settled, re-arm the timer, publish."""
+        if self.lease is not None and (self.control.waiting or
+                                        self.control.inflight < self.control.limit):
+            self._balance()
         settled = self.control.settled
         if settled:
             self.control.settled = []
+            now = self.clock()
             for waiter in settled:
                 future = waiter.token
                 if isinstance(future, asyncio.Future) and not future.done():
                     future.set_result(waiter.outcome or GRANTED)
                 if waiter.outcome != GRANTED:
                     TALLY.inc(self._shed[waiter.rank, waiter.outcome or ""])
+                    TALLY.observe(self._shed_wait[waiter.rank], now - waiter.enqueued)
         self._arm()
         self._changed()
 
@@ -193,7 +263,9 @@ class Gate:
         control = self.control
         limit = control.limit
         self._inflight.set(control.inflight)
-        self._limit.set(limit)
+        # With lending, this worker's share: the shares sum to the instance's limit,
+        # where quotas move from worker to worker.
+        self._limit.set(limit if self.lease is None else self.lease.base)
         self._saturation.set(control.inflight / limit if limit else 0.0)
         for gauge, depth in zip(self._depth, control.depths(), strict=True):
             gauge.set(depth)
@@ -203,13 +275,15 @@ class Gate:
         limiter = control.limiter
         report: dict[str, Any] = {
             "mode": "static",
-            "limit": control.limit,
+            "limit": control.limit if self.lease is None else self.lease.base,
             "in_flight": control.inflight,
             "queue": dict(zip(map(str, PRIORITIES), control.depths(), strict=True)),
             "queue_size": control.queue_size,
             "standing_queue": control.standing,
             "mean_held_seconds": round(control.rtt, 6),
         }
+        if self.lease is not None:
+            report["quota"] = control.limit  # the share plus what is borrowed, less lent
         if isinstance(limiter, GradientLimit):
             report.update(mode="adaptive", min=limiter.low, max=limiter.high,
                           floor_seconds=round(limiter.floor, 6)
@@ -221,12 +295,16 @@ async def admitted(gate: Gate, rank: int, fetch: Callable[[Outgoing], Awaitable[
                    out: Outgoing) -> Exchange:
     """`fetch(out)` once `gate` grants a permit; the permit lives as long as the exchange."""
     permit = await gate.enter(rank)
+    # The upstream's latency from here, not from the grant: the time a granted waiter
+    # spends waiting for its turn on this loop is the gateway's, and an adaptive limit that
+    # read it as the upstream's shrank whenever the host was busy.
+    sent = gate.clock()
     try:
         exchange = await fetch(out)
     except BaseException:
         permit.release()
         raise
-    permit.latency = gate.clock() - permit.granted
+    permit.latency = gate.clock() - sent
     if isinstance(exchange.body, bytes):
         permit.release()  # the upstream is done with it: the body came whole with the head
         return exchange
@@ -244,8 +322,9 @@ class Gates:
     """Every upstream's gate in this process. Outlives reloads, so permits out and waiters
     queued keep counting against the same limit when the config changes."""
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, ledger: Ledger | None = None) -> None:
         self.workers = workers
+        self.ledger = ledger
         self.by_upstream: dict[str, Gate] = {}
 
     def adopt(self, upstreams: Mapping[str, Upstream]) -> dict[str, Gate]:
@@ -256,12 +335,19 @@ class Gates:
                 continue
             gate = self.by_upstream.get(name)
             if gate is None:
-                gate = Gate(name, up.admission, self.workers)
+                gate = Gate(name, up.admission, self.workers, ledger=self.ledger)
             else:
+                before = gate.control.settings.max_concurrency
                 gate.control.configure(up.admission, self.workers, gate.clock())
+                if up.admission.max_concurrency != before:
+                    gate.lend(up.admission)
                 gate.publish()
             gates[name] = gate
-        # A gate no longer configured lives on while permits out refer to it.
+        # A gate no longer configured lives on while permits out refer to it, but leaves
+        # the ledger: a gate configured again later takes the same slot afresh.
+        for name, gate in self.by_upstream.items():
+            if name not in gates:
+                gate.retire()
         self.by_upstream = gates
         return dict(gates)
 

@@ -96,12 +96,21 @@ class CacheService:
             self.memory.touch(entry)
         return entry
 
-    async def lookup_shared(self, url: str, request_headers: HeaderSource, now: float
-                            ) -> Entry | None:
-        """The L2 half of `lookup` (after an L1 miss)."""
-        if self.l2 is None or self.is_hit_for_miss(url):
+    def read_ahead(self, url: str) -> asyncio.Future[Any] | None:
+        """Start the L2 read `lookup_shared` will need, if it will: L1 holds nothing for
+        the URL (a URL with variants in L1 is most likely answered from there) and it is
+        not hit-for-miss. See RedisStore.read_ahead."""
+        if self.l2 is None or self.memory.variants_of(url) or self.is_hit_for_miss(url):
             return None
-        candidates = [e for e in map(decode, await self.l2.variants(url)) if e is not None]
+        return self.l2.read_ahead(url)
+
+    async def lookup_shared(self, url: str, request_headers: HeaderSource, now: float,
+                            ahead: asyncio.Future[Any] | None = None) -> Entry | None:
+        """The L2 half of `lookup` (after an L1 miss); `ahead`: its read, already asked for."""
+        if self.l2 is None or (ahead is None and self.is_hit_for_miss(url)):
+            return None
+        candidates = [e for e in map(decode, await self.l2.variants(url, ahead))
+                      if e is not None]
         entry = _match(candidates, request_headers, now)
         if entry is not None:
             self.memory.put(entry)
@@ -110,7 +119,7 @@ class CacheService:
     def store(self, entry: Entry) -> None:
         self.memory.put(entry)
         if self.l2 is not None:
-            self.spawn(self.l2.put(entry))
+            self.l2.put(entry)
 
     def forget(self, entry: Entry) -> None:
         self.memory.remove(entry.url, entry.variant)

@@ -82,10 +82,20 @@ class ResponseCache:
             self.policies[route.name] = policy
         service.configure(config.cache, frozenset(p.ignore for p in self.policies.values()))
 
-    def serve(self, route: Route, out: Outgoing, fetch: Fetch
-              ) -> Exchange | Awaitable[Exchange]:
+    def look_ahead(self, route: Route, method: str, client_url: str,
+                   asked: Mapping[str, str]) -> asyncio.Future[Any] | None:
+        """The L2 read `serve` would make for this request, asked for now (while the rate
+        limiter decides, so both leave in one write), or None if it would make none."""
+        p = self.policies.get(route.name)
+        if p is None or self.service.l2 is None or method not in ("GET", "HEAD") or \
+                _any_field(asked, rfc.BYPASS_REQUEST_FIELDS):
+            return None
+        return self.service.read_ahead(p.key(client_url))
+
+    def serve(self, route: Route, out: Outgoing, fetch: Fetch,
+              ahead: asyncio.Future[Any] | None = None) -> Exchange | Awaitable[Exchange]:
         """The answer itself for a fresh L1 hit (the usual hit: no coroutine, nothing
-        awaited), else an awaitable of it."""
+        awaited), else an awaitable of it. `ahead`: `look_ahead`'s read."""
         p = self.policies.get(route.name)
         if p is None:
             if out.method not in rfc.SAFE_METHODS:
@@ -105,7 +115,7 @@ class ResponseCache:
             age = stored.age(now)
             if rfc.evaluate(stored.fresh, age, out.asked) is rfc.Use.FRESH:
                 return self._hit(p, stored, out, age)
-        return self._read(p, key, out, fetch, stored)
+        return self._read(p, key, out, fetch, stored, ahead)
 
     async def _bypass(self, p: RoutePolicy, out: Outgoing, fetch: Fetch) -> Exchange:
         return self._pass(p, await fetch(out), "BYPASS", rfc.cache_status(
@@ -119,16 +129,19 @@ class ResponseCache:
 
     # ------------------------------------------------------------ GET / HEAD
     async def _read(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch,
-                    in_memory: Entry | None) -> Exchange:
+                    in_memory: Entry | None, ahead: asyncio.Future[Any] | None = None
+                    ) -> Exchange:
         """Everything but a fresh L1 hit; `in_memory` is what `serve` found in L1 (stale, or
-        not fresh enough for this request), looked up again only after waiting."""
+        not fresh enough for this request), looked up again only after waiting; `ahead`:
+        the L2 read of the first lookup, already asked for."""
         svc = self.service
         stale: Entry | None = None
         for attempt in range(ATTEMPTS):
             now = time.time()
             stale = in_memory if attempt == 0 else svc.lookup_memory(key, out.sent_headers, now)
             if stale is None and svc.l2 is not None:
-                stale = await svc.lookup_shared(key, out.sent_headers, now)
+                stale = await svc.lookup_shared(key, out.sent_headers, now, ahead)
+            ahead = None
             if stale is not None:
                 age = stale.age(now)
                 ttl = stale.fresh.lifetime - age  # Entry.ttl(now), the age computed once

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.adminauth import configured_token, loopback, unset_token_hint
-from gateway.config.model import Config, RateLimitRule, Scope, WhenAbsent
+from gateway.config.model import Config, RateLimitRule, RedisSettings, Scope, WhenAbsent
 
 _ABSENT = {"user": "a user id", "tenant": "a tenant id", "api_key": "an API key"}
 
@@ -72,6 +72,60 @@ def shard_warnings(config: Config) -> list[str]:
             "true, or drop shards" for rule in config.rate_limits.values() if rule.shards > 1]
 
 
+def lease_warnings(config: Config) -> list[str]:
+    """A lease as large as the quota lets one process take all of it; a lease outliving
+    the window spends units in a later window than they were counted in; a lease without
+    Redis does nothing (every process counts in-process anyway)."""
+    out = []
+    for name, rule in config.rate_limits.items():
+        if not rule.lease:
+            continue
+        path = f"rate_limits.{name}"
+        quota = rule.limit + rule.burst
+        if rule.lease >= quota:
+            out.append(f"{path}.lease: {rule.lease} is at least the rule's whole quota "
+                       f"({quota}): one process can take all of it and leave the others "
+                       f"nothing until lease_ttl; a lease of a small fraction of it keeps "
+                       f"the round trips down without that")
+        if rule.lease_ttl > rule.window:
+            out.append(f"{path}.lease_ttl: {rule.lease_ttl:g}s is longer than the window "
+                       f"({rule.window:g}s): units taken in one window are spent in later "
+                       f"ones; set lease_ttl to at most the window")
+        if config.redis is None:
+            out.append(f"{path}.lease: without a redis block every process decides "
+                       f"in-process and the lease does nothing")
+        for route in config.routes:
+            others = [n for n in route.rate_limits if not config.rate_limits[n].lease]
+            if name in route.rate_limits and others:
+                out.append(f"{path}.lease: route {route.name} also has rules without a "
+                           f"lease ({', '.join(others)}): a request is spent from a lease "
+                           f"only when every rule of it has one, so there it asks Redis "
+                           f"every time and the lease does nothing")
+    return out
+
+
+def redis_warnings(config: Config) -> list[str]:
+    """Settings of the other Redis topology than the one configured are not used; a hash tag
+    in the prefix would put every key of a cluster in one slot, so one master."""
+    redis = config.redis
+    if redis is None:
+        return []
+    default = RedisSettings()
+    out = []
+    if redis.cluster and redis.max_connections != default.max_connections:
+        out.append("redis.max_connections: sizes the pool of a single Redis and is not used "
+                   "with cluster: true; set redis.max_connections_per_node instead")
+    if not redis.cluster and redis.max_connections_per_node != default.max_connections_per_node:
+        out.append("redis.max_connections_per_node: is used only with cluster: true; a single "
+                   "Redis's pool is sized by redis.max_connections")
+    if redis.cluster and "{" in redis.key_prefix and "}" in redis.key_prefix.split("{", 1)[1]:
+        out.append(f"redis.key_prefix: {redis.key_prefix!r} holds a hash tag, so every key of "
+                   "the gateway hashes to one slot and all load lands on one master of the "
+                   "cluster; use a prefix without braces")
+    return out
+
+
 def config_warnings(config: Config, environ: Mapping[str, str]) -> list[str]:
     return [*admin_warnings(config, environ), *route_limit_warnings(config),
-            *identity_warnings(config), *shard_warnings(config)]
+            *identity_warnings(config), *shard_warnings(config), *lease_warnings(config),
+            *redis_warnings(config)]

@@ -157,8 +157,8 @@ class RedisSettings:
     key_prefix: str = "gw:"
     timeout: float = 0.05
     failure_mode: FailureMode = FailureMode.OPEN
-    max_connections: int = 64
-    max_connections_per_node: int = 16
+    max_connections: int = 64  # one Redis: the pool's size
+    max_connections_per_node: int = 16  # a cluster: each node's, whatever the load
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +242,8 @@ class RateLimitRule:
     shadow: bool = False
     when_absent: WhenAbsent = WhenAbsent.SKIP
     shards: int = 1
+    lease: int = 0  # units a process takes per decision and spends locally; 0: off
+    lease_ttl: float = 1.0  # seconds a process may spend them
 
 
 @dataclass(frozen=True, slots=True)

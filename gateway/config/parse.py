@@ -10,6 +10,7 @@ import datetime as dt
 import ipaddress
 import math
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,7 +46,7 @@ TOP_KEYS = (
 MAX_SHARD_TURNS = 1024  # prepared decisions per combination of a route with sharded rules
 RULE_KEYS = (
     "algorithm", "scope", "limit", "window", "burst", "action", "max_wait", "queue_size",
-    "tiers", "degrade_upstream", "shadow", "when_absent", "shards",
+    "tiers", "degrade_upstream", "shadow", "when_absent", "shards", "lease", "lease_ttl",
 )
 LISTEN_KEYS = (
     "host", "port", "max_header_size", "header_timeout", "idle_timeout", "body_timeout",
@@ -174,7 +175,7 @@ def parse_admin(s: Section | None) -> m.Admin:
 def parse_redis(s: Section | None) -> m.RedisSettings | None:
     if s is None:
         return None
-    return m.RedisSettings(
+    settings = m.RedisSettings(
         url=s.get("url", redis_url, "redis://127.0.0.1:6379/0"),
         cluster=s.get("cluster", boolean, False),
         key_prefix=s.get("key_prefix", any_value, "gw:"),
@@ -182,8 +183,17 @@ def parse_redis(s: Section | None) -> m.RedisSettings | None:
         failure_mode=m.FailureMode(s.get("failure_mode", choice(list(m.FailureMode)), "open")
                                    or "open"),
         max_connections=s.get("max_connections", integer(1, 100_000), 64),
-        max_connections_per_node=s.get("max_connections_per_node", integer(1, 10_000), 16),
+        max_connections_per_node=s.get("max_connections_per_node", integer(1, 100_000), 16),
     )
+    if settings.cluster and settings.url and _database(settings.url) not in ("", "0"):
+        s.error("url", f"a Redis Cluster has only database 0, the URL selects "
+                       f"{_database(settings.url)}; end it with /0 or no path")
+    return settings
+
+
+def _database(url: str) -> str:
+    """The database a redis:// URL selects ('' when it names none)."""
+    return urllib.parse.urlsplit(url).path.strip("/")
 
 
 def _header_source(r: Reader, value: object, path: str, line: int) -> m.HeaderSource | None:
@@ -352,6 +362,18 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
     limit, burst = s.get("limit", integer(1)), s.get("burst", integer(0), 0)
     shards = s.get("shards", integer(1, 1024), 1) or 1
     _check_shards(s, shards, algorithm, limit, burst or 0, tiers)
+    lease = s.get("lease", integer(2, 1_000_000), 0)
+    lease_ttl = s.get("lease_ttl", positive_duration, None)
+    if lease_ttl is not None and not lease:
+        s.error("lease_ttl", "applies only with lease")
+    if lease and shards > 1:
+        # A process leases per combination of shards it draws, so it would hold a lease on
+        # every shard: up to shards x (lease - 1) units over the limit per process, each
+        # lease taken from a shard's share of the quota.
+        s.error("lease", f"a rule with shards ({shards}) cannot also have a lease: both "
+                "spread a hot rule's load (shards over the cluster's masters, a lease over "
+                "a process's requests), and together a process would hold a lease on every "
+                "shard, shards x (lease - 1) units over the limit; keep one of them")
     return m.RateLimitRule(
         name=name,
         algorithm=m.Algorithm(algorithm) if algorithm else m.Algorithm.TOKEN_BUCKET,
@@ -368,6 +390,8 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
         when_absent=m.WhenAbsent(
             s.get("when_absent", choice(list(m.WhenAbsent)), "skip") or "skip"),
         shards=shards,
+        lease=lease or 0,
+        lease_ttl=lease_ttl if lease_ttl is not None else 1.0,
     )
 
 

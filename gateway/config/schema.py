@@ -103,7 +103,7 @@ def _rule() -> Schema:
         "window": DURATION, "burst": integer(0), "action": one_of(m.Action),
         "max_wait": DURATION, "queue_size": integer(0), "tiers": mapping_of(tier),
         "degrade_upstream": STRING, "shadow": BOOLEAN, "when_absent": one_of(m.WhenAbsent),
-        "shards": integer(1, 1024)},
+        "shards": integer(1, 1024), "lease": integer(2, 1_000_000), "lease_ttl": DURATION},
         required=("algorithm", "limit", "window"))
 
 
@@ -187,7 +187,7 @@ def _top() -> dict[str, Schema]:
             "url": {"type": "string", "pattern": "^(redis|rediss|unix)://"},
             "cluster": BOOLEAN, "key_prefix": {"type": "string"}, "timeout": DURATION,
             "failure_mode": one_of(m.FailureMode), "max_connections": integer(1, 100_000),
-            "max_connections_per_node": integer(1, 10_000)}),
+            "max_connections_per_node": integer(1, 100_000)}),
         "context": _context(),
         "upstreams": mapping_of(upstream),
         "rate_limit_headers": one_of(m.HeaderStyle),

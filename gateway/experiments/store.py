@@ -236,7 +236,9 @@ class RedisExperimentStore:
         client = self.link.client
 
         async def push() -> None:
-            async with client.pipeline(transaction=True) as pipe:
+            # Not a MULTI: redis-py's cluster pipeline refuses transactions before 6.x. A
+            # reader between the two commands sees one snapshot too many, nothing worse.
+            async with client.pipeline(transaction=False) as pipe:
                 pipe.rpush(key, orjson.dumps(snapshot))
                 pipe.ltrim(key, -SNAPSHOTS_KEPT, -1)
                 await pipe.execute()

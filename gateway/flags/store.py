@@ -92,7 +92,7 @@ class FlagOverrides:
         if self.redis is None:
             self.synced.set()
             return
-        self._subscription = Subscription(self.redis.settings, self.channel, self._on_message,
+        self._subscription = Subscription(self.redis, self.channel, self._on_message,
                                           self._resync, name="flag overrides")
         self._subscription.start()
         with contextlib.suppress(asyncio.TimeoutError):

@@ -10,7 +10,8 @@ call per slot, in parallel, and made all-or-nothing by reserve-and-return:
 2. if every slot admitted, the request is admitted;
 3. otherwise the request is refused, and every slot that admitted is sent
    `lua/ratelimit_return.lua` with the reservation's clock, giving back exactly the units
-   it took, before the refusal is answered.
+   it took (a sliding window's running totals are lowered past the entry, so
+   later admissions stay counted right), before the refusal is answered.
 
 No interleaving admits more than a rule's limit: units are only ever taken inside one
 atomic script that checks the limit, and a reservation counts against the limit from the
@@ -33,10 +34,11 @@ from typing import Any
 from gateway.luascripts import load_script
 from gateway.ratelimit.decision import Decision, RuleResult
 from gateway.ratelimit.plan import Prepared
-from gateway.ratelimit.redis_store import pack_command, pack_evalsha, script_call
+from gateway.ratelimit.redis_store import pack_evalsha, script_call
 from gateway.ratelimit.rules import ALGORITHM_CODE, Check
 from gateway.ratelimit.slotrouter import SlotRouter
 from gateway.redisconn import RedisLink, RedisUnavailable
+from gateway.redispipe import Command, load_command, pack_command, script_command
 from gateway.redisslots import key_slot
 
 log = logging.getLogger("gateway.redis")
@@ -44,7 +46,7 @@ log = logging.getLogger("gateway.redis")
 RESERVE = b"2"
 
 # One slot's share of a request: (slot, indexes of its checks, the encoded EVALSHA).
-Part = tuple[int, tuple[int, ...], bytes]
+Part = tuple[int, tuple[int, ...], Command]
 
 
 def slot_groups(checks: Sequence[Check]) -> list[tuple[int, tuple[int, ...]]]:
@@ -62,8 +64,9 @@ class ClusterStore:
         self.script = load_script("ratelimit")
         self.giveback = load_script("ratelimit_return")
         self._sha = self.script.sha.encode()
-        self.router = SlotRouter(link, pack_command(b"SCRIPT", b"LOAD",
-                                                    self.script.source.encode()))
+        self._reload = load_command(self.script.source)
+        self._giveback_reload = load_command(self.giveback.source)
+        self.router = SlotRouter(link)
 
     def parts(self, checks: Sequence[Check], now_us: int | None, commit: bool) -> list[Part]:
         groups = slot_groups(checks)
@@ -72,7 +75,8 @@ class ClusterStore:
             keys, args = script_call([checks[i] for i in indexes], now_us, commit)
             if commit and len(groups) > 1:
                 args = (args[0], RESERVE, *args[2:])
-            out.append((slot, indexes, pack_evalsha(self._sha, keys, args)))
+            out.append((slot, indexes, Command(pack_evalsha(self._sha, keys, args), keys[0],
+                                               self._reload)))
         return out
 
     async def decide(self, checks: Sequence[Check], now_us: int | None = None,
@@ -101,40 +105,40 @@ class ClusterStore:
                 replies.append(exc)
         results: list[RuleResult | None] = [None] * len(checks)
         admitted, failure = True, None
-        held: list[tuple[int, tuple[int, ...], Decision, int]] = []  # slots to give back
+        held: list[tuple[int, list[Check], int]] = []  # slots to give back
         for (slot, indexes, _), reply in zip(parts, replies, strict=True):
             if isinstance(reply, BaseException):
                 failure = reply
                 continue
-            reserved = reply[0] == 1 and len(reply) % 4 == 2  # the clock appended
-            decision = Decision.from_flat(reply[:-1] if reserved else reply)
-            if reserved:
-                held.append((slot, indexes, decision, int(reply[-1])))
+            size = 1 + 4 * len(indexes)
+            decision = Decision.from_flat(reply[:size])
+            if len(reply) > size:  # a reservation: its clock appended
+                held.append((slot, [checks[i] for i, r in zip(
+                    indexes, decision.results, strict=True) if r.allowed], int(reply[size])))
             admitted = admitted and decision.admitted
             for i, result in zip(indexes, decision.results, strict=True):
                 results[i] = result
         if failure is None and admitted:
             return Decision(True, tuple(results))  # type: ignore[arg-type]
-        await asyncio.gather(*(self._give_back(slot, [checks[i] for i, r in zip(
-            indexes, decision.results, strict=True) if r.allowed], clock)
-            for slot, indexes, decision, clock in held))
+        await asyncio.gather(*(self._give_back(slot, taken, clock)
+                               for slot, taken, clock in held))
         if failure is not None:
             if isinstance(failure, RedisUnavailable):
                 raise failure
             raise RedisUnavailable(f"{type(failure).__name__}: {failure}") from failure
         return Decision(False, tuple(results))  # type: ignore[arg-type]
 
-    async def _give_back(self, slot: int, checks: Sequence[Check], clock: int) -> None:
-        """Return a reservation; if that fails, the units stay counted until they expire."""
-        if not checks:
+    async def _give_back(self, slot: int, taken: Sequence[Check], clock: int) -> None:
+        """Return a reservation (the checks that took units); if that fails, the units stay
+        counted until they expire."""
+        if not taken:
             return
-        keys = [key.encode("utf-8", "surrogateescape") for c in checks for key in c.keys]
+        keys = tuple(key for c in taken for key in c.keys)
         args = [str(clock).encode()]
-        for c in checks:
+        for c in taken:
             args += [str(v).encode() for v in (ALGORITHM_CODE[c.rule.algorithm], c.limit,
                                                c.window_us, c.cost)]
-        command = pack_command(b"EVAL", self.giveback.source.encode(), b"%d" % len(keys),
-                               *keys, *args)
+        command = script_command(self.giveback.sha, keys, tuple(args), self._giveback_reload)
         try:
             await self.router.call(slot, command)
         except RedisUnavailable as exc:
@@ -146,7 +150,7 @@ class ClusterStore:
         for key in keys:
             by_slot.setdefault(key_slot(key), []).append(key.encode("utf-8",
                                                                     "surrogateescape"))
-        await asyncio.gather(*(self.router.call(slot, pack_command(b"DEL", *slot_keys))
+        await asyncio.gather(*(self.router.call(slot, Command(pack_command(b"DEL", *slot_keys)))
                                for slot, slot_keys in by_slot.items()))
 
     async def close(self) -> None:

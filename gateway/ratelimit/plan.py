@@ -44,7 +44,8 @@ _MISSING = object()
 class Prepared:
     """The checks of one route for one combination of scope values and tier."""
 
-    __slots__ = ("_makers", "absent", "checks", "queue", "style", "wire")
+    __slots__ = ("_makers", "_taking", "absent", "checks", "lease", "lease_ttl", "queue",
+                 "style", "wire")
 
     def __init__(self, checks: tuple[Check, ...], style: HeaderStyle,
                  absent: tuple[RateLimitRule, ...] = ()) -> None:
@@ -55,10 +56,27 @@ class Prepared:
         # The rule whose FIFO lane a held request waits in (`action: queue`).
         self.queue = next((c for c in checks if c.rule.action is Action.QUEUE and not c.soft),
                           None)
-        self.wire: Any = None  # the Redis store's encoding, memoised by the store
+        # The Redis store's encoding, memoised by the store: one Command on one Redis, a
+        # command per slot on a cluster.
+        self.wire: Any = None
+        # Leases: only when every rule of the combination has one (a request spent from a
+        # lease is decided by no rule in Redis), the smallest lease and ttl of them.
+        leased = bool(checks) and all(c.rule.lease for c in checks) and not absent
+        self.lease = min(c.rule.lease for c in checks) if leased else 0
+        self.lease_ttl = min(c.rule.lease_ttl for c in checks) if leased else 0.0
+        self._taking: Prepared | None = None
         # Made when a rule is first the most restrictive: a combination seen once (a new
         # user, a new address) pays only for the one it reports.
         self._makers: list[FieldMaker | None] = [None] * len(checks)
+
+    def taking(self) -> Prepared:
+        """The same checks, each costing `lease - 1` units more: the decision that takes a
+        lease (the request's own cost, and the units spent locally after it)."""
+        if self._taking is None:
+            extra = self.lease - 1
+            self._taking = Prepared(tuple(c._replace(cost=c.cost + extra)
+                                          for c in self.checks), self.style)
+        return self._taking
 
     def fields(self, i: int, remaining: int, wait_us: int) -> Fields:
         """The rate-limit response fields describing rule `i` (see `headers.field_maker`)."""

@@ -5,10 +5,11 @@ EVALSHAs): the first submission of a loop iteration schedules a flush with `call
 an idle gateway adds no wait and a busy one sends everything that arrived during the
 iteration at once. Each request still gets its own script call, so Redis `INFO
 commandstats` shows one evalsha per decided request and each decision stays atomic.
-The commands go over one reserved, pipelined connection (`pipe`: deadline, breaker and
-NOSCRIPT reload there); a cluster client, which has no single pool, batches through
-redis-py's pipeline instead. The gateway itself decides on a cluster with `ClusterStore`
-(one pipe per master, rules grouped by slot).
+The commands go over the link's pipelined connection (gateway/redispipe.py: deadline,
+breaker and NOSCRIPT reload there), which the cache's L2 shares, so a request's decision
+and its L2 lookup leave in one write; a cluster client, which has no single pool, batches
+through redis-py's pipeline instead. The gateway itself decides on a cluster with
+`ClusterStore` (one pipe per master, rules grouped by slot).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from redis.exceptions import NoScriptError
 
 from gateway.luascripts import LuaScript, load_script
 from gateway.ratelimit.decision import Decision
-from gateway.ratelimit.pipe import Pipe
 from gateway.ratelimit.plan import Prepared
 from gateway.ratelimit.rules import Check
 from gateway.redisconn import RedisLink, RedisUnavailable
+from gateway.redispipe import Command, bulk, load_command
 
 Call = tuple[tuple[str, ...], tuple[bytes, ...]]
 
@@ -45,9 +46,9 @@ class RedisStore:
         self.batched = batched
         self.script = script or load_script("ratelimit")
         self._sha = self.script.sha.encode()
+        self._reload = load_command(self.script.source)
         # A cluster client has no single pool: it batches through redis-py's pipeline.
-        self._pipe = Pipe(link, pack_command(b"SCRIPT", b"LOAD", self.script.source.encode())
-                          ) if batched and hasattr(link.client, "connection_pool") else None
+        self._pipe = link.pipe if batched else None
         self._pending: list[tuple[Call, asyncio.Future[Any]]] = []
         self._flushing: set[asyncio.Task[None]] = set()
 
@@ -55,7 +56,7 @@ class RedisStore:
                      commit: bool = True) -> Decision:
         call = script_call(checks, now_us, commit)
         if self._pipe is not None:
-            return Decision.from_flat(await self._pipe.submit(pack_evalsha(self._sha, *call)))
+            return Decision.from_flat(await self._pipe.submit(self._command(call)))
         if not self.batched:
             return Decision.from_flat(await self.link.call(lambda: self._one(call)))
         loop = asyncio.get_running_loop()
@@ -68,18 +69,20 @@ class RedisStore:
     async def decide_prepared(self, prepared: Prepared) -> Decision:
         if self._pipe is None:
             return await self.decide(prepared.checks)
-        wire = prepared.wire
-        if wire is None:  # first request of this combination: encode it once
-            wire = prepared.wire = pack_evalsha(self._sha, *script_call(prepared.checks, None,
-                                                                        True))
-        return Decision.from_flat(await self._pipe.submit(wire))
+        command = prepared.wire
+        if command is None:  # first request of this combination: encode it once
+            command = prepared.wire = self._command(script_call(prepared.checks, None, True))
+        return Decision.from_flat(await self._pipe.submit(command))
 
     async def reset(self, keys: Sequence[str]) -> None:
         await self.link.call(lambda: self.link.client.delete(*keys))
 
     async def close(self) -> None:
-        if self._pipe is not None:
-            await self._pipe.close()
+        """Nothing of its own to close: the pipe is the link's."""
+
+    def _command(self, call: Call) -> Command:
+        keys = call[0]
+        return Command(pack_evalsha(self._sha, *call), keys[0] if keys else "", self._reload)
 
     # ------------------------------------------------------------------ wire
     async def _one(self, call: Call) -> Any:
@@ -129,24 +132,16 @@ class RedisStore:
         return list(await pipe.execute(raise_on_error=False))
 
 
-def pack_command(*parts: bytes) -> bytes:
-    return b"*%d\r\n%s" % (len(parts), b"".join(_bulk(p) for p in parts))
-
-
-def _bulk(data: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
 @functools.lru_cache(maxsize=4096)
 def _bulk_args(args: tuple[bytes, ...]) -> bytes:
-    return b"".join(_bulk(a) for a in args)
+    return b"".join(bulk(a) for a in args)
 
 
 def pack_evalsha(sha: bytes, keys: tuple[str, ...], args: tuple[bytes, ...]) -> bytes:
     """One EVALSHA in RESP: the script arguments of each rule come pre-encoded."""
-    head = b"*%d\r\n$7\r\nEVALSHA\r\n%s%s" % (3 + len(keys) + len(args), _bulk(sha),
-                                                _bulk(b"%d" % len(keys)))
-    return b"".join((head, *(_bulk(k.encode("utf-8", "surrogateescape")) for k in keys),
+    head = b"*%d\r\n$7\r\nEVALSHA\r\n%s%s" % (3 + len(keys) + len(args), bulk(sha),
+                                                bulk(b"%d" % len(keys)))
+    return b"".join((head, *(bulk(k.encode("utf-8", "surrogateescape")) for k in keys),
                      _bulk_args(args[:2]), *(_bulk_args(args[i:i + 6])
                                              for i in range(2, len(args), 6))))
 

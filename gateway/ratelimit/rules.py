@@ -2,7 +2,7 @@
 `plan` compiles them per route and caches them per combination of scope values.
 
 Keys: `{key_prefix}{rl:<tag>}:<rule>:<kind>:<scope value>`, e.g.
-`gw:{rl:1f3a09c2}:user_requests:sw:log:u42`.
+`gw:{rl:1f3a09c2}:user_requests:sw2:log:u42`.
 
 * The hash tag `{rl:<tag>}` spreads the keys over Redis Cluster's slots: `<tag>` is eight hex
   digits of the CRC-32 of the scope value (of `*<rule>` for a global rule, whose value is
@@ -12,7 +12,7 @@ Keys: `{key_prefix}{rl:<tag>}:<rule>:<kind>:<scope value>`, e.g.
   whose rules span slots (a user rule and a global rule) is decided per slot and made
   all-or-nothing by the store (`gateway/ratelimit/cluster_store.py`). The tag is fixed
   length and rule names cannot contain ':', so keys stay unambiguous whatever the value.
-* `<kind>` names the algorithm (`tb`, `lb`, `sw:log`/`sw:sum`, `fw`), so changing a rule's
+* `<kind>` names the algorithm (`tb`, `lb`, `sw2:log`/`sw2:count`, `fw`), so changing a rule's
   algorithm on reload starts a fresh counter instead of reading a foreign data type.
 * The scope value comes last: rule names cannot contain ':', so no user id can forge the key
   of another rule or part. API keys arrive hashed (`RequestContext.api_key`).
@@ -46,7 +46,7 @@ ALGORITHM_CODE = {
 }
 _KEY_PARTS = {
     Algorithm.TOKEN_BUCKET: ("tb",), Algorithm.LEAKY_BUCKET: ("lb",),
-    Algorithm.SLIDING_WINDOW: ("sw:log", "sw:sum"), Algorithm.FIXED_WINDOW: ("fw",),
+    Algorithm.SLIDING_WINDOW: ("sw2:log", "sw2:count"), Algorithm.FIXED_WINDOW: ("fw",),
 }
 
 _SCOPE_READERS: dict[str, Callable[[RequestContext, Scope], str | None]] = {

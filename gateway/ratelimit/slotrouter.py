@@ -1,9 +1,9 @@
 """Commands to a Redis Cluster through one pipelined connection per master, routed by slot.
 
-Each master gets a `Pipe` (gateway/ratelimit/pipe.py: one batched write per loop iteration,
-hiredis, `redis.timeout` per command) over a pool of its own bounded by
-`redis.max_connections_per_node`, and a circuit breaker of its own, so a dead master fails
-the requests of its slots only. The slot map comes from `CLUSTER SLOTS`, asked of any node
+Each master gets a `Pipe` (gateway/redispipe.py: one batched write per loop iteration,
+hiredis, `redis.timeout` and the NOSCRIPT reload per command) over a pool of its own bounded
+by `redis.max_connections_per_node`, and a circuit breaker of its own, so a dead master
+fails the requests of its slots only. The slot map comes from `CLUSTER SLOTS`, asked of any node
 that answers (the configured one first).
 
 Redirections are followed within one call, at most `MAX_HOPS` times:
@@ -25,12 +25,12 @@ import asyncio
 import logging
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 
-from gateway.ratelimit.pipe import ErrorReply, Pipe
-from gateway.redisconn import CircuitBreaker, RedisLink, RedisUnavailable
+from gateway.redisconn import CircuitBreaker, RedisLink, RedisUnavailable, with_node
+from gateway.redispipe import Command, ErrorReply, Pipe
 from gateway.redisslots import Address, Redirect, SlotMap, parse_cluster_slots, redirect_of
 
 log = logging.getLogger("gateway.redis")
@@ -38,23 +38,13 @@ log = logging.getLogger("gateway.redis")
 MAX_HOPS = 8
 TRYAGAIN_PAUSE = 0.005
 REFRESH_EVERY = 0.1
-ASKING = b"*1\r\n$6\r\nASKING\r\n"
-CLUSTER_SLOTS = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n"
-
-
-def node_url(url: str, address: Address) -> str:
-    """The configured URL (credentials, TLS, options) pointed at another node."""
-    parts = urlsplit(url)
-    userinfo = parts.netloc.rpartition("@")[0]
-    host = f"[{address[0]}]" if ":" in address[0] else address[0]
-    netloc = f"{userinfo}@{host}:{address[1]}" if userinfo else f"{host}:{address[1]}"
-    return urlunsplit(parts._replace(netloc=netloc))
+ASKING = Command(b"*1\r\n$6\r\nASKING\r\n")
+CLUSTER_SLOTS = Command(b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n")
 
 
 class SlotRouter:
-    def __init__(self, link: RedisLink, reload: bytes) -> None:
+    def __init__(self, link: RedisLink) -> None:
         self.link = link
-        self.reload = reload
         settings = link.settings
         first = urlsplit(settings.url)
         self.seed: Address = (first.hostname or "127.0.0.1", first.port or 6379)
@@ -65,7 +55,7 @@ class SlotRouter:
         self._refreshed_at = 0.0
 
     # ------------------------------------------------------------------ calls
-    async def call(self, slot: int, command: bytes) -> Any:
+    async def call(self, slot: int, command: Command) -> Any:
         """The reply of `command`, all of whose keys are in `slot`."""
         if self.map is None:
             await self.first_map()
@@ -78,7 +68,7 @@ class SlotRouter:
             self._first = asyncio.get_running_loop().create_task(self.refresh())
         await asyncio.shield(self._first)
 
-    def send(self, slot: int, command: bytes) -> asyncio.Future[Any]:
+    def send(self, slot: int, command: Command) -> asyncio.Future[Any]:
         """Write `command` to the master of `slot` (as the map says; it must be read)
         without waiting: a caller sending to several slots awaits their replies together,
         with no task per call. `settle` then follows what the reply asks for."""
@@ -90,7 +80,7 @@ class SlotRouter:
             return failed
         return self.pipe(target).submit(command)
 
-    async def settle(self, slot: int, command: bytes, sent: asyncio.Future[Any]) -> Any:
+    async def settle(self, slot: int, command: Command, sent: asyncio.Future[Any]) -> Any:
         """The reply to `command` sent as `sent`, following redirections."""
         try:
             return await sent
@@ -103,7 +93,7 @@ class SlotRouter:
             self.refresh_soon()
             raise
 
-    async def _follow(self, slot: int, command: bytes, redirect: Redirect) -> Any:
+    async def _follow(self, slot: int, command: Command, redirect: Redirect) -> Any:
         assert self.map is not None
         for _ in range(MAX_HOPS):
             target, asking = redirect.target, redirect.kind == "ASK"
@@ -135,10 +125,10 @@ class SlotRouter:
         if pipe is None:
             settings = self.link.settings
             pool = aioredis.BlockingConnectionPool.from_url(
-                node_url(settings.url, address),
+                with_node(settings.url, *address),
                 max_connections=settings.max_connections_per_node, timeout=settings.timeout,
                 socket_timeout=settings.timeout, socket_connect_timeout=settings.timeout)
-            pipe = self.pipes[address] = Pipe(self.link, self.reload, pool, CircuitBreaker())
+            pipe = self.pipes[address] = Pipe(self.link, pool, CircuitBreaker())
         return pipe
 
     # ------------------------------------------------------------------ the slot map

@@ -20,6 +20,15 @@ A request lacking the scope value of a blocking `when_absent: reject` rule is re
 Redis trouble (`RedisUnavailable`: deadline, refused, breaker open): failure_mode `open`
 admits, `closed` answers 503, `local` decides with the in-process store meanwhile; the
 admissions it makes count as outcome `degraded`.
+
+Leases (`lease: N` on every rule of a request, Redis only): the decision that finds no
+lease takes the request's cost plus N-1 units in Redis; the process then admits the same
+combination of scope values from those units, without Redis, until they are spent or
+`lease_ttl` has passed (what is left then lapses: never returned, never over-admitted).
+Redis counted the units when they were taken, so a unit spent later can leave Redis's window
+before its request's would have: at most N-1 per process and key more than the limit in
+any window. When fewer than N units are left in Redis, the request's own cost is decided
+alone (a second round trip, only then).
 """
 
 from __future__ import annotations
@@ -53,6 +62,19 @@ from gateway.stages import ADMIT, LimitVerdict
 OUTCOMES = ("allowed", "limited", "shadow_limited", "delayed", "queued", "degraded",
             "failed_open", "failed_closed")
 _HELD = {Action.DELAY: "delayed", Action.QUEUE: "queued"}
+MAX_LEASES = 10_000  # combinations holding a lease in one process
+
+
+class Lease:
+    """Units a process took in Redis beyond a request's cost, and until when it may spend
+    them; `results`: the decision that took them, for the response's rate-limit fields."""
+
+    __slots__ = ("results", "units", "until")
+
+    def __init__(self, units: int, until: float, results: tuple[RuleResult, ...]) -> None:
+        self.units = units
+        self.until = until
+        self.results = results
 
 
 class RateLimiter:
@@ -71,6 +93,7 @@ class RateLimiter:
                           for rule in config.rate_limits for outcome in OUTCOMES}
         self._allowed = {rule: self._counters[(rule, "allowed")] for rule in config.rate_limits}
         self._tally: dict[Prepared, int] = {}  # all-admitted requests not yet counted
+        self._leases: dict[Prepared, Lease] = {}
 
     # ------------------------------------------------------------------ the stage
     async def check(self, route: Route, ctx: RequestContext, request: web.BaseRequest,
@@ -81,6 +104,13 @@ class RateLimiter:
             return ADMIT
         if prepared.absent:
             return _refuse_unidentified(prepared.absent, request_id)
+        queue = prepared.queue
+        # A lease admits only what Redis would not hold: never past a waiting lane.
+        if prepared.lease and self._leases and (queue is None or
+                                                not self.lanes.busy(queue.keys[0])):
+            spent = self._spend(prepared)
+            if spent is not None:
+                return spent
         checks, queue = prepared.checks, prepared.queue
         loop = asyncio.get_running_loop()
         deadline: float | None = None
@@ -139,11 +169,47 @@ class RateLimiter:
         if self.remote is None:
             return self.local.decide_now(prepared.checks), False
         try:
+            if prepared.lease:
+                taken = await self._take(prepared)
+                if taken is not None:
+                    return taken, False
             return await self.remote.decide_prepared(prepared), False
         except RedisUnavailable:
             if self.failure_mode is not FailureMode.LOCAL:
                 raise
             return self.local.decide_now(prepared.checks), True
+
+    # ------------------------------------------------------------------ leases
+    async def _take(self, prepared: Prepared) -> Decision | None:
+        """Decide the request with a lease's worth of units; None if they do not fit."""
+        assert self.remote is not None
+        decision = await self.remote.decide_prepared(prepared.taking())
+        if not decision.admitted:
+            return None
+        held = prepared.lease - 1
+        leases = self._leases
+        now = asyncio.get_running_loop().time()
+        if len(leases) >= MAX_LEASES:  # bound it: drop what has lapsed, else the oldest
+            for stale in [p for p, lease in leases.items() if lease.until <= now] or \
+                    [next(iter(leases))]:
+                del leases[stale]
+        leases[prepared] = Lease(held, now + prepared.lease_ttl, decision.results)
+        # The client may still spend what this process holds for it.
+        return Decision(True, tuple([r._replace(remaining=r.remaining + held)
+                                     for r in decision.results]))
+
+    def _spend(self, prepared: Prepared) -> LimitVerdict | None:
+        """Admit from the combination's lease, if it holds the cost and has not lapsed."""
+        lease = self._leases.get(prepared)
+        if lease is None:
+            return None
+        cost = prepared.checks[0].cost
+        if lease.units < cost or asyncio.get_running_loop().time() >= lease.until:
+            del self._leases[prepared]  # what is left lapses
+            return None
+        lease.units -= cost
+        return self._admit(prepared, tuple([r._replace(remaining=r.remaining + lease.units)
+                                            for r in lease.results]), None, False)
 
     # ------------------------------------------------------------------ verdicts
     def _count(self, rule: str, outcome: str) -> None:

@@ -1,4 +1,4 @@
-"""redis-py's connection internals under the rate-limit pipe (gateway/ratelimit/pipe.py).
+"""redis-py's connection internals under the request-path pipe (gateway/redispipe.py).
 
 The pipe borrows one connection from RedisLink's pool (so AUTH, SELECT, TLS and the client
 name stay redis-py's) and then writes commands to the connection's stream and feeds what

@@ -139,6 +139,8 @@ def sample(exposition: str, series: str) -> float:
 
 SHED_BULK_FULL = 'gateway_admission_shed_total{priority="bulk",reason="queue_full",upstream="api"}'
 WAITED_CRITICAL = 'gateway_admission_wait_seconds_count{priority="critical",upstream="api"}'
+SHED_WAITS_BULK = 'gateway_admission_shed_wait_seconds_count{priority="bulk",upstream="api"}'
+SHED_WAITED_BULK = 'gateway_admission_shed_wait_seconds_sum{priority="bulk",upstream="api"}'
 
 
 async def test_the_upstream_never_sees_more_than_the_instance_limit_across_two_workers(
@@ -162,6 +164,35 @@ async def test_the_upstream_never_sees_more_than_the_instance_limit_across_two_w
     assert report["workers"] == 2 and api["limit"] == 4 and api["in_flight"] == 0
     assert [w["limit"] for w in api["per_worker"]] == [2, 2]
     assert 'gateway_admission_limit{upstream="api"} 4.0' in exposition
+
+
+async def test_workers_lend_each_other_permits_and_the_instance_limit_still_holds(
+        process_factory: Callable[..., GatewayProcessHandle],
+        service_factory: Callable[..., Any]) -> None:
+    service = await service_factory(capacity=4)
+    config = admission_config(service, {"max_concurrency": 4, "max_wait": {"normal": "30s"},
+                                        "target_delay": "30s"})
+    gw = process_factory(config, workers=2)
+    async with client_session() as s:
+        # Four held requests on four connections: however the kernel spreads them over
+        # the two workers (2 each, the static shares, only three times in eight), all
+        # four reach the upstream, the busier worker borrowing the other's spare permits.
+        held = [asyncio.ensure_future(fetch(s, f"{gw.url}/block", headers={
+            "Connection": "close"})) for _ in range(4)]
+        await until(lambda: service.now == 4, timeout=20.0)
+        async with s.get(f"{gw.admin_url}/admin/admission") as r:
+            report = (await r.json())["upstreams"]["api"]
+        # A fifth waits: the quotas sum to the limit, never past it.
+        fifth = asyncio.ensure_future(fetch(s, f"{gw.url}/n5", headers={"Connection": "close"}))
+        await asyncio.sleep(0.3)
+        assert service.now == 4 and not fifth.done()
+        service.gate.set()
+        answers = await asyncio.gather(*held, fifth)
+    assert [a[0] for a in answers] == [200] * 5
+    assert service.over == 0 and service.peak == 4
+    assert sum(w["in_flight"] for w in report["per_worker"]) == 4
+    assert sum(w["quota"] for w in report["per_worker"]) <= 4
+    assert [w["limit"] for w in report["per_worker"]] == [2, 2]
 
 
 async def test_higher_classes_reach_the_upstream_first_and_tiers_move_requests(
@@ -223,6 +254,10 @@ async def test_a_full_queue_sheds_at_once_with_503_retry_after_and_an_overloaded
     assert service.order == ["/block", "/critical/x"]
     assert sample(exposition, SHED_BULK_FULL) - sample(before, SHED_BULK_FULL) == 2
     assert sample(exposition, WAITED_CRITICAL) - sample(before, WAITED_CRITICAL) == 1
+    # How long the shed requests waited in the queue: the refused one 0 (at arrival), the
+    # displaced one as long as it stood there.
+    assert sample(exposition, SHED_WAITS_BULK) - sample(before, SHED_WAITS_BULK) == 2
+    assert sample(exposition, SHED_WAITED_BULK) > sample(before, SHED_WAITED_BULK)
 
 
 async def test_a_request_still_queued_at_its_max_wait_is_shed_then(

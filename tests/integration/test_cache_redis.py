@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.cache import CacheService
-from gateway.config.model import CacheSettings, RedisSettings
+from gateway.config.model import CacheSettings
 from gateway.redisconn import RedisLink
 from tests.harness import (
     GatewayProcessHandle,
@@ -17,14 +17,16 @@ from tests.harness import (
     Upstream,
     free_port,
 )
+from tests.rediscluster import RedisBackend, single_backend
 from tests.integration.test_cache import Factory, cached_config, counting, get
 
 HOST = "shop.example"  # sidecars of one service see the same Host; the key includes it
 
 
-def shared_config(upstream: Upstream, redis: RedisServer) -> dict[str, Any]:
+def shared_config(upstream: Upstream, redis: RedisServer | RedisBackend) -> dict[str, Any]:
     config = cached_config(upstream.url)
-    config["redis"] = {"url": redis.url, "timeout": "100ms", "key_prefix": "t:"}
+    backend = redis if isinstance(redis, RedisBackend) else single_backend(redis)
+    config["redis"] = backend.config(timeout="100ms", key_prefix="t:")
     config["cache"]["redis"] = True
     return config
 
@@ -53,41 +55,44 @@ async def connected_cache(gw: InProcessGateway) -> CacheService:
     return svc
 
 
-async def test_l2_hit_in_a_second_process(upstream: Upstream, redis_server: RedisServer,
+async def test_l2_hit_in_a_second_process(upstream: Upstream, redis_backend: RedisBackend,
                                           process_factory: Callable[..., GatewayProcessHandle]
                                           ) -> None:
     upstream.on("/market/shared", counting(Cache_Control="max-age=60"))
-    config = shared_config(upstream, redis_server)
+    config = shared_config(upstream, redis_backend)
     one = process_factory(config, name="one.yaml")
     two = process_factory(second(config), name="two.yaml")
     _, headers, body = await get(f"{one.url}/market/shared", Host=HOST)
     assert headers["X-Cache"] == "MISS"
-    await wait_for(lambda: int(redis_server.cli("DBSIZE")) >= 1)
+    await wait_for(lambda: redis_backend.dbsize() >= 1)
     _, headers, body2 = await get(f"{two.url}/market/shared", Host=HOST)
     assert headers["X-Cache"] == "HIT" and body2 == body
     assert upstream.count("/market/shared") == 1
-    stored = redis_server.cli("KEYS", "t:cache:*")
-    assert "t:cache:" in stored  # prefixed with redis.key_prefix
+    assert redis_backend.keys("t:cache:*")  # prefixed with redis.key_prefix
 
 
 async def test_tag_purge_reaches_two_processes_and_redis(
-        upstream: Upstream, redis_server: RedisServer,
+        upstream: Upstream, redis_backend: RedisBackend,
         process_factory: Callable[..., GatewayProcessHandle]) -> None:
     upstream.on("/market/p42", counting(Cache_Control="max-age=60", Surrogate_Key="p42 prices"))
     upstream.on("/market/other", counting(Cache_Control="max-age=60", Surrogate_Key="other"))
-    config = shared_config(upstream, redis_server)
+    config = shared_config(upstream, redis_backend)
+    config["redis"]["timeout"] = "1s"  # the stores into L2 land, however noisy the machine
     one = process_factory(config, name="one.yaml")
     two = process_factory(second(config), name="two.yaml")
-    for gw in (one, two):
-        for path in ("/market/p42", "/market/other"):
-            await get(f"{gw.url}{path}", Host=HOST)
+    for path in ("/market/p42", "/market/other"):
+        await get(f"{one.url}{path}", Host=HOST)
+    # the second process is to find them in L2: the stores follow the answers
+    await wait_for(lambda: len(redis_backend.keys("t:cache:0:u:*")) == 2)
+    for path in ("/market/p42", "/market/other"):
+        await get(f"{two.url}{path}", Host=HOST)
     for gw in (one, two):  # both now hold both in L1
         for path in ("/market/p42", "/market/other"):
             _, headers, _ = await get(f"{gw.url}{path}", Host=HOST)
             assert headers["X-Cache"] == "HIT"
 
     # A third instance (this test) purges through the same Redis.
-    settings = RedisSettings(url=redis_server.url, key_prefix="t:", timeout=0.5)
+    settings = redis_backend.settings(key_prefix="t:", timeout=0.5)
     link = RedisLink(settings)
     purger = CacheService(CacheSettings(redis=True), link)
     await purger.start()
@@ -108,14 +113,14 @@ async def test_tag_purge_reaches_two_processes_and_redis(
 
 
 async def test_purge_all_bumps_generation_across_processes(
-        gateway_factory: Factory, upstream: Upstream, redis_server: RedisServer) -> None:
+        gateway_factory: Factory, upstream: Upstream, redis_backend: RedisBackend) -> None:
     upstream.on("/market/a", counting(Cache_Control="max-age=60"))
-    config = shared_config(upstream, redis_server)
+    config = shared_config(upstream, redis_backend)
     one = await gateway_factory(config, name="one.yaml")
     two = await gateway_factory(second(config), name="two.yaml")
     svc_one, svc_two = await connected_cache(one), await connected_cache(two)
     await get(f"{one.url}/market/a", Host=HOST)
-    await wait_for(lambda: int(redis_server.cli("DBSIZE")) >= 1)
+    await wait_for(lambda: redis_backend.dbsize() >= 1)
     _, headers, _ = await get(f"{two.url}/market/a", Host=HOST)
     assert headers["X-Cache"] == "HIT" and len(svc_two.memory) == 1
     await svc_one.purge_all()
@@ -125,14 +130,14 @@ async def test_purge_all_bumps_generation_across_processes(
 
 
 async def test_url_purge_deletes_the_l2_entry(gateway_factory: Factory, upstream: Upstream,
-                                              redis_server: RedisServer) -> None:
+                                              redis_backend: RedisBackend) -> None:
     upstream.on("/market/u", counting(Cache_Control="max-age=60"))
-    gw = await gateway_factory(shared_config(upstream, redis_server))
+    gw = await gateway_factory(shared_config(upstream, redis_backend))
     svc = await connected_cache(gw)
     await get(f"{gw.url}/market/u", Host=HOST)
-    await wait_for(lambda: int(redis_server.cli("DBSIZE")) >= 1)
+    await wait_for(lambda: redis_backend.dbsize() >= 1)
     await svc.purge_url(f"http://{HOST}/market/u")
-    assert redis_server.cli("KEYS", "t:cache:0:u:*") == "[]"
+    assert redis_backend.keys("t:cache:0:u:*") == []
 
 
 async def test_redis_stopped_cache_passes_through(gateway_factory: Factory,

@@ -1,4 +1,5 @@
-"""A real experiment run: two gateway processes sharing one Redis, thousands of units.
+"""A real experiment run: two gateway processes sharing one Redis (a single server, then a
+cluster), thousands of units.
 
 Four experiments run at once on one route, each on its own flag: a true effect (conversions
 sent to the events API) that must be detected; an A/A split (conversions measured by the
@@ -19,7 +20,8 @@ import aiohttp
 import mmh3
 from aiohttp import web
 
-from tests.harness import GatewayProcessHandle, RedisServer, Upstream, base_config, client_session
+from tests.harness import GatewayProcessHandle, Upstream, base_config, client_session
+from tests.rediscluster import RedisBackend
 
 USERS = 2400
 
@@ -30,9 +32,9 @@ def split(name: str, second: str) -> dict[str, Any]:
                          {"name": second, "value": second, "weight": 50}]}
 
 
-def config(upstream: Upstream, redis: RedisServer) -> dict[str, Any]:
+def config(upstream: Upstream, redis: RedisBackend) -> dict[str, Any]:
     c = base_config(upstream.url)
-    c["redis"] = {"url": redis.url, "timeout": "1s"}
+    c["redis"] = redis.config(timeout="1s")
     c["flags"] = {"f_effect": split("f_effect", "treatment"), "f_aa": split("f_aa", "twin"),
                   "f_srm": split("f_srm", "treatment"), "f_guard": split("f_guard", "broken")}
     purchase = {"name": "purchase", "primary": True, "baseline_rate": 0.1,
@@ -68,7 +70,7 @@ async def admin_json(session: aiohttp.ClientSession, url: str) -> Any:
 
 
 async def test_two_gateways_detect_effects_srm_and_trip_a_guardrail_on_both(
-        process_factory: Callable[..., GatewayProcessHandle], redis_server: RedisServer,
+        process_factory: Callable[..., GatewayProcessHandle], redis_backend: RedisBackend,
         upstream: Upstream) -> None:
     async def shop(request: web.Request) -> web.Response:
         broken = request.headers.get("X-Flag-F-Guard") == "broken"
@@ -76,7 +78,7 @@ async def test_two_gateways_detect_effects_srm_and_trip_a_guardrail_on_both(
                                  status=503 if broken else 200)
 
     upstream.on("/shop", shop)
-    gateways = [process_factory(config(upstream, redis_server)) for _ in range(2)]
+    gateways = [process_factory(config(upstream, redis_backend)) for _ in range(2)]
     rng = random.Random(11)
     users = [f"user-{i}" for i in range(USERS)]
     # Skewed traffic: a third of f_srm's treatment units never arrive.

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.config.model import RedisSettings
 from gateway.experiments.store import (
     Event,
     ExperimentStore,
@@ -18,18 +17,20 @@ from gateway.experiments.store import (
     RedisExperimentStore,
 )
 from gateway.redisconn import RedisLink
-from tests.harness import RedisServer
+from tests.rediscluster import RedisBackend, cluster_backend, single_backend
 
 METRICS = ("purchase", "order_value")
 
 
-@pytest.fixture(params=["local", "redis"])
-async def store(request: pytest.FixtureRequest, redis_server: RedisServer
-                ) -> AsyncIterator[ExperimentStore]:
+@pytest.fixture(params=["local", "redis", "cluster"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[ExperimentStore]:
     if request.param == "local":
         yield LocalExperimentStore()
         return
-    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
+    backend = (single_backend(request.getfixturevalue("redis_server"))
+               if request.param == "redis"
+               else cluster_backend(request.getfixturevalue("redis_cluster")))
+    link = RedisLink(backend.settings(timeout=2.0))
     try:
         yield RedisExperimentStore(link)
     finally:
@@ -89,7 +90,7 @@ async def test_state_and_snapshots_are_kept(store: ExperimentStore) -> None:
     assert [s["at"] for s in await store.snapshots("e")] == [0, 1, 2]
 
 
-async def test_both_stores_agree_on_a_random_stream(redis_server: RedisServer) -> None:
+async def test_both_stores_agree_on_a_random_stream(redis_backend: RedisBackend) -> None:
     rng = random.Random(5)
     records: list[Exposure | Event | Guardrail] = []
     for _ in range(3000):
@@ -104,7 +105,7 @@ async def test_both_stores_agree_on_a_random_stream(redis_server: RedisServer) -
             records.append(Guardrail(rng.choice("abc"), 3, rng.randrange(2), 0.2, 0.05,
                                      ((0, 1), (rng.randrange(60), 2))))
     local = LocalExperimentStore()
-    link = RedisLink(RedisSettings(url=redis_server.url, timeout=5.0))
+    link = RedisLink(redis_backend.settings(timeout=5.0))
     try:
         remote = RedisExperimentStore(link)
         for start in range(0, len(records), 250):

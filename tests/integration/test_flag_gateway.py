@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.flags.evaluate import thresholds
 from tests.harness import InProcessGateway, RedisServer, Upstream, base_config, client_session
+from tests.rediscluster import RedisBackend, single_backend
 
 FLAGS: dict[str, Any] = {
     "new_dashboard": {"type": "boolean", "default": False, "rollout": 50},
@@ -253,14 +254,20 @@ async def test_no_token_on_a_loopback_admin_listener_allows_changes(
 
 # ---------------------------------------------------------------- shared through Redis
 
-def redis_config(upstream: Upstream, redis: RedisServer) -> dict[str, Any]:
-    return flag_config(upstream, redis={"url": redis.url, "timeout": "250ms",
-                                        "key_prefix": "flagtest:"})
+def redis_config(upstream: Upstream, redis: RedisServer | RedisBackend) -> dict[str, Any]:
+    backend = redis if isinstance(redis, RedisBackend) else single_backend(redis)
+    return flag_config(upstream, redis=backend.config(timeout="250ms", key_prefix="flagtest:"))
+
+
+def stored(backend: RedisBackend, *command: str) -> Any:
+    with backend.client() as client:
+        return client.execute_command(*command)
 
 
 async def two_gateways(gateway_factory: Callable[..., Any], upstream: Upstream,
-                       redis: RedisServer) -> tuple[InProcessGateway, InProcessGateway]:
-    """Two gateways (each its own Services and subscriber) sharing one redis-server."""
+                       redis: RedisServer | RedisBackend
+                       ) -> tuple[InProcessGateway, InProcessGateway]:
+    """Two gateways (each its own Services and subscriber) sharing one Redis."""
     return (await gateway_factory(redis_config(upstream, redis), name="first.yaml"),
             await gateway_factory(redis_config(upstream, redis), name="second.yaml"))
 
@@ -279,29 +286,29 @@ async def wait_for_header(session: aiohttp.ClientSession, url: str, name: str, v
 
 async def test_kill_switch_flipped_on_one_gateway_reaches_another_within_a_second(
         gateway_factory: Callable[..., Any], upstream: Upstream,
-        redis_server: RedisServer) -> None:
-    first, second = await two_gateways(gateway_factory, upstream, redis_server)
+        redis_backend: RedisBackend) -> None:
+    first, second = await two_gateways(gateway_factory, upstream, redis_backend)
     async with client_session() as s:
         assert (await flags_seen(s, second.url))["x-flag-maintenance-mode"] == ["true"]
         status, _ = await admin(s, "PATCH", f"{first.admin_url}/admin/flags/maintenance_mode",
                                 {"kill_switch": True})
         assert status == 200
         await wait_for_header(s, second.url, "x-flag-maintenance-mode", "false", within=1.0)
-    stored = redis_server.cli("HGET", "flagtest:flags:overrides", "maintenance_mode")
-    assert orjson.loads(stored)["kill_switch"] is True
+    kept = stored(redis_backend, "HGET", "flagtest:flags:overrides", "maintenance_mode")
+    assert orjson.loads(kept)["kill_switch"] is True
 
 
 async def test_runtime_changes_survive_a_restart_and_reach_later_gateways(
         gateway_factory: Callable[..., Any], upstream: Upstream,
-        redis_server: RedisServer) -> None:
-    first: InProcessGateway = await gateway_factory(redis_config(upstream, redis_server),
+        redis_backend: RedisBackend) -> None:
+    first: InProcessGateway = await gateway_factory(redis_config(upstream, redis_backend),
                                                     name="first.yaml")
     async with client_session() as s:
         status, _ = await admin(s, "PUT", f"{first.admin_url}/admin/flags/dark_mode",
                                 {"default": False, "rollout": 100})
         assert status == 200
         await first.stop()
-        later: InProcessGateway = await gateway_factory(redis_config(upstream, redis_server),
+        later: InProcessGateway = await gateway_factory(redis_config(upstream, redis_backend),
                                                         name="later.yaml")
         # The very first request of a gateway started afterwards already sees it.
         seen = await flags_seen(s, later.url, **{"X-User-Id": "u"})
@@ -309,7 +316,7 @@ async def test_runtime_changes_survive_a_restart_and_reach_later_gateways(
         # And DELETE there removes it for everyone, stored state included.
         status, _ = await admin(s, "DELETE", f"{later.admin_url}/admin/flags/dark_mode")
         assert status == 200
-    assert redis_server.cli("HEXISTS", "flagtest:flags:overrides", "dark_mode") in ("0", "False")
+    assert not stored(redis_backend, "HEXISTS", "flagtest:flags:overrides", "dark_mode")
 
 
 async def test_redis_down_refuses_the_change_with_503_and_applies_nothing(
@@ -358,10 +365,10 @@ async def every_worker_shows(url: str, name: str, value: str, within: float) -> 
 
 async def test_a_change_reaches_every_worker_of_another_gateway_through_redis(
         gateway_factory: Callable[..., Any], process_factory: Callable[..., Any],
-        upstream: Upstream, redis_server: RedisServer) -> None:
-    workers = process_factory(redis_config(upstream, redis_server), workers=2,
+        upstream: Upstream, redis_backend: RedisBackend) -> None:
+    workers = process_factory(redis_config(upstream, redis_backend), workers=2,
                               name="workers.yaml")
-    first: InProcessGateway = await gateway_factory(redis_config(upstream, redis_server))
+    first: InProcessGateway = await gateway_factory(redis_config(upstream, redis_backend))
     await every_worker_shows(workers.url, "x-flag-maintenance-mode", "true", within=5)
     async with client_session() as s:
         status, _ = await admin(s, "PATCH", f"{first.admin_url}/admin/flags/maintenance_mode",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -27,12 +28,13 @@ from gateway.config.model import (
     WhenAbsent,
 )
 from gateway.context import RequestContext
+from gateway.luascripts import load_script
 from gateway.ratelimit.cluster_store import ClusterStore
 from gateway.ratelimit.decision import NEVER, Decision, LimitStore
 from gateway.ratelimit.local import LocalStore
 from gateway.ratelimit.plan import RoutePlan
 from gateway.ratelimit.redis_store import RedisStore
-from gateway.ratelimit.rules import Check, make_check
+from gateway.ratelimit.rules import ALGORITHM_CODE, Check, make_check
 from gateway.redisconn import RedisLink, RedisUnavailable
 from tests.harness import RedisServer
 from tests.rediscluster import RedisCluster
@@ -354,3 +356,102 @@ async def test_a_hung_redis_fails_by_the_deadline_and_a_fresh_connection_recover
         # The old connection still holds the stale replies: a new one must answer.
         decision = await store.decide([c], T0 + S)
         assert decision.admitted and decision.results[0].remaining == 999
+
+
+# ---------------------------------------------------------------- the sliding window's log
+
+async def test_a_log_trimmed_in_batches_decides_as_the_in_process_log(
+        redis_server: RedisServer) -> None:
+    """lua/ratelimit.lua keeps entries that left the window until TRIM_UNITS of them pile
+    up, and reads the live total from running totals: under a steady stream with mixed
+    costs (entries leaving on most requests, trims now and then) every decision and every
+    retry time must be the in-process store's, and the log never holds more than the live
+    entries and one batch of the departed."""
+    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
+    local = LocalStore()
+    remote = RedisStore(link)
+    rng = random.Random(7)
+    now = T0
+    client = redis.Redis(port=redis_server.port)
+    try:
+        for _ in range(600):
+            now += rng.choice([1, 7_000, 20_000, 31_000])
+            c = check(Algorithm.SLIDING_WINDOW, limit=40, window=1, cost=rng.choice([1, 1, 2, 3]))
+            assert await local.decide([c], now) == await remote.decide([c], now)
+            log = c.keys[0]
+            live = client.zcount(log, f"({now - S}", "+inf")
+            assert client.zcard(log) <= live + 32
+        assert _calls(redis_server, "zremrangebyscore") > 0  # batches were dropped
+    finally:
+        client.close()
+        await link.close()
+
+
+async def test_a_sliding_window_outlives_its_entries_by_a_window_and_at_most_two(
+        redis_server: RedisServer) -> None:
+    """Both keys' expiry is set once a window, to two windows ahead (plus the slack): after
+    any admission they live at least one window plus the slack, at most two plus it. On
+    Redis's own clock, with admissions spread over several windows."""
+    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
+    store = RedisStore(link)
+    client = redis.Redis(port=redis_server.port)
+    window, slack = 200, 1000  # milliseconds
+    try:
+        c = check(Algorithm.SLIDING_WINDOW, limit=1000, window=window / 1000)
+        for _ in range(25):
+            began = time.monotonic()
+            assert (await store.decide([c])).admitted
+            for key in c.keys:
+                ttl = client.pttl(key)
+                since = (time.monotonic() - began) * 1000
+                assert window + slack - since - 2 <= ttl <= 2 * window + slack + 1
+            await asyncio.sleep(0.03)
+    finally:
+        client.close()
+        await link.close()
+
+
+# ---------------------------------------------------------------- reserve and return
+
+@pytest.mark.parametrize("algorithm", ALL)
+def test_a_returned_reservation_leaves_the_counter_as_if_never_made(
+        redis_server: RedisServer, algorithm: Algorithm) -> None:
+    """Two counters see the same admissions; one also a reservation (ARGV[2] "2"), given
+    back by lua/ratelimit_return.lua after later requests were admitted on top of it, and
+    a second one made at an instant it shares with them. From then on, at instants on
+    both sides of the window's edge and of the entries' departures, both counters decide
+    alike: a sliding window's running totals came back consistent."""
+    decide, give_back = load_script("ratelimit").source, load_script("ratelimit_return").source
+    client = redis.Redis(port=redis_server.port)
+    with_, without = (check(algorithm, limit=5, window=10, burst=9, value=v)
+                      for v in ("with", "without"))
+
+    def run(c: Check, at: int, mode: bytes = b"1", cost: int = 1) -> list[int]:
+        c = c._replace(cost=cost)
+        return client.eval(decide, len(c.keys), *c.keys, str(at).encode(), mode,
+                           *c.script_args())
+
+    def back(at: int, cost: int) -> None:
+        args = [str(v) for v in (ALGORITHM_CODE[algorithm], with_.limit, with_.window_us,
+                                 cost)]
+        assert client.eval(give_back, len(with_.keys), *with_.keys, str(at), *args) == 1
+
+    try:
+        for c in (with_, without):
+            run(c, T0)
+        first = run(with_, T0 + S, b"2", cost=2)
+        assert first[0] == 1 and first[-1] == T0 + S  # admitted, the clock appended
+        for c in (with_, without):
+            run(c, T0 + 2 * S)
+            run(c, T0 + 3 * S, cost=2)
+        second = run(with_, T0 + 3 * S, b"2")
+        assert second[0] == 1
+        run(with_, T0 + 3 * S)
+        run(without, T0 + 3 * S)
+        back(T0 + S, 2)
+        back(T0 + 3 * S, 1)
+        for at in (4, 10, 11, 11.5, 12, 13, 13.5, 14, 20, 30):
+            now = T0 + int(at * S)
+            assert run(with_, now) == run(without, now), at
+    finally:
+        client.close()

@@ -20,7 +20,7 @@ from gateway.admission.control import (
 )
 from gateway.admission.gate import merge_reports, rank_of
 from gateway.admission.limit import GradientLimit
-from gateway.config.model import Admission, Priority
+from gateway.config.model import DEFAULT_MAX_WAIT, Admission, Priority
 from gateway.config.parse import parse_document
 from gateway.config.reader import ConfigError
 from tests.harness import REPO, reference_config_with
@@ -33,6 +33,10 @@ def settings(**changes: object) -> Admission:
                                "target_delay": 0.02, "interval": 0.1}
     base.update(changes)
     return Admission(**base)  # type: ignore[arg-type]
+
+
+def waits(**changes: float) -> dict[str, float]:
+    return {**DEFAULT_MAX_WAIT, **changes}
 
 
 def queued(outcome: Waiter | str | None) -> Waiter:
@@ -298,3 +302,85 @@ def test_codel_never_sheds_critical_waiters() -> None:
     control.tick(0.03)
     control.tick(0.2)
     assert control.standing and all(w.outcome is None for w in critical)
+
+
+def test_permits_granted_together_come_back_together_and_the_estimate_knows_it() -> None:
+    control = Controller(settings(max_concurrency=4, max_wait=waits(bulk=0.05)))
+    for _ in range(4):
+        control.arrive(NORMAL, 0.0)
+    for _ in range(4):
+        control.release(0.1, 0.1, 0.1)  # a permit is held 100 ms
+    for _ in range(4):
+        control.arrive(NORMAL, 0.1)  # a cohort: all four come back at about 0.2
+    # By rate alone a permit comes back every 25 ms; by the schedule, none before 0.2.
+    assert control.arrive(BULK, 0.1) == MAX_WAIT
+    assert isinstance(control.arrive(BULK, 0.19), Waiter)  # just before the cohort returns
+
+
+def test_a_scattered_latency_counts_against_a_permit_coming_back_on_time() -> None:
+    control = Controller(settings(max_concurrency=2, max_wait=waits(bulk=0.06)))
+    control.arrive(NORMAL, 0.0)
+    for i in range(40):  # held 50 and 150 ms in turn: 100 ms on average, give or take 50
+        control.release(0.05 if i % 2 else 0.15, 0.1, 1.0)
+        control.arrive(NORMAL, 1.0)
+    control.arrive(NORMAL, 1.0)
+    assert 0.09 < control.rtt < 0.11 and control.spread > 0.04
+    # Both permits went out at 1.0. By the mean the first comes back 40 ms from now, within
+    # bulk's 60 ms; one as late as they often are comes back after it.
+    assert control.arrive(BULK, 1.0 + control.rtt - 0.04) == MAX_WAIT
+
+
+def test_the_estimate_counts_the_higher_class_arrivals_that_will_pass() -> None:
+    def after_critical_traffic(every: float) -> Controller:
+        control = Controller(settings(max_concurrency=1, max_wait=waits(bulk=0.03)))
+        control.arrive(NORMAL, 0.0)
+        now = 0.0
+        while now < 3.0:  # critical arrivals while the permit is out, each served next
+            queued(control.arrive(CRITICAL, now))
+            control.release(0.01, 0.01, now + 0.001)
+            now += every
+        return control
+
+    # A permit every 10 ms; a critical arrival every 12.5 ms takes 80% of them: a bulk
+    # request first in its class waits ~50 ms, not 10.
+    assert after_critical_traffic(0.0125).arrive(BULK, 3.0) == MAX_WAIT
+    assert isinstance(after_critical_traffic(0.1).arrive(BULK, 3.0), Waiter)
+    # Critical arrivals faster than permits come back: no bulk wait would ever end, and
+    # Retry-After still says something a client can act on.
+    flooded = after_critical_traffic(0.008)
+    assert flooded.arrive(BULK, 3.0) == MAX_WAIT and flooded.retry_after(BULK, 3.0) == 60
+
+
+def test_arrivals_stay_held_to_the_target_while_the_overload_goes_on() -> None:
+    control = Controller(settings(max_concurrency=1, max_wait=waits(bulk=0.5)))
+    control.arrive(NORMAL, 0.0)
+    control.release(0.05, 0.05, 0.05)  # a permit is held 50 ms
+    control.arrive(NORMAL, 0.05)
+    bulk = queued(control.arrive(BULK, 0.05))
+    control.tick(0.08)
+    control.tick(0.19)  # it stood past the target for an interval: CoDel sheds it
+    assert bulk.outcome == CODEL
+    assert not control.standing and control.waiting == 0  # the queue emptied
+    # An arrival behind a waiter that expects more than the target is still refused at
+    # once (the head of the queue stays open), and each refusal holds an interval longer...
+    queued(control.arrive(NORMAL, 0.2))
+    assert control.arrive(BULK, 0.25) == CODEL
+    control.release(0.21, 0.21, 0.26)
+    queued(control.arrive(NORMAL, 0.3))
+    assert control.arrive(BULK, 0.34) == CODEL
+    control.release(0.09, 0.09, 0.35)
+    # ...until an interval passes without one: then bulk may wait its max_wait again.
+    queued(control.arrive(NORMAL, 0.4))
+    assert isinstance(control.arrive(BULK, 0.45), Waiter)
+    assert not control.standing
+
+
+def test_a_critical_waiter_past_the_target_asks_for_no_wakeup_it_cannot_use() -> None:
+    control = Controller(settings(max_concurrency=1))
+    control.arrive(NORMAL, 0.0)
+    queued(control.arrive(CRITICAL, 0.0))
+    control.tick(0.03)
+    control.tick(0.2)
+    assert control.standing
+    wakeup = control.next_wakeup()
+    assert wakeup is not None and wakeup > 0.2  # its deadline, not "now" over and over

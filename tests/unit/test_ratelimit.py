@@ -35,7 +35,8 @@ CTX = RequestContext(client_ip="203.0.113.9", user_id="u42", tenant_id="acme",
 def test_keys_are_tagged_by_their_scope_value_and_end_with_it() -> None:
     # The tag is the CRC-32 of the value: one user's keys share a slot, other users' do not.
     assert rule_keys("gw:", "user_requests", Algorithm.SLIDING_WINDOW, "u42") == (
-        "gw:{rl:de86d1de}:user_requests:sw:log:u42", "gw:{rl:de86d1de}:user_requests:sw:sum:u42")
+        "gw:{rl:de86d1de}:user_requests:sw2:log:u42",
+        "gw:{rl:de86d1de}:user_requests:sw2:count:u42")
     assert rule_keys("gw:", "ip", Algorithm.FIXED_WINDOW, "2001:db8::1") == (
         "gw:{rl:00b4af0e}:ip:fw:2001:db8::1",)
     assert rule_keys("gw:", "other", Algorithm.TOKEN_BUCKET, "u42")[0].startswith(

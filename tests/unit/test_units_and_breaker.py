@@ -74,6 +74,20 @@ def test_breaker_opens_after_consecutive_failures_and_probes_once() -> None:
     assert not breaker.is_open and breaker.allow() and breaker.allow()
 
 
+def test_an_open_breaker_refuses_only_until_a_probe_is_due() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failures=1, cooldown=1.0, clock=clock)
+    breaker.failure()
+    assert breaker.is_open and breaker.refusing
+    clock.now += 1.0
+    assert not breaker.refusing      # a caller that checks first still sends the probe
+    assert breaker.allow() and breaker.refusing  # the probe is out: others wait for it
+    breaker.abandoned()              # cancelled before it answered
+    assert not breaker.refusing and breaker.allow()
+    breaker.success()
+    assert not breaker.is_open and not breaker.refusing
+
+
 def test_breaker_success_resets_the_count() -> None:
     breaker = CircuitBreaker(failures=2, cooldown=1.0, clock=Clock())
     breaker.failure()

@@ -40,7 +40,7 @@ def test_per_address_keys_differ_from_the_rules_own_and_from_an_ip_rule_of_that_
     assert fallback == ("gw:{rl:bb0e5871}:r:@ip:tb:203.0.113.9",)
     assert fallback != rule_keys("gw:", "r", Algorithm.TOKEN_BUCKET, "203.0.113.9")
     assert rule_keys("gw:", "r", Algorithm.SLIDING_WINDOW, "::1", by_ip=True) == (
-        "gw:{rl:a2ca6717}:r:@ip:sw:log:::1", "gw:{rl:a2ca6717}:r:@ip:sw:sum:::1")
+        "gw:{rl:a2ca6717}:r:@ip:sw2:log:::1", "gw:{rl:a2ca6717}:r:@ip:sw2:count:::1")
 
 
 def test_when_absent_ip_counts_per_address_and_the_plan_caches_per_address() -> None:

@@ -1,24 +1,32 @@
-"""One Redis connection reserved for rate-limit decisions, pipelined.
+"""One Redis connection for the request path, pipelined: rate-limit decisions, L2 cache reads
+and writes.
 
 Commands submitted during one event-loop iteration are written together in one write; one
 reader task feeds everything that comes back to hiredis and hands each reply to its caller in
-order (Redis answers a connection's commands in the order it received them).
+order (Redis answers a connection's commands in the order it received them). So a request's
+rate-limit decision and its L2 lookup, submitted in the same iteration, cost one round trip,
+and the round trips per request fall with concurrency (bench: tests/perf/bench_redis.py).
+
+A Pipe talks to one Redis server: each `Command` carries the key it touches, so a client of
+several servers (Redis Cluster) can keep one Pipe per node and route each command by its
+key's slot without the Pipe changing.
 
 Why not redis-py's command path: per batch it checks a connection out of the pool (a
 condition, a lock, a timeout context, observability hooks), wraps every reply read in
 another timeout context and releases the connection again. In the gateway benchmark that was
 ~25 us of CPU per request, more than everything else the limiter does. Here a request costs
 one future and one slice of a write. What stays redis-py's: the connection itself comes from
-RedisLink's pool (AUTH, SELECT, TLS, client name), and RedisLink's circuit breaker and
-`redis.timeout` govern every command:
+RedisLink's pool (AUTH, SELECT, TLS, client name), or on a cluster a pool per node, and the
+circuit breaker (RedisLink's, or the node's) and `redis.timeout` govern every command:
 
 * the breaker is asked once per batch; an open breaker fails the batch at once;
 * a command not answered within `redis.timeout` of being written fails, and with it every
   command behind it on the connection (their replies can no longer be matched), which is
   then dropped; each failed batch counts as one failure of the breaker, like a failed
   `RedisLink.call`;
-* NOSCRIPT (Redis restarted, SCRIPT FLUSH): `reload` (a SCRIPT LOAD) is written once and the
-  command once more behind it; a second NOSCRIPT for the same command is an error.
+* NOSCRIPT (Redis restarted, SCRIPT FLUSH): the command's `reload` (a SCRIPT LOAD) is
+  written once and the command once more behind it; a second NOSCRIPT for the same command
+  is an error. Any other error reply fails that command alone, with `ErrorReply`.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.exceptions import NoScriptError, RedisError
 
@@ -38,28 +46,59 @@ log = logging.getLogger("gateway.redis")
 
 READ_SIZE = 65536
 
-Batch = list[tuple[bytes, "asyncio.Future[Any]"]]
+
+class Command(NamedTuple):
+    """One command in RESP, the key it touches (what a per-node client routes by), and for
+    an EVALSHA the SCRIPT LOAD that makes it runnable again after NOSCRIPT."""
+
+    wire: bytes
+    key: str = ""
+    reload: bytes | None = None
+
+
+Batch = list[tuple[Command, "asyncio.Future[Any]"]]
 # (caller or None for our own SCRIPT LOAD, command, deadline, already resent once)
-Sent = tuple["asyncio.Future[Any] | None", bytes, float, bool]
+Sent = tuple["asyncio.Future[Any] | None", Command, float, bool]
+
+
+def pack_command(*parts: bytes) -> bytes:
+    """A command in RESP (an array of bulk strings)."""
+    return b"*%d\r\n%s" % (len(parts), b"".join(bulk(p) for p in parts))
+
+
+def bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def script_command(sha: str, keys: tuple[str, ...], args: tuple[bytes, ...],
+                   reload: bytes) -> Command:
+    """An EVALSHA of a script with few arguments (the rate limiter packs its own)."""
+    parts = [b"EVALSHA", sha.encode(), b"%d" % len(keys),
+             *(k.encode("utf-8", "surrogateescape") for k in keys), *args]
+    return Command(pack_command(*parts), keys[0] if keys else "", reload)
+
+
+def load_command(source: str) -> bytes:
+    return pack_command(b"SCRIPT", b"LOAD", source.encode())
 
 
 class ErrorReply(RedisUnavailable):
-    """Redis answered the command with an error; `error` is redis-py's exception for it
-    (a cluster client reads MOVED, ASK and TRYAGAIN from it)."""
+    """Redis answered this one command with an error (the other commands of its batch are
+    not affected); `error` is redis-py's exception for it, from which a cluster client reads
+    MOVED, ASK and TRYAGAIN."""
 
     def __init__(self, error: Exception) -> None:
-        super().__init__(f"script error: {error}")
+        super().__init__(f"Redis error: {error}")
         self.error = error
 
 
 class Pipe:
-    """`pool` and `breaker` default to RedisLink's; a cluster store gives each node's pipe
+    """`pool` and `breaker` default to RedisLink's; a cluster client gives each node's pipe
     a pool and a breaker of its own, so one dead master fails only its own slots."""
 
-    def __init__(self, link: RedisLink, reload: bytes, pool: Any = None,
+    def __init__(self, link: RedisLink, pool: Any = None,
                  breaker: CircuitBreaker | None = None) -> None:
         self.link = link
-        self.reload = reload
         self.pool = pool if pool is not None else link.client.connection_pool
         self.breaker = breaker if breaker is not None else link.breaker
         self.timeout = link.settings.timeout
@@ -70,10 +109,10 @@ class Pipe:
         self._writer: asyncio.StreamWriter | None = None
         self._reader: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._reloading = False  # a SCRIPT LOAD is on the wire, not yet answered
+        self._reloading: set[bytes] = set()  # SCRIPT LOADs on the wire, not yet answered
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def submit(self, command: bytes) -> asyncio.Future[Any]:
+    def submit(self, command: Command) -> asyncio.Future[Any]:
         """The future of `command`'s reply; RedisUnavailable if Redis cannot answer it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -106,19 +145,19 @@ class Pipe:
         sent = self._sent
         for command, future in batch:
             sent.append((future, command, deadline, False))
-        self._writer.write(b"".join([command for command, _ in batch]))
+        self._writer.write(b"".join([command.wire for command, _ in batch]))
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._expire)
 
-    def _resend(self, future: asyncio.Future[Any], command: bytes) -> None:
-        assert self._writer is not None
+    def _resend(self, future: asyncio.Future[Any], command: Command) -> None:
+        assert self._writer is not None and command.reload is not None
         deadline = asyncio.get_running_loop().time() + self.timeout
-        if not self._reloading:  # replies to commands written before it are still coming
-            self._reloading = True
-            self._sent.append((None, self.reload, deadline, True))
-            self._writer.write(self.reload)
+        if command.reload not in self._reloading:  # replies to earlier commands still coming
+            self._reloading.add(command.reload)
+            self._sent.append((None, Command(command.reload), deadline, True))
+            self._writer.write(command.reload)
         self._sent.append((future, command, deadline, True))
-        self._writer.write(command)
+        self._writer.write(command.wire)
 
     async def _connect(self) -> None:
         """Borrow the pipe's connection; whatever goes wrong meanwhile (refused, AUTH
@@ -150,7 +189,7 @@ class Pipe:
             # Not a Redis or network trouble: most likely a redis-py release whose
             # connection internals differ (gateway/wire/redis_pipe.py). Said once per
             # attempt; the breaker spaces attempts out.
-            log.error("the rate-limit connection to Redis failed: %s", why)
+            log.error("the pipelined connection to Redis failed: %s", why)
         _fail([f for batch in batches for _, f in batch], why)
         self._failed(len(batches))
 
@@ -178,10 +217,10 @@ class Pipe:
     def _deliver(self, reply: Any) -> None:
         future, command, _, resent = self._sent.popleft()
         if future is None:  # the reply to our SCRIPT LOAD
-            self._reloading = False
+            self._reloading.discard(command.wire)
         elif future.done():  # the client went away meanwhile
             pass
-        elif isinstance(reply, NoScriptError) and not resent:
+        elif isinstance(reply, NoScriptError) and not resent and command.reload is not None:
             self._resend(future, command)
         elif isinstance(reply, Exception):
             future.set_exception(ErrorReply(reply))
@@ -215,7 +254,7 @@ class Pipe:
 
     def _drop(self) -> None:
         conn, self._conn, self._writer = self._conn, None, None
-        self._reloading = False
+        self._reloading = set()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
