@@ -93,6 +93,13 @@ def test_a_tier_too_small_for_the_shards_is_named(tmp_path: Path) -> None:
     assert any("shards" in i and "(tier free)" in i and "here 3" in i for i in issues)
 
 
+def test_a_sharded_rule_with_a_lease_is_refused(tmp_path: Path) -> None:
+    [issue] = errors(tmp_path, "{algorithm: token_bucket, scope: global, limit: 1000, "
+                               "window: 1s, shards: 4, lease: 10}")
+    assert "rate_limits.hot.lease" in issue and "shards (4)" in issue
+    assert "keep one of them" in issue
+
+
 def test_a_route_cost_larger_than_the_smallest_shard_is_refused(tmp_path: Path) -> None:
     [issue] = errors(tmp_path, "{algorithm: fixed_window, scope: global, limit: 30, "
                                "window: 1s, shards: 8}", route="rate_limits: [hot], cost: 4")
