@@ -33,7 +33,7 @@ from gateway.experiments.store import LocalExperimentStore, RedisExperimentStore
 from gateway.flags import FlagEngine, FlagOverrides
 from gateway.pipeline import Pipeline, Runtime
 from gateway.proxy import UpstreamPool
-from gateway.ratelimit import LocalStore, RateLimiter, RedisStore
+from gateway.ratelimit import ClusterStore, LocalStore, RateLimiter, RedisStore
 from gateway.redisconn import RedisLink
 from gateway.wire import servername
 from gateway.wire.listener import (
@@ -59,7 +59,7 @@ class Services:
     flag_overrides: FlagOverrides = field(default_factory=FlagOverrides)
     # Rate-limit state and the decision batcher live here so counters survive a reload.
     limits_local: LocalStore = field(default_factory=LocalStore)
-    limits_remote: RedisStore | None = None
+    limits_remote: RedisStore | ClusterStore | None = None
     cache: CacheService | None = None
     # Experiment records: queued per process, added up in Redis (or here without it).
     recorder: Recorder = field(default_factory=lambda: Recorder(LocalExperimentStore()))
@@ -79,17 +79,24 @@ class Services:
         recorder.start()
         return cls(pool=UpstreamPool(config.upstreams), redis=redis,
                    flag_overrides=flag_overrides,
-                   limits_remote=RedisStore(redis) if redis is not None else None,
+                   limits_remote=remote_limits(redis) if redis is not None else None,
                    cache=cache, recorder=recorder, gates=Gates(workers, ledger))
 
     async def close(self) -> None:
         await self.recorder.close()  # what was recorded until now reaches the store
         await self.flag_overrides.close()
         await self.pool.close()
+        if self.limits_remote is not None:
+            await self.limits_remote.close()
         if self.cache is not None:
             await self.cache.close()
         if self.redis is not None:
             await self.redis.close()
+
+
+def remote_limits(redis: RedisLink) -> RedisStore | ClusterStore:
+    """On a cluster, rules are decided per slot on each master (see ClusterStore)."""
+    return ClusterStore(redis) if redis.settings.cluster else RedisStore(redis)
 
 
 def build_runtime(config: Config, services: Services) -> Runtime:

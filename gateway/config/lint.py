@@ -78,6 +78,17 @@ def compression_warnings(config: Config) -> list[str]:
             if route.compression is RouteCompression.ALWAYS]
 
 
+def shard_warnings(config: Config) -> list[str]:
+    """Shards spread a hot rule over a cluster's masters; on one Redis, or in-process, they
+    spread nothing and only cost accuracy (see the README's accuracy bound)."""
+    if config.redis is not None and config.redis.cluster:
+        return []
+    where = "one Redis" if config.redis is not None else "the in-process store"
+    return [f"rate_limits.{rule.name}.shards: {rule.shards} shards on {where} spread no "
+            "load and can refuse a request while another shard has room; set redis.cluster: "
+            "true, or drop shards" for rule in config.rate_limits.values() if rule.shards > 1]
+
+
 def lease_warnings(config: Config) -> list[str]:
     """A lease as large as the quota lets one process take all of it; a lease outliving
     the window spends units in a later window than they were counted in; a lease without
@@ -133,5 +144,5 @@ def redis_warnings(config: Config) -> list[str]:
 
 def config_warnings(config: Config, environ: Mapping[str, str]) -> list[str]:
     return [*admin_warnings(config, environ), *route_limit_warnings(config),
-            *identity_warnings(config), *lease_warnings(config), *redis_warnings(config),
-            *compression_warnings(config)]
+            *identity_warnings(config), *shard_warnings(config), *lease_warnings(config),
+            *redis_warnings(config), *compression_warnings(config)]

@@ -241,6 +241,7 @@ class RateLimitRule:
     degrade_upstream: str | None = None
     shadow: bool = False
     when_absent: WhenAbsent = WhenAbsent.SKIP
+    shards: int = 1
     lease: int = 0  # units a process takes per decision and spends locally; 0: off
     lease_ttl: float = 1.0  # seconds a process may spend them
 

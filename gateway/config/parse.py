@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import math
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -42,9 +43,10 @@ TOP_KEYS = (
     "flags", "experiments", "routes",
     "flag_sources", "flag_bucketing", "ofrep",
 )
+MAX_SHARD_TURNS = 1024  # prepared decisions per combination of a route with sharded rules
 RULE_KEYS = (
     "algorithm", "scope", "limit", "window", "burst", "action", "max_wait", "queue_size",
-    "tiers", "degrade_upstream", "shadow", "when_absent", "lease", "lease_ttl",
+    "tiers", "degrade_upstream", "shadow", "when_absent", "shards", "lease", "lease_ttl",
 )
 LISTEN_KEYS = (
     "host", "port", "max_header_size", "header_timeout", "idle_timeout", "body_timeout",
@@ -362,17 +364,28 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
     degrade = s.get("degrade_upstream", string, None)
     if degrade is not None and action != "degrade":
         s.error("degrade_upstream", f"applies only to action degrade, not {action}")
+    limit, burst = s.get("limit", integer(1)), s.get("burst", integer(0), 0)
+    shards = s.get("shards", integer(1, 1024), 1) or 1
+    _check_shards(s, shards, algorithm, limit, burst or 0, tiers)
     lease = s.get("lease", integer(2, 1_000_000), 0)
     lease_ttl = s.get("lease_ttl", positive_duration, None)
     if lease_ttl is not None and not lease:
         s.error("lease_ttl", "applies only with lease")
+    if lease and shards > 1:
+        # A process leases per combination of shards it draws, so it would hold a lease on
+        # every shard: up to shards x (lease - 1) units over the limit per process, each
+        # lease taken from a shard's share of the quota.
+        s.error("lease", f"a rule with shards ({shards}) cannot also have a lease: both "
+                "spread a hot rule's load (shards over the cluster's masters, a lease over "
+                "a process's requests), and together a process would hold a lease on every "
+                "shard, shards x (lease - 1) units over the limit; keep one of them")
     return m.RateLimitRule(
         name=name,
         algorithm=m.Algorithm(algorithm) if algorithm else m.Algorithm.TOKEN_BUCKET,
         scope=rule_scope,
-        limit=s.get("limit", integer(1)),
+        limit=limit,
         window=s.get("window", positive_duration),
-        burst=s.get("burst", integer(0), 0),
+        burst=burst,
         action=m.Action(action or "reject"),
         max_wait=max_wait or 0.0,
         queue_size=s.get("queue_size", integer(1, 1_000_000), 1000),
@@ -381,16 +394,41 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
         shadow=s.get("shadow", boolean, False),
         when_absent=m.WhenAbsent(
             s.get("when_absent", choice(list(m.WhenAbsent)), "skip") or "skip"),
+        shards=shards,
         lease=lease or 0,
         lease_ttl=lease_ttl if lease_ttl is not None else 1.0,
     )
 
 
+def _check_shards(s: Section, shards: int, algorithm: str | None, limit: int | None,
+                  burst: int, tiers: Mapping[str, m.TierOverride]) -> None:
+    """Every shard needs a rate of at least one unit per window, and a leaky bucket's shard
+    a capacity of at least one unit (its capacity is burst + 1)."""
+    if shards == 1 or limit is None:
+        return
+    for where, t_limit, t_burst in [("", limit, burst), *(
+            (f" (tier {name})", t.limit or limit, burst if t.burst is None else t.burst)
+            for name, t in tiers.items())]:
+        if t_limit < shards:
+            s.error("shards", f"{shards} shards need a limit of at least {shards}{where}: "
+                    f"each shard gets limit/shards units, here {t_limit}")
+            return
+        if algorithm == "leaky_bucket" and t_burst + 1 < shards:
+            s.error("shards", f"{shards} shards of a leaky bucket need a burst of at least "
+                    f"{shards - 1}{where}: each shard holds (burst + 1)/shards units, "
+                    f"here burst is {t_burst}")
+            return
+
+
 def _largest_admission(rule: m.RateLimitRule) -> int:
-    """The largest cost any tier of the rule admits at once (leaky bucket: burst + 1)."""
+    """The largest cost any tier of the rule admits at once (leaky bucket: burst + 1); of a
+    sharded rule, what its smallest shard admits (a request may draw any shard)."""
     def units(limit: int | None, burst: int | None) -> int:
         limit, burst = limit or rule.limit, rule.burst if burst is None else burst
-        return burst + 1 if rule.algorithm is m.Algorithm.LEAKY_BUCKET else limit + burst
+        n = rule.shards  # too many shards for the units is an error of its own: say it once
+        if rule.algorithm is m.Algorithm.LEAKY_BUCKET:
+            return max(1, (burst + 1) // n)
+        return max(1, limit // n) + burst // n
 
     return max([units(rule.limit, rule.burst),
                 *(units(t.limit, t.burst) for t in rule.tiers.values())])
@@ -989,6 +1027,13 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
             if flag_key not in flags and flag_key not in flagd_flags:
                 r.error(line_of("flags"), f"{path}.flags", f"unknown flag {flag_key!r}"
                         + _hint(flag_key, {**flags, **flagd_flags}))
+        sharded = {rules[n].shards for n in route.rate_limits if n in rules} - {1}
+        if math.lcm(*sharded) > MAX_SHARD_TURNS:
+            r.error(line_of("rate_limits"), f"{path}.rate_limits",
+                    f"its sharded rules have {sorted(sharded)} shards: a route deals its "
+                    "requests round every combination of their shards, here "
+                    f"{math.lcm(*sharded)}, more than {MAX_SHARD_TURNS}; use shard counts "
+                    "that divide one another")
         if route.cache is not None and route.match.methods and \
                 not route.match.methods & {"GET", "HEAD"}:
             r.error(line_of("cache"), f"{path}.cache",

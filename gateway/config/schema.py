@@ -108,7 +108,7 @@ def _rule() -> Schema:
         "window": DURATION, "burst": integer(0), "action": one_of(m.Action),
         "max_wait": DURATION, "queue_size": integer(0), "tiers": mapping_of(tier),
         "degrade_upstream": STRING, "shadow": BOOLEAN, "when_absent": one_of(m.WhenAbsent),
-        "lease": integer(2, 1_000_000), "lease_ttl": DURATION},
+        "shards": integer(1, 1024), "lease": integer(2, 1_000_000), "lease_ttl": DURATION},
         required=("algorithm", "limit", "window"))
 
 
