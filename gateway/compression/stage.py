@@ -237,8 +237,10 @@ class Compressor:
         _apply(headers, plan, None)
         if plan.decode is None and plan.output is None:  # Vary only: the body as it is
             return exchange
-        if isinstance(body, bytes) and len(body) < OFFLOAD_AT:
-            coded = self._code_whole(plan, body)  # UpstreamError: a 502 before any byte
+        # A small body is coded at once; one to decode streams whatever its size, as a few
+        # KB may decode to gigabytes (codecs.PIECE)
+        if isinstance(body, bytes) and len(body) < OFFLOAD_AT and plan.decode is None:
+            coded = self._code_whole(plan, body)
             headers["Content-Length"] = str(len(coded))
             exchange.body = coded
             return self._served(exchange, plan.label, len(body), len(coded), record)

@@ -152,21 +152,31 @@ COMPRESSION = {"encodings": ["zstd", "br", "gzip"], "min_size": "1KiB",
                "level": {"gzip": 6, "br": 5, "zstd": 3}}
 
 
-async def test_one_gib_download_is_coded_in_bounded_memory(
-        process_factory: Callable[..., GatewayProcessHandle], upstream: Upstream) -> None:
-    """Compression streams: the coded body leaves chunk by chunk as the upstream sends it."""
+def compressing_gateway(process_factory: Callable[..., GatewayProcessHandle],
+                        upstream: Upstream, path: str, body: Callable[[], AsyncIterator[bytes]],
+                        **fields: str) -> GatewayProcessHandle:
+    """A gateway process with compression on, before an upstream that streams `body()` as
+    JSON with `fields` at `path`."""
     async def source(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response = web.StreamResponse(headers={"Content-Type": "application/json", **fields})
         await response.prepare(request)
-        async for chunk in generated(GIB):
+        async for chunk in body():
             await response.write(chunk)
         await response.write_eof()
         return response
 
-    upstream.on("/download", source)
+    upstream.on(path, source)
     config = base_config(upstream.url)
     config["compression"] = COMPRESSION
     gw = process_factory(config)
+    assert gw.proc is not None
+    return gw
+
+
+async def test_one_gib_download_is_coded_in_bounded_memory(
+        process_factory: Callable[..., GatewayProcessHandle], upstream: Upstream) -> None:
+    """Compression streams: the coded body leaves chunk by chunk as the upstream sends it."""
+    gw = compressing_gateway(process_factory, upstream, "/download", lambda: generated(GIB))
     assert gw.proc is not None
     decoder = zstandard.ZstdDecompressor().decompressobj()
     total = coded = 0
@@ -205,18 +215,11 @@ async def test_a_decompression_bomb_is_decoded_in_bounded_memory(
     payload = bomb(coding, size)
     assert len(payload) < CHUNK  # one upstream chunk
 
-    async def source(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "application/json",
-                                               "Content-Encoding": coding})
-        await response.prepare(request)
-        await response.write(payload)
-        await response.write_eof()
-        return response
+    async def once() -> AsyncIterator[bytes]:
+        yield payload
 
-    upstream.on("/bomb", source)
-    config = base_config(upstream.url)
-    config["compression"] = COMPRESSION
-    gw = process_factory(config)
+    gw = compressing_gateway(process_factory, upstream, "/bomb", once,
+                             **{"Content-Encoding": coding})
     assert gw.proc is not None
     total = 0
     async with client_session() as s:
