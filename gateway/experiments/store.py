@@ -191,8 +191,8 @@ class RedisExperimentStore:
     one, so the call weighed more than the requests' own exposure work
     (tests/perf/bench_experiments.py --redis). The pipe keeps redis.timeout and the circuit
     breaker, and reloads the script after NOSCRIPT. A cluster client has no single
-    connection, so there they are redis-py calls; so are the snapshots (a push every few
-    minutes and a list read for the report page), which nothing calls often."""
+    connection, so there they are redis-py calls; so are the snapshots (a push a minute, and
+    a list read for an admin report), which nothing calls often."""
 
     def __init__(self, link: RedisLink) -> None:
         self.link = link
