@@ -32,7 +32,8 @@ ATOMIC_WRITE = select.PIPE_BUF
 class AccessRecord:
     """What the pipeline learns about one request, filled in as the request goes."""
 
-    __slots__ = ("bytes", "cache", "client_ip", "duration", "error", "experiment", "method",
+    __slots__ = ("bytes", "cache", "client_ip", "duration", "encoding", "error", "experiment",
+                 "method",
                  "path", "ratelimit", "request_id", "route", "status", "upstream",
                  "upstream_duration")
 
@@ -48,6 +49,7 @@ class AccessRecord:
         self.upstream: str | None = None
         self.upstream_duration: float | None = None
         self.cache: str | None = None
+        self.encoding: str | None = None  # the content coding served, where one was chosen
         self.ratelimit: str | None = None
         self.error: str | None = None
         # What experiments observe once the request is answered (not logged).
@@ -68,6 +70,8 @@ class AccessRecord:
             data["upstream_duration"] = round(self.upstream_duration, 6)
         if self.cache is not None:
             data["cache"] = self.cache
+        if self.encoding is not None:
+            data["encoding"] = self.encoding
         if self.ratelimit is not None:
             data["ratelimit"] = self.ratelimit
         if self.error is not None:

@@ -47,6 +47,10 @@ FLAG_EVALUATIONS = Counter(
     "gateway_flag_evaluations", "Flag evaluations by flag, variant and reason.",
     ("flag", "variant", "reason"),
 )
+COMPRESSION_BYTES = Counter(
+    "gateway_compression_bytes", "Response bytes before (stage=in) and after (stage=out) "
+    "the gateway's content coding, by the coding served.", ("encoding", "stage"),
+)
 REDIS_ERRORS = Counter("gateway_redis_errors", "Redis calls that failed or timed out.")
 INFLIGHT = Gauge(
     "gateway_inflight_requests", "Requests being handled right now.",

@@ -54,6 +54,7 @@ class Tally:
         # instructions per request (callgrind, tests/perf/bench_flags.py's routes). In
         # multiprocess mode another worker's flag counters may lag by up to that second.
         self.groups: dict[CounterGroup, int] = {}
+        self.sums: dict[Any, int] = {}  # counter child -> amount, applied with the groups
         self._groups_due = 0.0  # monotonic time the groups are next applied by a flush
         self._groups_timer: asyncio.TimerHandle | None = None
         # The loop a flush is queued on; None when none is. A loop that closed with one
@@ -85,6 +86,15 @@ class Tally:
         counts[child] = counts.get(child, 0) + 1
         self._schedule()
 
+    def add(self, child: Any, amount: int) -> None:
+        """`child.inc(amount)` within GROUPS_EVERY, as the counter groups are (bytes coded:
+        two counters per coded answer, each `inc` a locked call in the flush). A caller on
+        the request path may update `sums` itself, as the flags do `groups`: the request's
+        own `finished` schedules the flush."""
+        sums = self.sums
+        sums[child] = sums.get(child, 0) + amount
+        self._schedule()
+
     def _schedule(self) -> None:
         queued = self._queued_on
         if queued is not None and not queued.is_closed():
@@ -114,14 +124,17 @@ class Tally:
         for key, n in requests.items():
             inc_value(metrics.REQUESTS_BY(*key), n)
         counts, self._counts = self._counts, {}
-        groups = self.groups
-        if groups and (everything or time.monotonic() >= self._groups_due):
+        groups, sums = self.groups, self.sums
+        if (groups or sums) and (everything or time.monotonic() >= self._groups_due):
             self._groups_due = time.monotonic() + GROUPS_EVERY
             for group, n in groups.items():  # groups share counters: one `inc` per counter
                 for child in group.children:
                     counts[child] = counts.get(child, 0) + n
             groups.clear()
-        elif groups and self._groups_timer is None:
+            for child, n in sums.items():
+                counts[child] = counts.get(child, 0) + n
+            sums.clear()
+        elif (groups or sums) and self._groups_timer is None:
             # Held back: applied within the second even if no request comes to flush.
             with contextlib.suppress(RuntimeError):  # no loop: a script, a unit test
                 self._groups_timer = asyncio.get_running_loop().call_later(

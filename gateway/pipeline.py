@@ -25,6 +25,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, istr
 from gateway import metrics
 from gateway.accesslog import AccessLog, AccessRecord
 from gateway.admission import Gate, Overloaded, admitted, rank_of
+from gateway.compression import IF_NONE_MATCH, IF_RANGE, Compressor
 from gateway.config.model import Config, EscapedSlashes, Route
 from gateway.context import (
     RequestContext,
@@ -60,6 +61,7 @@ from gateway.target import BadTarget, Target, TargetReader, TargetRules, without
 from gateway.wire.h1client import BodyTooLarge, UpstreamError
 
 if TYPE_CHECKING:
+    from gateway.cache.assets import AssetRules
     from gateway.experiments.engine import Experiments
 
 log = logging.getLogger("gateway")
@@ -99,6 +101,8 @@ class Runtime:
     flags: FlagStage = field(default_factory=NoFlags)
     experiments: Experiments | None = None  # None: the config has no experiment
     gates: Mapping[str, Gate] = field(default_factory=dict)  # upstreams with admission
+    compressor: Compressor | None = None  # None: no compression block
+    assets: AssetRules | None = None  # None: no asset policy nor immutable path
     identity: tuple[str, ...] = ()
     flag_prefix: str = "x-flag-"
     flag_summary: str | None = "x-feature-flags"
@@ -155,11 +159,14 @@ def _is_websocket(headers: CIMultiDictProxy[str]) -> bool:
 async def _fetch(rt: Runtime, route: Route, out: Outgoing, record: AccessRecord) -> Exchange:
     began = time.perf_counter()
     try:
-        return await rt.upstreams.send(out)
+        exchange = await rt.upstreams.send(out)
     finally:
         spent = time.perf_counter() - began
         record.upstream_duration = spent
         TALLY.observe(metrics.UPSTREAM_DURATION_BY(route.name, out.upstream), spent)
+    if rt.assets is not None:  # before the cache reads the lifetimes (gateway/cache/assets.py)
+        rt.assets.apply(route.name, record.path, exchange.status, exchange.headers)
+    return exchange
 
 
 def _admitting(gate: Gate, rank: int, fetch: Fetch) -> Fetch:
@@ -248,6 +255,10 @@ class Pipeline:
                            headers={"Allow": ", ".join(found.allow)})
         route = found.route
         record.route = route.name
+        compressor = rt.compressor
+        if compressor is not None and route.name in compressor.routes and (
+                headers.get(IF_NONE_MATCH) is not None or headers.get(IF_RANGE) is not None):
+            headers = compressor.plain_request(headers)  # coded validators (README)
 
         flagged = bool(route.flags or route.all_flags)
         limited = rt.limited and bool(route.rate_limits)  # only a route's own rules apply
@@ -366,6 +377,10 @@ class Pipeline:
             else:
                 exchange = await admitted(gate, _rank(config, route, ctx, request, headers),
                                           lambda out: _fetch(rt, route, out, record), out)
+            if compressor is not None:
+                shaped = compressor.shape(route.name, request.method, request.headers,
+                                          exchange, record)
+                exchange = shaped if isinstance(shaped, Exchange) else await shaped
         except BodyTooLarge as exc:
             return problem(413, f"the request body is larger than this route's limit of "
                            f"{exc.limit} bytes", request_id, headers={"Connection": "close"})

@@ -217,6 +217,9 @@ class Exchange:
     # A stored response: the head's constant part, sent before `headers` (then only the
     # fields that change from hit to hit).
     stored: StoredHead | None = None
+    # The stored response (gateway.cache.entry.Entry) this answer was made from, if any:
+    # later stages keep what they derive from it with it (gateway.compression.stage).
+    origin: object = None
 
 
 Fetch = Callable[[Outgoing], Awaitable[Exchange]]

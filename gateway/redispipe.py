@@ -16,8 +16,8 @@ condition, a lock, a timeout context, observability hooks), wraps every reply re
 another timeout context and releases the connection again. In the gateway benchmark that was
 ~25 us of CPU per request, more than everything else the limiter does. Here a request costs
 one future and one slice of a write. What stays redis-py's: the connection itself comes from
-RedisLink's pool (AUTH, SELECT, TLS, client name), and RedisLink's circuit breaker and
-`redis.timeout` govern every command:
+RedisLink's pool (AUTH, SELECT, TLS, client name), or on a cluster a pool per node, and the
+circuit breaker (RedisLink's, or the node's) and `redis.timeout` govern every command:
 
 * the breaker is asked once per batch; an open breaker fails the batch at once;
 * a command not answered within `redis.timeout` of being written fails, and with it every
@@ -26,7 +26,7 @@ RedisLink's pool (AUTH, SELECT, TLS, client name), and RedisLink's circuit break
   `RedisLink.call`;
 * NOSCRIPT (Redis restarted, SCRIPT FLUSH): the command's `reload` (a SCRIPT LOAD) is
   written once and the command once more behind it; a second NOSCRIPT for the same command
-  is an error. Any other error reply fails that command alone.
+  is an error. Any other error reply fails that command alone, with `ErrorReply`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 from redis.exceptions import NoScriptError, RedisError
 
 from gateway import metrics
-from gateway.redisconn import RedisLink, RedisUnavailable
+from gateway.redisconn import CircuitBreaker, RedisLink, RedisUnavailable
 from gateway.wire.redis_pipe import MORE, checkout, give_back, reply_reader, streams
 
 log = logging.getLogger("gateway.redis")
@@ -82,9 +82,25 @@ def load_command(source: str) -> bytes:
     return pack_command(b"SCRIPT", b"LOAD", source.encode())
 
 
+class ErrorReply(RedisUnavailable):
+    """Redis answered this one command with an error (the other commands of its batch are
+    not affected); `error` is redis-py's exception for it, from which a cluster client reads
+    MOVED, ASK and TRYAGAIN."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"Redis error: {error}")
+        self.error = error
+
+
 class Pipe:
-    def __init__(self, link: RedisLink) -> None:
+    """`pool` and `breaker` default to RedisLink's; a cluster client gives each node's pipe
+    a pool and a breaker of its own, so one dead master fails only its own slots."""
+
+    def __init__(self, link: RedisLink, pool: Any = None,
+                 breaker: CircuitBreaker | None = None) -> None:
         self.link = link
+        self.pool = pool if pool is not None else link.client.connection_pool
+        self.breaker = breaker if breaker is not None else link.breaker
         self.timeout = link.settings.timeout
         self._waiting: Batch = []  # submitted during this loop iteration
         self._connecting: list[Batch] = []  # flushed while the connection is being made
@@ -112,7 +128,7 @@ class Pipe:
     # ------------------------------------------------------------------ writing
     def _flush(self) -> None:
         batch, self._waiting = self._waiting, []
-        if not self.link.breaker.allow():
+        if not self.breaker.allow():
             _fail([f for _, f in batch], "Redis circuit breaker is open")
             return
         if self._writer is not None:
@@ -147,7 +163,7 @@ class Pipe:
         """Borrow the pipe's connection; whatever goes wrong meanwhile (refused, AUTH
         failed, no answer, a redis-py that does not fit) fails the batches waiting for it
         at once, so the stage answers them per failure_mode within redis.timeout."""
-        pool = self.link.client.connection_pool
+        pool = self.pool
         conn: Any = None
         try:
             async with asyncio.timeout(self.timeout):
@@ -190,7 +206,7 @@ class Pipe:
                 while reply is not MORE:
                     self._deliver(reply)
                     reply = parser.gets()
-                self.link.breaker.success()
+                self.breaker.success()
         # IndexError: a reply nobody asked for. Anything else, too, ends the connection:
         # with no reader, its commands would only wait for their deadline.
         except Exception as exc:  # noqa: BLE001
@@ -207,7 +223,7 @@ class Pipe:
         elif isinstance(reply, NoScriptError) and not resent and command.reload is not None:
             self._resend(future, command)
         elif isinstance(reply, Exception):
-            future.set_exception(RedisUnavailable(f"Redis error: {reply}"))
+            future.set_exception(ErrorReply(reply))
         else:
             future.set_result(reply)
 
@@ -233,7 +249,7 @@ class Pipe:
 
     def _failed(self, batches: int) -> None:
         for _ in range(batches):
-            self.link.breaker.failure()
+            self.breaker.failure()
             metrics.REDIS_ERRORS.inc()
 
     def _drop(self) -> None:
@@ -246,7 +262,7 @@ class Pipe:
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
         if conn is not None:
-            self._spawn(give_back(self.link.client.connection_pool, conn))
+            self._spawn(give_back(self.pool, conn))
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)

@@ -22,6 +22,8 @@ from gateway.admin import build_admin_app
 from gateway.admission import Gates
 from gateway.admission.share import Ledger
 from gateway.cache import CacheService, ResponseCache
+from gateway.cache.assets import AssetRules
+from gateway.compression import Compressor
 from gateway.config import Config, ConfigError, load_config
 from gateway.config.model import FailureMode
 from gateway.edge import BAD_REQUEST_LOG, ConnectionRules
@@ -31,7 +33,7 @@ from gateway.experiments.store import LocalExperimentStore, RedisExperimentStore
 from gateway.flags import FlagEngine, FlagOverrides
 from gateway.pipeline import Pipeline, Runtime
 from gateway.proxy import UpstreamPool
-from gateway.ratelimit import LocalStore, RateLimiter, RedisStore
+from gateway.ratelimit import ClusterStore, LocalStore, RateLimiter, RedisStore
 from gateway.redisconn import RedisLink
 from gateway.wire import servername
 from gateway.wire.listener import (
@@ -57,7 +59,7 @@ class Services:
     flag_overrides: FlagOverrides = field(default_factory=FlagOverrides)
     # Rate-limit state and the decision batcher live here so counters survive a reload.
     limits_local: LocalStore = field(default_factory=LocalStore)
-    limits_remote: RedisStore | None = None
+    limits_remote: RedisStore | ClusterStore | None = None
     cache: CacheService | None = None
     # Experiment records: queued per process, added up in Redis (or here without it).
     recorder: Recorder = field(default_factory=lambda: Recorder(LocalExperimentStore()))
@@ -77,17 +79,24 @@ class Services:
         recorder.start()
         return cls(pool=UpstreamPool(config.upstreams), redis=redis,
                    flag_overrides=flag_overrides,
-                   limits_remote=RedisStore(redis) if redis is not None else None,
+                   limits_remote=remote_limits(redis) if redis is not None else None,
                    cache=cache, recorder=recorder, gates=Gates(workers, ledger))
 
     async def close(self) -> None:
         await self.recorder.close()  # what was recorded until now reaches the store
         await self.flag_overrides.close()
         await self.pool.close()
+        if self.limits_remote is not None:
+            await self.limits_remote.close()
         if self.cache is not None:
             await self.cache.close()
         if self.redis is not None:
             await self.redis.close()
+
+
+def remote_limits(redis: RedisLink) -> RedisStore | ClusterStore:
+    """On a cluster, rules are decided per slot on each master (see ClusterStore)."""
+    return ClusterStore(redis) if redis.settings.cluster else RedisStore(redis)
 
 
 def build_runtime(config: Config, services: Services) -> Runtime:
@@ -103,6 +112,10 @@ def build_runtime(config: Config, services: Services) -> Runtime:
     if services.cache is not None and any(r.cache is not None for r in config.routes):
         stages["cache"] = ResponseCache(services.cache, config)
     stages["gates"] = services.gates.adopt(config.upstreams)
+    if config.compression is not None:
+        stages["compressor"] = Compressor(config.compression, config, services.cache)
+    if config.cache.asset_policies or config.cache.immutable_paths is not None:
+        stages["assets"] = AssetRules(config.cache, {r.name: r.cache for r in config.routes})
     return Runtime.build(config, services.pool, **stages)
 
 

@@ -4,7 +4,9 @@
 --
 -- KEYS: per rule in order: one key, or two (log, count) for sliding_window.
 -- ARGV[1]: "" to read the clock with Redis TIME, or a time in microseconds (tests only).
--- ARGV[2]: "1" commit when admitted, "0" only look (the admin state call).
+-- ARGV[2]: "1" commit when admitted, "0" only look (the admin state call), "2" commit and
+--   append the script's `now` to an admitting reply (a reservation that may be returned by
+--   lua/ratelimit_return.lua: one part of a request decided on several cluster slots).
 -- then 6 per rule: algorithm (1 token_bucket, 2 leaky_bucket, 3 sliding_window,
 --   4 fixed_window), limit, burst, window in microseconds, cost, soft (1: a shadow or degrade
 --   rule, reported but never blocking the others).
@@ -23,7 +25,8 @@ else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local commit = ARGV[2] == "1"
+local commit = ARGV[2] ~= "0"
+local reserving = ARGV[2] == "2"
 local call, ceil, floor, format = redis.call, math.ceil, math.floor, string.format
 local SLACK_MS = 1000  -- a key outlives the moment it stops mattering by this much
 -- A sliding window's log keeps entries that left the window until they add up to this many
@@ -169,5 +172,6 @@ if admitted then
   if commit then
     for i = 1, #writes do writes[i]() end
   end
+  if reserving then out[#out + 1] = now end
 end
 return out

@@ -1,10 +1,11 @@
-"""One stored response and its wire form for Redis (metadata as JSON, body zlib-compressed)."""
+"""One stored response and its wire form for Redis (metadata as JSON, body zlib-compressed,
+then the content-coded variants as they are: coding them again would gain nothing)."""
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from gateway.proxy import StoredHead
 
 _OVERHEAD = 256  # bookkeeping bytes per entry, so a flood of empty bodies still counts
-_FORMAT = 1
+_FORMAT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,14 @@ class Entry:
     response_time: float                   # wall clock, so other processes can age it too
     fresh: Freshness
     tags: tuple[str, ...] = ()
+    # The body in each content coding a client was sent (gateway.compression): made once,
+    # kept while the entry is (counted in `size`), stored in L2 with it.
+    # init=False: dataclasses.replace (a refreshed entry, a template's copy) starts afresh.
+    encoded: dict[str, bytes] = field(
+        default_factory=dict, init=False, compare=False, repr=False)
+    # Per base head, coding and request kind, what a hit sends (gateway.compression.stage).
+    coded_heads: dict[tuple[Any, ...], tuple[StoredHead, bytes, str | None]] = field(
+        default_factory=dict, init=False, compare=False, repr=False)
     # The headers a hit sends, built once per route's drop set (gateway.cache.stage): never
     # copied by dataclasses.replace (init=False), so a refreshed entry builds its own.
     client: dict[frozenset[str], StoredHead] = field(
@@ -42,7 +51,9 @@ class Entry:
         """What `memory_max` counts for this entry: the body, the stored fields, and the
         head a hit builds from them once (`client`: those fields again, and serialized)."""
         fields = sum(len(k) + len(v) for k, v in self.headers.items())
-        return len(self.body) + 3 * fields + _OVERHEAD
+        coded = sum(map(len, self.encoded.values())) + 2 * fields * len(self.encoded) \
+            if self.encoded else 0
+        return len(self.body) + 3 * fields + _OVERHEAD + coded
 
     def age(self, now: float) -> float:
         return current_age(self.initial_age, self.response_time, now)
@@ -64,8 +75,10 @@ def encode(entry: Entry, level: int = 1) -> bytes:
         "headers": list(entry.headers.items()), "initial_age": entry.initial_age,
         "response_time": entry.response_time, "fresh": entry.fresh.to_list(),
         "tags": entry.tags,
+        "encoded": [[name, len(body)] for name, body in entry.encoded.items()],
     })
-    return len(meta).to_bytes(4, "big") + meta + _compress(entry.body, level)
+    return b"".join((len(meta).to_bytes(4, "big"), meta, *entry.encoded.values(),
+                     _compress(entry.body, level)))
 
 
 def _compress(body: bytes, level: int) -> bytes:
@@ -86,14 +99,21 @@ def decode(data: bytes) -> Entry | None:
         meta = orjson.loads(data[4:4 + size])
         if meta.get("v") != _FORMAT:
             return None
-        return Entry(
+        at = 4 + size
+        encoded: dict[str, bytes] = {}
+        for name, length in meta["encoded"]:
+            encoded[str(name)] = data[at:at + int(length)]
+            at += int(length)
+        entry = Entry(
             url=meta["url"], variant=meta["variant"], vary=tuple(meta["vary"]),
             vary_values=tuple(meta["vary_values"]), status=int(meta["status"]),
             reason=meta["reason"],
             headers=CIMultiDictProxy(CIMultiDict([(k, v) for k, v in meta["headers"]])),
-            body=zlib.decompress(data[4 + size:]), initial_age=float(meta["initial_age"]),
+            body=zlib.decompress(data[at:]), initial_age=float(meta["initial_age"]),
             response_time=float(meta["response_time"]),
             fresh=Freshness.from_list(meta["fresh"]), tags=tuple(meta["tags"]),
         )
+        entry.encoded.update(encoded)
+        return entry
     except (ValueError, KeyError, TypeError, IndexError, zlib.error, orjson.JSONDecodeError):
         return None

@@ -49,6 +49,15 @@ class MemoryStore:
             self.remove(url, variant)
         return True
 
+    def grew(self, entry: Entry, added: int) -> None:
+        """`entry` (if stored) holds `added` bytes more (a content-coded variant of its body)."""
+        if self._lru.get((entry.url, entry.variant)) is not entry:
+            return
+        self.size += added
+        while self.size > self.max_bytes and self._lru:
+            (url, variant), _ = next(iter(self._lru.items()))
+            self.remove(url, variant)
+
     def remove(self, url: str, variant: str) -> None:
         entry = self._lru.pop((url, variant), None)
         if entry is None:

@@ -70,10 +70,11 @@ class CacheService:
         if self.l2 is not None:
             await self.l2.close()
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # ------------------------------------------------------------ lookups
     async def lookup(self, url: str, request_headers: HeaderSource, now: float
@@ -118,6 +119,19 @@ class CacheService:
 
     def store(self, entry: Entry) -> None:
         self.memory.put(entry)
+        if self.l2 is not None:
+            self.l2.put(entry)
+
+    def add_encoding(self, entry: Entry, coding: str, body: bytes) -> None:
+        """Keep `body`, the entry's body in `coding`, with it: counted in memory_max, and
+        written to L2 so the other instances serve it without coding it again. L2 writes
+        go out in the order they are made (one pipelined connection), so this one, with
+        more variants, lands after the store it follows."""
+        if coding in entry.encoded:
+            return
+        before = entry.size
+        entry.encoded[coding] = body
+        self.memory.grew(entry, entry.size - before)
         if self.l2 is not None:
             self.l2.put(entry)
 

@@ -367,7 +367,8 @@ class ResponseCache:
         if age is not None and not _any_field(out.asked, rfc.NOT_PLAIN):
             stored, varying = _hit_head(p, entry, age)
             return _mark(Exchange(status=entry.status, reason=entry.reason or None,
-                                  headers=varying, body=entry.body, stored=stored),
+                                  headers=varying, body=entry.body, stored=stored,
+                                  origin=entry),
                          x_cache, status)
         headers = rfc.client_headers(entry.headers.items(), p.cache, stored=True, age=age)
         # RFC 9110 §13.2.2: the client's validators first (a 304), then its range.

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.adminauth import configured_token, loopback, unset_token_hint
-from gateway.config.model import Config, RateLimitRule, RedisSettings, Scope, WhenAbsent
+from gateway.config.model import (
+    Config,
+    RateLimitRule,
+    RedisSettings,
+    RouteCompression,
+    Scope,
+    WhenAbsent,
+)
 
 _ABSENT = {"user": "a user id", "tenant": "a tenant id", "api_key": "an API key"}
 
@@ -59,6 +66,27 @@ def identity_warnings(config: Config) -> list[str]:
             "always dropped, every request has no identity, and every flag that targets or "
             "buckets by one serves its default. List the proxy in front of the gateway "
             "(127.0.0.1/32 for a sidecar's own service) in context.trusted_proxies."]
+
+
+def compression_warnings(config: Config) -> list[str]:
+    """A route's `compression: always` asks for something only the top-level block turns on."""
+    if config.compression is not None:
+        return []
+    return [f"routes[{i}] ({route.name}).compression: 'always' compresses nothing without a "
+            "top-level compression block; add one (README, Compression) or drop the key"
+            for i, route in enumerate(config.routes)
+            if route.compression is RouteCompression.ALWAYS]
+
+
+def shard_warnings(config: Config) -> list[str]:
+    """Shards spread a hot rule over a cluster's masters; on one Redis, or in-process, they
+    spread nothing and only cost accuracy (see the README's accuracy bound)."""
+    if config.redis is not None and config.redis.cluster:
+        return []
+    where = "one Redis" if config.redis is not None else "the in-process store"
+    return [f"rate_limits.{rule.name}.shards: {rule.shards} shards on {where} spread no "
+            "load and can refuse a request while another shard has room; set redis.cluster: "
+            "true, or drop shards" for rule in config.rate_limits.values() if rule.shards > 1]
 
 
 def lease_warnings(config: Config) -> list[str]:
@@ -116,4 +144,5 @@ def redis_warnings(config: Config) -> list[str]:
 
 def config_warnings(config: Config, environ: Mapping[str, str]) -> list[str]:
     return [*admin_warnings(config, environ), *route_limit_warnings(config),
-            *identity_warnings(config), *lease_warnings(config), *redis_warnings(config)]
+            *identity_warnings(config), *shard_warnings(config), *lease_warnings(config),
+            *redis_warnings(config), *compression_warnings(config)]

@@ -241,8 +241,19 @@ class RateLimitRule:
     degrade_upstream: str | None = None
     shadow: bool = False
     when_absent: WhenAbsent = WhenAbsent.SKIP
+    shards: int = 1
     lease: int = 0  # units a process takes per decision and spends locally; 0: off
     lease_ttl: float = 1.0  # seconds a process may spend them
+
+
+@dataclass(frozen=True, slots=True)
+class AssetPolicy:
+    """Edge and browser lifetimes for responses of some media types (`cache.asset_policies`)."""
+
+    types: tuple[str, ...]                 # media ranges: "text/css", "image/*"
+    ttl: float | None = None
+    browser_ttl: float | None = None
+    override: bool = False                 # wins over the response's own freshness too
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +261,41 @@ class CacheSettings:
     memory_max: int = 64 * 1024**2
     max_object_size: int = 8 * 1024**2
     redis: bool = False
+    asset_policies: tuple[AssetPolicy, ...] = ()
+    immutable_paths: re.Pattern[str] | None = None
+
+
+class Encoding(enum.StrEnum):
+    """Content codings the gateway produces (RFC 9110 §8.4.1, RFC 7932, RFC 8878)."""
+
+    ZSTD = "zstd"
+    BR = "br"
+    GZIP = "gzip"
+
+
+LEVELS: dict[Encoding, tuple[int, int]] = {  # what each library accepts
+    Encoding.ZSTD: (1, 22), Encoding.BR: (0, 11), Encoding.GZIP: (1, 9)}
+DEFAULT_LEVELS: dict[Encoding, int] = {Encoding.ZSTD: 3, Encoding.BR: 5, Encoding.GZIP: 6}
+DEFAULT_COMPRESSIBLE = ("text/*", "application/json", "application/javascript",
+                        "application/xml", "image/svg+xml")
+
+
+@dataclass(frozen=True, slots=True)
+class Compression:
+    """The `compression` block: how responses to clients are compressed."""
+
+    encodings: tuple[Encoding, ...] = (Encoding.ZSTD, Encoding.BR, Encoding.GZIP)
+    min_size: int = 1024
+    types: tuple[str, ...] = DEFAULT_COMPRESSIBLE
+    level: dict[Encoding, int] = field(default_factory=lambda: dict(DEFAULT_LEVELS))
+
+
+class RouteCompression(enum.StrEnum):
+    """A route's `compression`: on, off, or on even beside secrets (BREACH, README)."""
+
+    ON = "true"
+    OFF = "false"
+    ALWAYS = "always"
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +441,7 @@ class Route:
     # `flags: all`: `flags` lists the file's flags, and flags created at run time apply too.
     all_flags: bool = False
     priority: Priority = Priority.NORMAL
+    compression: RouteCompression = RouteCompression.ON
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +460,7 @@ class Config:
     rate_limits: dict[str, RateLimitRule] = field(default_factory=dict)
     rate_limits_local_max_keys: int = 100_000
     cache: CacheSettings = CacheSettings()
+    compression: Compression | None = None  # None: responses go out as the upstream wrote them
     flag_headers: FlagHeaders = FlagHeaders()
     flags: dict[str, Flag] = field(default_factory=dict)
     experiments: dict[str, Experiment] = field(default_factory=dict)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import math
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -38,13 +39,14 @@ from gateway.units import parse_duration, parse_size
 TOP_KEYS = (
     "environment", "listen", "workers", "drain_timeout", "logging", "admin", "redis",
     "context", "upstreams", "rate_limit_headers", "rate_limits", "rate_limits_local_max_keys",
-    "cache", "flag_headers",
+    "cache", "compression", "flag_headers",
     "flags", "experiments", "routes",
     "flag_sources", "flag_bucketing", "ofrep",
 )
+MAX_SHARD_TURNS = 1024  # prepared decisions per combination of a route with sharded rules
 RULE_KEYS = (
     "algorithm", "scope", "limit", "window", "burst", "action", "max_wait", "queue_size",
-    "tiers", "degrade_upstream", "shadow", "when_absent", "lease", "lease_ttl",
+    "tiers", "degrade_upstream", "shadow", "when_absent", "shards", "lease", "lease_ttl",
 )
 LISTEN_KEYS = (
     "host", "port", "max_header_size", "header_timeout", "idle_timeout", "body_timeout",
@@ -62,6 +64,11 @@ ROUTE_CACHE_KEYS = (
     "ttl", "override", "browser_ttl", "stale_while_revalidate", "stale_if_error",
     "ignore_query", "tags_header", "store_set_cookie",
 )
+CACHE_KEYS = ("memory_max", "max_object_size", "redis", "asset_policies", "immutable_paths")
+ASSET_POLICY_KEYS = ("types", "ttl", "browser_ttl", "override")
+COMPRESSION_KEYS = ("encodings", "min_size", "types", "level")
+ROUTE_COMPRESSION = ("true", "false", "always")
+_MEDIA_RANGE = re.compile(r"^[a-z0-9!#$&^_.+\-]+/(\*|[a-z0-9!#$&^_.+\-]+)$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -357,17 +364,28 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
     degrade = s.get("degrade_upstream", string, None)
     if degrade is not None and action != "degrade":
         s.error("degrade_upstream", f"applies only to action degrade, not {action}")
+    limit, burst = s.get("limit", integer(1)), s.get("burst", integer(0), 0)
+    shards = s.get("shards", integer(1, 1024), 1) or 1
+    _check_shards(s, shards, algorithm, limit, burst or 0, tiers)
     lease = s.get("lease", integer(2, 1_000_000), 0)
     lease_ttl = s.get("lease_ttl", positive_duration, None)
     if lease_ttl is not None and not lease:
         s.error("lease_ttl", "applies only with lease")
+    if lease and shards > 1:
+        # A process leases per combination of shards it draws, so it would hold a lease on
+        # every shard: up to shards x (lease - 1) units over the limit per process, each
+        # lease taken from a shard's share of the quota.
+        s.error("lease", f"a rule with shards ({shards}) cannot also have a lease: both "
+                "spread a hot rule's load (shards over the cluster's masters, a lease over "
+                "a process's requests), and together a process would hold a lease on every "
+                "shard, shards x (lease - 1) units over the limit; keep one of them")
     return m.RateLimitRule(
         name=name,
         algorithm=m.Algorithm(algorithm) if algorithm else m.Algorithm.TOKEN_BUCKET,
         scope=rule_scope,
-        limit=s.get("limit", integer(1)),
+        limit=limit,
         window=s.get("window", positive_duration),
-        burst=s.get("burst", integer(0), 0),
+        burst=burst,
         action=m.Action(action or "reject"),
         max_wait=max_wait or 0.0,
         queue_size=s.get("queue_size", integer(1, 1_000_000), 1000),
@@ -376,28 +394,117 @@ def parse_rule(r: Reader, name: str, value: object, path: str, line: int) -> m.R
         shadow=s.get("shadow", boolean, False),
         when_absent=m.WhenAbsent(
             s.get("when_absent", choice(list(m.WhenAbsent)), "skip") or "skip"),
+        shards=shards,
         lease=lease or 0,
         lease_ttl=lease_ttl if lease_ttl is not None else 1.0,
     )
 
 
+def _check_shards(s: Section, shards: int, algorithm: str | None, limit: int | None,
+                  burst: int, tiers: Mapping[str, m.TierOverride]) -> None:
+    """Every shard needs a rate of at least one unit per window, and a leaky bucket's shard
+    a capacity of at least one unit (its capacity is burst + 1)."""
+    if shards == 1 or limit is None:
+        return
+    for where, t_limit, t_burst in [("", limit, burst), *(
+            (f" (tier {name})", t.limit or limit, burst if t.burst is None else t.burst)
+            for name, t in tiers.items())]:
+        if t_limit < shards:
+            s.error("shards", f"{shards} shards need a limit of at least {shards}{where}: "
+                    f"each shard gets limit/shards units, here {t_limit}")
+            return
+        if algorithm == "leaky_bucket" and t_burst + 1 < shards:
+            s.error("shards", f"{shards} shards of a leaky bucket need a burst of at least "
+                    f"{shards - 1}{where}: each shard holds (burst + 1)/shards units, "
+                    f"here burst is {t_burst}")
+            return
+
+
 def _largest_admission(rule: m.RateLimitRule) -> int:
-    """The largest cost any tier of the rule admits at once (leaky bucket: burst + 1)."""
+    """The largest cost any tier of the rule admits at once (leaky bucket: burst + 1); of a
+    sharded rule, what its smallest shard admits (a request may draw any shard)."""
     def units(limit: int | None, burst: int | None) -> int:
         limit, burst = limit or rule.limit, rule.burst if burst is None else burst
-        return burst + 1 if rule.algorithm is m.Algorithm.LEAKY_BUCKET else limit + burst
+        n = rule.shards  # too many shards for the units is an error of its own: say it once
+        if rule.algorithm is m.Algorithm.LEAKY_BUCKET:
+            return max(1, (burst + 1) // n)
+        return max(1, limit // n) + burst // n
 
     return max([units(rule.limit, rule.burst),
                 *(units(t.limit, t.burst) for t in rule.tiers.values())])
 
 
-def parse_cache(s: Section | None) -> m.CacheSettings:
+def media_ranges(value: object) -> tuple[str, ...]:
+    """Media types or `type/*` ranges, lower-cased (media types are case-insensitive)."""
+    ranges = tuple(t.strip().lower() for t in string_list(value))
+    for text in ranges:
+        if not _MEDIA_RANGE.match(text):
+            raise ValueError(f"{text!r} is no media type or range (type/subtype or type/*)")
+    return ranges
+
+
+def pattern(value: object) -> re.Pattern[str]:
+    try:
+        return re.compile(string(value))
+    except re.error as exc:
+        raise ValueError(f"invalid regex: {exc}") from None
+
+
+def parse_asset_policy(r: Reader, value: object, path: str, line: int) -> m.AssetPolicy:
+    s = r.section(value, path, line, ASSET_POLICY_KEYS)
+    if s is None:
+        return m.AssetPolicy(types=())
+    policy = m.AssetPolicy(
+        types=s.get("types", media_ranges) or (),
+        ttl=s.get("ttl", duration, None),
+        browser_ttl=s.get("browser_ttl", duration, None),
+        override=s.get("override", boolean, False),
+    )
+    if policy.ttl is None and policy.browser_ttl is None:
+        s.error(None, "needs a ttl, a browser_ttl or both: a policy without either does nothing")
+    return policy
+
+
+def parse_cache(r: Reader, s: Section | None) -> m.CacheSettings:
     if s is None:
         return m.CacheSettings()
     return m.CacheSettings(
         memory_max=s.get("memory_max", size, 64 * 1024**2),
         max_object_size=s.get("max_object_size", size, 8 * 1024**2),
         redis=s.get("redis", boolean, False),
+        asset_policies=tuple(parse_asset_policy(r, value, path, line)
+                             for _, value, path, line in s.elements("asset_policies")),
+        immutable_paths=s.get("immutable_paths", pattern, None),
+    )
+
+
+def parse_compression(r: Reader, s: Section | None) -> m.Compression | None:
+    if s is None:
+        return None
+    names = [str(e) for e in m.Encoding]
+
+    def encodings(value: object) -> tuple[m.Encoding, ...]:
+        found = [choice(names)(item) for item in string_list(value)]
+        if len(set(found)) != len(found):
+            raise ValueError("lists an encoding twice")
+        return tuple(m.Encoding(name) for name in found)
+
+    levels = dict(m.DEFAULT_LEVELS)
+    for name, value, path, line in s.items("level"):
+        if name not in names:
+            hint = _hint(name, {n: 0 for n in names})
+            r.error(line, path, f"unknown encoding {name!r}{hint or f' (one of {names})'}")
+            continue
+        low, high = m.LEVELS[m.Encoding(name)]
+        try:
+            levels[m.Encoding(name)] = integer(low, high)(value)
+        except ValueError as exc:
+            r.error(line, path, f"{exc} ({name} levels run from {low} to {high})")
+    return m.Compression(
+        encodings=s.get("encodings", encodings, m.Compression().encodings) or (),
+        min_size=s.get("min_size", size, 1024) or 0,
+        types=s.get("types", media_ranges, m.DEFAULT_COMPRESSIBLE) or (),
+        level=levels,
     )
 
 
@@ -758,7 +865,7 @@ def parse_match(r: Reader, s: Section | None) -> m.Match:
 def parse_route(r: Reader, index: int, value: object, path: str, line: int) -> m.Route:
     s = r.section(value, path, line, (
         "name", "match", "upstream", "strip_prefix", "rate_limits", "cost", "max_body",
-        "cache", "flags", "priority"))
+        "cache", "flags", "priority", "compression"))
     if s is None:
         return m.Route(f"#{index}", m.Match(), m.UpstreamRef("", ""))
     up = s.data.get("upstream")
@@ -791,8 +898,19 @@ def parse_route(r: Reader, index: int, value: object, path: str, line: int) -> m
         cache=parse_route_cache(s.section("cache", ROUTE_CACHE_KEYS)) if "cache" in s else None,
         flags=flags if flags is not None else ("*all*",),
         priority=m.Priority(s.get("priority", choice(m.PRIORITIES), "normal") or "normal"),
+        compression=m.RouteCompression(s.get("compression", route_compression, "true")
+                                       or "true"),
     )
     return route
+
+
+def route_compression(value: object) -> str:
+    """true / false (YAML booleans) or "always" (compress beside secrets too)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == "always":
+        return "always"
+    raise ValueError(f"expected true, false or always, got {value!r}")
 
 
 # ---------------------------------------------------------------- the whole file
@@ -829,7 +947,9 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
     flag_sources, flagd_flags = parse_flag_sources(r, top, file, flags)
     experiments = {name: parse_experiment(r, name, value, path, line)
                    for name, value, path, line in top.items("experiments")}
-    cache = parse_cache(top.section("cache", ("memory_max", "max_object_size", "redis")))
+    cache = parse_cache(r, top.section("cache", CACHE_KEYS))
+    compression = parse_compression(r, top.section("compression", COMPRESSION_KEYS)
+                                    if "compression" in top else None)
     fh = top.section("flag_headers", ("prefix", "summary"))
     flag_headers = m.FlagHeaders(
         prefix=fh.get("prefix", header_name, "X-Flag-") if fh else "X-Flag-",
@@ -907,6 +1027,13 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
             if flag_key not in flags and flag_key not in flagd_flags:
                 r.error(line_of("flags"), f"{path}.flags", f"unknown flag {flag_key!r}"
                         + _hint(flag_key, {**flags, **flagd_flags}))
+        sharded = {rules[n].shards for n in route.rate_limits if n in rules} - {1}
+        if math.lcm(*sharded) > MAX_SHARD_TURNS:
+            r.error(line_of("rate_limits"), f"{path}.rate_limits",
+                    f"its sharded rules have {sorted(sharded)} shards: a route deals its "
+                    "requests round every combination of their shards, here "
+                    f"{math.lcm(*sharded)}, more than {MAX_SHARD_TURNS}; use shard counts "
+                    "that divide one another")
         if route.cache is not None and route.match.methods and \
                 not route.match.methods & {"GET", "HEAD"}:
             r.error(line_of("cache"), f"{path}.cache",
@@ -934,6 +1061,7 @@ def parse_document(data: object, file: str, env: Mapping[str, str] | None = None
         rate_limits_local_max_keys=top.get("rate_limits_local_max_keys",
                                            integer(1, 100_000_000), 100_000) or 100_000,
         cache=cache,
+        compression=compression,
         flag_headers=flag_headers,
         flags=flags,
         experiments=experiments,

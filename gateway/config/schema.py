@@ -18,6 +18,9 @@ from typing import Any
 from gateway.config import model as m
 from gateway.config.parse import (
     ADMISSION_KEYS,
+    ASSET_POLICY_KEYS,
+    CACHE_KEYS,
+    COMPRESSION_KEYS,
     EXPERIMENT_KEYS,
     FLAG_KEYS,
     LISTEN_KEYS,
@@ -39,6 +42,8 @@ HEADER: Schema = {"type": "string", "pattern": r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"
 NAME: Schema = {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"}
 STRINGS: Schema = {"type": "array", "items": STRING}
 ANY: Schema = {}
+MEDIA_RANGES: Schema = {"type": "array", "items": {
+    "type": "string", "pattern": r"^[A-Za-z0-9!#$&^_.+\-]+/(\*|[A-Za-z0-9!#$&^_.+\-]+)$"}}
 
 
 def integer(minimum: int | None = None, maximum: int | None = None) -> Schema:
@@ -103,7 +108,7 @@ def _rule() -> Schema:
         "window": DURATION, "burst": integer(0), "action": one_of(m.Action),
         "max_wait": DURATION, "queue_size": integer(0), "tiers": mapping_of(tier),
         "degrade_upstream": STRING, "shadow": BOOLEAN, "when_absent": one_of(m.WhenAbsent),
-        "lease": integer(2, 1_000_000), "lease_ttl": DURATION},
+        "shards": integer(1, 1024), "lease": integer(2, 1_000_000), "lease_ttl": DURATION},
         required=("algorithm", "limit", "window"))
 
 
@@ -152,11 +157,12 @@ def _route() -> Schema:
         "stale_while_revalidate": DURATION, "stale_if_error": DURATION,
         "ignore_query": STRINGS, "tags_header": HEADER, "store_set_cookie": BOOLEAN})
     return closed(("name", "match", "upstream", "strip_prefix", "rate_limits", "cost",
-                   "max_body", "cache", "flags", "priority"), {
+                   "max_body", "cache", "flags", "priority", "compression"), {
         "name": NAME, "match": match, "upstream": {"oneOf": [STRING, split]},
         "strip_prefix": STRING, "rate_limits": STRINGS, "cost": integer(1), "max_body": SIZE,
         "cache": cache, "flags": {"oneOf": [{"const": "all"}, STRINGS]},
-        "priority": one_of(m.PRIORITIES)},
+        "priority": one_of(m.PRIORITIES),
+        "compression": {"oneOf": [BOOLEAN, {"const": "always"}]}},
         required=("match", "upstream"))
 
 
@@ -193,8 +199,18 @@ def _top() -> dict[str, Schema]:
         "rate_limit_headers": one_of(m.HeaderStyle),
         "rate_limits": mapping_of({"$ref": "#/$defs/rateLimitRule"}),
         "rate_limits_local_max_keys": integer(1, 100_000_000),
-        "cache": closed(("memory_max", "max_object_size", "redis"), {
-            "memory_max": SIZE, "max_object_size": SIZE, "redis": BOOLEAN}),
+        "cache": closed(CACHE_KEYS, {
+            "memory_max": SIZE, "max_object_size": SIZE, "redis": BOOLEAN,
+            "asset_policies": {"type": "array", "items": closed(ASSET_POLICY_KEYS, {
+                "types": MEDIA_RANGES, "ttl": DURATION, "browser_ttl": DURATION,
+                "override": BOOLEAN}, required=("types",))},
+            "immutable_paths": STRING}),
+        "compression": closed(COMPRESSION_KEYS, {
+            "encodings": {"type": "array", "uniqueItems": True,
+                          "items": one_of(m.Encoding)},
+            "min_size": SIZE, "types": MEDIA_RANGES,
+            "level": closed([str(e) for e in m.Encoding],
+                            {str(e): integer(*m.LEVELS[e]) for e in m.Encoding})}),
         "flag_headers": closed(("prefix", "summary"), {"prefix": HEADER, "summary": HEADER}),
         "flags": mapping_of({"$ref": "#/$defs/flag"}),
         "experiments": mapping_of(_experiment()),

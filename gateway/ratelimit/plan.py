@@ -5,22 +5,34 @@ and address again and again), so the checks of a combination, their keys and wha
 and the Redis store derive from them are built once and kept in a bounded cache per route
 (`MAX_PREPARED` entries, oldest first out). A request then costs reading its scope values
 and one dict lookup.
+
+A sharded rule (`shards: N`) splits its units over N keys on different slots; a request
+counts against one of them. The combination then keeps one `Prepared` per shard in a
+`Rotation` and hands them out in turn, so each process spreads its requests evenly over
+the shards (the accuracy bound this gives is in the README).
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.config.model import Action, Config, HeaderStyle, RateLimitRule, Scope, WhenAbsent
 from gateway.context import RequestContext
 from gateway.ratelimit.headers import FieldMaker, Fields, field_maker
-from gateway.ratelimit.rules import Check, key_bases, scope_value, soft, tier_params
-
-if TYPE_CHECKING:
-    from gateway.redispipe import Command
+from gateway.ratelimit.rules import (
+    Check,
+    hash_tag,
+    key_bases,
+    scope_value,
+    shard_params,
+    soft,
+    tag_source,
+    tier_params,
+)
 
 MAX_PREPARED = 4096  # combinations of scope values cached per route
 
@@ -44,7 +56,9 @@ class Prepared:
         # The rule whose FIFO lane a held request waits in (`action: queue`).
         self.queue = next((c for c in checks if c.rule.action is Action.QUEUE and not c.soft),
                           None)
-        self.wire: Command | None = None  # the Redis store's encoding, memoised by the store
+        # The Redis store's encoding, memoised by the store: one Command on one Redis, a
+        # command per slot on a cluster.
+        self.wire: Any = None
         # Leases: only when every rule of the combination has one (a request spent from a
         # lease is decided by no rule in Redis), the smallest lease and ttl of them.
         leased = bool(checks) and all(c.rule.lease for c in checks) and not absent
@@ -72,6 +86,17 @@ class Prepared:
         return maker(remaining, wait_us)
 
 
+class Rotation(list[Prepared | None]):
+    """The Prepared of each turn of one combination (the route's turn picks one), each made
+    when first drawn: a combination seen a few times costs only the turns it drew."""
+
+    __slots__ = ("absent",)
+
+    def __init__(self, turns: int, absent: tuple[RateLimitRule, ...]) -> None:
+        super().__init__([None] * turns)
+        self.absent = absent
+
+
 class RoutePlan:
     def __init__(self, rules: tuple[RateLimitRule, ...], cost: int, prefix: str,
                  style: HeaderStyle = HeaderStyle.IETF) -> None:
@@ -89,10 +114,16 @@ class RoutePlan:
             self._values = operator.attrgetter(*fields)  # type: ignore[arg-type]
         else:  # attribute scopes (or only global rules)
             self._values = lambda ctx: tuple([scope_value(s, ctx) for s in scopes])
-        self._cache: OrderedDict[Any, Prepared | None] = OrderedDict()  # O(1) oldest-out
-        # (rule index, configured tier, by ip) -> key bases and parameters: worked out once.
-        self._templates: dict[tuple[int, str | None, bool],
+        self._cache: OrderedDict[Any, Prepared | Rotation | None] = OrderedDict()
+        # (rule index, configured tier, by ip, shard) -> key bases and parameters.
+        self._templates: dict[tuple[int, str | None, bool, int | None],
                               tuple[tuple[str, ...], int, int, int]] = {}
+        # Every combination of the sharded rules' shards in turn, so each rule's shards get
+        # requests evenly (the config keeps this least common multiple small).
+        self._turns = math.lcm(*(rule.shards for rule in rules))
+        # One turn per route, not per combination: requests of many users, each seen a few
+        # times, still go round every shard of a global rule.
+        self._turn = 0
 
     def prepare(self, ctx: RequestContext) -> Prepared | None:
         """The checks for this request; None when no rule applies (no scope value present)."""
@@ -100,17 +131,33 @@ class RoutePlan:
         key = (tier if tier in self._tiers else None, self._values(ctx))
         prepared = self._cache.get(key, _MISSING)
         if prepared is _MISSING:
-            checks, absent = self.checks(ctx), self.refusing(ctx)
-            prepared = Prepared(checks, self.style, absent) if checks or absent else None
+            prepared = self._build(ctx)
             cache = self._cache
             if len(cache) >= MAX_PREPARED:
                 cache.popitem(last=False)
             cache[key] = prepared
+        if type(prepared) is Rotation:
+            self._turn = turn = (self._turn + 1) % self._turns
+            drawn = prepared[turn]
+            if drawn is None:
+                drawn = prepared[turn] = Prepared(self.checks(ctx, turn), self.style,
+                                                  prepared.absent)
+            return drawn
         return prepared  # type: ignore[return-value]
 
-    def checks(self, ctx: RequestContext) -> tuple[Check, ...]:
+    def _build(self, ctx: RequestContext) -> Prepared | Rotation | None:
+        absent = self.refusing(ctx)
+        checks = self.checks(ctx)
+        if not checks and not absent:
+            return None
+        if self._turns > 1 and checks:
+            return Rotation(self._turns, absent)
+        return Prepared(checks, self.style, absent)
+
+    def checks(self, ctx: RequestContext, turn: int = 0) -> tuple[Check, ...]:
         """The checks of the rules that apply: those whose scope value the request carries,
-        and `when_absent: ip` rules counting per address for want of it."""
+        and `when_absent: ip` rules counting per address for want of it. A sharded rule
+        counts against shard `turn` modulo its shards."""
         out = []
         tier = ctx.subscription_tier
         for i, rule in enumerate(self.rules):
@@ -121,14 +168,20 @@ class RoutePlan:
                     continue
                 value, by_ip = ctx.client_ip, True
             known = tier if tier in rule.tiers else None  # only configured tiers: bounded
-            template = self._templates.get((i, known, by_ip))
+            shard = turn % rule.shards if rule.shards > 1 else None
+            template = self._templates.get((i, known, by_ip, shard))
             if template is None:
-                template = (key_bases(self.prefix, rule.name, rule.algorithm, by_ip),
-                            *tier_params(rule, known))
-                self._templates[(i, known, by_ip)] = template
+                limit, burst, window = tier_params(rule, known)
+                if shard is not None:
+                    limit, burst = shard_params(rule.algorithm, limit, burst, rule.shards,
+                                                shard)
+                template = (key_bases(rule.name, rule.algorithm, by_ip, shard), limit, burst,
+                            window)
+                self._templates[(i, known, by_ip, shard)] = template
             bases, limit, burst, window = template
-            out.append(Check(rule, tuple(b + value for b in bases), limit, burst, window,
-                             self.cost))
+            head = hash_tag(self.prefix, tag_source(rule.name, value, shard))
+            out.append(Check(rule, tuple(head + b + value for b in bases), limit, burst,
+                             window, self.cost))
         return tuple(out)
 
     def refusing(self, ctx: RequestContext) -> tuple[RateLimitRule, ...]:

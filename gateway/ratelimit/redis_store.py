@@ -8,7 +8,8 @@ commandstats` shows one evalsha per decided request and each decision stays atom
 The commands go over the link's pipelined connection (gateway/redispipe.py: deadline,
 breaker and NOSCRIPT reload there), which the cache's L2 shares, so a request's decision
 and its L2 lookup leave in one write; a cluster client, which has no single pool, batches
-through redis-py's pipeline instead.
+through redis-py's pipeline instead. The gateway itself decides on a cluster with
+`ClusterStore` (one pipe per master, rules grouped by slot).
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
 """From rules and a request context to the checks one decision makes (pure, no I/O);
 `plan` compiles them per route and caches them per combination of scope values.
 
-Keys: `{key_prefix}{rl}:<rule>:<kind>:<scope value>`, e.g. `gw:{rl}:user_requests:sw2:log:u42`.
+Keys: `{key_prefix}{rl:<tag>}:<rule>:<kind>:<scope value>`, e.g.
+`gw:{rl:1f3a09c2}:user_requests:sw2:log:u42`.
 
-* One constant hash tag, `{rl}`, for every rate-limit key of a gateway. Redis Cluster runs a
-  script only when all its keys share a slot, and the counter of (rule R, scope value V) is
-  shared by every route that lists R, so the tag cannot depend on the route, the user or the
-  request: any tag derived from those would either split one request's keys over slots or
-  give one counter two names. We chose exactness over spreading: all rate-limit keys live on
-  one cluster shard. A later cluster issue may partition (e.g. tag by scope value and decide
-  per-slot groups), at the price of the all-or-nothing guarantee across groups.
+* The hash tag `{rl:<tag>}` spreads the keys over Redis Cluster's slots: `<tag>` is eight hex
+  digits of the CRC-32 of the scope value (of `*<rule>` for a global rule, whose value is
+  always `*`; `#<n>` is appended for shard n of a sharded rule). So different users,
+  tenants, addresses land on different slots, while every rule of one user (every rule
+  counting per the same value) shares a slot and is decided by one script call. A request
+  whose rules span slots (a user rule and a global rule) is decided per slot and made
+  all-or-nothing by the store (`gateway/ratelimit/cluster_store.py`). The tag is fixed
+  length and rule names cannot contain ':', so keys stay unambiguous whatever the value.
 * `<kind>` names the algorithm (`tb`, `lb`, `sw2:log`/`sw2:count`, `fw`), so changing a rule's
   algorithm on reload starts a fresh counter instead of reading a foreign data type.
 * The scope value comes last: rule names cannot contain ':', so no user id can forge the key
@@ -17,7 +19,7 @@ Keys: `{key_prefix}{rl}:<rule>:<kind>:<scope value>`, e.g. `gw:{rl}:user_request
 * A rule whose scope value is absent from the request (no user id for a `user` rule, no such
   attribute for `attribute:<name>`) does what its `when_absent` says: `skip` (the rule does
   not apply), `reject` (the stage refuses the request), or `ip`: the rule counts per client
-  address under `{key_prefix}{rl}:<rule>:@ip:<kind>:<address>`. The `@ip` part sits where
+  address under `{key_prefix}{rl:<tag>}:<rule>:@ip:<kind>:<address>`. The `@ip` part sits where
   the algorithm part of every other key is, and no algorithm part starts with `@`, so an
   address counter can never share a key with the counter of a user (or tenant...) whose id
   happens to be that address, nor with an ip-scoped rule (whose keys carry its own name).
@@ -27,15 +29,16 @@ from __future__ import annotations
 
 import functools
 import math
+import zlib
 from collections.abc import Callable
 from typing import NamedTuple
 
 from gateway.config.model import Action, Algorithm, RateLimitRule, Scope
 from gateway.context import RequestContext
 
-HASH_TAG = "{rl}"
 GLOBAL_VALUE = "*"
 BY_IP = "@ip:"  # the key part of a rule counting per address for want of its own value
+SHARD = "#"  # the key part naming a shard of a sharded rule: no algorithm part starts so
 
 ALGORITHM_CODE = {
     Algorithm.TOKEN_BUCKET: 1, Algorithm.LEAKY_BUCKET: 2,
@@ -66,18 +69,30 @@ def soft(rule: RateLimitRule) -> bool:
     return rule.shadow or rule.action is Action.DEGRADE
 
 
-def key_bases(prefix: str, rule_name: str, algorithm: Algorithm, by_ip: bool = False
-              ) -> tuple[str, ...]:
-    """The keys of a rule without the scope value, which comes last; `by_ip`: the keys of
-    its `when_absent: ip` counters."""
+def key_bases(rule_name: str, algorithm: Algorithm, by_ip: bool = False,
+              shard: int | None = None) -> tuple[str, ...]:
+    """The keys of a rule between the hash tag and the scope value; `by_ip`: the keys of its
+    `when_absent: ip` counters; `shard`: the keys of one shard of a sharded rule."""
     middle = BY_IP if by_ip else ""
-    return tuple(f"{prefix}{HASH_TAG}:{rule_name}:{middle}{part}:"
-                 for part in _KEY_PARTS[algorithm])
+    if shard is not None:
+        middle += f"{SHARD}{shard}:"
+    return tuple(f":{rule_name}:{middle}{part}:" for part in _KEY_PARTS[algorithm])
+
+
+def tag_source(rule_name: str, value: str, shard: int | None = None) -> str:
+    """What the hash tag of a rule's keys is made from (see the module docstring)."""
+    source = f"{GLOBAL_VALUE}{rule_name}" if value == GLOBAL_VALUE else value
+    return source if shard is None else f"{source}{SHARD}{shard}"
+
+
+def hash_tag(prefix: str, source: str) -> str:
+    return f"{prefix}{{rl:{zlib.crc32(source.encode('utf-8', 'surrogateescape')):08x}}}"
 
 
 def rule_keys(prefix: str, rule_name: str, algorithm: Algorithm, value: str,
-              by_ip: bool = False) -> tuple[str, ...]:
-    return tuple(base + value for base in key_bases(prefix, rule_name, algorithm, by_ip))
+              by_ip: bool = False, shard: int | None = None) -> tuple[str, ...]:
+    head = hash_tag(prefix, tag_source(rule_name, value, shard))
+    return tuple(head + base + value for base in key_bases(rule_name, algorithm, by_ip, shard))
 
 
 class Check(NamedTuple):
@@ -124,7 +139,26 @@ def tier_params(rule: RateLimitRule, tier: str | None) -> tuple[int, int, int]:
     return limit, burst, window_us(window)
 
 
+def _share(units: int, shards: int, shard: int) -> int:
+    return units // shards + (1 if shard < units % shards else 0)
+
+
+def shard_params(algorithm: Algorithm, limit: int, burst: int, shards: int, shard: int
+                 ) -> tuple[int, int]:
+    """(limit, burst) of one shard: the rule's units dealt out so the shards add up to the
+    rule exactly. Rate and capacity are split alike; a leaky bucket's capacity is burst + 1,
+    so its shards share burst + 1 (the config asks for at least one unit per shard)."""
+    if shards == 1:
+        return limit, burst
+    if algorithm is Algorithm.LEAKY_BUCKET:
+        return _share(limit, shards, shard), _share(burst + 1, shards, shard) - 1
+    return _share(limit, shards, shard), _share(burst, shards, shard)
+
+
 def make_check(rule: RateLimitRule, prefix: str, value: str, tier: str | None,
-               cost: int, by_ip: bool = False) -> Check:
-    return Check(rule, rule_keys(prefix, rule.name, rule.algorithm, value, by_ip),
-                 *tier_params(rule, tier), cost)
+               cost: int, by_ip: bool = False, shard: int | None = None) -> Check:
+    limit, burst, window = tier_params(rule, tier)
+    if shard is not None:
+        limit, burst = shard_params(rule.algorithm, limit, burst, rule.shards, shard)
+    return Check(rule, rule_keys(prefix, rule.name, rule.algorithm, value, by_ip, shard),
+                 limit, burst, window, cost)

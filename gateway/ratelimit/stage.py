@@ -55,7 +55,7 @@ from gateway.ratelimit.headers import most_restrictive, rate_limit_fields, retry
 from gateway.ratelimit.lanes import Lanes
 from gateway.ratelimit.local import LocalStore
 from gateway.ratelimit.plan import Prepared, RoutePlan, compile_plans
-from gateway.ratelimit.rules import GLOBAL_VALUE, Check, make_check
+from gateway.ratelimit.rules import GLOBAL_VALUE, Check, make_check, tier_params
 from gateway.redisconn import RedisUnavailable
 from gateway.stages import ADMIT, LimitVerdict
 from gateway.wire.prometheus import inc_value
@@ -319,39 +319,45 @@ class RateLimiter:
         return LimitVerdict(outcome="failed_open")
 
     # ------------------------------------------------------------------ admin API
-    def admin_check(self, rule_name: str, key: str, tier: str | None = None,
-                    by_ip: bool = False) -> Check:
-        """The check of `rule_name` for scope value `key` (a raw API key is hashed); `by_ip`:
-        its `when_absent: ip` counter of address `key`."""
+    def admin_checks(self, rule_name: str, key: str, tier: str | None = None,
+                     by_ip: bool = False) -> list[Check]:
+        """The checks of `rule_name` for scope value `key` (a raw API key is hashed), one
+        per shard of a sharded rule; `by_ip`: its `when_absent: ip` counter of address
+        `key`."""
         rule = self.rules.get(rule_name)
         if rule is None:
             raise KeyError(f"unknown rate-limit rule {rule_name!r}")
         value = GLOBAL_VALUE if rule.scope.kind == "global" else key
         if rule.scope.kind == "api_key" and not by_ip:
             value = hash_api_key(key)
-        return make_check(rule, self.prefix, value, tier, 0, by_ip)
+        shards: list[int | None] = list(range(rule.shards)) if rule.shards > 1 else [None]
+        return [make_check(rule, self.prefix, value, tier, 0, by_ip, shard) for shard in shards]
 
     async def state(self, rule_name: str, key: str, tier: str | None = None,
                     by_ip: bool = False) -> dict[str, Any]:
-        """`GET /admin/ratelimits/{rule}?key=...`: what the rule has left for this key."""
-        check = self.admin_check(rule_name, key, tier, by_ip)
+        """`GET /admin/ratelimits/{rule}?key=...`: what the rule has left for this key (a
+        sharded rule: what its shards have left together)."""
+        checks = self.admin_checks(rule_name, key, tier, by_ip)
         store: LimitStore = self.remote if self.remote is not None else self.local
-        result = (await store.decide([check], commit=False)).results[0]
+        results = [(await store.decide([c], commit=False)).results[0] for c in checks]
+        check = checks[0]
+        limit, burst, _ = tier_params(check.rule, tier)
         return {
             "rule": rule_name, "key": key, "by_ip": by_ip,
             "algorithm": check.rule.algorithm.value,
-            "scope": str(check.rule.scope), "limit": check.limit, "burst": check.burst,
-            "window": check.window_us / 1_000_000, "quota": check.quota,
-            "remaining": result.remaining, "reset_seconds": result.reset_us / 1_000_000,
+            "scope": str(check.rule.scope), "limit": limit, "burst": burst,
+            "window": check.window_us / 1_000_000, "quota": limit + burst,
+            "remaining": sum(r.remaining for r in results),
+            "reset_seconds": max(r.reset_us for r in results) / 1_000_000,
             "store": "redis" if self.remote is not None else "local",
         }
 
     async def reset(self, rule_name: str, key: str, by_ip: bool = False) -> None:
         """`DELETE /admin/ratelimits/{rule}?key=...`: forget the key's state (both stores)."""
-        check = self.admin_check(rule_name, key, by_ip=by_ip)
-        await self.local.reset(check.keys)
+        keys = [k for c in self.admin_checks(rule_name, key, by_ip=by_ip) for k in c.keys]
+        await self.local.reset(keys)
         if self.remote is not None:
-            await self.remote.reset(check.keys)
+            await self.remote.reset(keys)
 
 
 # What a request lacks when a rule of this scope kind finds no value (the context field).

@@ -13,12 +13,13 @@ from typing import Any
 
 import redis
 
-from gateway.config.model import Config
+from gateway.config.model import Algorithm, Config
 from gateway.config.parse import parse_document
 from gateway.context import RequestContext
 from gateway.luascripts import load_script
 from gateway.ratelimit import LocalStore, RateLimiter
 from gateway.ratelimit.redis_store import RedisStore
+from gateway.ratelimit.rules import rule_keys
 from gateway.redisconn import RedisLink
 from tests.harness import REPO, RedisServer, base_config, reference_config_with
 
@@ -108,7 +109,7 @@ async def test_across_a_window_edge_two_processes_admit_at_most_lease_minus_one_
             if edge - now < 0.6:
                 edge += window
             await asyncio.sleep(edge - now - 0.4)
-            client.delete("ls:{rl}:per_user:fw:u1")
+            client.delete(*rule_keys("ls:", "per_user", Algorithm.FIXED_WINDOW, "u1"))
             assert await a.admitted(1) == 1  # takes the lease in the closing window
             seconds, micros = client.time()
             if seconds + micros / 1e6 >= edge:

@@ -13,14 +13,18 @@ import aiohttp
 import pytest
 import redis
 
+from gateway.config.model import Algorithm
+from gateway.ratelimit.rules import rule_keys
 from tests.harness import RedisServer, Upstream, base_config, client_session
+from tests.rediscluster import RedisCluster
 
 
-def redis_config(upstream: Upstream, server: RedisServer, rules: dict[str, dict[str, Any]],
-                 failure_mode: str = "closed", timeout: str = "1s") -> dict[str, Any]:
+def redis_config(upstream: Upstream, server: RedisServer | RedisCluster,
+                 rules: dict[str, dict[str, Any]], failure_mode: str = "closed",
+                 timeout: str = "1s") -> dict[str, Any]:
     config = base_config(upstream.url, rate_limits=rules, redis={
         "url": server.url, "key_prefix": "gwtest:", "timeout": timeout,
-        "failure_mode": failure_mode})
+        "failure_mode": failure_mode, "cluster": isinstance(server, RedisCluster)})
     config["routes"][0]["rate_limits"] = list(rules)
     return config
 
@@ -40,6 +44,7 @@ def commandstat(server: RedisServer, command: str) -> int:
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
 @pytest.mark.parametrize("algorithm, burst", [
     ("token_bucket", 0), ("sliding_window", 0), ("fixed_window", 0),
     # GCRA with burst 0 spaces every request (1 at once); burst limit-1 lets a full window
@@ -47,11 +52,12 @@ def commandstat(server: RedisServer, command: str) -> int:
     ("leaky_bucket", 49),
 ])
 async def test_exactly_limit_admitted_across_two_worker_processes(
-        process_factory: Callable[..., Any], upstream: Upstream, redis_server: RedisServer,
-        algorithm: str, burst: int) -> None:
+        process_factory: Callable[..., Any], upstream: Upstream, request: pytest.FixtureRequest,
+        algorithm: str, burst: int, backend: str) -> None:
     rules = {"per_user": {"algorithm": algorithm, "scope": "user", "limit": 50,
                           "window": "1h", "burst": burst}}
-    gw = process_factory(redis_config(upstream, redis_server, rules), workers=2)
+    server = request.getfixturevalue("redis_cluster" if backend == "cluster" else "redis_server")
+    gw = process_factory(redis_config(upstream, server, rules), workers=2)
     async with client_session() as s:
         codes = Counter(await asyncio.gather(*(hit(s, gw.url) for _ in range(400))))
     assert codes == {200: 50, 429: 350}
@@ -113,7 +119,7 @@ async def test_failure_mode_open_admits_and_recovers(
     await asyncio.sleep(1.5)
     assert all(code == 200 for _, code in seen)  # failed open: everyone admitted
     (redis_server.resume if disrupt == "pause" else redis_server.start)()
-    log = "gwtest:{rl}:per_user:sw2:log:steady"
+    log = rule_keys("gwtest:", "per_user", Algorithm.SLIDING_WINDOW, "steady")[0]
     counted = int(redis_server.cli("ZCARD", log))
     await wait_for(lambda: int(redis_server.cli("ZCARD", log)) > counted)  # Redis decides again
     stop.set()
@@ -137,7 +143,7 @@ async def test_failure_mode_closed_answers_503_then_recovers(
     stop.set()
     await runner
     assert set(Counter(code for _, code in seen)) <= {200, 503}
-    assert int(redis_server.cli("EXISTS", "gwtest:{rl}:per_user:tb:steady")) == 1
+    assert int(redis_server.cli("EXISTS", rule_keys("gwtest:", "per_user", Algorithm.TOKEN_BUCKET, "steady")[0])) == 1
 
 
 async def test_failure_mode_local_keeps_limiting_in_process(
@@ -157,4 +163,4 @@ async def test_failure_mode_local_keeps_limiting_in_process(
         await asyncio.sleep(1.1)
         codes = [await hit(s, gw.url, "a") for _ in range(3)]
         assert codes[-1] == 429
-        assert int(redis_server.cli("EXISTS", "gwtest:{rl}:per_user:fw:a")) == 1
+        assert int(redis_server.cli("EXISTS", rule_keys("gwtest:", "per_user", Algorithm.FIXED_WINDOW, "a")[0])) == 1

@@ -28,13 +28,16 @@ from gateway.config.model import (
     WhenAbsent,
 )
 from gateway.context import RequestContext
+from gateway.luascripts import load_script
+from gateway.ratelimit.cluster_store import ClusterStore
 from gateway.ratelimit.decision import NEVER, Decision, LimitStore
 from gateway.ratelimit.local import LocalStore
 from gateway.ratelimit.plan import RoutePlan
 from gateway.ratelimit.redis_store import RedisStore
-from gateway.ratelimit.rules import Check, make_check
+from gateway.ratelimit.rules import ALGORITHM_CODE, Check, make_check
 from gateway.redisconn import RedisLink, RedisUnavailable
 from tests.harness import RedisServer
+from tests.rediscluster import RedisCluster
 
 S = 1_000_000  # one second in microseconds
 T0 = 1_700_000_000 * S  # a virtual epoch instant, aligned to whole seconds and minutes
@@ -42,16 +45,31 @@ T0 = 1_700_000_000 * S  # a virtual epoch instant, aligned to whole seconds and 
 ALL = list(Algorithm)
 
 
-@pytest.fixture(params=["local", "redis"])
-async def store(request: pytest.FixtureRequest, redis_server: RedisServer
-                ) -> AsyncIterator[LimitStore]:
+@pytest.fixture(params=["local", "redis", "cluster"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[LimitStore]:
     if request.param == "local":
         yield LocalStore(clock=lambda: T0)
         return
-    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
+    async with remote_store(request, request.param) as remote:
+        yield remote
+
+
+@contextlib.asynccontextmanager
+async def remote_store(request: pytest.FixtureRequest, kind: str
+                       ) -> AsyncIterator[RedisStore | ClusterStore]:
+    """A Redis store on a private redis-server, or a cluster store on the shared cluster."""
+    if kind == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        link = RedisLink(RedisSettings(url=cluster.url, cluster=True, timeout=2.0))
+        remote: RedisStore | ClusterStore = ClusterStore(link)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        link = RedisLink(RedisSettings(url=server.url, timeout=2.0))
+        remote = RedisStore(link)
     try:
-        yield RedisStore(link)
+        yield remote
     finally:
+        await remote.close()
         await link.close()
 
 
@@ -193,8 +211,9 @@ async def test_when_absent_ip_never_shares_a_counter_with_a_user_named_like_the_
     assert await count(store, impostor.checks[0], T0, 5) == 3  # untouched by the address
 
 
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
 async def test_both_stores_decide_when_absent_plans_identically(
-        redis_server: RedisServer) -> None:
+        request: pytest.FixtureRequest, kind: str) -> None:
     rules = (
         RateLimitRule("u", Algorithm.SLIDING_WINDOW, Scope("user"), 4, 2.0, 1,
                       when_absent=WhenAbsent.IP),
@@ -220,11 +239,8 @@ async def test_both_stores_decide_when_absent_plans_identically(
             out.append(await store.decide(prepared.checks, now))
         return out
 
-    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
-    try:
-        local, remote = await run(LocalStore()), await run(RedisStore(link))
-    finally:
-        await link.close()
+    async with remote_store(request, kind) as store:
+        local, remote = await run(LocalStore()), await run(store)
     assert local == remote
     assert any(d.admitted for d in local) and not all(d.admitted for d in local)
 
@@ -262,6 +278,23 @@ async def test_both_stores_decide_identically(redis_server: RedisServer) -> None
             assert any(d.admitted for d in local) and not all(d.admitted for d in local)
             redis_server.cli("FLUSHALL")
     finally:
+        await link.close()
+
+
+async def test_the_cluster_store_decides_as_the_local_one_across_slots(
+        redis_cluster: RedisCluster) -> None:
+    """The schedule's rules count per three values, so most decisions span slots and run
+    as reservations, a refused one returned: the outcome must be the single store's."""
+    link = RedisLink(RedisSettings(url=redis_cluster.url, cluster=True, timeout=2.0))
+    store = ClusterStore(link)
+    try:
+        for seed in range(3):
+            local, remote = await replay(LocalStore(), seed), await replay(store, seed)
+            assert local == remote
+            assert any(d.admitted for d in local) and not all(d.admitted for d in local)
+            redis_cluster.flushall()
+    finally:
+        await store.close()
         await link.close()
 
 
@@ -376,3 +409,49 @@ async def test_a_sliding_window_outlives_its_entries_by_a_window_and_at_most_two
     finally:
         client.close()
         await link.close()
+
+
+# ---------------------------------------------------------------- reserve and return
+
+@pytest.mark.parametrize("algorithm", ALL)
+def test_a_returned_reservation_leaves_the_counter_as_if_never_made(
+        redis_server: RedisServer, algorithm: Algorithm) -> None:
+    """Two counters see the same admissions; one also a reservation (ARGV[2] "2"), given
+    back by lua/ratelimit_return.lua after later requests were admitted on top of it, and
+    a second one made at an instant it shares with them. From then on, at instants on
+    both sides of the window's edge and of the entries' departures, both counters decide
+    alike: a sliding window's running totals came back consistent."""
+    decide, give_back = load_script("ratelimit").source, load_script("ratelimit_return").source
+    client = redis.Redis(port=redis_server.port)
+    with_, without = (check(algorithm, limit=5, window=10, burst=9, value=v)
+                      for v in ("with", "without"))
+
+    def run(c: Check, at: int, mode: bytes = b"1", cost: int = 1) -> list[int]:
+        c = c._replace(cost=cost)
+        return list(client.eval(decide, len(c.keys), *c.keys, str(at).encode(), mode,
+                                *c.script_args()))
+
+    def back(at: int, cost: int) -> None:
+        args = [str(v) for v in (ALGORITHM_CODE[algorithm], with_.limit, with_.window_us,
+                                 cost)]
+        assert client.eval(give_back, len(with_.keys), *with_.keys, str(at), *args) == 1
+
+    try:
+        for c in (with_, without):
+            run(c, T0)
+        first = run(with_, T0 + S, b"2", cost=2)
+        assert first[0] == 1 and first[-1] == T0 + S  # admitted, the clock appended
+        for c in (with_, without):
+            run(c, T0 + 2 * S)
+            run(c, T0 + 3 * S, cost=2)
+        second = run(with_, T0 + 3 * S, b"2")
+        assert second[0] == 1
+        run(with_, T0 + 3 * S)
+        run(without, T0 + 3 * S)
+        back(T0 + S, 2)
+        back(T0 + 3 * S, 1)
+        for at in (4, 10, 11, 11.5, 12, 13, 13.5, 14, 20, 30):
+            now = T0 + int(at * S)
+            assert run(with_, now) == run(without, now), at
+    finally:
+        client.close()

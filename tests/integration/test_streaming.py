@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import AsyncIterator, Callable
 
+import brotli
 import psutil
+import pytest
+import zstandard
 from aiohttp import web
 
 from tests.harness import GatewayProcessHandle, Upstream, base_config, client_session
@@ -142,3 +146,88 @@ async def test_client_leaving_mid_download_closes_the_upstream_side(
     assert not finished.is_set()
     async with client_session() as s, s.get(f"{gw.url}/ok") as r:  # type: ignore[attr-defined]
         assert r.status == 200
+
+
+COMPRESSION = {"encodings": ["zstd", "br", "gzip"], "min_size": "1KiB",
+               "level": {"gzip": 6, "br": 5, "zstd": 3}}
+
+
+def compressing_gateway(process_factory: Callable[..., GatewayProcessHandle],
+                        upstream: Upstream, path: str, body: Callable[[], AsyncIterator[bytes]],
+                        **fields: str) -> GatewayProcessHandle:
+    """A gateway process with compression on, before an upstream that streams `body()` as
+    JSON with `fields` at `path`."""
+    async def source(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json", **fields})
+        await response.prepare(request)
+        async for chunk in body():
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    upstream.on(path, source)
+    config = base_config(upstream.url)
+    config["compression"] = COMPRESSION
+    gw = process_factory(config)
+    assert gw.proc is not None
+    return gw
+
+
+async def test_one_gib_download_is_coded_in_bounded_memory(
+        process_factory: Callable[..., GatewayProcessHandle], upstream: Upstream) -> None:
+    """Compression streams: the coded body leaves chunk by chunk as the upstream sends it."""
+    gw = compressing_gateway(process_factory, upstream, "/download", lambda: generated(GIB))
+    assert gw.proc is not None
+    decoder = zstandard.ZstdDecompressor().decompressobj()
+    total = coded = 0
+    async with client_session() as s:
+        with PeakRss(gw.proc.pid) as rss:
+            async with s.get(f"{gw.url}/download", headers={"Accept-Encoding": "zstd"}) as r:
+                assert r.status == 200 and r.headers["Content-Encoding"] == "zstd"
+                async for chunk in r.content.iter_chunked(CHUNK):
+                    coded += len(chunk)
+                    total += len(decoder.decompress(chunk))
+    assert total == GIB
+    assert coded < GIB // 20
+    assert rss.growth < LIMIT, f"gateway RSS grew by {rss.growth / 1024**2:.1f} MiB"
+
+
+def bomb(coding: str, size: int) -> bytes:
+    """`size` zero bytes in `coding`: about a thousandth of it (gzip) or far less."""
+    zeros = bytes(CHUNK)
+    if coding == "gzip":
+        z = zlib.compressobj(9, zlib.DEFLATED, 31)
+        return b"".join(z.compress(zeros) for _ in range(size // CHUNK)) + z.flush()
+    if coding == "br":
+        b = brotli.Compressor(quality=1)
+        return b"".join(b.process(zeros) for _ in range(size // CHUNK)) + b.finish()
+    z = zstandard.ZstdCompressor(level=1).compressobj()
+    return b"".join(z.compress(zeros) for _ in range(size // CHUNK)) + z.flush()
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "zstd"])
+async def test_a_decompression_bomb_is_decoded_in_bounded_memory(
+        coding: str, process_factory: Callable[..., GatewayProcessHandle],
+        upstream: Upstream) -> None:
+    """An upstream body the client cannot read is decoded for it; one small upstream chunk
+    that decodes to 256 MiB comes out in pieces, never whole in the gateway's memory."""
+    size = 256 * CHUNK
+    payload = bomb(coding, size)
+    assert len(payload) < CHUNK  # one upstream chunk
+
+    async def once() -> AsyncIterator[bytes]:
+        yield payload
+
+    gw = compressing_gateway(process_factory, upstream, "/bomb", once,
+                             **{"Content-Encoding": coding})
+    assert gw.proc is not None
+    total = 0
+    async with client_session() as s:
+        with PeakRss(gw.proc.pid) as rss:
+            async with s.get(f"{gw.url}/bomb", headers={"Accept-Encoding": "identity"}) as r:
+                assert r.status == 200 and "Content-Encoding" not in r.headers
+                async for chunk in r.content.iter_chunked(CHUNK):
+                    assert not chunk.strip(b"\0")
+                    total += len(chunk)
+    assert total == size
+    assert rss.growth < LIMIT, f"gateway RSS grew by {rss.growth / 1024**2:.1f} MiB"

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gateway.config.model import Algorithm, RateLimitRule, Scope
 from gateway.ratelimit.local import LocalStore
-from gateway.ratelimit.rules import Check, make_check
+from gateway.ratelimit.rules import Check, make_check, rule_keys
 
 T0 = 1_700_000_000_000_000
 
@@ -95,7 +95,8 @@ def main() -> None:
 
 
 def bookkeeping_ns() -> tuple[float, float]:
-    keys = [f"gw:{{rl}}:user_requests:tb:user-{i:08d}" for i in range(100_000)]
+    keys = [rule_keys("gw:", "user_requests", Algorithm.TOKEN_BUCKET, f"user-{i:08d}")[0]
+            for i in range(100_000)]
     plain = dict.fromkeys(keys, 0)
     ordered = OrderedDict.fromkeys(keys, 0)
     probe = keys[::97] * 10

@@ -157,6 +157,17 @@ def test_duplicate_keys_are_errors(tmp_path: Path) -> None:
     ("cache: {redis: true}", "cache.redis: true needs a redis block"),
     ("redis: {url: 'http://x'}", "redis.url: must start with redis://"),
     ("experiments: {e: {flag: nope, control: c}}", "experiments.e.flag: unknown flag 'nope'"),
+    ("compression: {encodings: [gzip, lz4]}", "compression.encodings: must be one of"),
+    ("compression: {encodings: [gzip, gzip]}", "compression.encodings: lists an encoding twice"),
+    ("compression: {level: {gzip: 12}}",
+     "compression.level.gzip: must be at most 9, got 12 (gzip levels run from 1 to 9)"),
+    ("compression: {level: {brotli: 5}}",
+     "compression.level.brotli: unknown encoding 'brotli'"),
+    ("compression: {types: [json]}",
+     "compression.types: 'json' is no media type or range (type/subtype or type/*)"),
+    ("cache: {asset_policies: [{types: [text/css]}]}",
+     "cache.asset_policies[0]: needs a ttl, a browser_ttl or both"),
+    ("cache: {immutable_paths: '('}", "cache.immutable_paths: invalid regex"),
 ])
 def test_specific_errors(tmp_path: Path, snippet: str, expected: str) -> None:
     errors = check(tmp_path, MINIMAL + snippet + "\n")
