@@ -25,7 +25,7 @@ from gateway.config.model import Config, Experiment, ExperimentMetric, Experimen
 from gateway.context import RequestContext, build_context, remember
 from gateway.experiments.recorder import Recorder, Slot, stop
 from gateway.experiments.report import report
-from gateway.experiments.store import ExperimentStore
+from gateway.experiments.store import ExperimentStore, Tallies
 from gateway.flags.engine import FlagEngine
 from gateway.redisconn import RedisUnavailable
 from gateway.stages import FlagResult
@@ -173,12 +173,18 @@ class Experiments:
         flag = self.flags.flags.get(experiment.flag) or self.config.flags[experiment.flag]
         return {v.name: v.weight for v in flag.variants}
 
-    async def report(self, name: str, now: float | None = None) -> dict[str, Any]:
-        """The report now (a completed experiment's: as stored when it ended)."""
+    async def report(self, name: str, now: float | None = None, *,
+                     tallies: Tallies | None = None, snapshots: bool = True
+                     ) -> dict[str, Any]:
+        """The report now (a completed experiment's: as stored when it ended), from
+        `tallies` when the caller has just read them; without `snapshots`, the chart's
+        points are left out (the look needs none, and reading up to 500 of them every second
+        would be most of its work)."""
         if name in self._frozen:
             return self._frozen[name]
         experiment = self.experiments[name]
-        tallies = await self.store.read(name)
+        if tallies is None:
+            tallies = await self.store.read(name)
         frozen = tallies.state.get("frozen")
         if frozen:
             stored: dict[str, Any] = orjson.loads(frozen)
@@ -195,7 +201,7 @@ class Experiments:
             with contextlib.suppress(RedisUnavailable):
                 await self.store.set_state(name, {f"look|{k}": repr(v)
                                                   for k, v in new_looks.items()})
-        found["snapshots"] = await self.store.snapshots(name)
+        found["snapshots"] = await self.store.snapshots(name) if snapshots else []
         return found
 
     async def set_status(self, name: str, status: ExperimentStatus) -> dict[str, Any]:
@@ -235,10 +241,12 @@ class Experiments:
                 self._set_status(name, ExperimentStatus(stored))
             elif self.status[name] is ExperimentStatus.RUNNING and "started" not in \
                     tallies.state:
-                await self.store.set_state(name, {"status": "running", "started": repr(now)})
+                started = {"status": "running", "started": repr(now)}
+                await self.store.set_state(name, started)
+                tallies.state.update(started)
             if self.status[name] is not ExperimentStatus.RUNNING:
                 continue
-            found = await self.report(name, now)
+            found = await self.report(name, now, tallies=tallies, snapshots=False)
             if now - self._last_snapshot.get(name, float(tallies.state.get("snapshot", 0))) \
                     >= self.snapshot_every:
                 self._last_snapshot[name] = now

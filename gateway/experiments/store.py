@@ -23,6 +23,7 @@ a mean per unit and its variance, without reading a unit back.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -31,6 +32,7 @@ import orjson
 
 from gateway.luascripts import load_script
 from gateway.redisconn import RedisLink
+from gateway.redispipe import Command, load_command, pack_command, script_command
 
 EVENT_ID_TTL = 7 * 86400  # a retry later than a week is counted again
 SNAPSHOTS_KEPT = 500
@@ -181,12 +183,24 @@ class LocalExperimentStore:
 
 class RedisExperimentStore:
     """The tallies in Redis: every key of one experiment shares a hash tag, so a batch is one
-    script call on one node, on a cluster too."""
+    script call on one node, on a cluster too.
+
+    What runs every flush or every look (apply, read, set_state) goes over the link's
+    pipelined connection (gateway/redispipe.py) when there is one: a script call through
+    redis-py costs 50-90 us of CPU, and a flush carries only the few requests since the last
+    one, so the call weighed more than the requests' own exposure work
+    (tests/perf/bench_experiments.py --redis). The pipe keeps redis.timeout and the circuit
+    breaker, and reloads the script after NOSCRIPT. A cluster client has no single
+    connection, so there they are redis-py calls; so are the snapshots (a push a minute, and
+    a list read for an admin report), which nothing calls often."""
 
     def __init__(self, link: RedisLink) -> None:
         self.link = link
         self.prefix = link.prefix
-        self._script = link.client.register_script(load_script("experiments").source)
+        script = load_script("experiments")
+        self._script = link.client.register_script(script.source)
+        self._sha, self._reload = script.sha, load_command(script.source)
+        self._pipe = link.pipe
 
     def _key(self, experiment: str, part: str) -> str:
         return f"{self.prefix}x:{{{experiment}}}:{part}"
@@ -210,24 +224,35 @@ class RedisExperimentStore:
                 wire.append(["g", record.variant, record.requests, record.errors,
                              record.latency_sum, record.latency_squares,
                              [list(pair) for pair in record.histogram]])
-        keys = [self._key(experiment, "units"), self._key(experiment, "counts"),
+        keys = (self._key(experiment, "units"), self._key(experiment, "counts"),
                 self._key(experiment, "agg"),
-                *(self._key(experiment, f"m:{name}") for name in metrics), *event_keys]
-        result = await self.link.call(lambda: self._script(
-            keys=keys, args=[orjson.dumps(wire), EVENT_ID_TTL, len(metrics)]))
+                *(self._key(experiment, f"m:{name}") for name in metrics), *event_keys)
+        args = (orjson.dumps(wire), b"%d" % EVENT_ID_TTL, b"%d" % len(metrics))
+        if self._pipe is not None:
+            result = await self._pipe.submit(script_command(self._sha, keys, args,
+                                                            self._reload))
+        else:
+            result = await self.link.call(lambda: self._script(keys=keys, args=args))
         return Applied(*(int(n) for n in result))
 
     async def read(self, experiment: str) -> Tallies:
-        client = self.link.client
+        names = (self._key(experiment, "counts"), self._key(experiment, "agg"),
+                 self._key(experiment, "state"))
+        if self._pipe is not None:
+            # Submitted in one loop iteration: the three leave in one write.
+            found = [self._pipe.submit(Command(pack_command(b"HGETALL", _encode(name)), name))
+                     for name in names]
+            counts, agg, state = (_fields(reply) for reply in await asyncio.gather(*found))
+        else:
+            client = self.link.client
 
-        async def fetch() -> list[Any]:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.hgetall(self._key(experiment, "counts"))
-                pipe.hgetall(self._key(experiment, "agg"))
-                pipe.hgetall(self._key(experiment, "state"))
-                return list(await pipe.execute())
+            async def fetch() -> list[Any]:
+                async with client.pipeline(transaction=False) as pipe:
+                    for name in names:
+                        pipe.hgetall(name)
+                    return list(await pipe.execute())
 
-        counts, agg, state = await self.link.call(fetch)
+            counts, agg, state = await self.link.call(fetch)
         tallies = Tallies(state={k.decode(): v.decode() for k, v in state.items()})
         for key, value in counts.items():
             name = key.decode()
@@ -240,6 +265,10 @@ class RedisExperimentStore:
 
     async def set_state(self, experiment: str, state: dict[str, str]) -> None:
         key = self._key(experiment, "state")
+        if self._pipe is not None:
+            pairs = [part.encode() for item in state.items() for part in item]
+            await self._pipe.submit(Command(pack_command(b"HSET", _encode(key), *pairs), key))
+            return
         await self.link.call(lambda: self.link.client.hset(key, mapping=state))
 
     async def add_snapshot(self, experiment: str, snapshot: dict[str, Any]) -> None:
@@ -260,3 +289,14 @@ class RedisExperimentStore:
         key = self._key(experiment, "snapshots")
         found = await self.link.call(lambda: self.link.client.lrange(key, 0, -1))
         return [orjson.loads(item) for item in found]
+
+
+def _encode(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
+
+
+def _fields(reply: dict[bytes, bytes] | list[bytes]) -> dict[bytes, bytes]:
+    """An HGETALL reply off the pipe: a map in RESP3, field, value... in RESP2."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))

@@ -7,7 +7,10 @@ import random
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 
+from gateway.config.model import RedisSettings
+from gateway.experiments.recorder import Recorder
 from gateway.experiments.store import (
     Event,
     ExperimentStore,
@@ -17,6 +20,7 @@ from gateway.experiments.store import (
     RedisExperimentStore,
 )
 from gateway.redisconn import RedisLink
+from tests.harness import RedisServer
 from tests.rediscluster import RedisBackend, cluster_backend, single_backend
 
 METRICS = ("purchase", "order_value")
@@ -89,6 +93,56 @@ async def test_state_and_snapshots_are_kept(store: ExperimentStore) -> None:
     for i in range(3):
         await store.add_snapshot("e", {"at": i})
     assert [s["at"] for s in await store.snapshots("e")] == [0, 1, 2]
+
+
+async def test_a_batch_after_the_scripts_were_flushed_is_applied_once(
+        redis_backend: RedisBackend) -> None:
+    """SCRIPT FLUSH (or a restarted Redis) between two flushes: the next batch loads the
+    script again and counts its units exactly once."""
+    link = RedisLink(redis_backend.settings(timeout=2.0))
+    try:
+        store = RedisExperimentStore(link)
+        await store.apply("e", METRICS, [Exposures("a", ["u1", "u2"])])
+        for node in redis_backend.nodes:
+            client = node()
+            try:
+                client.script_flush()
+            finally:
+                client.close()
+        applied = await store.apply("e", METRICS, [Exposures("b", ["u2", "u3"]),
+                                                   Exposures("a", ["u4"])])
+        assert applied.new_units == 2
+        assert (await store.read("e")).units == {"a": 3, "b": 1}
+    finally:
+        await link.close()
+
+
+def dropped() -> float:
+    return REGISTRY.get_sample_value("gateway_experiment_dropped_total") or 0.0
+
+
+async def test_a_batch_redis_cannot_take_is_counted_dropped_and_exposed_again(
+        redis_server: RedisServer) -> None:
+    link = RedisLink(RedisSettings(url=redis_server.url, timeout=1.0))
+    recorder = Recorder(RedisExperimentStore(link))
+    recorder.metrics = {"e": METRICS}
+    slot = recorder.slot("e", "a")
+    try:
+        recorder.expose(slot, "u1")
+        await recorder.flush()  # the store's connection is open from here on
+        redis_server.stop()
+        before = dropped()
+        for unit in ("u2", "u3"):
+            recorder.expose(slot, unit)
+        await recorder.flush()
+        assert dropped() - before == 2
+        redis_server.start()  # empty
+        for unit in ("u1", "u2", "u3"):  # forgotten by the drop: queued again
+            recorder.expose(slot, unit)
+        await recorder.flush()
+        assert (await recorder.store.read("e")).units == {"a": 3}
+    finally:
+        await link.close()
 
 
 async def test_both_stores_agree_on_a_random_stream(redis_backend: RedisBackend) -> None:

@@ -1,7 +1,7 @@
 """What experiments cost. A script, not collected by pytest:
 
     .venv/bin/python tests/perf/bench_experiments.py [--units 1000000] [--requests 300]
-        [--users 1000] [--redis]
+        [--users 1000] [--redis] [--keep DIR]
 
 1. Redis memory per exposed unit: UNITS exposures (ids like "user-123456", two variants)
    applied through the real store and script to a private redis-server; used_memory before
@@ -39,6 +39,9 @@ async def memory_per_unit(units: int) -> None:
     link = RedisLink(RedisSettings(url=server.url, timeout=30.0))
     try:
         store = RedisExperimentStore(link)
+        # An empty batch first: the store's connection and script are in used_memory
+        # before, not counted against the units.
+        await store.apply("e", ("purchase",), [])
         before = int((await link.client.info("memory"))["used_memory"])
         for start in range(0, units, 2000):
             ids = range(start, min(start + 2000, units))
@@ -82,7 +85,8 @@ def flagged_config(upstream_url: str) -> dict[str, Any]:
     return config
 
 
-def instructions(requests: int, users: int = 50000, redis_url: str | None = None) -> None:
+def instructions(requests: int, users: int = 50000, redis_url: str | None = None,
+                 keep: Path | None = None) -> None:
     """Both routes in one process (two processes of the same code differ by a few percent:
     hash seeds, memory layout), each label's count less an idle window as long as its
     requests took: the experiments' look (once a second) and the flushes run by the clock,
@@ -105,7 +109,7 @@ def instructions(requests: int, users: int = 50000, redis_url: str | None = None
             took[0] = time.monotonic() - started
 
         counts = instructions_per_request(config, drive, ("plain", "idle", "measured", "idle"),
-                                          requests)
+                                          requests, keep=keep)
     idle = counts["idle"]
     plain, measured = counts["plain"] - idle, counts["measured"] - idle
     who = "a new user each" if users > requests * 2 + 400 else f"users cycling over {users:,}"
@@ -125,12 +129,14 @@ def main() -> None:
                         help="also count with the requests' users cycling over this many")
     parser.add_argument("--redis", action="store_true",
                         help="the gateway records into a private redis-server")
+    parser.add_argument("--keep", type=Path,
+                        help="a directory for each label's callgrind dump (callgrind_annotate)")
     args = parser.parse_args()
     asyncio.run(memory_per_unit(args.units))
     server = RedisServer().start() if args.redis else None
     try:
         url = server.url if server is not None else None
-        instructions(args.requests, redis_url=url)
+        instructions(args.requests, redis_url=url, keep=args.keep)
         if args.users:
             instructions(args.requests, args.users, url)
     finally:
