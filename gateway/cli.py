@@ -130,9 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         return _check(args.config, config)
     if args.command == "worker":
-        from gateway.server import run_process
-
         from gateway.admission.share import Ledger
+        from gateway.server import run_process
 
         ledger = Ledger(args.ledger, args.slot, args.of) if args.ledger else None
         return run_process(args.config, config, control_path=args.control, reuse_port=True,

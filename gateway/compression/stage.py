@@ -277,10 +277,7 @@ class Compressor:
 
         try:
             async for chunk in _chunks(body):
-                if decoder is None:
-                    pieces = iter((chunk,))
-                else:
-                    pieces = decoder.decompress(chunk)
+                pieces = iter((chunk,)) if decoder is None else decoder.decompress(chunk)
                 offload = len(chunk) >= OFFLOAD_AT
                 while True:
                     done = (await loop.run_in_executor(None, step, pieces) if offload

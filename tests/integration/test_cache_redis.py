@@ -17,8 +17,8 @@ from tests.harness import (
     Upstream,
     free_port,
 )
-from tests.rediscluster import RedisBackend, single_backend
 from tests.integration.test_cache import Factory, cached_config, counting, get
+from tests.rediscluster import RedisBackend, single_backend
 
 HOST = "shop.example"  # sidecars of one service see the same Host; the key includes it
 

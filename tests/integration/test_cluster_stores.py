@@ -19,7 +19,13 @@ from gateway.config.model import RedisSettings
 from gateway.redisconn import RedisLink, RedisUnavailable
 from tests.harness import InProcessGateway, Upstream, client_session
 from tests.integration.test_cache import Factory, counting
-from tests.integration.test_cache_redis import HOST, connected_cache, second, shared_config, wait_for
+from tests.integration.test_cache_redis import (
+    HOST,
+    connected_cache,
+    second,
+    shared_config,
+    wait_for,
+)
 from tests.integration.test_flag_gateway import admin, flag_config, flags_seen
 from tests.rediscluster import RedisCluster, cluster_backend, redis_cli_binary
 
@@ -257,7 +263,7 @@ async def test_a_resharding_under_load_is_followed_without_errors(
         redis_cluster_factory: Callable[[], RedisCluster]) -> None:
     cluster = redis_cluster_factory()
     # a generous deadline: a noisy machine must not pass for a redirection error
-    one, stop, running = await under_load(gateway_factory, upstream, cluster, "2s")
+    _, stop, running = await under_load(gateway_factory, upstream, cluster, "2s")
     errors = redis_errors()
     source, target = cluster.masters[:2]
     ids = {node.port: str(node.command("CLUSTER", "MYID")) for node in (source, target)}

@@ -77,7 +77,7 @@ async def flips(s: aiohttp.ClientSession, one: InProcessGateway, two: InProcessG
                 refused.append((await r.json())["detail"])
             await asyncio.sleep(0.05)
 
-        async def shown() -> bool:
+        async def shown(on: bool = on) -> bool:
             seen = await flags_seen(s, two.url)
             return seen.get("x-flag-maintenance-mode") == ["false" if on else "true"]
 
@@ -97,7 +97,7 @@ async def purges(s: aiohttp.ClientSession, one: InProcessGateway, two: InProcess
         async with s.get(f"{one.url}{url}", headers={"Host": HOST}) as r:
             await r.read()
 
-        async def indexed() -> bool:
+        async def indexed(n: int = n) -> bool:
             return bool(await asyncio.to_thread(redis.scard, f"bench:cache:0:t:{{t{n}}}"))
 
         await until(indexed)
@@ -108,7 +108,7 @@ async def purges(s: aiohttp.ClientSession, one: InProcessGateway, two: InProcess
         async with s.post(f"{one.admin_url}/admin/cache/purge", json={"tag": f"t{n}"}) as r:
             assert r.status in (200, 202), await r.text()
 
-        async def missed() -> bool:
+        async def missed(url: str = url) -> bool:
             async with s.get(f"{two.url}{url}", headers={"Host": HOST}) as r:
                 await r.read()
                 return r.headers["X-Cache"] != "HIT"
