@@ -36,8 +36,8 @@ local TRIM_UNITS = 32
 
 -- Every number reaches Redis as a string made with '%d': a Lua number given to redis.call
 -- or to `..` is printed as a double (glibc's printf_fp, multi-precision arithmetic for a
--- 16-digit microsecond time), which was a fifth of a decision's instructions in
--- redis-server; '%d' prints the same whole number as an integer. Exact below 2^53.
+-- 16-digit microsecond time), a fifth of a decision's instructions in redis-server
+-- when measured; '%d' prints the same whole number as an integer. Exact below 2^53.
 local function int(x) return format('%d', x) end
 local function ttl_ms(us) return int(ceil(us / 1000) + SLACK_MS) end
 

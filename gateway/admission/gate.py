@@ -297,7 +297,7 @@ async def admitted(gate: Gate, rank: int, fetch: Callable[[Outgoing], Awaitable[
     permit = await gate.enter(rank)
     # The upstream's latency from here, not from the grant: the time a granted waiter
     # spends waiting for its turn on this loop is the gateway's, and an adaptive limit that
-    # read it as the upstream's shrank whenever the host was busy.
+    # read it as the upstream's would shrink whenever the host is busy.
     sent = gate.clock()
     try:
         exchange = await fetch(out)
