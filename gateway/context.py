@@ -208,10 +208,12 @@ class _Reader:
                 if value:
                     attributes[name] = value
             members[_ATTRIBUTES] = attributes
-        return RequestContext._make(members)
+        # `_make` checks the length (the template fixes it) in a Python frame of its own.
+        return _new(RequestContext, members)
 
 
 _READERS: dict[int, tuple[Any, _Reader]] = {}
+_new = tuple.__new__
 _API_KEY = CONTEXT_FIELDS.index("api_key")
 _ENVIRONMENT = RequestContext._fields.index("environment")
 _EMPTY: Mapping[str, str] = RequestContext._field_defaults["attributes"]

@@ -10,6 +10,7 @@ from gateway.ratelimit.rules import Check
 if TYPE_CHECKING:
     from gateway.ratelimit.plan import Prepared
 
+_new = tuple.__new__
 NEVER = -1  # retry_us of a cost larger than the rule's whole quota
 
 
@@ -28,10 +29,12 @@ class Decision(NamedTuple):  # a tuple too: one per request
     def from_flat(cls, flat: Sequence[int]) -> Decision:
         """The Lua script's reply: admitted, then four integers per rule (Redis integer
         replies: hiredis hands them over as ints already)."""
-        return cls(flat[0] == 1, tuple([
-            RuleResult(flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3])
+        # tuple.__new__ directly: a NamedTuple's own __new__ is a Python function, one
+        # frame per rule of every request.
+        return _new(cls, (flat[0] == 1, tuple([
+            _new(RuleResult, (flat[i] == 1, flat[i + 1], flat[i + 2], flat[i + 3]))
             for i in range(1, len(flat), 4)
-        ]))
+        ])))
 
 
 class LimitStore(Protocol):

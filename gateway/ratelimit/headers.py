@@ -4,6 +4,7 @@ X-RateLimit-* trio, describing the most restrictive rule of the decision (CONTRA
 from __future__ import annotations
 
 import math
+from math import ceil
 from collections.abc import Callable, Sequence
 
 from gateway.config.model import HeaderStyle
@@ -53,9 +54,9 @@ def field_maker(style: HeaderStyle, check: Check) -> FieldMaker:
     policy = ("RateLimit-Policy", f'"{name}";q={check.quota};w={whole_seconds(check.window_us)}')
     limit = ("X-RateLimit-Limit", str(check.quota))
     prefix = f'"{name}";r='
-    if style is HeaderStyle.IETF:
+    if style is HeaderStyle.IETF:  # the default: whole_seconds inlined, one frame less
         return lambda remaining, wait_us: (
-            policy, ("RateLimit", f"{prefix}{remaining};t={whole_seconds(wait_us)}"))
+            policy, ("RateLimit", f"{prefix}{remaining};t={ceil(wait_us / 1_000_000)}"))
     if style is HeaderStyle.LEGACY:
         return lambda remaining, wait_us: (
             limit, ("X-RateLimit-Remaining", str(remaining)),

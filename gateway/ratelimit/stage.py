@@ -63,6 +63,7 @@ from gateway.wire.prometheus import inc_value
 OUTCOMES = ("allowed", "limited", "shadow_limited", "delayed", "queued", "degraded",
             "failed_open", "failed_closed")
 _HELD = {Action.DELAY: "delayed", Action.QUEUE: "queued"}
+_new = tuple.__new__
 MAX_LEASES = 10_000  # combinations holding a lease in one process
 
 
@@ -250,8 +251,11 @@ class RateLimiter:
                 if not tally:
                     asyncio.get_running_loop().call_soon(self._count_allowed)
                 tally[prepared] = tally.get(prepared, 0) + 1
-                # Positional (refusal, response_headers): the quickest tuple to make.
-                return LimitVerdict(None, prepared.fields(i, best.remaining, best.reset_us))
+                # tuple.__new__ with every member: the quickest tuple to make (the
+                # NamedTuple's own __new__ is a Python function).
+                return _new(LimitVerdict, (None, prepared.fields(i, best.remaining,
+                                                                best.reset_us),
+                                           (), None, "allowed"))
         degraded: list[Check] = []
         outcome = _HELD[held] if held is not None else "allowed"
         for c, r in zip(checks, results, strict=True):
