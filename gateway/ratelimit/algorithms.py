@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.config.model import Algorithm
 from gateway.ratelimit.decision import NEVER, RuleResult
@@ -72,8 +72,8 @@ class SlidingLog:
 Write = Callable[[dict[str, Slot]], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):  # a tuple: one per rule of every decision, and a frozen
+    # dataclass's __init__ sets each field through object.__setattr__
     result: RuleResult
     write: Write | None = None
 
