@@ -47,7 +47,7 @@ from gateway.cache.entry import Entry, decode, encode
 from gateway.cache.key import url_hash
 from gateway.luascripts import load_script
 from gateway.redisconn import RedisLink, RedisUnavailable, Subscription
-from gateway.redispipe import Command, load_command, pack_command, script_command
+from gateway.redispipe import Command, bulk, load_command, pack_command, script_command
 
 log = logging.getLogger("gateway.cache")
 
@@ -72,6 +72,11 @@ class RedisStore:
         self._scripts = {script.name: (script.sha, load_command(script.source))
                          for script in (store_variant, tag_url)}
         self._pipe = link.pipe
+        # EVALSHA sha 1 key variant data keep MAX_VARIANTS, in RESP, to fill with `%`.
+        sha, self._store_reload = self._scripts["cache_store_variant"]
+        self._store_head = (b"*8\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n$1\r\n1\r\n" % (
+            len(sha), sha.encode()) + b"$%d\r\n%s\r\n" * 3 + b"$%d\r\n%d\r\n"
+            + bulk(b"%d" % MAX_VARIANTS))
         self._subscription: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # stores through redis-py (cluster)
 
@@ -137,14 +142,18 @@ class RedisStore:
             self._tasks.add(task)  # a reference, so the task is not collected mid-flight
             task.add_done_callback(self._tasks.discard)
             return
-        sha, reload = self._scripts["cache_store_variant"]
-        commands = [script_command(sha, (key,), (entry.variant.encode(), data,
-                                                 b"%d" % keep, b"%d" % MAX_VARIANTS), reload)]
-        sha, reload = self._scripts["cache_tag_url"]
-        commands += [script_command(sha, (self.tag_key(tag),), (key.encode(), b"%d" % keep),
-                                    reload) for tag in entry.tags]
-        for command in commands:
-            self._pipe.submit(command).add_done_callback(_skipped_store)
+        submit = self._pipe.submit
+        raw_key = key.encode("utf-8", "surrogateescape")
+        variant = entry.variant.encode()
+        # script_command's bytes in one format: the store is on every storable miss.
+        submit(Command(self._store_head % (len(raw_key), raw_key, len(variant), variant,
+                                           len(data), data, len(b"%d" % keep), keep),
+                       key, self._store_reload)).add_done_callback(_skipped_store)
+        if entry.tags:
+            sha, reload = self._scripts["cache_tag_url"]
+            for tag in entry.tags:
+                submit(script_command(sha, (self.tag_key(tag),), (key.encode(), b"%d" % keep),
+                                      reload)).add_done_callback(_skipped_store)
 
     async def _put_by_call(self, entry: Entry, key: str, keep: int, data: bytes) -> None:
         try:
