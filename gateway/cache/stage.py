@@ -178,7 +178,7 @@ class ResponseCache:
                 return await self._fetch(p, key, out, fetch, stale, flight)
             try:
                 async with asyncio.timeout(p.wait):
-                    await flight.done.wait()
+                    await flight.wait()
             except TimeoutError:
                 break
         return await self._fetch(p, key, out, fetch, stale, None)
