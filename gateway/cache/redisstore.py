@@ -72,11 +72,8 @@ class RedisStore:
         self._scripts = {script.name: (script.sha, load_command(script.source))
                          for script in (store_variant, tag_url)}
         self._pipe = link.pipe
-        # EVALSHA sha 1 key variant data keep MAX_VARIANTS, in RESP, to fill with `%`.
         sha, self._store_reload = self._scripts["cache_store_variant"]
-        self._store_head = (b"*8\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n$1\r\n1\r\n" % (
-            len(sha), sha.encode()) + b"$%d\r\n%s\r\n" * 3 + b"$%d\r\n%d\r\n"
-            + bulk(b"%d" % MAX_VARIANTS))
+        self._store_head = store_head(sha)
         self._subscription: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # stores through redis-py (cluster)
 
@@ -143,12 +140,8 @@ class RedisStore:
             task.add_done_callback(self._tasks.discard)
             return
         submit = self._pipe.submit
-        raw_key = key.encode("utf-8", "surrogateescape")
-        variant = entry.variant.encode()
-        # script_command's bytes in one format: the store is on every storable miss.
-        submit(Command(self._store_head % (len(raw_key), raw_key, len(variant), variant,
-                                           len(data), data, len(b"%d" % keep), keep),
-                       key, self._store_reload)).add_done_callback(_skipped_store)
+        submit(store_command(self._store_head, key, entry.variant, data, keep,
+                             self._store_reload)).add_done_callback(_skipped_store)
         if entry.tags:
             sha, reload = self._scripts["cache_tag_url"]
             for tag in entry.tags:
@@ -246,6 +239,21 @@ class RedisStore:
             if "gen" in message and isinstance(message["gen"], int):
                 self.gen = max(self.gen or 0, message["gen"])
             on_purge(message)
+
+
+def store_head(sha: str) -> bytes:
+    """The cache_store_variant EVALSHA (sha, 1 key, variant, data, keep, MAX_VARIANTS) in
+    RESP with `%` slots for what changes: script_command's bytes in one format, since the
+    store is on every storable miss."""
+    return (b"*8\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n$1\r\n1\r\n" % (len(sha), sha.encode())
+            + b"$%d\r\n%s\r\n" * 3 + b"$%d\r\n%d\r\n" + bulk(b"%d" % MAX_VARIANTS))
+
+
+def store_command(head: bytes, key: str, variant: str, data: bytes, keep: int,
+                  reload: bytes) -> Command:
+    raw_key, raw_variant = key.encode("utf-8", "surrogateescape"), variant.encode()
+    return Command(head % (len(raw_key), raw_key, len(raw_variant), raw_variant, len(data),
+                           data, len(b"%d" % keep), keep), key, reload)
 
 
 def _quiet(future: asyncio.Future[Any]) -> None:
