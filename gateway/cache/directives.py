@@ -11,11 +11,13 @@ What malformed values mean is the RFC's choice, not ours:
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
+from typing import cast
 
 from gateway.cache.sfv import parse_dictionary
 
@@ -191,6 +193,25 @@ def http_date(value: str | None, now: float | None = None) -> float | None:
     """
     if not value:
         return None
+    fixed = _fixed_year_date(value)
+    if fixed is not _OTHER_FORM:
+        return cast("float | None", fixed)
+    found = _RFC850_DATE.fullmatch(value)
+    if found is not None:
+        day, month, short_year, hour, minute, second = found.groups()
+        year = _rfc850_year(_TWO_DIGITS[short_year], time.time() if now is None else now)
+        return _timestamp(year, month, day, hour, minute, second)
+    return None
+
+
+_OTHER_FORM = object()
+
+
+# Pure in `value` (unlike the RFC 850 form, whose century depends on `now`), and the same
+# Date and Last-Modified values come back on every response of a second, or for hours.
+@functools.lru_cache(maxsize=256)
+def _fixed_year_date(value: str) -> float | None | object:
+    """An IMF-fixdate or asctime date's timestamp (None when out of range), else _OTHER_FORM."""
     found = _IMF_FIXDATE.fullmatch(value)  # a field value has no surrounding whitespace
     if found is not None:
         day, month, year, hour, minute, second = found.groups()
@@ -199,12 +220,7 @@ def http_date(value: str | None, now: float | None = None) -> float | None:
     if found is not None:
         month, day, hour, minute, second, year = found.groups()
         return _timestamp(int(year), month, day, hour, minute, second)
-    found = _RFC850_DATE.fullmatch(value)
-    if found is not None:
-        day, month, short_year, hour, minute, second = found.groups()
-        year = _rfc850_year(_TWO_DIGITS[short_year], time.time() if now is None else now)
-        return _timestamp(year, month, day, hour, minute, second)
-    return None
+    return _OTHER_FORM
 
 
 def _rfc850_year(short_year: int, now: float) -> int:

@@ -108,7 +108,7 @@ def decode(data: bytes) -> Entry | None:
             url=meta["url"], variant=meta["variant"], vary=tuple(meta["vary"]),
             vary_values=tuple(meta["vary_values"]), status=int(meta["status"]),
             reason=meta["reason"],
-            headers=CIMultiDictProxy(CIMultiDict([(k, v) for k, v in meta["headers"]])),
+            headers=CIMultiDictProxy(CIMultiDict(meta["headers"])),  # [name, value] pairs
             body=zlib.decompress(data[at:]), initial_age=float(meta["initial_age"]),
             response_time=float(meta["response_time"]),
             fresh=Freshness.from_list(meta["fresh"]), tags=tuple(meta["tags"]),

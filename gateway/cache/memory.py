@@ -35,7 +35,8 @@ class MemoryStore:
 
     def put(self, entry: Entry) -> bool:
         """Store (replacing the same variant); False if it alone exceeds the whole budget."""
-        if entry.size > self.max_bytes:
+        size = entry.size  # a sum over the fields: once
+        if size > self.max_bytes:
             return False
         self.remove(entry.url, entry.variant)
         key = (entry.url, entry.variant)
@@ -43,7 +44,7 @@ class MemoryStore:
         self._by_url.setdefault(entry.url, {})[entry.variant] = entry
         for tag in entry.tags:
             self._by_tag.setdefault(tag, set()).add(entry.url)
-        self.size += entry.size
+        self.size += size
         while self.size > self.max_bytes and self._lru:
             (url, variant), _ = next(iter(self._lru.items()))
             self.remove(url, variant)

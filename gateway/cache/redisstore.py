@@ -47,7 +47,7 @@ from gateway.cache.entry import Entry, decode, encode
 from gateway.cache.key import url_hash
 from gateway.luascripts import load_script
 from gateway.redisconn import RedisLink, RedisUnavailable, Subscription
-from gateway.redispipe import Command, load_command, pack_command, script_command
+from gateway.redispipe import Command, bulk, load_command, pack_command, script_command
 
 log = logging.getLogger("gateway.cache")
 
@@ -72,6 +72,8 @@ class RedisStore:
         self._scripts = {script.name: (script.sha, load_command(script.source))
                          for script in (store_variant, tag_url)}
         self._pipe = link.pipe
+        sha, self._store_reload = self._scripts["cache_store_variant"]
+        self._store_head = store_head(sha)
         self._subscription: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # stores through redis-py (cluster)
 
@@ -137,14 +139,14 @@ class RedisStore:
             self._tasks.add(task)  # a reference, so the task is not collected mid-flight
             task.add_done_callback(self._tasks.discard)
             return
-        sha, reload = self._scripts["cache_store_variant"]
-        commands = [script_command(sha, (key,), (entry.variant.encode(), data,
-                                                 b"%d" % keep, b"%d" % MAX_VARIANTS), reload)]
-        sha, reload = self._scripts["cache_tag_url"]
-        commands += [script_command(sha, (self.tag_key(tag),), (key.encode(), b"%d" % keep),
-                                    reload) for tag in entry.tags]
-        for command in commands:
-            self._pipe.submit(command).add_done_callback(_skipped_store)
+        submit = self._pipe.submit
+        submit(store_command(self._store_head, key, entry.variant, data, keep,
+                             self._store_reload)).add_done_callback(_skipped_store)
+        if entry.tags:
+            sha, reload = self._scripts["cache_tag_url"]
+            for tag in entry.tags:
+                submit(script_command(sha, (self.tag_key(tag),), (key.encode(), b"%d" % keep),
+                                      reload)).add_done_callback(_skipped_store)
 
     async def _put_by_call(self, entry: Entry, key: str, keep: int, data: bytes) -> None:
         try:
@@ -237,6 +239,21 @@ class RedisStore:
             if "gen" in message and isinstance(message["gen"], int):
                 self.gen = max(self.gen or 0, message["gen"])
             on_purge(message)
+
+
+def store_head(sha: str) -> bytes:
+    """The cache_store_variant EVALSHA (sha, 1 key, variant, data, keep, MAX_VARIANTS) in
+    RESP with `%` slots for what changes: script_command's bytes in one format, since the
+    store is on every storable miss."""
+    return (b"*8\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n$1\r\n1\r\n" % (len(sha), sha.encode())
+            + b"$%d\r\n%s\r\n" * 3 + b"$%d\r\n%d\r\n" + bulk(b"%d" % MAX_VARIANTS))
+
+
+def store_command(head: bytes, key: str, variant: str, data: bytes, keep: int,
+                  reload: bytes) -> Command:
+    raw_key, raw_variant = key.encode("utf-8", "surrogateescape"), variant.encode()
+    return Command(head % (len(raw_key), raw_key, len(raw_variant), raw_variant, len(data),
+                           data, len(b"%d" % keep), keep), key, reload)
 
 
 def _quiet(future: asyncio.Future[Any]) -> None:

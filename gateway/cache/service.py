@@ -29,16 +29,31 @@ HIT_FOR_MISS = 30.0  # seconds a key that gave an unstorable response skips coll
 
 
 class Flight:
-    """One upstream fetch that concurrent misses for the same key wait for."""
+    """One upstream fetch that concurrent misses for the same key wait for.
+
+    Most misses have nobody waiting on them (every URL new, or requests spread out), so the
+    Event exists only once someone waits: the fetch itself pays for neither it nor its set."""
+
+    __slots__ = ("_done", "finished", "stored")
 
     def __init__(self) -> None:
-        self.done = asyncio.Event()
+        self._done: asyncio.Event | None = None
+        self.finished = False
         self.stored = False
 
+    async def wait(self) -> None:
+        if self.finished:
+            return
+        if self._done is None:
+            self._done = asyncio.Event()
+        await self._done.wait()
+
     def finish(self, stored: bool) -> None:
-        if not self.done.is_set():
+        if not self.finished:
+            self.finished = True
             self.stored = stored
-            self.done.set()
+            if self._done is not None:
+                self._done.set()
 
 
 class CacheService:

@@ -178,7 +178,7 @@ class ResponseCache:
                 return await self._fetch(p, key, out, fetch, stale, flight)
             try:
                 async with asyncio.timeout(p.wait):
-                    await flight.done.wait()
+                    await flight.wait()
             except TimeoutError:
                 break
         return await self._fetch(p, key, out, fetch, stale, None)
@@ -260,17 +260,15 @@ class ResponseCache:
         svc.clear_hit_for_miss(key)
         names = vary_names(field_values(exchange.headers, "Vary")) or ()
         values = vary_values(names, out.headers)
-        template = Entry(
-            url=key, variant=variant_id(names, values), vary=names, vary_values=values,
-            status=exchange.status, reason=exchange.reason or "",
-            headers=CIMultiDictProxy(CIMultiDict(exchange.headers)), body=b"",
-            initial_age=rfc.initial_age(exchange.headers, request_time, response_time),
-            response_time=response_time, fresh=fresh,
-            tags=rfc.tags_of(exchange.headers, p.cache),
-        )
+        # The entry's fields but its body, to build it once the body is whole (an Entry
+        # built directly: dataclasses.replace of a template costs as much again).
+        fields = (key, variant_id(names, values), names, values, exchange.status,
+                  exchange.reason or "", CIMultiDictProxy(CIMultiDict(exchange.headers)))
+        later = (rfc.initial_age(exchange.headers, request_time, response_time),
+                 response_time, fresh, rfc.tags_of(exchange.headers, p.cache))
 
         def complete(body: bytes) -> None:
-            svc.store(_with_body(template, body))
+            svc.store(Entry(*fields, body, *later))
             finish(True)
 
         def abandon() -> None:
@@ -286,7 +284,8 @@ class ResponseCache:
             if whole is None:
                 raise UpstreamError(502, "the upstream sent more than its Content-Length")
             complete(whole)
-            return self._from_entry(p, _with_body(template, whole), out, None, "MISS", status)
+            return self._from_entry(p, Entry(*fields, whole, *later), out, None, "MISS",
+                                    status)
         if isinstance(body, bytes):
             complete(body)
         else:
@@ -491,12 +490,6 @@ def _freshened(stale: Entry, exchange: Exchange, route: RouteCache, request_time
                                                     response_time),
                            response_time, rfc.freshness(stale.status, header_map, route,
                                                         response_time))
-
-
-def _with_body(template: Entry, body: bytes) -> Entry:
-    from dataclasses import replace
-
-    return replace(template, body=body)
 
 
 async def _read_all(body: AsyncIterator[bytes], limit: int) -> bytes | None:

@@ -1,7 +1,7 @@
 """The gateway's Redis side in one run: round trips, L2 throughput, Redis CPU, instructions.
 
     .venv/bin/python tests/perf/bench_redis.py [--duration 4] [--repeat 3] [--baseline REV]
-        [--only trips|cache|decision|instructions ...] [--instructions 300]
+        [--only trips|cache|decision|instructions ...] [--instructions 300] [--keep DIR]
 
 Starts (tests/perf/perfkit.py) an nginx upstream (512-byte bodies, max-age=3600), private
 redis-servers and gateways (`python -m gateway run`, 1 worker, access log on, pinned to
@@ -324,7 +324,8 @@ def decision_instructions(sources: dict[str, str], calls: int) -> None:
 
 # ---------------------------------------------------------------- 4. instructions
 
-def instructions(upstream_url: str, count: int, baseline: Path | None) -> None:
+def instructions(upstream_url: str, count: int, baseline: Path | None,
+                 keep: Path | None = None) -> None:
     print(f"\ninstructions per request in the gateway process (callgrind, {count} requests, "
           f"best of 2)")
     for name, source in (("this tree", None), ("baseline", baseline)):
@@ -345,8 +346,9 @@ def instructions(upstream_url: str, count: int, baseline: Path | None) -> None:
                                     n, first, connections=4)
 
                 labels = ("hit",) if label == "cold-l1" else ("miss", "both")
-                counts = instructions_per_request(cfg, drive, labels, count, warm=100,
-                                                  source=source)
+                counts = instructions_per_request(
+                    cfg, drive, labels, count, warm=100, source=source,
+                    keep=None if keep is None else keep / f"{name.replace(' ', '-')}-{label}")
             finally:
                 redis.close()
             for kind, value in counts.items():
@@ -367,6 +369,8 @@ def main() -> int:
                         choices=("trips", "cache", "decision", "instructions"))
     parser.add_argument("--instructions", type=int, default=300,
                         help="requests counted per callgrind round")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep each instruction count's callgrind dump in DIR")
     parser.add_argument("--calls", type=int, default=30000, help="EVALSHAs per decision round")
     args = parser.parse_args()
     parts = set(args.only or ("trips", "cache", "decision", "instructions"))
@@ -385,7 +389,7 @@ def main() -> int:
         up_port = free_port()
         up = lab._nginx("upstream", upstream_block(up_port), up_port, LAYOUT.load)
         if "instructions" in parts:
-            instructions(up.url, args.instructions, baseline)
+            instructions(up.url, args.instructions, baseline, args.keep)
         if not parts & {"trips", "cache"}:
             return 0
         redises: list[RedisServer] = []
