@@ -3,34 +3,26 @@
 
 The Cluster specification (https://redis.io/docs/latest/operate/oss_and_stack/reference/cluster-spec/):
 a key's slot is CRC16-XMODEM of the key, or of its hash tag (the part between the first `{`
-and the next `}` when that part is not empty), modulo 16384. `binascii.crc_hqx(data, 0)` is
-exactly that CRC (polynomial 0x1021, initial value 0, no reflection).
+and the next `}` when that part is not empty), modulo 16384: redis-py's public
+`redis.crc.key_slot`, which its own cluster client routes by, so both agree on every key.
 """
 
 from __future__ import annotations
 
-import binascii
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from redis.crc import key_slot as _bytes_slot
 from redis.exceptions import AskError, MovedError, TryAgainError
-
-SLOTS = 16384
 
 Address = tuple[str, int]
 
 
 def key_slot(key: str | bytes) -> int:
     """The slot of `key`, honouring a hash tag."""
-    data = key.encode("utf-8", "surrogateescape") if isinstance(key, str) else key
-    start = data.find(b"{")
-    if start >= 0:
-        end = data.find(b"}", start + 1)
-        if end > start + 1:
-            data = data[start + 1:end]
-    return binascii.crc_hqx(data, 0) % SLOTS
+    return _bytes_slot(key.encode("utf-8", "surrogateescape") if isinstance(key, str) else key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -210,7 +210,7 @@ _OTHER_FORM = object()
 # Pure in `value` (unlike the RFC 850 form, whose century depends on `now`), and the same
 # Date and Last-Modified values come back on every response of a second, or for hours.
 @functools.lru_cache(maxsize=256)
-def _fixed_year_date(value: str) -> float | None | object:
+def _fixed_year_date(value: str) -> float | object | None:
     """An IMF-fixdate or asctime date's timestamp (None when out of range), else _OTHER_FORM."""
     found = _IMF_FIXDATE.fullmatch(value)  # a field value has no surrounding whitespace
     if found is not None:

@@ -3,9 +3,8 @@ X-RateLimit-* trio, describing the most restrictive rule of the decision (CONTRA
 
 from __future__ import annotations
 
-import math
-from math import ceil
 from collections.abc import Callable, Sequence
+from math import ceil
 
 from gateway.config.model import HeaderStyle
 from gateway.ratelimit.decision import NEVER, RuleResult
@@ -14,7 +13,7 @@ from gateway.ratelimit.rules import Check
 
 def whole_seconds(us: int) -> int:
     """Rounded up, so a client waiting this long is never early."""
-    return math.ceil(us / 1_000_000)
+    return ceil(us / 1_000_000)
 
 
 def retry_after(checks: Sequence[Check], results: Sequence[RuleResult]) -> int:
