@@ -173,7 +173,9 @@ class Outgoing:
 
     @property
     def headers(self) -> CIMultiDict[str]:
-        headers = self._built()
+        headers = self._headers  # read by the cache after the exchange: no second frame
+        if headers is None:
+            headers = self._built()
         if self._added is not None:
             headers.extend(self._added.pairs)
             self._added = None

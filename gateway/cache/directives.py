@@ -288,7 +288,7 @@ def opaque_tag(etag: str | None) -> str | None:
 def field_values(headers: Mapping[str, str], name: str) -> list[str]:
     """All field lines of `name` (a CIMultiDict answers getall; a dict gives one)."""
     getall = getattr(headers, "getall", None)
-    if getall is not None:
-        return list(getall(name, ()))
+    if getall is not None:  # a new list each call (the default made here too): no copy
+        return getall(name, [])  # type: ignore[no-any-return]
     value = headers.get(name)
     return [] if value is None else [value]

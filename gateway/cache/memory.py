@@ -13,19 +13,21 @@ class MemoryStore:
         self.max_bytes = max_bytes
         self.size = 0
         self._lru: OrderedDict[tuple[str, str], Entry] = OrderedDict()
-        self._by_url: dict[str, dict[str, Entry]] = {}
+        # URL -> variant -> entry. Read by lookups (a URL not in it has nothing stored);
+        # changed only by the methods below.
+        self.by_url: dict[str, dict[str, Entry]] = {}
         self._by_tag: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._lru)
 
     def variants(self, url: str) -> list[Entry]:
-        found = self._by_url.get(url)
+        found = self.by_url.get(url)
         return list(found.values()) if found else []
 
     def variants_of(self, url: str) -> Iterable[Entry]:
         """`variants` without the copy, for a lookup that only reads them."""
-        found = self._by_url.get(url)
+        found = self.by_url.get(url)
         return found.values() if found else ()
 
     def touch(self, entry: Entry) -> None:
@@ -41,7 +43,7 @@ class MemoryStore:
         self.remove(entry.url, entry.variant)
         key = (entry.url, entry.variant)
         self._lru[key] = entry
-        self._by_url.setdefault(entry.url, {})[entry.variant] = entry
+        self.by_url.setdefault(entry.url, {})[entry.variant] = entry
         for tag in entry.tags:
             self._by_tag.setdefault(tag, set()).add(entry.url)
         self.size += size
@@ -64,11 +66,11 @@ class MemoryStore:
         if entry is None:
             return
         self.size -= entry.size
-        variants = self._by_url.get(url)
+        variants = self.by_url.get(url)
         if variants is not None:
             variants.pop(variant, None)
             if not variants:
-                del self._by_url[url]
+                del self.by_url[url]
         for tag in entry.tags:
             urls = self._by_tag.get(tag)
             if urls is not None and not any(tag in e.tags for e in self.variants(url)):
@@ -77,7 +79,7 @@ class MemoryStore:
                     del self._by_tag[tag]
 
     def drop_url(self, url: str) -> int:
-        variants = list(self._by_url.get(url, {}))
+        variants = list(self.by_url.get(url, {}))
         for variant in variants:
             self.remove(url, variant)
         return len(variants)
@@ -88,7 +90,7 @@ class MemoryStore:
     def clear(self) -> int:
         count = len(self._lru)
         self._lru.clear()
-        self._by_url.clear()
+        self.by_url.clear()
         self._by_tag.clear()
         self.size = 0
         return count

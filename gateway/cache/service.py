@@ -104,10 +104,10 @@ class CacheService:
     def lookup_memory(self, url: str, request_headers: HeaderSource, now: float
                       ) -> Entry | None:
         """`lookup` in L1 alone, without a coroutine: the whole of an L1 hit."""
-        found = self.memory.variants_of(url)
+        found = self.memory.by_url.get(url)
         if not found:
             return None
-        entry = _match(found, request_headers, now)
+        entry = _match(found.values(), request_headers, now)
         if entry is not None:
             self.memory.touch(entry)
         return entry

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway import metrics
 from gateway.cache import policy as rfc
@@ -80,8 +80,8 @@ class ResponseCache:
             policy = RoutePolicy(route.name, route.cache, frozenset(route.cache.ignore_query),
                                  wait, hit_drop=rfc.dropped_fields(route.cache, stored=True,
                                                                    age=True),
-                                 pass_drop=tuple(rfc.dropped_fields(route.cache, stored=False,
-                                                                    age=False)))
+                                 pass_drop=tuple(map(istr, rfc.dropped_fields(
+                                     route.cache, stored=False, age=False))))
             for result in RESULTS:  # children at load, not per request (STYLE)
                 policy.counters[result] = metrics.CACHE_LOOKUPS.labels(route.name, result)
             self.policies[route.name] = policy
@@ -110,33 +110,58 @@ class ResponseCache:
             return fetch(out)  # no cache policy: cost nothing
         if out.method not in rfc.SAFE_METHODS:  # any other name, extensions included (§4.4)
             return self._unsafe(p, out, fetch)
-        if out.method not in ("GET", "HEAD") or out.body is not None or \
-                _any_field(out.asked, rfc.BYPASS_REQUEST_FIELDS):
+        asked = out.asked
+        plain = not _any_field(asked, _ASKS_MORE)  # the usual request: one look for all
+        if out.method not in ("GET", "HEAD") or out.body is not None or (
+                not plain and _any_field(asked, rfc.BYPASS_REQUEST_FIELDS)):
             return self._bypass(p, out, fetch)
-        key = p.key(out.client_url)
+        key = p.keys.get(out.client_url) or p.key(out.client_url)  # a frame less when known
         now = time.time()
         svc = self.service
-        stored = svc.lookup_memory(key, out.sent_headers, now)
+        # A URL with nothing in L1 (every miss) is told by one dict look, without a frame.
+        stored = svc.lookup_memory(key, out.sent_headers, now) \
+            if key in svc.memory.by_url else None
         if stored is not None:
             age = stored.age(now)
-            if rfc.evaluate(stored.fresh, age, out.asked) is rfc.Use.FRESH:
-                return self._hit(p, stored, out, age)
-        elif svc.l2 is None and out.method == "GET" and svc.is_hit_for_miss(key) and \
-                "Range" not in out.asked:
+            if rfc.evaluate(stored.fresh, age, asked) is rfc.Use.FRESH:
+                return self._hit(p, stored, out, age, plain)
+        elif plain and svc.l2 is None and out.method == "GET" and svc.is_hit_for_miss(key):
             # Hit-for-miss with nothing stored anywhere: what `_read` would conclude after
             # its lookups, without them (and without the collapsing machinery).
-            return self._exchange(p, key, out, fetch, None, _no_waiters)
+            return self._hit_for_miss(p, key, out, fetch)
         return self._read(p, key, out, fetch, stored, ahead)
+
+    async def _hit_for_miss(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch
+                            ) -> Exchange:
+        """`_exchange` with nothing stored and a request that goes upstream as it came (no
+        validators or range of the client's to take out): an answer that still may not be
+        stored is passed on after one look at it, the key hit-for-miss for another
+        HIT_FOR_MISS seconds from this answer; one that may be stored now is stored."""
+        request_time = time.time()
+        exchange = await fetch(out)
+        response_time = time.time()
+        TALLY.inc(p.counters["miss"])
+        reason = rfc.not_storable_reason("GET", exchange.status, exchange.headers, out.headers,
+                                         p.cache)
+        if reason is None:
+            settled = self._settle(p, key, out, exchange, None, None, "miss", request_time,
+                                   response_time, _no_waiters)
+            return settled if isinstance(settled, Exchange) else await settled
+        self.service.mark_hit_for_miss(key)
+        return self._pass(p, exchange, "MISS", rfc.unstored_status("miss", exchange.status,
+                                                                    reason))
 
     async def _bypass(self, p: RoutePolicy, out: Outgoing, fetch: Fetch) -> Exchange:
         return self._pass(p, await fetch(out), "BYPASS", rfc.cache_status(
             hit=False, fwd="bypass"))
 
-    def _hit(self, p: RoutePolicy, entry: Entry, out: Outgoing, age: float) -> Exchange:
-        """A fresh entry's answer (RFC 9211: ttl is the freshness left)."""
+    def _hit(self, p: RoutePolicy, entry: Entry, out: Outgoing, age: float,
+             plain: bool = False) -> Exchange:
+        """A fresh entry's answer (RFC 9211: ttl is the freshness left). `plain`: the
+        request is known to ask for the stored whole (no validators, no range)."""
         p.count("hit")
         return self._from_entry(p, entry, out, age, "HIT",
-                                rfc.hit_status(entry.fresh.lifetime - age))
+                                rfc.hit_status(entry.fresh.lifetime - age), plain)
 
     # ------------------------------------------------------------ GET / HEAD
     async def _read(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch,
@@ -238,6 +263,19 @@ class ResponseCache:
         p.count("miss")
         reason = rfc.not_storable_reason("GET", exchange.status, exchange.headers,
                                          upstream_out.headers, p.cache)
+        settled = self._settle(p, key, out, exchange, reason, stale, fwd, request_time,
+                               response_time, finish)
+        return settled if isinstance(settled, Exchange) else await settled
+
+    def _settle(self, p: RoutePolicy, key: str, out: Outgoing, exchange: Exchange,
+                reason: str | None, stale: Entry | None, fwd: str, request_time: float,
+                response_time: float, finish: Callable[[bool], None]
+                ) -> Exchange | Awaitable[Exchange]:
+        """A complete answer (no 304) and `reason`, rfc.not_storable_reason's verdict on it:
+        stored as it streams to the client if nothing else forbids it (its freshness, its
+        size), else passed on and the key made hit-for-miss. An awaitable only when the
+        client asked conditionally and the body must be whole before it is answered."""
+        svc = self.service
         # Freshness (dates parsed and all) only for what may be stored.
         fresh = rfc.freshness(exchange.status, exchange.headers, p.cache, response_time) \
             if reason is None else None
@@ -254,8 +292,8 @@ class ResponseCache:
             if stale is not None:
                 svc.forget(stale)  # the upstream no longer lets us keep it
             finish(False)
-            return self._pass(p, exchange, "MISS", rfc.cache_status(
-                hit=False, fwd=fwd, fwd_status=exchange.status, detail=reason))
+            return self._pass(p, exchange, "MISS", rfc.unstored_status(fwd, exchange.status,
+                                                                        reason))
         assert fresh is not None
         svc.clear_hit_for_miss(key)
         names = vary_names(field_values(exchange.headers, "Vary")) or ()
@@ -279,13 +317,16 @@ class ResponseCache:
         if length.isdigit() and _any_field(out.asked, rfc.CLIENT_CONDITIONALS):
             # The client asked conditionally and the body is known to fit: keep it, then
             # answer the client from the entry (a 304 when its validators match, §4.3.2).
-            whole = body if isinstance(body, bytes) else await _read_all(body, limit)
-            exchange.release()
-            if whole is None:
-                raise UpstreamError(502, "the upstream sent more than its Content-Length")
-            complete(whole)
-            return self._from_entry(p, Entry(*fields, whole, *later), out, None, "MISS",
-                                    status)
+            async def whole_then_answer() -> Exchange:
+                whole = body if isinstance(body, bytes) else await _read_all(body, limit)
+                exchange.release()
+                if whole is None:
+                    raise UpstreamError(502, "the upstream sent more than its Content-Length")
+                complete(whole)
+                return self._from_entry(p, Entry(*fields, whole, *later), out, None, "MISS",
+                                        status)
+
+            return whole_then_answer()
         if isinstance(body, bytes):
             complete(body)
         else:
@@ -361,9 +402,9 @@ class ResponseCache:
 
     # ------------------------------------------------------------ answers
     def _from_entry(self, p: RoutePolicy, entry: Entry, out: Outgoing, age: float | None,
-                    x_cache: str, status: str) -> Exchange:
+                    x_cache: str, status: str, plain: bool = False) -> Exchange:
         """The entry as the client gets it; `age` None: no Age field (a fresh store)."""
-        if age is not None and not _any_field(out.asked, rfc.NOT_PLAIN):
+        if age is not None and (plain or not _any_field(out.asked, rfc.NOT_PLAIN)):
             stored, varying = _hit_head(p, entry, age)
             return _mark(Exchange(status=entry.status, reason=entry.reason or None,
                                   headers=varying, body=entry.body, stored=stored,
@@ -382,9 +423,11 @@ class ResponseCache:
     def _pass(self, p: RoutePolicy, exchange: Exchange, x_cache: str, status: str) -> Exchange:
         if x_cache == "BYPASS":
             p.count("bypass")
-        if _any_field(exchange.headers, p.pass_drop):  # else client_headers changes nothing
-            exchange.headers = rfc.client_headers(exchange.headers.items(), p.cache,
-                                                  stored=False)
+        headers = exchange.headers
+        for name in p.pass_drop:  # else client_headers changes nothing
+            if name in headers:
+                exchange.headers = rfc.client_headers(headers.items(), p.cache, stored=False)
+                break
         return _mark(exchange, x_cache, status)
 
     async def _unsafe(self, p: RoutePolicy | None, out: Outgoing, fetch: Fetch) -> Exchange:
@@ -445,6 +488,13 @@ def _part(entry: Entry, headers: CIMultiDict[str],
                     body=entry.body[asked.first:asked.last + 1])
 
 
+# The client's validators and range: answered from an entry, never sent upstream.
+_TAKEN_OUT = (*rfc.CLIENT_CONDITIONALS, *rfc.RANGE_FIELDS)
+# What makes a GET or HEAD more than a plain one: those, and preconditions that bypass the
+# cache.
+_ASKS_MORE = (*rfc.BYPASS_REQUEST_FIELDS, *_TAKEN_OUT)
+
+
 def _no_waiters(stored: bool) -> None:
     """The `finish` of a fetch that leads no collapsed waiters."""
 
@@ -457,9 +507,13 @@ def _any_field(headers: Mapping[str, str], names: tuple[str, ...]) -> bool:
     return False
 
 
+_X_CACHE = istr("X-Cache")  # istr: set without folding the name's case again
+_CACHE_STATUS = istr("Cache-Status")
+
+
 def _mark(exchange: Exchange, x_cache: str, status: str) -> Exchange:
-    exchange.headers["X-Cache"] = x_cache
-    exchange.headers["Cache-Status"] = status
+    exchange.headers[_X_CACHE] = x_cache
+    exchange.headers[_CACHE_STATUS] = status
     exchange.cache_status = x_cache
     return exchange
 
@@ -467,15 +521,14 @@ def _mark(exchange: Exchange, x_cache: str, status: str) -> Exchange:
 def _conditional(out: Outgoing, stale: Entry | None) -> Outgoing:
     """The request upstream: the client's own validators and range removed (we want a
     full, storable answer), the stored entry's added (§4.3.1)."""
-    if stale is None and not _any_field(out.asked, rfc.CLIENT_CONDITIONALS) and \
-            not _any_field(out.asked, rfc.RANGE_FIELDS):
+    if stale is None and not _any_field(out.asked, _TAKEN_OUT):
         return out
     headers = CIMultiDict(out.headers)
-    for name in (*rfc.CLIENT_CONDITIONALS, *rfc.RANGE_FIELDS):
+    for name in _TAKEN_OUT:
         headers.popall(name, None)
     if stale is not None:
-        for name, value in rfc.conditional_headers(stale.headers):
-            headers[name] = value
+        for validator, value in rfc.conditional_headers(stale.headers):
+            headers[validator] = value
     return Outgoing(method="GET" if out.method == "HEAD" else out.method, path_qs=out.path_qs,
                     headers=headers, body=out.body, upstream=out.upstream,
                     client_url=out.client_url, asked=out.asked, interim=out.interim)

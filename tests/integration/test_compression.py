@@ -318,7 +318,7 @@ async def test_each_coding_of_a_stored_response_is_made_once_and_served_from_cac
     assert upstream.count("/a/doc") == 1
     assert gw.process.services is not None and gw.process.services.cache is not None
     memory = gw.process.services.cache.memory
-    [entry] = [e for variants in memory._by_url.values() for e in variants.values()]
+    [entry] = [e for variants in memory.by_url.values() for e in variants.values()]
     assert sorted(entry.encoded) == ["br", "gzip", "zstd"]
     # The variants count against memory_max.
     assert memory.size == entry.size > len(DOC) + sum(map(len, entry.encoded.values()))
