@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import cast
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from gateway.cache.sfv import parse_dictionary
 
 # RFC 9111 §1.2.2: a cache may cap delta-seconds at 2^31 and must not treat a larger value
@@ -82,6 +84,18 @@ def parse_directives(fields: Iterable[str]) -> Directives:
             _PARSED.clear()
         _PARSED[lines] = found
     return found
+
+
+def field_directives(headers: Mapping[str, str], name: str) -> Directives:
+    """`parse_directives(field_values(headers, name))` in one frame for a value parsed
+    before (the usual one: each frame is ~1,000 instructions on a path that looks at
+    Cache-Control on every request and answer)."""
+    if type(headers) in _MULTI_DICTS:
+        lines = tuple(headers.getall(name, ()))  # type: ignore[attr-defined]
+    else:
+        lines = tuple(field_values(headers, name))
+    found = _PARSED.get(lines)
+    return found if found is not None else parse_directives(lines)
 
 
 def _parse_directives(fields: Iterable[str]) -> Directives:
@@ -285,10 +299,17 @@ def opaque_tag(etag: str | None) -> str | None:
     return found[0] if found and found[0] != "*" else None
 
 
+# The header maps the gateway passes: told by their type (one C call) instead of looking
+# for a `getall` attribute (a bound method made, ~700 instructions, callgrind).
+_MULTI_DICTS = frozenset({CIMultiDict, CIMultiDictProxy})
+
+
 def field_values(headers: Mapping[str, str], name: str) -> list[str]:
     """All field lines of `name` (a CIMultiDict answers getall; a dict gives one)."""
+    if type(headers) in _MULTI_DICTS:  # a new list each call (the default made here too)
+        return headers.getall(name, [])  # type: ignore[attr-defined,no-any-return]
     getall = getattr(headers, "getall", None)
-    if getall is not None:  # a new list each call (the default made here too): no copy
-        return getall(name, [])  # type: ignore[no-any-return]
+    if getall is not None:
+        return list(getall(name, ()))
     value = headers.get(name)
     return [] if value is None else [value]

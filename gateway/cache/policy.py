@@ -32,15 +32,14 @@ from urllib.parse import urljoin, urlsplit
 from multidict import CIMultiDict, istr
 
 from gateway.cache.directives import (
-    EMPTY,
     INVALID,
     Directives,
     age_value,
     etags,
+    field_directives,
     field_values,
     http_date,
     opaque_tag,
-    parse_directives,
     parse_surrogate_control,
     parse_targeted,
     vary_names,
@@ -95,10 +94,7 @@ def cache_directives(headers: Mapping[str, str]) -> tuple[Directives, bool]:
         cdn = parse_targeted(field_values(headers, _CDN_CACHE_CONTROL))
         if cdn is not None:
             return cdn, True
-    if _CACHE_CONTROL not in headers:
-        return EMPTY, False
-    cache_control = field_values(headers, _CACHE_CONTROL)
-    return (parse_directives(cache_control) if cache_control else EMPTY), False
+    return field_directives(headers, _CACHE_CONTROL), False
 
 
 # ---------------------------------------------------------------- §3 storing
@@ -113,8 +109,8 @@ def not_storable_reason(method: str, status: int, headers: Mapping[str, str],
     directives, targeted = cache_directives(headers)
     # The names in a dict: each test one C call, not a Directives.__contains__ frame.
     named = directives.values
-    if _CACHE_CONTROL in request_headers and "no-store" in parse_directives(
-            field_values(request_headers, _CACHE_CONTROL)).values:
+    if _CACHE_CONTROL in request_headers and \
+            "no-store" in field_directives(request_headers, _CACHE_CONTROL).values:
         return "no-store"
     if "must-understand" in named:
         if status not in UNDERSTOOD_STATUSES:
@@ -275,7 +271,7 @@ def evaluate(fresh: Freshness, age: float, request_headers: Mapping[str, str]) -
         if age < fresh.lifetime + fresh.stale_while_revalidate:
             return Use.STALE_WHILE_REVALIDATE
         return Use.REVALIDATE
-    request_cc = parse_directives(field_values(request_headers, "Cache-Control"))
+    request_cc = field_directives(request_headers, _CACHE_CONTROL)
     if fresh.no_cache or "no-cache" in request_cc or (
             not request_cc.values and "no-cache" in request_headers.get("Pragma", "")):
         return Use.REVALIDATE  # §5.2.2.4, §5.2.1.4 and §5.4 (Pragma only without Cache-Control)

@@ -111,7 +111,8 @@ class ResponseCache:
         if out.method not in rfc.SAFE_METHODS:  # any other name, extensions included (§4.4)
             return self._unsafe(p, out, fetch)
         asked = out.asked
-        plain = not _any_field(asked, _ASKS_MORE)  # the usual request: one look for all
+        # The usual request has none of them: one look for all, in C (without a frame).
+        plain = asked.keys().isdisjoint(_ASKS_MORE)
         if out.method not in ("GET", "HEAD") or out.body is not None or (
                 not plain and _any_field(asked, rfc.BYPASS_REQUEST_FIELDS)):
             return self._bypass(p, out, fetch)
