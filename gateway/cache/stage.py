@@ -117,16 +117,18 @@ class ResponseCache:
                 not plain and _any_field(asked, rfc.BYPASS_REQUEST_FIELDS)):
             return self._bypass(p, out, fetch)
         key = p.keys.get(out.client_url) or p.key(out.client_url)  # a frame less when known
-        now = time.time()
         svc = self.service
+        stored: Entry | None = None
         # A URL with nothing in L1 (every miss) is told by one dict look, without a frame.
-        stored = svc.lookup_memory(key, out.sent_headers, now) \
-            if key in svc.memory.by_url else None
-        if stored is not None:
-            age = stored.age(now)
-            if rfc.evaluate(stored.fresh, age, asked) is rfc.Use.FRESH:
-                return self._hit(p, stored, out, age, plain)
-        elif plain and svc.l2 is None and out.method == "GET" and svc.is_hit_for_miss(key):
+        if key in svc.memory.by_url:
+            now = time.time()
+            stored = svc.lookup_memory(key, out.sent_headers, now)
+            if stored is not None:
+                age = stored.age(now)
+                if rfc.evaluate(stored.fresh, age, asked) is rfc.Use.FRESH:
+                    return self._hit(p, stored, out, age, plain)
+        if stored is None and plain and svc.l2 is None and out.method == "GET" and \
+                svc.is_hit_for_miss(key):
             # Hit-for-miss with nothing stored anywhere: what `_read` would conclude after
             # its lookups, without them (and without the collapsing machinery).
             return self._hit_for_miss(p, key, out, fetch)
