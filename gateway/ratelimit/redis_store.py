@@ -137,11 +137,13 @@ def _bulk_args(args: tuple[bytes, ...]) -> bytes:
     return b"".join(bulk(a) for a in args)
 
 
+_bulk_arg = functools.lru_cache(maxsize=4096)(bulk)  # a rule's packed ARGV, framed once
+
+
 def pack_evalsha(sha: bytes, keys: tuple[str, ...], args: tuple[bytes, ...]) -> bytes:
     """One EVALSHA in RESP: the script arguments of each rule come pre-encoded."""
     head = b"*%d\r\n$7\r\nEVALSHA\r\n%s%s" % (3 + len(keys) + len(args), bulk(sha),
                                                 bulk(b"%d" % len(keys)))
     return b"".join((head, *(bulk(k.encode("utf-8", "surrogateescape")) for k in keys),
-                     _bulk_args(args[:2]), *(_bulk_args(args[i:i + 6])
-                                             for i in range(2, len(args), 6))))
+                     _bulk_args(args[:2]), *(_bulk_arg(a) for a in args[2:])))
 
