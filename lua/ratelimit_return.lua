@@ -10,7 +10,6 @@
 local reserved = tonumber(ARGV[1])
 local call, ceil, format = redis.call, math.ceil, string.format
 local pack, unpack = struct.pack, struct.unpack
-local SLACK_MS = 1000  -- as in lua/ratelimit.lua
 local ENTRY = 16  -- bytes of a sliding window's log entry, as in lua/ratelimit.lua
 local function int(x) return format('%d', x) end
 
@@ -24,15 +23,15 @@ for r = 1, #KEYS do
   if algorithm <= 2 then
     -- GCRA: the reservation moved the theoretical arrival time on by cost emission
     -- intervals. A time at or before the reservation's is an idle bucket, like no key at
-    -- all. The expiry is counted from the reservation (the script's clock then), a round
-    -- trip too long at most.
+    -- all. An earlier time needs no later expiry: the key keeps its own.
     local state = call('GET', key)
     if state then
-      local back = unpack('<d', state) - cost * ceil(window / limit)
+      local tat, expires = unpack('<dd', state)
+      local back = tat - cost * ceil(window / limit)
       if back <= reserved then
         call('DEL', key)
       else
-        call('SET', key, pack('<d', back), 'PX', int(ceil((back - reserved) / 1000) + SLACK_MS))
+        call('SET', key, pack('<dd', back, expires), 'KEEPTTL')
       end
       returned = returned + 1
     end

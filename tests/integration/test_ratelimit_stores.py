@@ -446,6 +446,34 @@ async def test_a_sliding_window_outlives_its_entries_by_a_window_and_at_most_two
         await link.close()
 
 
+@pytest.mark.parametrize("algorithm", [Algorithm.TOKEN_BUCKET, Algorithm.LEAKY_BUCKET])
+async def test_a_bucket_outlives_its_theoretical_arrival_time_by_one_to_two_slacks(
+        redis_server: RedisServer, algorithm: Algorithm) -> None:
+    """A GCRA key's expiry moves only when the key would not outlive its TAT by the slack,
+    and then to two slacks past it: after every admission its TTL is the reset (the time
+    until the TAT) plus one to two slacks. On Redis's own clock, the TAT running ahead of
+    it and falling back."""
+    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
+    store = RedisStore(link)
+    client = redis.Redis(port=redis_server.port)
+    slack = 1000  # milliseconds
+    try:
+        c = check(algorithm, limit=10, window=1, burst=40)
+        for i in range(40):
+            began = time.monotonic()
+            decision = await store.decide([c])
+            assert decision.admitted
+            reset_ms = decision.results[0].reset_us / 1000
+            ttl = client.pttl(c.keys[0])
+            since = (time.monotonic() - began) * 1000
+            assert reset_ms + slack - since - 2 <= ttl <= reset_ms + 2 * slack + 2, i
+            if i % 10 == 9:
+                await asyncio.sleep(0.3)  # the TAT falls back towards now
+    finally:
+        client.close()
+        await link.close()
+
+
 # ---------------------------------------------------------------- reserve and return
 
 @pytest.mark.parametrize("algorithm", ALL)
