@@ -7,10 +7,11 @@
 -- ARGV[2]: "1" commit when admitted, "0" only look (the admin state call), "2" commit and
 --   append the script's `now` to an admitting reply (a reservation that may be returned by
 --   lua/ratelimit_return.lua: one part of a request decided on several cluster slots).
--- then one per rule: six little-endian doubles (struct '<dddddd'): algorithm
+-- ARGV[3]: per rule, 48 bytes: six little-endian doubles (struct '<dddddd'): algorithm
 --   (1 token_bucket, 2 leaky_bucket, 3 sliding_window, 4 fixed_window), limit, burst,
 --   window in microseconds, cost, soft (1: a shadow or degrade rule, reported but never
---   blocking the others).
+--   blocking the others). One string for all rules: Redis makes a Lua string of every
+--   argument on every call.
 -- Returns {admitted, then per rule: allowed, remaining, reset_us, retry_us (-1: never)}.
 -- Every number is an integer held in a double (exact below 2^53), so the two stores agree
 -- to the microsecond. Redis 6.2+ (EVAL/EVALSHA only; effects replication, the default
@@ -79,17 +80,21 @@ end
 -- The algorithms are inline branches of one loop rather than functions, and an admitting
 -- rule leaves its write as four values in `writes` rather than a closure. A write is
 -- SETRANGE key offset value (then PEXPIRE key ttl when ttl is set) when it has an offset,
--- else SET key value with PX ttl, or KEEPTTL when ttl is false. Both tables are made with
--- room for three rules: grown one element at a time, their resizing cost ~9,000
--- instructions of a 3-rule decision (callgrind).
+-- else SET key value with PX ttl, or KEEPTTL when ttl is false. A value rewritten whole
+-- with its expiry kept goes by SETRANGE at offset 0 rather than SET ... KEEPTTL: its
+-- integer reply reaches Lua as a number, SET's +OK as a table made for it, and callgrind
+-- counts ~1,500 instructions more per SET. Both tables are made with room for three
+-- rules: grown one element at a time, their resizing cost ~9,000 instructions of a 3-rule
+-- decision (callgrind).
 local out = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
 local n = 1
 local writes = {false, false, false, false, false, false, false, false, false, false, false,
                 false}
 local w = 0
 local admitted = true
+local rules = ARGV[3]
 for r = 1, #KEYS do
-  local algorithm, limit, burst, window, cost, soft = unpack('<dddddd', ARGV[r + 2])
+  local algorithm, limit, burst, window, cost, soft = unpack('<dddddd', rules, r * 48 - 47)
   local key = KEYS[r]
   local allowed, remaining, reset, retry = 0, 0, 0, -1
   local value, offset, ttl
@@ -100,8 +105,7 @@ for r = 1, #KEYS do
     -- whole microsecond), and the millisecond the key expires. The key must outlive its
     -- TAT by the slack (an idle bucket, TAT before now, is no key at all); its expiry is
     -- moved only when it would not, then a slack further, so most writes keep it
-    -- (SET ... KEEPTTL: callgrind counts a SET with PX and its formatted TTL ~4,000
-    -- instructions dearer).
+    -- (callgrind counts a SET with PX and its formatted TTL ~4,000 instructions dearer).
     local units = burst + 1
     if algorithm == 1 then units = limit + burst end
     local interval = ceil(window / limit)
@@ -116,7 +120,7 @@ for r = 1, #KEYS do
       allowed, remaining, reset, retry = 1, floor((capacity - diff) / interval), diff, 0
       local now_ms, until_ms = floor(now / 1000), ceil(diff / 1000) + SLACK_MS
       if expires >= now_ms + until_ms then
-        ttl = false
+        offset = '0'
       else
         expires, ttl = now_ms + until_ms + SLACK_MS, format('%d', until_ms + SLACK_MS)
       end
@@ -198,7 +202,7 @@ for r = 1, #KEYS do
       allowed, remaining, retry = 1, units - used - cost, 0
       value = pack('<dd', index, used + cost)
       -- The expiry is set by the window's first write: its end plus the slack.
-      if begun then ttl = false else ttl = format('%d', ceil(reset / 1000) + SLACK_MS) end
+      if begun then offset = '0' else ttl = format('%d', ceil(reset / 1000) + SLACK_MS) end
     else
       if cost <= units then retry = reset end
       remaining = units - used

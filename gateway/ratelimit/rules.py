@@ -116,8 +116,8 @@ class Check(NamedTuple):
     def soft(self) -> bool:
         return soft(self.rule)
 
-    def script_args(self) -> tuple[bytes, ...]:
-        """ARGV of this rule for lua/ratelimit.lua (one: its six numbers packed as
+    def script_args(self) -> bytes:
+        """This rule's part of lua/ratelimit.lua's ARGV[3] (its six numbers packed as
         little-endian doubles, which the script unpacks in one call instead of parsing six
         decimals), encoded once per rule and tier."""
         return _script_args(ALGORITHM_CODE[self.rule.algorithm], self.limit, self.burst,
@@ -125,8 +125,8 @@ class Check(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def _script_args(*values: int) -> tuple[bytes, ...]:
-    return (_RULE_ARGS.pack(*values),)
+def _script_args(*values: int) -> bytes:
+    return _RULE_ARGS.pack(*values)
 
 
 _RULE_ARGS = struct.Struct("<6d")  # exact: every value is an integer below 2^53

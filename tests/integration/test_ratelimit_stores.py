@@ -493,7 +493,7 @@ def test_a_returned_reservation_leaves_the_counter_as_if_never_made(
     def run(c: Check, at: int, mode: bytes = b"1", cost: int = 1) -> list[int]:
         c = c._replace(cost=cost)
         return list(client.eval(decide, len(c.keys), *c.keys, str(at).encode(), mode,
-                                *c.script_args()))
+                                c.script_args()))
 
     def back(at: int, cost: int) -> None:
         args = [str(v) for v in (ALGORITHM_CODE[algorithm], with_.limit, with_.window_us,
