@@ -139,8 +139,10 @@ for r = 1, #KEYS do
     -- newest entry that counts units (one returned by lua/ratelimit_return.lua counts
     -- none), `refreshed` the millisecond the key's expiry was last set. An entry counts
     -- while its time is > now - window, so the live units are c - g: reading the header
-    -- is one call, and entries are looked at only once `oldest` has left.
-    -- An admission writes its entry and the new header over the old header: one SETRANGE.
+    -- is one call, and entries are looked at only once `oldest` has left. Entries come in
+    -- the order of Redis's clock, which the window assumes does not step back (the search
+    -- for departures relies on it). An admission writes its entry and the new header over
+    -- the old header: one SETRANGE.
     local units = limit + burst
     local edge = now - window
     local c, g, live, count, oldest, newest, refreshed = 0, 0, 0, 0, 0, 0, nil
