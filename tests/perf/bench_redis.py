@@ -234,8 +234,8 @@ import pickle, sys
 from gateway.config.model import Algorithm, RateLimitRule, Scope
 from gateway.ratelimit.redis_store import pack_evalsha, script_call
 from gateway.ratelimit.rules import make_check
-sha, algorithms, prefix, users = pickle.load(sys.stdin.buffer)
-rules = [RateLimitRule(f"r{i}", Algorithm(a), Scope("user"), 10**9, 60.0)
+sha, algorithms, prefix, users, window = pickle.load(sys.stdin.buffer)
+rules = [RateLimitRule(f"r{i}", Algorithm(a), Scope("user"), 10**9, window)
          for i, a in enumerate(algorithms)]
 sys.stdout.buffer.write(pickle.dumps([pack_evalsha(sha, *script_call(
     [make_check(rule, prefix, f"u{u}", None, 1) for rule in rules], None, True))
@@ -244,24 +244,24 @@ sys.stdout.buffer.write(pickle.dumps([pack_evalsha(sha, *script_call(
 
 
 def decision_wire(tree: Path | None, sha: bytes, algorithms: tuple[Algorithm, ...],
-                  prefix: str, users: int = 64) -> list[bytes]:
-    """One EVALSHA per user deciding `algorithms`, encoded by `tree`'s gateway (None: this
-    one)."""
+                  prefix: str, window: float, users: int = 64) -> list[bytes]:
+    """One EVALSHA per user deciding `algorithms` (10^9 per `window` seconds), encoded by
+    `tree`'s gateway (None: this one)."""
     if tree is None:
-        rules = [RateLimitRule(f"r{i}", a, Scope("user"), 10**9, 60.0)
+        rules = [RateLimitRule(f"r{i}", a, Scope("user"), 10**9, window)
                  for i, a in enumerate(algorithms)]
         return [pack_evalsha(sha, *script_call(
             [make_check(rule, prefix, f"u{u}", None, 1) for rule in rules], None, True))
             for u in range(users)]
     made = subprocess.run([sys.executable, "-c", _WIRE], cwd=tree, capture_output=True,
                           check=True, input=pickle.dumps(
-                              (sha, [a.value for a in algorithms], prefix, users)))
+                              (sha, [a.value for a in algorithms], prefix, users, window)))
     wire: list[bytes] = pickle.loads(made.stdout)
     return wire
 
 
 def decision_cost(sources: dict[str, tuple[str, Path | None]], rounds: int,
-                  calls: int) -> None:
+                  calls: int, window: float) -> None:
     """usec_per_call of EVALSHA per script and rule set, interleaved rounds."""
     redis = RedisServer().start()
     assert redis.proc is not None
@@ -278,7 +278,7 @@ def decision_cost(sources: dict[str, tuple[str, Path | None]], rounds: int,
             for name, (source, tree) in order:
                 sha = client.script_load(source).encode()
                 for label, algorithms in sets.items():
-                    wire = decision_wire(tree, sha, algorithms, f"{name}{round_no}:")
+                    wire = decision_wire(tree, sha, algorithms, f"{name}{round_no}:", window)
                     _run_pipelined(redis.port, wire, 2000)  # warm: keys exist
                     client.config_resetstat()
                     cpu = sum(server.cpu_times()[:2])
@@ -290,7 +290,7 @@ def decision_cost(sources: dict[str, tuple[str, Path | None]], rounds: int,
         client.close()
         redis.close()
     print(f"\nRedis per decision (EVALSHA usec_per_call of INFO commandstats; {rounds} "
-          f"interleaved rounds of {calls:,} calls, 64 users, rules of 10^9 per 60 s)")
+          f"interleaved rounds of {calls:,} calls, 64 users, rules of 10^9 per {window:g} s)")
     for (name, label), values in found.items():
         usecs = sorted(u for u, _ in values)
         print(f"{name:<10} {label:<15} min {usecs[0]:6.2f} us  median "
@@ -301,7 +301,8 @@ def decision_cost(sources: dict[str, tuple[str, Path | None]], rounds: int,
           f"{'met' if best <= 12 else 'NOT met'} (minimum of the rounds)")
 
 
-def decision_instructions(sources: dict[str, tuple[str, Path | None]], calls: int) -> None:
+def decision_instructions(sources: dict[str, tuple[str, Path | None]], calls: int,
+                          window: float) -> None:
     """redis-server's instructions per EVALSHA under callgrind (whole server: parsing,
     script, reply), which the neighbours cannot move as they move usec_per_call."""
     import shutil
@@ -331,7 +332,7 @@ def decision_instructions(sources: dict[str, tuple[str, Path | None]], calls: in
                     client = redis_py.Redis(port=port)
                     sha = client.script_load(source).encode()
                     client.close()
-                    wire = decision_wire(tree, sha, algorithms, "i:")
+                    wire = decision_wire(tree, sha, algorithms, "i:", window)
                     _run_pipelined(port, wire, calls)
                     subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)],
                                    capture_output=True, check=False)
@@ -399,6 +400,9 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep each instruction count's callgrind dump in DIR")
     parser.add_argument("--calls", type=int, default=30000, help="EVALSHAs per decision round")
+    parser.add_argument("--window", type=float, default=60.0,
+                        help="seconds of the decision rules' window (short: a sliding "
+                             "window's entries leave on every request)")
     args = parser.parse_args()
     parts = set(args.only or ("trips", "cache", "decision", "instructions"))
     if tools().nginx is None:
@@ -413,8 +417,8 @@ def main() -> int:
             if baseline is not None:
                 sources["baseline"] = ((baseline / "lua" / "ratelimit.lua").read_text(),
                                        baseline)
-            decision_cost(sources, args.repeat, args.calls)
-            decision_instructions(sources, min(args.calls, 5000))
+            decision_cost(sources, args.repeat, args.calls, args.window)
+            decision_instructions(sources, min(args.calls, 5000), args.window)
         up_port = free_port()
         up = lab._nginx("upstream", upstream_block(up_port), up_port, LAYOUT.load)
         if "instructions" in parts:
