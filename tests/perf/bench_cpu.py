@@ -2,7 +2,7 @@
 one run. A script, not collected by pytest:
 
     .venv/bin/python tests/perf/bench_cpu.py [--requests 300] [--baseline REV]
-        [--duration 5] [--repeat 3] [--keep DIR] [--only-instructions]
+        [--duration 5] [--repeat 3] [--keep DIR] [--only-instructions] [--parts]
 
 Three parts, one upstream (nginx answering a small `Cache-Control: no-store` body):
 
@@ -23,7 +23,9 @@ says `no-store`. Its requests come from 200 users taking turns, each with its ow
 tier and app version (under callgrind and under wrk alike); it is also counted with a user
 never seen before on every request, the limiter's worst case (keys and checks made anew).
 The access log is on (the default) in both, except for the one count that shows what the
-log costs. Every gateway runs one worker on the server core (perfkit LAYOUT); the
+log costs. `--parts` counts, instead of all that, the full route's request on the route with
+each stage alone (no stage, the 3 rules in Redis, the 5 flags, the cache), then all three:
+what each stage adds. Every gateway runs one worker on the server core (perfkit LAYOUT); the
 rate-limit store is a private redis-server on the load core, or the in-process store.
 
 Targets (printed MET / NOT MET): bare >= 1.3x the naive proxy's rps and the access log
@@ -179,6 +181,32 @@ def count_gateway(upstream_url: str, redis_url: str, requests: int,
     return found
 
 
+def count_parts(upstream_url: str, redis_url: str, requests: int, source: Path | None,
+                keep: Path | None) -> dict[str, float]:
+    """The full route's request, on the full route with only some of its stages."""
+    found: dict[str, float] = {}
+    for label, stages in (("no stage", ()), ("rules", ("rate_limits",)), ("flags", ("flags",)),
+                          ("cache", ("cache",)), ("all three", ("rate_limits", "flags", "cache"))):
+        config = full_config(upstream_url, redis_url)
+        route = config["routes"][0]
+        for stage in {"rate_limits", "flags", "cache"} - set(stages):
+            del route[stage]
+        port = _with_ports(config)["listen"]["port"]
+        found.update(instructions_per_request(config, partial(_drive, port, _full_request),
+                                              (label,), requests, source=source, keep=keep))
+    return found
+
+
+def print_parts(counts: dict[str, dict[str, float]]) -> None:
+    print("\ninstructions per request of the full route's request, by the stages its route has "
+          "(callgrind, best of 2; rules in Redis; access log on):")
+    for name, row in counts.items():
+        base = row["no stage"]
+        print(f"  {name:>14}: no stage {base:>9,.0f}   " + "   ".join(
+            f"{label} {row[label] - base:>+8,.0f}" for label in ("rules", "flags", "cache"))
+            + f"   all three {row['all three']:>9,.0f}")
+
+
 def count_naive(upstream_url: str, requests: int, keep: Path | None) -> float:
     port = free_port()
     cmd = [PYTHON, str(REPO / "tests" / "perf" / "naive_proxy.py"), str(port), upstream_url]
@@ -207,6 +235,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="interleaved wrk rounds")
     parser.add_argument("--keep", type=Path, help="keep the callgrind dumps in this directory")
     parser.add_argument("--only-instructions", action="store_true", help="skip wrk")
+    parser.add_argument("--parts", action="store_true",
+                        help="only what each stage of the full route adds (callgrind)")
     args = parser.parse_args()
 
     found = tools()
@@ -220,6 +250,15 @@ def main() -> int:
             up_port = free_port()
             up = lab._nginx("upstream", upstream_block(up_port), up_port, LAYOUT.load)
             redis_url = redis.url
+            if args.parts:
+                parts = {"this tree": count_parts(up.url, redis_url, args.requests, None,
+                                                  args.keep)}
+                if args.baseline:
+                    parts[args.baseline[:12]] = count_parts(
+                        up.url, redis_url, args.requests, checkout(args.baseline, Path(tmp)),
+                        args.keep / "baseline" if args.keep else None)
+                print_parts(parts)
+                return 0
             counts = {"this tree": count_gateway(up.url, redis_url, args.requests, None,
                                                  args.keep)}
             if args.baseline:
