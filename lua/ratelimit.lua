@@ -158,7 +158,6 @@ for r = 1, #KEYS do
     if cost <= units and total + cost <= units then
       allowed, remaining, reset, retry = 1, units - total - cost, window, 0
       if live == 0 then oldest = now end
-      local entry = pack('<dd', now, c + cost)
       local dead = count - live
       -- Both the expiry and `refreshed` move on once a window has passed, to two windows
       -- (plus the slack) ahead: the key outlives every entry by a window at least, and the
@@ -173,12 +172,13 @@ for r = 1, #KEYS do
           kept = call('GETRANGE', key, format('%d', dead * ENTRY),
                       format('%d', count * ENTRY - 1))
         end
-        value = kept .. entry .. pack('<ddddddd', c + cost, g, live + 1, live + 1, oldest,
-                                      now, refreshed)
+        -- The new entry and the header in one pack: '<dd' then '<ddddddd'.
+        value = kept .. pack('<ddddddddd', now, c + cost, c + cost, g, live + 1, live + 1,
+                             oldest, now, refreshed)
       else
         offset = format('%d', count * ENTRY)
-        value = entry .. pack('<ddddddd', c + cost, g, live + 1, count + 1, oldest, now,
-                              refreshed)
+        value = pack('<ddddddddd', now, c + cost, c + cost, g, live + 1, count + 1, oldest,
+                     now, refreshed)
       end
     else
       if cost <= units then  -- the oldest live entry whose departure frees enough units
