@@ -1,9 +1,9 @@
 """One Redis connection for the request path, pipelined: rate-limit decisions, L2 cache reads
 and writes.
 
-Commands submitted during one event-loop iteration are written together in one write; one
-reader task feeds everything that comes back to hiredis and hands each reply to its caller in
-order (Redis answers a connection's commands in the order it received them). So a request's
+Commands submitted during one event-loop iteration are written together in one write; what
+comes back goes straight from the socket's protocol to hiredis, and each reply to its caller
+in order (Redis answers a connection's commands in the order it received them). So a request's
 rate-limit decision and its L2 lookup, submitted in the same iteration, cost one round trip,
 and the round trips per request fall with concurrency (bench: tests/perf/bench_redis.py).
 
@@ -40,11 +40,16 @@ from redis.exceptions import NoScriptError, RedisError
 
 from gateway import metrics
 from gateway.redisconn import CircuitBreaker, RedisLink, RedisUnavailable
-from gateway.wire.redis_pipe import MORE, checkout, give_back, reply_reader, streams
+from gateway.wire.redis_pipe import (
+    MORE,
+    StreamBridge,
+    checkout,
+    give_back,
+    reply_reader,
+    take_over,
+)
 
 log = logging.getLogger("gateway.redis")
-
-READ_SIZE = 65536
 
 
 class Command(NamedTuple):
@@ -107,7 +112,6 @@ class Pipe:
         self._sent: deque[Sent] = deque()
         self._conn: Any = None
         self._writer: asyncio.StreamWriter | None = None
-        self._reader: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._reloading: set[bytes] = set()  # SCRIPT LOADs on the wire, not yet answered
         self._tasks: set[asyncio.Task[None]] = set()
@@ -168,7 +172,7 @@ class Pipe:
         try:
             async with asyncio.timeout(self.timeout):
                 conn = await checkout(pool)
-            reader, self._writer = streams(conn)
+            self._writer = take_over(conn, _Replies(self, conn))
         except BaseException as exc:
             self._connect_failed(exc)
             if conn is not None:
@@ -177,7 +181,6 @@ class Pipe:
                 raise  # cancelled (the pipe is closing): its waiters are answered all the same
             return
         self._conn = conn
-        self._reader = self._spawn(self._read(conn, reader))
         batches, self._connecting = self._connecting, []
         for batch in batches:
             self._write(batch)
@@ -194,25 +197,27 @@ class Pipe:
         self._failed(len(batches))
 
     # ------------------------------------------------------------------ reading
-    async def _read(self, conn: Any, stream: asyncio.StreamReader) -> None:
-        parser = reply_reader()
-        why = "ConnectionError: Redis closed the connection"
+    def received(self, conn: Any, parser: Any, data: bytes) -> None:
+        if self._conn is not conn:
+            return  # a dropped connection's late bytes
         try:
-            while data := await stream.read(READ_SIZE):
-                parser.feed(data)
+            parser.feed(data)
+            reply = parser.gets()
+            if reply is MORE:
+                return
+            while reply is not MORE:
+                self._deliver(reply)
                 reply = parser.gets()
-                if reply is MORE:
-                    continue
-                while reply is not MORE:
-                    self._deliver(reply)
-                    reply = parser.gets()
-                self.breaker.success()
         # IndexError: a reply nobody asked for. Anything else, too, ends the connection:
-        # with no reader, its commands would only wait for their deadline.
+        # its commands could only wait for their deadline.
         except Exception as exc:  # noqa: BLE001
-            why = f"{type(exc).__name__}: {exc}"
+            self._break(f"{type(exc).__name__}: {exc}")
+            return
+        self.breaker.success()
+
+    def lost(self, conn: Any) -> None:
         if self._conn is conn:
-            self._break(why)
+            self._break("ConnectionError: Redis closed the connection")
 
     def _deliver(self, reply: Any) -> None:
         future, command, _, resent = self._sent.popleft()
@@ -258,9 +263,6 @@ class Pipe:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        reader, self._reader = self._reader, None
-        if reader is not None and reader is not asyncio.current_task():
-            reader.cancel()
         if conn is not None:
             self._spawn(give_back(self.pool, conn))
 
@@ -269,6 +271,24 @@ class Pipe:
         self._tasks.add(task)  # a reference, so the task is not collected mid-flight
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+class _Replies(StreamBridge):
+    """The pipe's connection's receiving end: bytes to the pipe's parser as they arrive."""
+
+    def __init__(self, pipe: Pipe, conn: Any) -> None:
+        self.pipe, self.conn, self.parser = pipe, conn, reply_reader()
+
+    def data_received(self, data: bytes) -> None:
+        self.pipe.received(self.conn, self.parser, data)
+
+    def eof_received(self) -> bool | None:
+        self.pipe.lost(self.conn)
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pipe.lost(self.conn)
+        super().connection_lost(exc)
 
 
 def _fail(futures: list[asyncio.Future[Any]], why: str) -> None:

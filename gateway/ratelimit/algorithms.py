@@ -18,6 +18,9 @@ from gateway.ratelimit.decision import NEVER, RuleResult
 from gateway.ratelimit.rules import Check
 
 SLACK_US = 1_000_000  # a key outlives the moment it stops mattering by this much (as in Lua)
+# The tuples of every rule of every decision are made with tuple.__new__: a NamedTuple's own
+# __new__ is a Python function, a frame each.
+_new = tuple.__new__
 
 
 @dataclass(slots=True)  # no per-instance __dict__: one is kept per key (see LocalStore)
@@ -82,6 +85,15 @@ def _ttl_us(us: int) -> int:
     return math.ceil(us / 1000) * 1000 + SLACK_US
 
 
+def _put(data: dict[str, Slot], key: str, value: Any, expires_us: int) -> None:
+    """The key's slot updated in place when it has one: no new object per admitted rule."""
+    slot = data.get(key)
+    if slot is None:
+        data[key] = Slot(value, expires_us)
+    else:
+        slot.value, slot.expires_us = value, expires_us
+
+
 def _gcra(units: int, check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
     key = check.keys[0]
     interval = math.ceil(check.window_us / check.limit)
@@ -92,12 +104,13 @@ def _gcra(units: int, check: Check, now: int, slots: dict[str, Slot]) -> Outcome
     diff = new_tat - now
     if check.cost <= units and diff <= capacity:
         def write(data: dict[str, Slot]) -> None:
-            data[key] = Slot(new_tat, now + _ttl_us(diff))
+            _put(data, key, new_tat, now + _ttl_us(diff))
 
-        return Outcome(RuleResult(True, math.floor((capacity - diff) / interval), diff, 0), write)
+        return _new(Outcome, (_new(RuleResult, (True, math.floor((capacity - diff) / interval),
+                                                diff, 0)), write))
     retry = diff - capacity if check.cost <= units else NEVER
     remaining = max(0, math.floor((capacity - (tat - now)) / interval))
-    return Outcome(RuleResult(False, remaining, tat - now, retry))
+    return _new(Outcome, (_new(RuleResult, (False, remaining, tat - now, retry)), None))
 
 
 def token_bucket(check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
@@ -122,15 +135,16 @@ def sliding_window(check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
     if check.cost <= units and total + check.cost <= units:
         def write(data: dict[str, Slot]) -> None:
             log.add(now, check.cost)
-            data[key] = Slot(log, now + _ttl_us(check.window_us))
+            _put(data, key, log, now + _ttl_us(check.window_us))
 
-        return Outcome(RuleResult(True, units - total - check.cost, check.window_us, 0), write)
+        return _new(Outcome, (_new(RuleResult, (True, units - total - check.cost,
+                                                check.window_us, 0)), write))
     retry = NEVER
     if check.cost <= units:
         retry = log.retry_us(total + check.cost - units, check.window_us, now)
     newest = log.newest()
     reset = newest + check.window_us - now if newest is not None else 0
-    return Outcome(RuleResult(False, max(0, units - total), reset, retry))
+    return _new(Outcome, (_new(RuleResult, (False, max(0, units - total), reset, retry)), None))
 
 
 def fixed_window(check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
@@ -143,11 +157,12 @@ def fixed_window(check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
     used = slot.value[1] if slot is not None and slot.value[0] == index else 0
     if check.cost <= units and used + check.cost <= units:
         def write(data: dict[str, Slot]) -> None:
-            data[key] = Slot((index, used + check.cost), now + _ttl_us(reset))
+            _put(data, key, (index, used + check.cost), now + _ttl_us(reset))
 
-        return Outcome(RuleResult(True, units - used - check.cost, reset, 0), write)
+        return _new(Outcome, (_new(RuleResult, (True, units - used - check.cost, reset, 0)),
+                              write))
     retry = reset if check.cost <= units else NEVER
-    return Outcome(RuleResult(False, max(0, units - used), reset, retry))
+    return _new(Outcome, (_new(RuleResult, (False, max(0, units - used), reset, retry)), None))
 
 
 ALGORITHMS: dict[Algorithm, Callable[[Check, int, dict[str, Slot]], Outcome]] = {

@@ -33,10 +33,9 @@ Call = tuple[tuple[str, ...], tuple[bytes, ...]]
 
 def script_call(checks: Sequence[Check], now_us: int | None, commit: bool) -> Call:
     keys = tuple(key for check in checks for key in check.keys)
-    args: list[bytes] = [b"" if now_us is None else str(now_us).encode(), b"1" if commit else b"0"]
-    for check in checks:
-        args.extend(check.script_args())
-    return keys, tuple(args)
+    rules = b"".join([check.script_args() for check in checks])
+    return keys, (b"" if now_us is None else str(now_us).encode(), b"1" if commit else b"0",
+                  rules)
 
 
 class RedisStore:
@@ -138,10 +137,9 @@ def _bulk_args(args: tuple[bytes, ...]) -> bytes:
 
 
 def pack_evalsha(sha: bytes, keys: tuple[str, ...], args: tuple[bytes, ...]) -> bytes:
-    """One EVALSHA in RESP: the script arguments of each rule come pre-encoded."""
+    """One EVALSHA in RESP (the rules' part of ARGV comes pre-encoded)."""
     head = b"*%d\r\n$7\r\nEVALSHA\r\n%s%s" % (3 + len(keys) + len(args), bulk(sha),
                                                 bulk(b"%d" % len(keys)))
     return b"".join((head, *(bulk(k.encode("utf-8", "surrogateescape")) for k in keys),
-                     _bulk_args(args[:2]), *(_bulk_args(args[i:i + 6])
-                                             for i in range(2, len(args), 6))))
+                     _bulk_args(args[:2]), *(bulk(a) for a in args[2:])))
 

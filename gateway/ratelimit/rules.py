@@ -2,7 +2,7 @@
 `plan` compiles them per route and caches them per combination of scope values.
 
 Keys: `{key_prefix}{rl:<tag>}:<rule>:<kind>:<scope value>`, e.g.
-`gw:{rl:1f3a09c2}:user_requests:sw2:log:u42`.
+`gw:{rl:1f3a09c2}:user_requests:sw3:u42`.
 
 * The hash tag `{rl:<tag>}` spreads the keys over Redis Cluster's slots: `<tag>` is eight hex
   digits of the CRC-32 of the scope value (of `*<rule>` for a global rule, whose value is
@@ -12,8 +12,10 @@ Keys: `{key_prefix}{rl:<tag>}:<rule>:<kind>:<scope value>`, e.g.
   whose rules span slots (a user rule and a global rule) is decided per slot and made
   all-or-nothing by the store (`gateway/ratelimit/cluster_store.py`). The tag is fixed
   length and rule names cannot contain ':', so keys stay unambiguous whatever the value.
-* `<kind>` names the algorithm (`tb`, `lb`, `sw2:log`/`sw2:count`, `fw`), so changing a rule's
-  algorithm on reload starts a fresh counter instead of reading a foreign data type.
+* `<kind>` names the algorithm and the layout of its state (`tb2`, `lb2`, `sw3`, `fw2`: packed
+  doubles, see `lua/ratelimit.lua`), so changing a rule's algorithm on reload, or upgrading
+  from a release that stored another layout, starts a fresh counter instead of misreading
+  one.
 * The scope value comes last: rule names cannot contain ':', so no user id can forge the key
   of another rule or part. API keys arrive hashed (`RequestContext.api_key`).
 * A rule whose scope value is absent from the request (no user id for a `user` rule, no such
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
 import zlib
 from collections.abc import Callable
 from typing import NamedTuple
@@ -45,8 +48,8 @@ ALGORITHM_CODE = {
     Algorithm.SLIDING_WINDOW: 3, Algorithm.FIXED_WINDOW: 4,
 }
 _KEY_PARTS = {
-    Algorithm.TOKEN_BUCKET: ("tb",), Algorithm.LEAKY_BUCKET: ("lb",),
-    Algorithm.SLIDING_WINDOW: ("sw2:log", "sw2:count"), Algorithm.FIXED_WINDOW: ("fw",),
+    Algorithm.TOKEN_BUCKET: ("tb2",), Algorithm.LEAKY_BUCKET: ("lb2",),
+    Algorithm.SLIDING_WINDOW: ("sw3",), Algorithm.FIXED_WINDOW: ("fw2",),
 }
 
 _SCOPE_READERS: dict[str, Callable[[RequestContext, Scope], str | None]] = {
@@ -113,15 +116,20 @@ class Check(NamedTuple):
     def soft(self) -> bool:
         return soft(self.rule)
 
-    def script_args(self) -> tuple[bytes, ...]:
-        """ARGV of this rule for lua/ratelimit.lua, encoded once per rule and tier."""
+    def script_args(self) -> bytes:
+        """This rule's part of lua/ratelimit.lua's ARGV[3] (its six numbers packed as
+        little-endian doubles, which the script unpacks in one call instead of parsing six
+        decimals), encoded once per rule and tier."""
         return _script_args(ALGORITHM_CODE[self.rule.algorithm], self.limit, self.burst,
                             self.window_us, self.cost, self.soft)
 
 
 @functools.lru_cache(maxsize=4096)
-def _script_args(*values: int) -> tuple[bytes, ...]:
-    return tuple(str(int(v)).encode() for v in values)
+def _script_args(*values: int) -> bytes:
+    return _RULE_ARGS.pack(*values)
+
+
+_RULE_ARGS = struct.Struct("<6d")  # exact: every value is an integer below 2^53
 
 
 def window_us(seconds: float) -> int:

@@ -6,7 +6,8 @@ comes back to its own hiredis reader. That needs four things redis-py does not p
 
 * `get_connection` of the asyncio pools: redis-py before 5.3 requires a command name, later
   releases take none and warn when given one (`checkout` adapts to the installed one);
-* the connected Connection's `_reader` and `_writer` streams;
+* the connected Connection's `_reader` and `_writer` streams, and the reader's `_buffer`
+  (bytes Redis sent that redis-py has not read: none, after the connection's handshake);
 * `BaseParser.parse_error`, which turns an error reply into redis-py's exception class
   (NoScriptError for NOSCRIPT, which the pipe answers by loading the script again);
 * hiredis's Reader with `notEnoughData` (hiredis 2.1 and later).
@@ -56,6 +57,49 @@ def streams(conn: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return reader, writer
 
 
+def take_over(conn: Any, protocol: Any) -> asyncio.StreamWriter:
+    """Make `protocol` the receiver of what the connection's socket reads from now on, and
+    return the connection's writer.
+
+    What arrives goes straight to `protocol.data_received` instead of through the stream
+    reader and a task awaiting it: one event-loop step less per reply batch. `protocol`
+    hands `connection_lost` (and flow control) on to the stream's own protocol
+    (`StreamBridge`), so redis-py's `disconnect` still sees the connection end.
+    """
+    reader, writer = streams(conn)
+    buffered: bytearray = getattr(reader, "_buffer")  # noqa: B009 (private, untyped)
+    pending = bytes(buffered)
+    buffered.clear()
+    transport = writer.transport
+    protocol.own = transport.get_protocol()
+    transport.set_protocol(protocol)
+    if pending:
+        protocol.data_received(pending)
+    return writer
+
+
+class StreamBridge(asyncio.Protocol):
+    """The base of a protocol given to `take_over`: the connection's end and flow control
+    go on to the stream protocol it replaced."""
+
+    own: Any = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.own is not None:
+            self.own.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self.own.eof_received() if self.own is not None else None
+
+    def pause_writing(self) -> None:
+        if self.own is not None:
+            self.own.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.own is not None:
+            self.own.resume_writing()
+
+
 async def give_back(pool: Any, conn: Any) -> None:
     """Close a connection the pipe used and return it to the pool (which reconnects it
     when it is next lent): its stream may hold replies nobody will read."""
@@ -98,6 +142,19 @@ def _connection_streams() -> None:
         raise TypeError("ConnectionPool.release is not a coroutine function")
 
 
+@need("redis", "asyncio.StreamReader._buffer (a bytearray of unread bytes), read by take_over")
+def _stream_buffer() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        reader = asyncio.StreamReader(loop=loop)
+        reader.feed_data(b"+OK\r\n")
+        buffered = getattr(reader, "_buffer", None)
+        if not isinstance(buffered, bytearray) or bytes(buffered) != b"+OK\r\n":
+            raise TypeError("StreamReader keeps its unread bytes elsewhere than _buffer")
+    finally:
+        loop.close()
+
+
 @need("redis", "redis._parsers.base.BaseParser.parse_error(message) -> the reply's exception")
 def _error_replies() -> None:
     parse: Any = BaseParser.parse_error  # untyped in redis-py
@@ -119,4 +176,5 @@ def _reader_shape() -> None:
         raise TypeError("an incomplete reply did not come back as notEnoughData")
 
 
-__all__ = ["MORE", "checkout", "give_back", "reply_reader", "streams"]
+__all__ = ["MORE", "StreamBridge", "checkout", "give_back", "reply_reader", "streams",
+           "take_over"]

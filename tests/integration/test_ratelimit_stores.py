@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import struct
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -336,7 +337,11 @@ async def test_script_flush_reloads_once_and_every_waiting_decision_is_answered(
         assert all(d.admitted for d in decisions)
         assert _calls(redis_server, "script|load") == 1  # one reload for the whole batch
         assert _calls(redis_server, "evalsha") == 80  # each refused once, then run once
-        assert redis_server.cli("HGET", c.keys[0], "n") == "41"
+        client = redis.Redis(port=redis_server.port)
+        try:
+            assert struct.unpack("<dd", client.get(c.keys[0]))[1] == 41  # (window, units used)
+        finally:
+            client.close()
 
 
 async def test_a_hung_redis_fails_by_the_deadline_and_a_fresh_connection_recovers(
@@ -362,11 +367,12 @@ async def test_a_hung_redis_fails_by_the_deadline_and_a_fresh_connection_recover
 
 async def test_a_log_trimmed_in_batches_decides_as_the_in_process_log(
         redis_server: RedisServer) -> None:
-    """lua/ratelimit.lua keeps entries that left the window until TRIM_UNITS of them pile
-    up, and reads the live total from running totals: under a steady stream with mixed
-    costs (entries leaving on most requests, trims now and then) every decision and every
-    retry time must be the in-process store's, and the log never holds more than the live
-    entries and one batch of the departed."""
+    """lua/ratelimit.lua keeps entries that left the window until 32 of them and at least
+    as many as the live ones pile up, and reads the live total from running totals: under a
+    steady stream with mixed costs (entries leaving on most requests, trims now and then)
+    every decision and every retry time must be the in-process store's, and the log never
+    holds more than the live entries and one batch of the departed (32, or as many as are
+    live)."""
     link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
     local = LocalStore()
     remote = RedisStore(link)
@@ -378,13 +384,42 @@ async def test_a_log_trimmed_in_batches_decides_as_the_in_process_log(
             now += rng.choice([1, 7_000, 20_000, 31_000])
             c = check(Algorithm.SLIDING_WINDOW, limit=40, window=1, cost=rng.choice([1, 1, 2, 3]))
             assert await local.decide([c], now) == await remote.decide([c], now)
-            log = c.keys[0]
-            live = client.zcount(log, f"({now - S}", "+inf")
-            assert client.zcard(log) <= live + 32
-        assert _calls(redis_server, "zremrangebyscore") > 0  # batches were dropped
+            times = _log_times(client.get(c.keys[0]))
+            live = sum(1 for t in times if t > now - S)
+            assert len(times) <= live + max(32, live)
+        assert _calls(redis_server, "set") > 0  # batches were dropped (the log rewritten)
     finally:
         client.close()
         await link.close()
+
+
+async def test_many_departures_and_far_retry_times_are_found_as_the_in_process_log_finds_them(
+        redis_server: RedisServer) -> None:
+    """The script reads the oldest 16 live entries at once and binary-searches past them:
+    bursts of hundreds of entries leave at one instant, and costs of up to 150 units put
+    the entry whose departure frees enough units deep in the log. Every decision, retry
+    time included, must be the in-process store's."""
+    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
+    local = LocalStore()
+    remote = RedisStore(link)
+    rng = random.Random(11)
+    now = T0
+    try:
+        for _ in range(900):
+            now += rng.choice([1, 2, 50, 500, 3_000] * 10 + [150_000, 700_000])
+            c = check(Algorithm.SLIDING_WINDOW, limit=300, window=1,
+                      cost=rng.choice([1] * 8 + [2, 60, 150]))
+            assert await local.decide([c], now) == await remote.decide([c], now)
+    finally:
+        await link.close()
+
+
+def _log_times(log: bytes) -> list[float]:
+    """The entries' times of a sliding window's log (lua/ratelimit.lua: 16-byte entries,
+    then a 56-byte header whose fourth double is their number)."""
+    count = int(struct.unpack_from("<7d", log, len(log) - 56)[3])
+    assert len(log) == 16 * count + 56
+    return [struct.unpack_from("<d", log, 16 * i)[0] for i in range(count)]
 
 
 async def test_a_sliding_window_outlives_its_entries_by_a_window_and_at_most_two(
@@ -411,6 +446,34 @@ async def test_a_sliding_window_outlives_its_entries_by_a_window_and_at_most_two
         await link.close()
 
 
+@pytest.mark.parametrize("algorithm", [Algorithm.TOKEN_BUCKET, Algorithm.LEAKY_BUCKET])
+async def test_a_bucket_outlives_its_theoretical_arrival_time_by_one_to_two_slacks(
+        redis_server: RedisServer, algorithm: Algorithm) -> None:
+    """A GCRA key's expiry moves only when the key would not outlive its TAT by the slack,
+    and then to two slacks past it: after every admission its TTL is the reset (the time
+    until the TAT) plus one to two slacks. On Redis's own clock, the TAT running ahead of
+    it and falling back."""
+    link = RedisLink(RedisSettings(url=redis_server.url, timeout=2.0))
+    store = RedisStore(link)
+    client = redis.Redis(port=redis_server.port)
+    slack = 1000  # milliseconds
+    try:
+        c = check(algorithm, limit=10, window=1, burst=40)
+        for i in range(40):
+            began = time.monotonic()
+            decision = await store.decide([c])
+            assert decision.admitted
+            reset_ms = decision.results[0].reset_us / 1000
+            ttl = client.pttl(c.keys[0])
+            since = (time.monotonic() - began) * 1000
+            assert reset_ms + slack - since - 2 <= ttl <= reset_ms + 2 * slack + 2, i
+            if i % 10 == 9:
+                await asyncio.sleep(0.3)  # the TAT falls back towards now
+    finally:
+        client.close()
+        await link.close()
+
+
 # ---------------------------------------------------------------- reserve and return
 
 @pytest.mark.parametrize("algorithm", ALL)
@@ -418,9 +481,10 @@ def test_a_returned_reservation_leaves_the_counter_as_if_never_made(
         redis_server: RedisServer, algorithm: Algorithm) -> None:
     """Two counters see the same admissions; one also a reservation (ARGV[2] "2"), given
     back by lua/ratelimit_return.lua after later requests were admitted on top of it, and
-    a second one made at an instant it shares with them. From then on, at instants on
-    both sides of the window's edge and of the entries' departures, both counters decide
-    alike: a sliding window's running totals came back consistent."""
+    a second one made at an instant it shares with them, and a third that was the newest
+    entry. From then on, at instants on both sides of the window's edge and of the
+    entries' departures, both counters decide alike, refusals' reset and retry times
+    included: a sliding window's running totals came back consistent."""
     decide, give_back = load_script("ratelimit").source, load_script("ratelimit_return").source
     client = redis.Redis(port=redis_server.port)
     with_, without = (check(algorithm, limit=5, window=10, burst=9, value=v)
@@ -429,7 +493,7 @@ def test_a_returned_reservation_leaves_the_counter_as_if_never_made(
     def run(c: Check, at: int, mode: bytes = b"1", cost: int = 1) -> list[int]:
         c = c._replace(cost=cost)
         return list(client.eval(decide, len(c.keys), *c.keys, str(at).encode(), mode,
-                                *c.script_args()))
+                                c.script_args()))
 
     def back(at: int, cost: int) -> None:
         args = [str(v) for v in (ALGORITHM_CODE[algorithm], with_.limit, with_.window_us,
@@ -450,8 +514,14 @@ def test_a_returned_reservation_leaves_the_counter_as_if_never_made(
         run(without, T0 + 3 * S)
         back(T0 + S, 2)
         back(T0 + 3 * S, 1)
+        third = run(with_, T0 + 3 * S + S // 2, b"2")  # the newest entry, then given back
+        assert third[0] == 1
+        back(T0 + 3 * S + S // 2, 1)
         for at in (4, 10, 11, 11.5, 12, 13, 13.5, 14, 20, 30):
             now = T0 + int(at * S)
+            # A look asking for the whole quota: refused while anything counts, its reset
+            # and retry times read from the entries left.
+            assert run(with_, now, b"0", cost=14) == run(without, now, b"0", cost=14), at
             assert run(with_, now) == run(without, now), at
     finally:
         client.close()

@@ -32,6 +32,7 @@ Figures on a shared machine: compare the numbers of one run with each other.
 from __future__ import annotations
 
 import argparse
+import pickle
 import socket
 import statistics
 import subprocess
@@ -226,7 +227,41 @@ def _run_pipelined(port: int, commands: list[bytes], total: int, batch: int = 64
         sock.close()
 
 
-def decision_cost(sources: dict[str, str], rounds: int, calls: int) -> None:
+# A tree's own encoder makes its EVALSHAs, so a baseline whose script reads another ARGV
+# layout is measured as it runs.
+_WIRE = """
+import pickle, sys
+from gateway.config.model import Algorithm, RateLimitRule, Scope
+from gateway.ratelimit.redis_store import pack_evalsha, script_call
+from gateway.ratelimit.rules import make_check
+sha, algorithms, prefix, users, window = pickle.load(sys.stdin.buffer)
+rules = [RateLimitRule(f"r{i}", Algorithm(a), Scope("user"), 10**9, window)
+         for i, a in enumerate(algorithms)]
+sys.stdout.buffer.write(pickle.dumps([pack_evalsha(sha, *script_call(
+    [make_check(rule, prefix, f"u{u}", None, 1) for rule in rules], None, True))
+    for u in range(users)]))
+"""
+
+
+def decision_wire(tree: Path | None, sha: bytes, algorithms: tuple[Algorithm, ...],
+                  prefix: str, window: float, users: int = 64) -> list[bytes]:
+    """One EVALSHA per user deciding `algorithms` (10^9 per `window` seconds), encoded by
+    `tree`'s gateway (None: this one)."""
+    if tree is None:
+        rules = [RateLimitRule(f"r{i}", a, Scope("user"), 10**9, window)
+                 for i, a in enumerate(algorithms)]
+        return [pack_evalsha(sha, *script_call(
+            [make_check(rule, prefix, f"u{u}", None, 1) for rule in rules], None, True))
+            for u in range(users)]
+    made = subprocess.run([sys.executable, "-c", _WIRE], cwd=tree, capture_output=True,
+                          check=True, input=pickle.dumps(
+                              (sha, [a.value for a in algorithms], prefix, users, window)))
+    wire: list[bytes] = pickle.loads(made.stdout)
+    return wire
+
+
+def decision_cost(sources: dict[str, tuple[str, Path | None]], rounds: int,
+                  calls: int, window: float) -> None:
     """usec_per_call of EVALSHA per script and rule set, interleaved rounds."""
     redis = RedisServer().start()
     assert redis.proc is not None
@@ -240,14 +275,10 @@ def decision_cost(sources: dict[str, str], rounds: int, calls: int) -> None:
     try:
         for round_no in range(rounds):
             order = list(sources.items()) if round_no % 2 == 0 else list(sources.items())[::-1]
-            for name, source in order:
+            for name, (source, tree) in order:
                 sha = client.script_load(source).encode()
                 for label, algorithms in sets.items():
-                    rules = [RateLimitRule(f"r{i}", a, Scope("user"), 10**9, 60.0)
-                             for i, a in enumerate(algorithms)]
-                    wire = [pack_evalsha(sha, *script_call(
-                        [make_check(rule, f"{name}{round_no}:", f"u{u}", None, 1)
-                         for rule in rules], None, True)) for u in range(64)]
+                    wire = decision_wire(tree, sha, algorithms, f"{name}{round_no}:", window)
                     _run_pipelined(redis.port, wire, 2000)  # warm: keys exist
                     client.config_resetstat()
                     cpu = sum(server.cpu_times()[:2])
@@ -259,7 +290,7 @@ def decision_cost(sources: dict[str, str], rounds: int, calls: int) -> None:
         client.close()
         redis.close()
     print(f"\nRedis per decision (EVALSHA usec_per_call of INFO commandstats; {rounds} "
-          f"interleaved rounds of {calls:,} calls, 64 users, rules of 10^9 per 60 s)")
+          f"interleaved rounds of {calls:,} calls, 64 users, rules of 10^9 per {window:g} s)")
     for (name, label), values in found.items():
         usecs = sorted(u for u, _ in values)
         print(f"{name:<10} {label:<15} min {usecs[0]:6.2f} us  median "
@@ -270,7 +301,8 @@ def decision_cost(sources: dict[str, str], rounds: int, calls: int) -> None:
           f"{'met' if best <= 12 else 'NOT met'} (minimum of the rounds)")
 
 
-def decision_instructions(sources: dict[str, str], calls: int) -> None:
+def decision_instructions(sources: dict[str, tuple[str, Path | None]], calls: int,
+                          window: float) -> None:
     """redis-server's instructions per EVALSHA under callgrind (whole server: parsing,
     script, reply), which the neighbours cannot move as they move usec_per_call."""
     import shutil
@@ -283,7 +315,7 @@ def decision_instructions(sources: dict[str, str], calls: int) -> None:
 
     print(f"\nredis-server instructions per decision (callgrind, {calls:,} EVALSHAs after "
           f"{calls:,} to warm, 64 users)")
-    for name, source in sources.items():
+    for name, (source, tree) in sources.items():
         for label, algorithms in (("3 rules", (Algorithm.SLIDING_WINDOW, Algorithm.TOKEN_BUCKET,
                                                Algorithm.FIXED_WINDOW)),
                                   ("sliding window", (Algorithm.SLIDING_WINDOW,))):
@@ -300,11 +332,7 @@ def decision_instructions(sources: dict[str, str], calls: int) -> None:
                     client = redis_py.Redis(port=port)
                     sha = client.script_load(source).encode()
                     client.close()
-                    rules = [RateLimitRule(f"r{i}", a, Scope("user"), 10**9, 60.0)
-                             for i, a in enumerate(algorithms)]
-                    wire = [pack_evalsha(sha, *script_call(
-                        [make_check(rule, "i:", f"u{u}", None, 1) for rule in rules], None,
-                        True)) for u in range(64)]
+                    wire = decision_wire(tree, sha, algorithms, "i:", window)
                     _run_pipelined(port, wire, calls)
                     subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)],
                                    capture_output=True, check=False)
@@ -372,6 +400,9 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="keep each instruction count's callgrind dump in DIR")
     parser.add_argument("--calls", type=int, default=30000, help="EVALSHAs per decision round")
+    parser.add_argument("--window", type=float, default=60.0,
+                        help="seconds of the decision rules' window (short: a sliding "
+                             "window's entries leave on every request)")
     args = parser.parse_args()
     parts = set(args.only or ("trips", "cache", "decision", "instructions"))
     if tools().nginx is None:
@@ -381,11 +412,13 @@ def main() -> int:
     with Lab() as lab:
         baseline = checkout(args.baseline, lab.dir) if args.baseline else None
         if "decision" in parts:
-            sources = {"this tree": (REPO / "lua" / "ratelimit.lua").read_text()}
+            sources: dict[str, tuple[str, Path | None]] = {
+                "this tree": ((REPO / "lua" / "ratelimit.lua").read_text(), None)}
             if baseline is not None:
-                sources["baseline"] = (baseline / "lua" / "ratelimit.lua").read_text()
-            decision_cost(sources, args.repeat, args.calls)
-            decision_instructions(sources, min(args.calls, 5000))
+                sources["baseline"] = ((baseline / "lua" / "ratelimit.lua").read_text(),
+                                       baseline)
+            decision_cost(sources, args.repeat, args.calls, args.window)
+            decision_instructions(sources, min(args.calls, 5000), args.window)
         up_port = free_port()
         up = lab._nginx("upstream", upstream_block(up_port), up_port, LAYOUT.load)
         if "instructions" in parts:

@@ -35,10 +35,9 @@ CTX = RequestContext(client_ip="203.0.113.9", user_id="u42", tenant_id="acme",
 def test_keys_are_tagged_by_their_scope_value_and_end_with_it() -> None:
     # The tag is the CRC-32 of the value: one user's keys share a slot, other users' do not.
     assert rule_keys("gw:", "user_requests", Algorithm.SLIDING_WINDOW, "u42") == (
-        "gw:{rl:de86d1de}:user_requests:sw2:log:u42",
-        "gw:{rl:de86d1de}:user_requests:sw2:count:u42")
+        "gw:{rl:de86d1de}:user_requests:sw3:u42",)
     assert rule_keys("gw:", "ip", Algorithm.FIXED_WINDOW, "2001:db8::1") == (
-        "gw:{rl:00b4af0e}:ip:fw:2001:db8::1",)
+        "gw:{rl:00b4af0e}:ip:fw2:2001:db8::1",)
     assert rule_keys("gw:", "other", Algorithm.TOKEN_BUCKET, "u42")[0].startswith(
         "gw:{rl:de86d1de}:")
 
@@ -49,7 +48,7 @@ def test_global_rules_are_tagged_by_rule_and_shard() -> None:
     shards = {rule_keys("gw:", "g", Algorithm.TOKEN_BUCKET, "*", shard=n)[0] for n in range(8)}
     assert len({key_slot(k) for k in (one, other)}) == 2
     assert len(shards | {one}) == 9 and len({key_slot(k) for k in shards}) == 8
-    assert rule_keys("gw:", "g", Algorithm.TOKEN_BUCKET, "*", shard=3)[0].endswith(":g:#3:tb:*")
+    assert rule_keys("gw:", "g", Algorithm.TOKEN_BUCKET, "*", shard=3)[0].endswith(":g:#3:tb2:*")
 
 
 def test_scope_values_and_absent_scopes() -> None:

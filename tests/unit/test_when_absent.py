@@ -37,10 +37,10 @@ def rule(name: str = "r", scope: str = "user", when_absent: WhenAbsent = WhenAbs
 
 def test_per_address_keys_differ_from_the_rules_own_and_from_an_ip_rule_of_that_name() -> None:
     fallback = rule_keys("gw:", "r", Algorithm.TOKEN_BUCKET, "203.0.113.9", by_ip=True)
-    assert fallback == ("gw:{rl:bb0e5871}:r:@ip:tb:203.0.113.9",)
+    assert fallback == ("gw:{rl:bb0e5871}:r:@ip:tb2:203.0.113.9",)
     assert fallback != rule_keys("gw:", "r", Algorithm.TOKEN_BUCKET, "203.0.113.9")
     assert rule_keys("gw:", "r", Algorithm.SLIDING_WINDOW, "::1", by_ip=True) == (
-        "gw:{rl:a2ca6717}:r:@ip:sw2:log:::1", "gw:{rl:a2ca6717}:r:@ip:sw2:count:::1")
+        "gw:{rl:a2ca6717}:r:@ip:sw3:::1",)
 
 
 def test_when_absent_ip_counts_per_address_and_the_plan_caches_per_address() -> None:
@@ -48,9 +48,9 @@ def test_when_absent_ip_counts_per_address_and_the_plan_caches_per_address() -> 
     first = plan.prepare(ANONYMOUS)
     other = plan.prepare(RequestContext("203.0.113.10"))
     assert first is not None and other is not None and first is not other
-    assert first.checks[0].keys == ("p:{rl:bb0e5871}:r:@ip:fw:203.0.113.9",)
+    assert first.checks[0].keys == ("p:{rl:bb0e5871}:r:@ip:fw2:203.0.113.9",)
     identified = plan.prepare(RequestContext("203.0.113.9", user_id="u1"))
-    assert identified is not None and identified.checks[0].keys == ("p:{rl:424f9f76}:r:fw:u1",)
+    assert identified is not None and identified.checks[0].keys == ("p:{rl:424f9f76}:r:fw2:u1",)
 
 
 def test_when_absent_reject_refuses_only_requests_lacking_the_value() -> None:
