@@ -31,6 +31,7 @@ from gateway.experiments.engine import Experiments
 from gateway.experiments.recorder import Recorder
 from gateway.experiments.store import LocalExperimentStore, RedisExperimentStore
 from gateway.flags import FlagEngine, FlagOverrides
+from gateway.metrictally import TALLY
 from gateway.pipeline import Pipeline, Runtime
 from gateway.proxy import UpstreamPool
 from gateway.ratelimit import ClusterStore, LocalStore, RateLimiter, RedisStore
@@ -216,6 +217,7 @@ class GatewayProcess:
         await admin_runner.cleanup()
         if self.pipeline.access_log is not None:
             self.pipeline.access_log.close()  # the lines of the last requests, written now
+        TALLY.apply_all()  # a worker's figures reach the files the supervisor keeps reading
         if self.pipeline.runtime.experiments is not None:
             await self.pipeline.runtime.experiments.close()
         if self.services is not None:

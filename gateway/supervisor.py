@@ -149,6 +149,18 @@ class Supervisor:
         return web.Response(body=orjson.dumps(merged, option=orjson.OPT_INDENT_2),
                             content_type="application/json")
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """The sum of the workers' files, once every worker has applied what it holds (a
+        worker applies its request metrics at most once a second otherwise,
+        gateway/metrictally.py): asking a worker for its /metrics makes it do that."""
+        from gateway.admin import metrics_text
+
+        # A worker that does not answer (restarting) holds nothing a scrape could miss
+        # for long: the rest is still worth serving.
+        await asyncio.gather(*(self._ask(w, request, b"") for w in self.workers),
+                             return_exceptions=True)
+        return await metrics_text(request)
+
     async def _readyz(self, request: web.Request) -> web.Response:
         if self.stopping:
             return web.json_response({"status": "not ready", "detail": "draining"}, status=503)
@@ -164,11 +176,11 @@ class Supervisor:
         return web.json_response({"status": "ready", "detail": f"{self.count} workers"})
 
     def _admin_app(self) -> web.Application:
-        from gateway.admin import healthz, metrics_text
+        from gateway.admin import healthz
 
         app = web.Application(client_max_size=1024**2)
         app.router.add_get("/healthz", healthz)
-        app.router.add_get("/metrics", metrics_text)
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/admin/admission", self._admission)
         app.router.add_route("*", "/{tail:.*}", self._forward)

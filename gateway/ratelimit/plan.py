@@ -44,8 +44,8 @@ _MISSING = object()
 class Prepared:
     """The checks of one route for one combination of scope values and tier."""
 
-    __slots__ = ("_makers", "_taking", "absent", "checks", "lease", "lease_ttl", "queue",
-                 "style", "wire")
+    __slots__ = ("_makers", "_taking", "absent", "checks", "counted", "lease", "lease_ttl",
+                 "queue", "style", "wire")
 
     def __init__(self, checks: tuple[Check, ...], style: HeaderStyle,
                  absent: tuple[RateLimitRule, ...] = ()) -> None:
@@ -59,6 +59,9 @@ class Prepared:
         # The Redis store's encoding, memoised by the store: one Command on one Redis, a
         # command per slot on a cluster.
         self.wire: Any = None
+        # The stage's CounterGroup of the rules' "allowed" decision counters, made when the
+        # combination is first admitted by every rule.
+        self.counted: Any = None
         # Leases: only when every rule of the combination has one (a request spent from a
         # lease is decided by no rule in Redis), the smallest lease and ttl of them.
         leased = bool(checks) and all(c.rule.lease for c in checks) and not absent

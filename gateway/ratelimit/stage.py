@@ -49,6 +49,7 @@ from gateway.config.model import (
     Route,
 )
 from gateway.context import RequestContext, hash_api_key
+from gateway.metrictally import TALLY, CounterGroup
 from gateway.problem import problem
 from gateway.ratelimit.decision import NEVER, Decision, LimitStore, RuleResult
 from gateway.ratelimit.headers import most_restrictive, rate_limit_fields, retry_after
@@ -58,7 +59,6 @@ from gateway.ratelimit.plan import Prepared, RoutePlan, compile_plans
 from gateway.ratelimit.rules import GLOBAL_VALUE, Check, make_check, tier_params
 from gateway.redisconn import RedisUnavailable
 from gateway.stages import ADMIT, LimitVerdict
-from gateway.wire.prometheus import inc_value
 
 OUTCOMES = ("allowed", "limited", "shadow_limited", "delayed", "queued", "degraded",
             "failed_open", "failed_closed")
@@ -94,7 +94,6 @@ class RateLimiter:
         self._counters = {(rule, outcome): metrics.RATELIMIT_DECISIONS.labels(rule, outcome)
                           for rule in config.rate_limits for outcome in OUTCOMES}
         self._allowed = {rule: self._counters[(rule, "allowed")] for rule in config.rate_limits}
-        self._tally: dict[Prepared, int] = {}  # all-admitted requests not yet counted
         self._leases: dict[Prepared, Lease] = {}
 
     # ------------------------------------------------------------------ the stage
@@ -217,16 +216,6 @@ class RateLimiter:
     def _count(self, rule: str, outcome: str) -> None:
         self._counters[(rule, outcome)].inc()
 
-    def _count_allowed(self) -> None:
-        """Adds up the all-admitted requests of one loop iteration: one `inc` per rule and
-        combination instead of one per rule and request. It runs at the start of the next
-        iteration, before the response of any of those requests can have been read."""
-        tally, self._tally = self._tally, {}
-        allowed = self._allowed
-        for prepared, n in tally.items():
-            for c in prepared.checks:
-                inc_value(allowed[c.rule.name], n)  # the public inc's lock and checks, skipped
-
     def _fields(self, checks: Sequence[Check], results: Sequence[RuleResult]
                 ) -> tuple[tuple[str, str], ...]:
         i = most_restrictive(checks, results)
@@ -247,10 +236,14 @@ class RateLimiter:
                         r.remaining == best.remaining and r.reset_us > best.reset_us):
                     i, best = j, r
             else:
-                tally = self._tally
-                if not tally:
-                    asyncio.get_running_loop().call_soon(self._count_allowed)
-                tally[prepared] = tally.get(prepared, 0) + 1
+                # Counted as the flags count theirs: one dict update for all the rules,
+                # applied with the request's other metrics (gateway/metrictally.py).
+                group = prepared.counted
+                if group is None:
+                    group = prepared.counted = CounterGroup(
+                        [self._allowed[c.rule.name] for c in checks])
+                groups = TALLY.groups
+                groups[group] = groups.get(group, 0) + 1
                 # tuple.__new__ with every member: the quickest tuple to make (the
                 # NamedTuple's own __new__ is a Python function).
                 return _new(LimitVerdict, (None, prepared.fields(i, best.remaining,

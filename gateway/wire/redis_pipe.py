@@ -144,11 +144,15 @@ def _connection_streams() -> None:
 
 @need("redis", "asyncio.StreamReader._buffer (a bytearray of unread bytes), read by take_over")
 def _stream_buffer() -> None:
-    reader = asyncio.StreamReader()
-    reader.feed_data(b"+OK\r\n")
-    buffered = getattr(reader, "_buffer", None)
-    if not isinstance(buffered, bytearray) or bytes(buffered) != b"+OK\r\n":
-        raise TypeError("StreamReader keeps its unread bytes elsewhere than _buffer")
+    loop = asyncio.new_event_loop()
+    try:
+        reader = asyncio.StreamReader(loop=loop)
+        reader.feed_data(b"+OK\r\n")
+        buffered = getattr(reader, "_buffer", None)
+        if not isinstance(buffered, bytearray) or bytes(buffered) != b"+OK\r\n":
+            raise TypeError("StreamReader keeps its unread bytes elsewhere than _buffer")
+    finally:
+        loop.close()
 
 
 @need("redis", "redis._parsers.base.BaseParser.parse_error(message) -> the reply's exception")

@@ -407,11 +407,13 @@ async def test_purge_by_url_tag_and_all_in_process(gateway_factory: Factory,
 async def test_metrics_count_lookups_per_route(gateway_factory: Factory,
                                                upstream: Upstream) -> None:
     from gateway import metrics
+    from gateway.metrictally import TALLY
 
     upstream.on("/market/m", counting(Cache_Control="max-age=60"))
     gw = await gateway_factory(cached_config(upstream.url))
 
     def value(result: str) -> float:
+        TALLY.apply_all()  # as /metrics does before it renders
         return metrics.CACHE_LOOKUPS.labels("market", result)._value.get()  # type: ignore[no-any-return]
 
     hits, misses = value("hit"), value("miss")

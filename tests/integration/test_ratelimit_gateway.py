@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from gateway import metrics
+from gateway.metrictally import TALLY
 from tests.harness import InProcessGateway, Upstream, base_config, client_session
 
 
@@ -42,6 +43,7 @@ async def statuses(url: str, n: int, user: str = "u1", **headers: str) -> list[i
 
 
 def decisions(rule: str, outcome: str) -> float:
+    TALLY.apply_all()  # as /metrics does before it renders
     value = metrics.RATELIMIT_DECISIONS.labels(rule, outcome)._value.get()
     return float(value)
 

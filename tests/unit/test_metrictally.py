@@ -57,7 +57,7 @@ def test_observe_many_of_nothing_changes_nothing() -> None:
     assert all(v == 0 for v in _samples(family).values())
 
 
-async def test_tally_applies_once_per_loop_turn_and_tracks_inflight() -> None:
+async def test_tally_applies_when_metrics_are_read_and_tracks_inflight() -> None:
     tally = Tally()
     route = "tally-test-route"
     requests = metrics.REQUESTS_BY(route, "GET", "200")
@@ -67,19 +67,43 @@ async def test_tally_applies_once_per_loop_turn_and_tracks_inflight() -> None:
 
     tally.started()
     tally.started()
-    await asyncio.sleep(0)
+    tally.apply_all()
     assert tally.inflight == 2
     assert metrics.INFLIGHT._value.get() == 2
     tally.finished(route, "GET", "200", 0.002)
     tally.finished(route, "GET", "200", 0.004)
-    assert requests._value.get() == before_requests  # not yet: end of this loop turn
     await asyncio.sleep(0)
+    assert requests._value.get() == before_requests  # not yet: held for the timer
+    tally.apply_all()  # what /metrics does before it renders
     assert requests._value.get() == before_requests + 2
     assert sum(b.get() for b in duration._buckets) == before_count + 2
     assert metrics.INFLIGHT._value.get() == 0
+    tally.apply_all()  # nothing twice
+    assert requests._value.get() == before_requests + 2
 
 
-def test_tally_survives_a_loop_that_closed_with_a_flush_queued() -> None:
+async def test_held_back_figures_are_applied_within_the_interval_without_a_scrape(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import metrictally
+
+    monkeypatch.setattr(metrictally, "FLUSH_EVERY", 0.05)
+    tally = metrictally.Tally()
+    route = "tally-timer-route"
+    requests = metrics.REQUESTS_BY(route, "GET", "200")
+    before = requests._value.get()
+    tally.started()
+    tally.finished(route, "GET", "200", 0.001)
+    await asyncio.sleep(0)
+    assert requests._value.get() == before
+    await asyncio.sleep(0.2)
+    assert requests._value.get() == before + 1  # the timer applied it
+    tally.started()
+    tally.finished(route, "GET", "200", 0.001)
+    await asyncio.sleep(0.2)
+    assert requests._value.get() == before + 2  # and the next update timed another flush
+
+
+def test_tally_survives_a_loop_that_closed_with_a_flush_pending() -> None:
     tally = Tally()
     route = "tally-closed-loop"
     requests = metrics.REQUESTS_BY(route, "GET", "200")
@@ -89,25 +113,21 @@ def test_tally_survives_a_loop_that_closed_with_a_flush_queued() -> None:
         tally.finished(route, "GET", "200", 0.001)
 
     first = asyncio.new_event_loop()
-    first.run_until_complete(one())  # the flush may or may not run before the loop closes
+    first.run_until_complete(one())  # its flush was timed on a loop that now closes
     first.close()
     seen = requests._value.get()
 
     async def two() -> None:
         tally.started()
         tally.finished(route, "GET", "200", 0.001)
-        await asyncio.sleep(0)
+        tally.apply_all()
 
     asyncio.run(two())
-    assert requests._value.get() >= seen + 1
+    assert requests._value.get() == seen + 2  # nothing lost with the closed loop
 
 
-async def test_counter_increments_are_applied_at_the_end_of_the_loop_turn() -> None:
-    import asyncio
-
+async def test_counter_increments_wait_for_the_flush() -> None:
     from prometheus_client import CollectorRegistry, Counter
-
-    from gateway.metrictally import Tally
 
     counter = Counter("tally_test_flag_evaluations", "test", ("flag",),
                       registry=CollectorRegistry())
@@ -115,17 +135,14 @@ async def test_counter_increments_are_applied_at_the_end_of_the_loop_turn() -> N
     tally = Tally()
     for _ in range(5):
         tally.inc(child)
-    assert child._value.get() == 0  # nothing applied within the turn
     await asyncio.sleep(0)
+    assert child._value.get() == 0  # nothing applied before the flush
+    tally.apply_all()
     assert child._value.get() == 5
 
 
 async def test_a_counter_group_increments_each_of_its_counters() -> None:
-    import asyncio
-
     from prometheus_client import CollectorRegistry, Counter
-
-    from gateway.metrictally import CounterGroup, Tally
 
     counter = Counter("tally_test_groups", "test", ("flag",), registry=CollectorRegistry())
     a, b, c = counter.labels("a"), counter.labels("b"), counter.labels("c")
@@ -135,18 +152,11 @@ async def test_a_counter_group_increments_each_of_its_counters() -> None:
     for _ in range(3):
         count(tally, ab)
     count(tally, bc)
-    await asyncio.sleep(0)  # the flush `started` queued: the first one applies groups
+    tally.finished("r", "GET", "200", 0.001)
+    tally.apply_all()
     assert (a._value.get(), b._value.get(), c._value.get()) == (3, 4, 1)
     count(tally, ab)
-    tally.finished("r", "GET", "200", 0.001)
-    assert a._value.get() == 3  # nothing applied within the turn
-    await asyncio.sleep(0)
-    # Groups wait up to GROUPS_EVERY seconds after the last application...
-    assert (a._value.get(), b._value.get(), c._value.get()) == (3, 4, 1)
-    tally.apply_all()  # ...unless /metrics is read
-    assert (a._value.get(), b._value.get(), c._value.get()) == (4, 5, 1)
     count(tally, bc)
-    tally._groups_due = 0.0  # as if the second had passed
     tally.flush()
     assert (a._value.get(), b._value.get(), c._value.get()) == (4, 6, 2)
 
@@ -154,36 +164,7 @@ async def test_a_counter_group_increments_each_of_its_counters() -> None:
 def test_outside_a_loop_updates_apply_at_once() -> None:
     from prometheus_client import CollectorRegistry, Counter
 
-    from gateway.metrictally import Tally
-
     counter = Counter("tally_test_outside", "test", registry=CollectorRegistry())
     tally = Tally()
     tally.inc(counter)
     assert counter._value.get() == 1
-
-
-async def test_held_back_groups_are_applied_within_the_interval_without_more_requests(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import asyncio
-
-    from prometheus_client import CollectorRegistry, Counter
-
-    from gateway import metrictally
-
-    monkeypatch.setattr(metrictally, "GROUPS_EVERY", 0.05)
-    counter = Counter("tally_test_timer", "test", ("flag",), registry=CollectorRegistry())
-    a = counter.labels("a")
-    tally = metrictally.Tally()
-    group = metrictally.CounterGroup([a])
-    tally.started()
-    count(tally, group)
-    tally.finished("r", "GET", "200", 0.001)
-    await asyncio.sleep(0)
-    assert a._value.get() == 1  # the first flush applies at once
-    tally.started()
-    count(tally, group)
-    tally.finished("r", "GET", "200", 0.001)
-    await asyncio.sleep(0)
-    assert a._value.get() == 1  # held back ...
-    await asyncio.sleep(0.2)
-    assert a._value.get() == 2  # ... and applied though no request came since
