@@ -71,9 +71,8 @@ _NO_FLOW_CONTROL = (AttributeError, NotImplementedError, RuntimeError)
 Head = tuple[RawResponseMessage, StreamReader]
 
 
-def is_interim(code: int) -> bool:
-    """1xx other than 101: an interim answer, followed by the final one (RFC 9110 §15.2)."""
-    return 100 <= code < 200 and code != 101
+# 1xx other than 101: interim answers, followed by the final one (RFC 9110 §15.2).
+INTERIM = frozenset(range(100, 200)) - {101}
 
 
 class _Unread:
@@ -101,7 +100,7 @@ def _parser(protocol: Any, loop: asyncio.AbstractEventLoop, limit: int, head_onl
 class Connection(asyncio.Protocol):
     """A keep-alive connection to an upstream, one exchange at a time (module docstring)."""
 
-    __slots__ = ("_closing", "_drain", "_failure", "_final", "_head_only", "_heads",
+    __slots__ = ("_closing", "_done", "_drain", "_failure", "_final", "_head_only", "_heads",
                  "_interim", "_loop", "_parser", "_reading_paused", "_seen", "_waiter",
                  "_writing_paused", "excess", "transport")
 
@@ -116,6 +115,7 @@ class Connection(asyncio.Protocol):
         # The final response's body as the parser made it (its end is the exchange's end);
         # between exchanges an empty one, so unasked-for bytes find a finished exchange.
         self._final: StreamReader | None = EMPTY_PAYLOAD
+        self._done = True  # the final response is complete: `_final` is at its end
         self._seen: bytes | None = None  # this exchange's bytes, until the final head is out
         self._interim = 0  # interim heads handed out in this exchange
         self.excess = False  # bytes past the response came: never reuse the connection
@@ -131,24 +131,30 @@ class Connection(asyncio.Protocol):
             self._parser = _parser(self, self._loop, READ_BUFFER, head_only)
             self._head_only = head_only
         self._final = None
+        self._done = False
         self._seen = b""
         self._interim = 0
         self._failure = None
         self._heads.clear()
 
-    async def head(self) -> Head:
-        """The next head of this exchange (interim ones first) with its body; raises why
-        none will come (ServerDisconnectedError: closed before answering)."""
+    def arrival(self) -> asyncio.Future[None] | None:
+        """What to await before `head`: None when a head is there or none will come. A
+        future, not a coroutine: the exchange awaits it without one more frame."""
+        if self._heads or self._failure is not None:
+            return None
+        waiter = self._waiter = self._loop.create_future()
+        return waiter
+
+    def head(self) -> Head:
+        """The next head of this exchange (interim ones first) with its body, once
+        `arrival` said it is there; raises why none will come (ServerDisconnectedError:
+        closed before answering)."""
         heads = self._heads
-        while not heads:
-            if self._failure is not None:
-                raise self._failure
-            waiter = self._waiter = self._loop.create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-        return heads.popleft()
+        if heads:
+            return heads.popleft()
+        if self._failure is not None:
+            raise self._failure
+        raise RuntimeError("no head has arrived yet")
 
     def fail(self, exc: BaseException) -> None:
         """End the exchange from this side (its request could not be sent): whoever waits
@@ -162,8 +168,9 @@ class Connection(asyncio.Protocol):
         """Idle, open, and nothing about the last exchange forbids another."""
         transport = self.transport
         final = self._final
-        return (transport is not None and not self._closing and not transport.is_closing()
-                and final is not None and final.is_eof() and final.exception() is None)
+        return (self._done and not self._closing and transport is not None
+                and not transport.is_closing() and final is not None
+                and final.exception() is None)
 
     @property
     def should_close(self) -> bool:
@@ -192,8 +199,7 @@ class Connection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        final = self._final
-        if final is not None and final.is_eof():
+        if self._done:
             if data:
                 self._drop()  # nobody asked: not a response (RFC 9112 §6.3)
             return
@@ -211,11 +217,13 @@ class Connection(asyncio.Protocol):
             return
         if messages:
             self._take(messages)
-            final = self._final
         if upgraded:
             self._closing = True  # the rest of the stream is another protocol's
-        if final is not None and final.is_eof() and not self.excess:
-            self._probe_begun()
+        final = self._final
+        if final is not None and final.is_eof():
+            self._done = True
+            if not self.excess:
+                self._probe_begun()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
@@ -289,7 +297,7 @@ class Connection(asyncio.Protocol):
             if message.should_close:
                 self._closing = True
             code = message.code
-            if is_interim(code):
+            if code in INTERIM:
                 self._interim += 1
                 heads.append((message, EMPTY_PAYLOAD))
             else:
@@ -381,7 +389,7 @@ def _ends(data: bytes, loop: asyncio.AbstractEventLoop, head_only: bool) -> bool
     except HttpProcessingError:
         return False
     for message, payload in messages:
-        if not is_interim(message.code):
+        if message.code not in INTERIM:
             return True if payload is EMPTY_PAYLOAD or payload.is_eof() else None
     return None
 

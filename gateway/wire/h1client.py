@@ -36,10 +36,12 @@ from multidict import CIMultiDict
 
 from gateway.config.model import Upstream
 from gateway.wire import need
-from gateway.wire.framing import Connection, is_interim
+from gateway.wire.framing import INTERIM, Connection
 
 # What hears of each interim (1xx but 101) answer, before the final one comes.
 Interim = Callable[[RawResponseMessage], Awaitable[None]]
+
+
 def with_fields(head: bytes, fields: bytes) -> bytes:
     """A serialized head (ending in its empty line) with serialized fields ("name: value"
     and CRLF each) added after its own."""
@@ -151,12 +153,13 @@ class Response:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        body = self.body
-        # Fed to its end is enough: what the client did not read is not on the wire.
-        clean = (body.is_eof() and body.exception() is None
-                 and (self._writer is None or self._writer.done()))
-        if self._writer is not None and not self._writer.done():
-            self._writer.cancel()
+        # The body fed to its end without an error is enough (what the client did not read
+        # is not on the wire): the connection knows that of its response (`reusable`).
+        writer = self._writer
+        clean = True
+        if writer is not None and not writer.done():
+            writer.cancel()
+            clean = False
         pool.give_back(self._conn, reusable=clean)
 
 
@@ -179,16 +182,24 @@ class H1Pool:
         self._closed = False
 
     # ------------------------------------------------------------------ connections
+    def _idle(self) -> Connection | None:
+        """An idle connection that may carry another exchange, if there is one: the usual
+        case, taken without a coroutine of its own."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.reusable():
+                self.busy += 1
+                return conn
+            conn.close()
+        return None
+
     async def _lend(self) -> tuple[Connection, bool]:
         """A connection and whether it was used before (then it may turn out stale)."""
         while True:
-            idle = self.idle
-            while idle:
-                conn = idle.pop()
-                if conn.reusable():
-                    self.busy += 1
-                    return conn, True
-                conn.close()
+            conn = self._idle()
+            if conn is not None:
+                return conn, True
             if self.busy < self.limit:
                 break
             waiter = asyncio.get_running_loop().create_future()
@@ -286,7 +297,10 @@ class H1Pool:
         timer = loop.call_at(deadline, expiry.fire)
         try:
             while True:
-                conn, reused = await self._lend()
+                conn = self._idle()
+                reused = conn is not None
+                if conn is None:
+                    conn, reused = await self._lend()
                 try:
                     response = await self._exchange(conn, method, head, body, chunked,
                                                     interim)
@@ -337,10 +351,13 @@ class H1Pool:
                 writer.add_done_callback(lambda task: _body_failed(conn, task))
             while True:
                 try:
-                    message, payload = await conn.head()
+                    arrival = conn.arrival()
+                    if arrival is not None:
+                        await arrival
+                    message, payload = conn.head()
                 except (ServerDisconnectedError, ConnectionResetError):
                     raise _Stale from None
-                if not is_interim(message.code):
+                if message.code not in INTERIM:
                     break
                 if interim is not None:
                     await interim(message)
