@@ -80,11 +80,21 @@ def test_a_response_broken_before_its_end_is_still_an_error(data: bytes) -> None
     try:
         conn = framed(loop)
         conn.data_received(data)
-        found = list(conn._heads)
-        if conn.failure is None:  # the head came out: its body ends with the error
-            assert [message.code for message, _ in found] == [200]
-            assert found[0][1].exception() is not None
+        assert conn.failure is not None and not conn._heads  # the exchange fails: 502
         assert conn.should_close
+    finally:
+        loop.close()
+
+
+def test_a_body_that_breaks_in_a_later_read_ends_with_an_error() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        conn = framed(loop)
+        conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+        conn.data_received(b"loXX\r\n0\r\n\r\n")
+        [(message, body)] = list(conn._heads)
+        assert message.code == 200 and body.exception() is not None
+        assert conn.failure is None and conn.should_close
     finally:
         loop.close()
 
