@@ -10,8 +10,17 @@ cost ~32k instructions more per proxied request (callgrind: tests/perf/bench_cpu
 the route with no stage, 434.8k against 402.8k; bench_pipeline.py, the bare route, 401.9k
 against 369.7k): a new parser and a read timer per exchange, a queue of heads, a
 `data_received(b"")` re-entry when the body was read, the same connection checks made
-twice. Here one read that brings a whole small response is one `feed_data` call, one look
-at the body's end and one future woken, which the exchange awaits without a coroutine.
+twice. Here one read that brings a whole small response is one `feed_data` call (of its
+head, below) and one future woken, which the exchange awaits without a coroutine.
+
+The usual answer, a small response whole in the first read of its exchange (a head whose
+Content-Length the rest of the read matches exactly, at most `WHOLE_AT_MOST` bytes, nothing
+before or after it), skips the body machinery: its head alone goes to the bodiless parser
+(the one HEAD answers use) and its body is handed out as bytes, with no StreamReader to
+make, feed and read and no look past its end (there is nothing past it). Anything else
+(interim answers, chunks, a body in further reads, bytes past it, a head the parser
+refuses) goes to the parser with bodies from the first byte, so every framing question
+below is that parser's.
 
 Reading pauses the socket when a body's reader falls behind (the body's StreamReader asks
 for it past twice `READ_BUFFER`) and resumes when it catches up; the parser itself is never
@@ -59,6 +68,9 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from gateway.wire import need
 
 READ_BUFFER = 64 * 1024  # per connection; reading pauses at twice this (aiohttp's default)
+# The largest body handed out as bytes when it came whole with its head (proxy.py relays
+# bodies up to this size in one write); a larger one streams through a StreamReader.
+WHOLE_AT_MOST = 64 * 1024
 MAX_LINE = 8190  # the status line
 MAX_FIELD = 65536  # one header field
 _TRIAL_LIMIT = 2**30  # throw-away parsers never pause for flow control
@@ -70,7 +82,7 @@ _NO_CONTENT = frozenset((204, 304, *range(100, 200)))
 # What transport.pause_reading/resume_reading raise on a transport without flow control.
 _NO_FLOW_CONTROL = (AttributeError, NotImplementedError, RuntimeError)
 
-Head = tuple[RawResponseMessage, StreamReader]
+Head = tuple[RawResponseMessage, StreamReader | bytes]
 
 
 # 1xx other than 101: interim answers, followed by the final one (RFC 9110 §15.2).
@@ -102,14 +114,16 @@ def _parser(protocol: Any, loop: asyncio.AbstractEventLoop, limit: int, head_onl
 class Connection(asyncio.Protocol):
     """A keep-alive connection to an upstream, one exchange at a time (module docstring)."""
 
-    __slots__ = ("_closing", "_done", "_drain", "_failure", "_final", "_head_only", "_heads",
-                 "_interim", "_loop", "_parser", "_reading_paused", "_seen", "_waiter",
-                 "_writing_paused", "excess", "transport")
+    __slots__ = ("_bodied", "_bodiless", "_closing", "_done", "_drain", "_failure", "_final",
+                 "_head_only", "_heads", "_interim", "_loop", "_parser", "_reading_paused",
+                 "_seen", "_waiter", "_writing_paused", "excess", "transport")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.transport: asyncio.Transport | None = None
-        self._parser: Any = None
+        self._parser: Any = None  # the current exchange's: one of the two below
+        self._bodied: Any = None  # for responses with a body
+        self._bodiless: Any = None  # for heads alone: HEAD answers, and `_whole`'s heads
         self._head_only = False
         self._heads: deque[Head] = deque()  # heads parsed and not yet taken, in order
         self._waiter: asyncio.Future[None] | None = None  # whoever waits for a head
@@ -129,9 +143,16 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ exchanges
     def begin(self, head_only: bool) -> None:
         """Get ready to read the response to a request about to be sent."""
-        if self._parser is None or head_only != self._head_only:
-            self._parser = _parser(self, self._loop, READ_BUFFER, head_only)
-            self._head_only = head_only
+        self._head_only = head_only
+        if head_only:
+            parser = self._bodiless
+            if parser is None:
+                parser = self._bodiless = _parser(self, self._loop, READ_BUFFER, True)
+        else:
+            parser = self._bodied
+            if parser is None:
+                parser = self._bodied = _parser(self, self._loop, READ_BUFFER, False)
+        self._parser = parser
         self._final = None
         self._done = False
         self._seen = b""
@@ -206,6 +227,8 @@ class Connection(asyncio.Protocol):
                 self._drop()  # nobody asked: not a response (RFC 9112 §6.3)
             return
         seen = self._seen
+        if seen == b"" and not self._head_only and self._whole(data):
+            return
         if seen is not None:  # usually one read: b"" + data is data, no copy
             seen = self._seen = seen + data
             if len(seen) > KEEP_AT_MOST:
@@ -309,6 +332,51 @@ class Connection(asyncio.Protocol):
                               else payload))
         self._wake()
 
+    def _whole(self, data: bytes) -> bool:
+        """The first read of an exchange is the whole response, head and Content-Length
+        body, nothing more: hand out the body as bytes (no StreamReader) and take the head
+        from the bodiless parser. Anything else (interim answers, chunks, a body in more
+        reads, bytes past it, an error) is left to the parser with bodies, from the start."""
+        end = data.find(b"\r\n\r\n") + 4
+        if end == 3 or len(data) - end > WHOLE_AT_MOST:
+            return False
+        head = data[:end]
+        # Worth parsing only if it looks whole: the usual spelling of a Content-Length that
+        # matches the bytes after the head (no head is parsed twice for a longer body).
+        if b"\r\ncontent-length: %d\r\n" % (len(data) - end) not in head.lower():
+            return False
+        parser = self._bodiless
+        if parser is None:
+            parser = self._bodiless = _parser(self, self._loop, READ_BUFFER, True)
+        try:
+            messages, upgraded, _ = parser.feed_data(head)
+            begun = parser.feed_eof()
+        except Exception:  # noqa: BLE001 - the parser with bodies will say what is wrong
+            self._bodiless = None
+            return False
+        if len(messages) != 1 or begun is not None or upgraded or messages[0][0].upgrade:
+            self._bodiless = None  # where it stands is unknown: not worth finding out
+            return False
+        message = messages[0][0]
+        code = message.code
+        if code < 200 or code in _NO_CONTENT or message.chunked:
+            return False
+        headers = message.headers
+        lengths = headers.getall("Content-Length", ())
+        if len(lengths) != 1 or "Transfer-Encoding" in headers:
+            return False
+        length = lengths[0]
+        if not (length.isascii() and length.isdigit()) or int(length) != len(data) - end:
+            return False
+        if message.should_close:
+            self._closing = True
+        self._final = EMPTY_PAYLOAD
+        self._done = True
+        self._seen = None
+        self._heads.append((message, data[end:]))
+        self._wake()
+        return True
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
@@ -396,26 +464,34 @@ def _ends(data: bytes, loop: asyncio.AbstractEventLoop, head_only: bool) -> bool
     return None
 
 
+def _content(body: StreamReader | bytes) -> bytes | None:
+    if isinstance(body, bytes):
+        return body
+    return body.read_nowait() if body.is_eof() else None
+
+
 @need("aiohttp", "aiohttp.http.HttpResponseParser(protocol, loop, limit, max_line_size, "
       "max_field_size, payload_exception, response_with_body, read_until_eof, "
       "auto_decompress) and its feed_data/feed_eof (gateway/wire/framing.py: one parser per "
-      "connection, a response with bytes past its Content-Length)")
+      "connection, a whole response's head alone, a response with bytes past its "
+      "Content-Length)")
 def _probe() -> bool:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
     loop = asyncio.new_event_loop()
     try:
         conn = Connection(loop)
-        reused = []
-        for _ in range(2):  # the second exchange reads with the first one's parser
-            conn.begin(head_only=False)
-            conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        found = []
+        for reads in ([head, b"ok"], [head + b"ok"], [head, b"ok"], [head + b"ok"]):
+            conn.begin(head_only=False)  # the parsers of the first two exchanges read again
+            for data in reads:
+                conn.data_received(data)
             message, body = conn._heads.popleft()
-            reused.append(message.code == 200 and body.is_eof() and body.read_nowait() == b"ok"
-                          and not conn.should_close)
+            found.append((message.code, _content(body), conn.should_close))
         conn.begin(head_only=False)
-        conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokGARBAGE")
+        conn.data_received(head + b"okGARBAGE")
         if conn.failure is not None or not conn.excess or not conn._heads:
             return False
-        body = conn._heads.popleft()[1]
-        return all(reused) and body.read_nowait() == b"ok" and conn.should_close
+        excess = _content(conn._heads.popleft()[1])
+        return found == [(200, b"ok", False)] * 4 and excess == b"ok" and conn.should_close
     finally:
         loop.close()

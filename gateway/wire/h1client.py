@@ -36,7 +36,7 @@ from multidict import CIMultiDict
 
 from gateway.config.model import Upstream
 from gateway.wire import need
-from gateway.wire.framing import INTERIM, Connection
+from gateway.wire.framing import INTERIM, WHOLE_AT_MOST, Connection
 
 # What hears of each interim (1xx but 101) answer, before the final one comes.
 Interim = Callable[[RawResponseMessage], Awaitable[None]]
@@ -118,13 +118,14 @@ class _Expiry:
 
 
 class Response:
-    """An upstream response head, its body stream, and the connection it holds until
-    `release`. `body` is a StreamReader (EMPTY_PAYLOAD for a response with no body)."""
+    """An upstream response head, its body, and the connection it holds until `release`.
+    `body` is the whole body as bytes when it came in one read with the head, else a
+    StreamReader (EMPTY_PAYLOAD for a response with no body)."""
 
     __slots__ = ("_conn", "_pool", "_timer", "_writer", "body", "message", "timed_out")
 
     def __init__(self, pool: H1Pool, conn: Connection, message: RawResponseMessage,
-                 body: StreamReader, writer: asyncio.Task[None] | None) -> None:
+                 body: StreamReader | bytes, writer: asyncio.Task[None] | None) -> None:
         self._pool: H1Pool | None = pool
         self._conn = conn
         self._writer = writer
@@ -135,14 +136,16 @@ class Response:
 
     def watch(self, deadline: float) -> None:
         """Bound the rest of the body by the exchange's deadline (loop time)."""
-        if self._timer is None and not self.body.is_eof():
+        body = self.body
+        if self._timer is None and not isinstance(body, bytes) and not body.is_eof():
             self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        if not self.body.is_eof():
+        body = self.body
+        if not isinstance(body, bytes) and not body.is_eof():
             self.timed_out = True
-            self.body.set_exception(TimeoutError())
+            body.set_exception(TimeoutError())
             self._conn.abort()
 
     def release(self) -> None:
@@ -419,8 +422,8 @@ def _body_failed(conn: Connection, task: asyncio.Task[None]) -> None:
     conn.fail(_BodyFailure(exc))
 
 
-__all__ = ["EMPTY_PAYLOAD", "BodyTooLarge", "H1Pool", "Interim", "RawResponseMessage",
-           "Response", "StreamedBody", "UpstreamError"]
+__all__ = ["EMPTY_PAYLOAD", "WHOLE_AT_MOST", "BodyTooLarge", "H1Pool", "Interim",
+           "RawResponseMessage", "Response", "StreamedBody", "UpstreamError"]
 
 
 # ---------------------------------------------------------------------------- probes

@@ -25,7 +25,8 @@ def messages(conn: Connection) -> list[tuple[int, bytes]]:
     found = []
     while conn._heads:
         message, payload = conn._heads.popleft()
-        found.append((message.code, payload.read_nowait() if payload.is_eof() else b"?"))
+        found.append((message.code, payload if isinstance(payload, bytes) else
+                      payload.read_nowait() if payload.is_eof() else b"?"))
     return found
 
 
@@ -129,17 +130,26 @@ def test_one_parser_reads_the_responses_of_successive_exchanges() -> None:
     loop = asyncio.new_event_loop()
     try:
         conn = framed(loop)
-        parser = conn._parser
+        bodied = conn._parser
         for body in (b"hello", b"world"):
+            conn.begin(head_only=False)
+            conn.data_received(HEAD)  # the body in a later read: the parser with bodies
+            conn.data_received(body)
+            assert messages(conn) == [(200, body)]
+            assert not conn.should_close
+        assert conn._parser is bodied
+        bodiless = []
+        for body in (b"hello", b"world"):  # whole in one read: the head alone is parsed
             conn.begin(head_only=False)
             conn.data_received(HEAD + body)
             assert messages(conn) == [(200, body)]
             assert not conn.should_close
-        assert conn._parser is parser
-        conn.begin(head_only=True)  # a HEAD answer has no body: a parser that knows it
+            bodiless.append(conn._bodiless)
+        assert bodiless[0] is bodiless[1] is not None
+        conn.begin(head_only=True)  # a HEAD answer has no body: the bodiless parser
         conn.data_received(HEAD)
         assert [code for code, _ in messages(conn)] == [200]
-        assert conn._parser is not parser and not conn.should_close
+        assert conn._parser is bodiless[0] and not conn.should_close
     finally:
         loop.close()
 
@@ -177,5 +187,40 @@ def test_a_connection_lost_before_the_head_fails_the_exchange_as_unanswered() ->
         assert conn.arrival() is None  # nothing to wait for: the failure is there
         with pytest.raises(ServerDisconnectedError):
             conn.head()
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize(("data", "closes"), [
+    (HEAD + b"hello", False),
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 5\r\n\r\nhello", True),
+    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", False),
+])
+def test_a_whole_response_in_one_read_comes_as_bytes(data: bytes, closes: bool) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        conn = framed(loop)
+        conn.data_received(data)
+        [(message, body)] = list(conn._heads)
+        assert message.code in (200, 404)
+        assert isinstance(body, bytes) and body == data[data.index(b"\r\n\r\n") + 4:]
+        assert conn.should_close is closes and not conn.excess
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("data", [
+    HEAD + b"hello" + HEAD + b"hello",  # a second response nobody asked for
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\n\r\n" + HEAD + b"hello",
+])
+def test_anything_but_one_whole_response_is_read_by_the_parser_with_bodies(data: bytes) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        conn = framed(loop)
+        conn.data_received(data)
+        assert not any(isinstance(body, bytes) for _, body in conn._heads)
     finally:
         loop.close()
