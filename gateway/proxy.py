@@ -23,6 +23,7 @@ from gateway.config.model import Upstream
 from gateway.wire.aiohttp_io import OneWrite, Prebuilt, response_head, serialize_head
 from gateway.wire.h1client import (
     EMPTY_PAYLOAD,
+    WHOLE_AT_MOST,
     BodyTooLarge,
     H1Pool,
     Interim,
@@ -33,7 +34,9 @@ from gateway.wire.h1client import (
     with_fields,
 )
 
-SMALL_BODY = 64 * 1024  # at most this many bytes, already received, are relayed as bytes
+# At most this many bytes, already received, are relayed as bytes: what the upstream
+# client hands out as bytes when they come whole with the head.
+SMALL_BODY = WHOLE_AT_MOST
 
 Closable = H1Pool | aiohttp.ClientSession  # what a reload retires, closed once unused
 
@@ -306,16 +309,19 @@ class UpstreamPool:
         response = await pool.request(out.method, out.path_qs, headers, out.body, added,
                                       relaying)
         message, content = response.message, response.body
-        if content is EMPTY_PAYLOAD:
-            body: AsyncIterator[bytes] | bytes = b""
+        if isinstance(content, bytes):
+            body: AsyncIterator[bytes] | bytes = content  # whole, in the read with its head
+        elif content is EMPTY_PAYLOAD:
+            body = b""
         elif content.is_eof() and content.exception() is None and \
                 content.total_bytes <= SMALL_BODY:
-            # The whole (small) body came with the head: hand it over as bytes, so relay
-            # writes head and body at once without a per-chunk iterator. It is already in
-            # memory; anything larger or still arriving streams as before.
+            # The whole (small) body came with the head though not as bytes (chunked, say):
+            # hand it over as bytes too, so relay writes head and body at once without a
+            # per-chunk iterator. It is already in memory; anything larger or still
+            # arriving streams.
             body = content.read_nowait()
         else:
-            body = _iterate(response, out.upstream)
+            body = _iterate(response, content, out.upstream)
         if isinstance(body, bytes):
             response.release()
         return Exchange(
@@ -351,9 +357,10 @@ def interim_head(status: int, reason: str | None, headers: CIMultiDict[str]) -> 
     return b"".join((f"HTTP/1.1 {status} {reason}\r\n".encode("ascii"), fields, b"\r\n"))
 
 
-async def _iterate(response: Response, upstream: str) -> AsyncIterator[bytes]:
+async def _iterate(response: Response, stream: aiohttp.StreamReader, upstream: str
+                   ) -> AsyncIterator[bytes]:
     try:
-        async for chunk in response.body.iter_any():
+        async for chunk in stream.iter_any():
             yield chunk
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         if response.timed_out:

@@ -4,8 +4,9 @@ aiohttp's ClientSession was about half of the proxy path's CPU per request (the 
 measurements; tests/perf/bench_proxy.py): per request it builds a URL object, a ClientRequest
 that makes a dozen passes over the headers, a timer context, trace hooks, cookie handling and
 a ClientResponse. A proxy that forwards what it was sent needs none of that. This client keeps
-aiohttp's own connection protocol (`ResponseHandler`: the C llhttp parser, read flow control,
-payload errors when a connection drops mid-body) and replaces the rest with a pool of idle
+aiohttp's C llhttp parser and its body StreamReader, driven by a connection protocol of its
+own (gateway/wire/framing.py: one parser per connection, read flow control, payload errors
+when a connection drops mid-body, bytes past a response's end), and a pool of idle
 connections, a request head serialized once in C, one write, and one deadline for the whole
 exchange (`timeout`: past it the client gets 504).
 
@@ -19,7 +20,6 @@ method and a body that is not a stream (RFC 9110 §9.2.2; aiohttp and Envoy do t
 from __future__ import annotations
 
 import asyncio
-import inspect
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +28,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import ClientError, ServerDisconnectedError
-from aiohttp.client_proto import ResponseHandler
 from aiohttp.http import RawResponseMessage
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_writer import _serialize_headers
@@ -37,11 +36,12 @@ from multidict import CIMultiDict
 
 from gateway.config.model import Upstream
 from gateway.wire import need
-from gateway.wire.framing import frame_response, is_interim
+from gateway.wire.framing import INTERIM, WHOLE_AT_MOST, Connection
 
-READ_BUFFER = 64 * 1024  # per connection; reading pauses at twice this (aiohttp's default)
 # What hears of each interim (1xx but 101) answer, before the final one comes.
 Interim = Callable[[RawResponseMessage], Awaitable[None]]
+
+
 def with_fields(head: bytes, fields: bytes) -> bytes:
     """A serialized head (ending in its empty line) with serialized fields ("name: value"
     and CRLF each) added after its own."""
@@ -118,13 +118,14 @@ class _Expiry:
 
 
 class Response:
-    """An upstream response head, its body stream, and the connection it holds until
-    `release`. `body` is a StreamReader (EMPTY_PAYLOAD for a response with no body)."""
+    """An upstream response head, its body, and the connection it holds until `release`.
+    `body` is the whole body as bytes when it came in one read with the head, else a
+    StreamReader (EMPTY_PAYLOAD for a response with no body)."""
 
     __slots__ = ("_conn", "_pool", "_timer", "_writer", "body", "message", "timed_out")
 
-    def __init__(self, pool: H1Pool, conn: ResponseHandler, message: RawResponseMessage,
-                 body: StreamReader, writer: asyncio.Task[None] | None) -> None:
+    def __init__(self, pool: H1Pool, conn: Connection, message: RawResponseMessage,
+                 body: StreamReader | bytes, writer: asyncio.Task[None] | None) -> None:
         self._pool: H1Pool | None = pool
         self._conn = conn
         self._writer = writer
@@ -135,14 +136,16 @@ class Response:
 
     def watch(self, deadline: float) -> None:
         """Bound the rest of the body by the exchange's deadline (loop time)."""
-        if self._timer is None and not self.body.is_eof():
+        body = self.body
+        if self._timer is None and not isinstance(body, bytes) and not body.is_eof():
             self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        if not self.body.is_eof():
+        body = self.body
+        if not isinstance(body, bytes) and not body.is_eof():
             self.timed_out = True
-            self.body.set_exception(TimeoutError())
+            body.set_exception(TimeoutError())
             self._conn.abort()
 
     def release(self) -> None:
@@ -153,12 +156,13 @@ class Response:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        body = self.body
-        # Fed to its end is enough: what the client did not read is not on the wire.
-        clean = (body.is_eof() and body.exception() is None
-                 and (self._writer is None or self._writer.done()))
-        if self._writer is not None and not self._writer.done():
-            self._writer.cancel()
+        # The body fed to its end without an error is enough (what the client did not read
+        # is not on the wire): the connection knows that of its response (`reusable`).
+        writer = self._writer
+        clean = True
+        if writer is not None and not writer.done():
+            writer.cancel()
+            clean = False
         pool.give_back(self._conn, reusable=clean)
 
 
@@ -175,22 +179,30 @@ class H1Pool:
         self.name = upstream.name
         self.target = Target.of(upstream.url)
         self.limit = upstream.max_connections
-        self.idle: deque[ResponseHandler] = deque()
+        self.idle: deque[Connection] = deque()
         self.busy = 0  # connections lent out or being opened
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
 
     # ------------------------------------------------------------------ connections
-    async def _lend(self) -> tuple[ResponseHandler, bool]:
+    def _idle(self) -> Connection | None:
+        """An idle connection that may carry another exchange, if there is one: the usual
+        case, taken without a coroutine of its own."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.reusable():
+                self.busy += 1
+                return conn
+            conn.close()
+        return None
+
+    async def _lend(self) -> tuple[Connection, bool]:
         """A connection and whether it was used before (then it may turn out stale)."""
         while True:
-            idle = self.idle
-            while idle:
-                conn = idle.pop()
-                if conn.is_connected() and not conn.should_close:
-                    self.busy += 1
-                    return conn, True
-                conn.close()
+            conn = self._idle()
+            if conn is not None:
+                return conn, True
             if self.busy < self.limit:
                 break
             waiter = asyncio.get_running_loop().create_future()
@@ -211,13 +223,13 @@ class H1Pool:
             self._wake()
             raise
 
-    async def _connect(self) -> ResponseHandler:
+    async def _connect(self) -> Connection:
         target, up = self.target, self.upstream
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(up.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: ResponseHandler(loop), target.host, target.port, ssl=target.ssl,
+                    lambda: Connection(loop), target.host, target.port, ssl=target.ssl,
                     server_hostname=target.host if target.ssl else None)
         except TimeoutError:
             raise UpstreamError(504, f"upstream {self.name!r} did not accept a connection "
@@ -228,9 +240,9 @@ class H1Pool:
             raise UpstreamError(502, f"upstream {self.name!r} is unreachable: {reason}") from exc
         return conn
 
-    def give_back(self, conn: ResponseHandler, reusable: bool) -> None:
+    def give_back(self, conn: Connection, reusable: bool) -> None:
         self.busy -= 1
-        if reusable and not self._closed and conn.is_connected() and not conn.should_close:
+        if reusable and not self._closed and conn.reusable():
             self.idle.append(conn)
         else:
             conn.close()
@@ -288,7 +300,10 @@ class H1Pool:
         timer = loop.call_at(deadline, expiry.fire)
         try:
             while True:
-                conn, reused = await self._lend()
+                conn = self._idle()
+                reused = conn is not None
+                if conn is None:
+                    conn, reused = await self._lend()
                 try:
                     response = await self._exchange(conn, method, head, body, chunked,
                                                     interim)
@@ -317,7 +332,7 @@ class H1Pool:
         ordered.extend((k, v) for k, v in headers.items() if k.lower() != "host")
         return ordered
 
-    async def _exchange(self, conn: ResponseHandler, method: str, head: bytes,
+    async def _exchange(self, conn: Connection, method: str, head: bytes,
                         body: StreamedBody | bytes | None, chunked: bool,
                         interim: Interim | None) -> Response:
         writer: asyncio.Task[None] | None = None
@@ -325,8 +340,7 @@ class H1Pool:
         try:
             # Bytes past the response's end are dropped and the connection closed after it
             # (RFC 9112 §6.3; gateway/wire/framing.py).
-            frame_response(conn, skip_payload=method == "HEAD", read_bufsize=READ_BUFFER,
-                           max_line_size=8190, max_field_size=65536)
+            conn.begin(head_only=method == "HEAD")
             transport = conn.transport
             if transport is None:
                 raise _Stale
@@ -340,10 +354,13 @@ class H1Pool:
                 writer.add_done_callback(lambda task: _body_failed(conn, task))
             while True:
                 try:
-                    message, payload = await conn.read()
+                    arrival = conn.arrival()
+                    if arrival is not None:
+                        await arrival
+                    message, payload = conn.head()
                 except (ServerDisconnectedError, ConnectionResetError):
                     raise _Stale from None
-                if not is_interim(message.code):
+                if message.code not in INTERIM:
                     break
                 if interim is not None:
                     await interim(message)
@@ -377,7 +394,7 @@ class _BodyFailure(Exception):
         self.cause = cause
 
 
-async def _send_body(conn: ResponseHandler, body: StreamedBody, chunked: bool) -> None:
+async def _send_body(conn: Connection, body: StreamedBody, chunked: bool) -> None:
     """Stream a request body to the upstream with write flow control."""
     async for chunk in body:
         transport = conn.transport
@@ -389,13 +406,12 @@ async def _send_body(conn: ResponseHandler, body: StreamedBody, chunked: bool) -
             transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
         else:
             transport.write(chunk)
-        if conn.writing_paused:
-            await conn._drain_helper()
+        await conn.drain()
     if chunked and conn.transport is not None:
         conn.transport.write(b"0\r\n\r\n")
 
 
-def _body_failed(conn: ResponseHandler, task: asyncio.Task[None]) -> None:
+def _body_failed(conn: Connection, task: asyncio.Task[None]) -> None:
     """A request body that fails (too large, client gone) ends the exchange: the reader of
     the response gets the cause, and the half-sent request's connection is dropped."""
     if task.cancelled():
@@ -403,48 +419,21 @@ def _body_failed(conn: ResponseHandler, task: asyncio.Task[None]) -> None:
     exc = task.exception()
     if exc is None:
         return
-    if not conn.is_eof():
-        conn.set_exception(_BodyFailure(exc))
-    conn.abort()
+    conn.fail(_BodyFailure(exc))
 
 
-__all__ = ["EMPTY_PAYLOAD", "BodyTooLarge", "H1Pool", "Interim", "RawResponseMessage",
-           "Response", "StreamedBody", "UpstreamError"]
+__all__ = ["EMPTY_PAYLOAD", "WHOLE_AT_MOST", "BodyTooLarge", "H1Pool", "Interim",
+           "RawResponseMessage", "Response", "StreamedBody", "UpstreamError"]
 
 
 # ---------------------------------------------------------------------------- probes
-# What this client takes from aiohttp's client connection protocol: the parser settings it
-# passes, write flow control (`writing_paused`, `_drain_helper`), and the parsed head.
-_RESPONSE_PARAMS = ("skip_payload", "read_until_eof", "auto_decompress", "read_bufsize",
-                    "max_line_size", "max_field_size")
-
-
-@need("aiohttp", "client_proto.ResponseHandler.set_response_params(" +
-      ", ".join(_RESPONSE_PARAMS) + ")")
-def _response_params() -> None:
-    accepted = inspect.signature(ResponseHandler.set_response_params).parameters
-    missing = [name for name in _RESPONSE_PARAMS if name not in accepted]
-    if missing:
-        raise TypeError(f"set_response_params takes no {', '.join(missing)}")
-
-
-@need("aiohttp", "ResponseHandler.writing_paused, ResponseHandler._drain_helper() "
-                 "(write flow control of a streamed request body)")
-def _write_flow_control() -> None:
-    if not isinstance(inspect.getattr_static(ResponseHandler, "writing_paused"), property):
-        raise AttributeError("ResponseHandler.writing_paused is not a property")
-    if not inspect.iscoroutinefunction(ResponseHandler._drain_helper):
-        raise AttributeError("ResponseHandler._drain_helper is not a coroutine function")
-
-
-@need("aiohttp", "ResponseHandler.read/should_close/is_connected/set_exception/is_eof/abort, "
-                 "RawResponseMessage.code/reason/headers, StreamReader.is_eof/exception/"
+# What this client takes from aiohttp beyond the parser (probed in gateway/wire/framing.py):
+# the parsed head and the body stream it hands on.
+@need("aiohttp", "RawResponseMessage.code/reason/headers, StreamReader.is_eof/exception/"
                  "total_bytes/read_nowait/iter_any/set_exception")
-def _connection_and_head() -> None:
+def _head_and_body() -> None:
     wanted = {
-        ResponseHandler: ("read", "should_close", "is_connected", "set_exception", "is_eof",
-                          "abort", "close", "transport"),
-        RawResponseMessage: ("code", "reason", "headers"),
+        RawResponseMessage: ("code", "reason", "headers", "should_close"),
         StreamReader: ("is_eof", "exception", "total_bytes", "read_nowait", "iter_any",
                        "set_exception"),
     }
@@ -456,8 +445,8 @@ def _connection_and_head() -> None:
 
 
 def _instance_names(cls: type) -> set[str]:
-    """Names an instance sets in __init__ (StreamReader.total_bytes, ResponseHandler.transport)
-    as far as the class declares them: annotations or __slots__."""
+    """Names an instance sets in __init__ (StreamReader.total_bytes) as far as the class
+    declares them: annotations or __slots__."""
     names: set[str] = set()
     for klass in cls.__mro__:
         names.update(getattr(klass, "__annotations__", {}))

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp.base_protocol
 import aiohttp.http_writer
+import aiohttp.streams
 import hiredis
 import prometheus_client.metrics
 import pytest
@@ -15,10 +15,10 @@ import redis._parsers.base
 import redis.asyncio
 import redis.exceptions
 from aiohttp import web
-from aiohttp.client_proto import ResponseHandler
 
 import gateway.wire as wire
 import gateway.wire.aiohttp_io as aiohttp_io
+import gateway.wire.framing as framing
 import gateway.wire.redis_pipe as redis_pipe
 
 
@@ -78,6 +78,17 @@ def _no_streams(original: Callable[..., Any]) -> Callable[..., Any]:
     return init
 
 
+def _parser_without(keyword: str) -> Callable[..., Any]:
+    """aiohttp's response parser as a release that dropped one of its keywords would be."""
+    real = framing.HttpResponseParser
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        if keyword in kwargs:
+            raise TypeError(f"unexpected keyword argument {keyword!r}")
+        return real(*args, **kwargs)
+    return make
+
+
 def _reader_without_not_enough_data(**kwargs: Any) -> Any:
     kwargs.pop("notEnoughData", None)
     return hiredis.Reader(**kwargs)
@@ -92,11 +103,10 @@ BREAKAGES: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
         web.Response, "_send_headers_immediately"), "aiohttp"),
     "StreamWriter ignores a pending head (aiohttp 3.11)": (lambda mp: mp.setattr(
         aiohttp.http_writer.StreamWriter, "write_eof", _old_write_eof()), "aiohttp"),
-    "set_response_params lost a keyword": (lambda mp: mp.setattr(
-        ResponseHandler, "set_response_params", lambda self, *, skip_payload=False: None),
-        "aiohttp"),
-    "no _drain_helper": (lambda mp: mp.delattr(
-        aiohttp.base_protocol.BaseProtocol, "_drain_helper"), "aiohttp"),
+    "the response parser lost a keyword": (lambda mp: mp.setattr(
+        framing, "HttpResponseParser", _parser_without("read_until_eof")), "aiohttp"),
+    "no StreamReader.read_nowait": (lambda mp: mp.delattr(
+        aiohttp.streams.StreamReader, "read_nowait"), "aiohttp"),
     "histogram child without _sum": (lambda mp: mp.setattr(
         prometheus_client.metrics.Histogram, "_metric_init",
         _without_sum(prometheus_client.metrics.Histogram._metric_init)), "prometheus-client"),
