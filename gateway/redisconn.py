@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway import metrics
 from gateway.config.model import RedisSettings
+from gateway.wire.redis_cluster import reseed, startup_nodes
 
 if TYPE_CHECKING:
     from gateway.redispipe import Pipe
@@ -119,6 +120,8 @@ class RedisLink:
             self.client = aioredis.Redis(connection_pool=pool)
         self.breaker = CircuitBreaker()
         self._pipe: Pipe | None = None
+        # The nodes a cluster client was configured with, put back when it has lost them all.
+        self._seeds: dict[str, Any] = startup_nodes(self.client) if settings.cluster else {}
 
     @property
     def pipe(self) -> Pipe | None:
@@ -147,6 +150,14 @@ class RedisLink:
         except asyncio.CancelledError:
             self.breaker.abandoned()  # a cancelled probe would otherwise hold it open forever
             raise
+        except RedisClusterException as exc:
+            # No node left to reload the slot map from (gateway/wire/redis_cluster.py): the
+            # known nodes are put back, so a later call (the breaker's probe) finds one.
+            if self.settings.cluster and reseed(self.client, self._seeds):
+                log.warning("Redis Cluster: no reachable node left to the client; its known "
+                            "nodes are tried again")
+            self._failed()
+            raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             # Not Redis or network trouble: a redis-py release that does not fit (one raised
             # TypeError while connecting) or a bug. Its callers still answer per

@@ -315,3 +315,21 @@ async def test_a_hung_master_costs_each_call_the_deadline_then_the_breaker_opens
         assert not link.breaker.is_open
     finally:
         await link.close()
+
+
+async def test_a_client_that_lost_every_startup_node_finds_the_cluster_again(
+        redis_cluster: RedisCluster) -> None:
+    # redis-py drops a node from its startup nodes on each connection error or timeout met
+    # there; under a failover with a short deadline live nodes time out too, and once none
+    # is left the client could never reload its slot map (gateway/wire/redis_cluster.py).
+    link = RedisLink(RedisSettings(url=redis_cluster.url, cluster=True, timeout=0.5))
+    try:
+        await answered(lambda: link.call(lambda: link.client.set("seeded", 1)))
+        link.client.nodes_manager.startup_nodes.clear()  # what the timeouts leave
+        await link.client.aclose()  # what redis-py does after one: the map is reloaded
+        with pytest.raises(RedisUnavailable, match="RedisClusterException"):
+            await link.call(lambda: link.client.get("seeded"))
+        assert await answered(lambda: link.call(lambda: link.client.get("seeded"))) == b"1"
+        assert not link.breaker.is_open
+    finally:
+        await link.close()
