@@ -452,8 +452,9 @@ def _hit_head(p: RoutePolicy, entry: Entry, age: float) -> tuple[StoredHead, CIM
     Cache-Control when the route sets browser_ttl)."""
     stored = entry.client.get(p.hit_drop)
     if stored is None:
-        base = CIMultiDict([(n, v) for n, v in entry.headers.items()
-                            if n.lower() not in p.hit_drop])
+        base = CIMultiDict(entry.headers)  # copied in C; then the few names to drop
+        for name in p.hit_drop:
+            base.popall(name, None)
         base["Content-Length"] = str(len(entry.body))  # in place, as the per-hit set did
         # What aiohttp's response would add on its own, added once here instead.
         if entry.body and "Content-Type" not in base:
