@@ -26,7 +26,10 @@ _FORMAT = 2
 RAW_BELOW = 1024
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: nothing assigns to an entry once made (a refreshed one is a copy), but a
+# frozen dataclass sets each field through object.__setattr__, which made building one
+# (every L2 hit decodes one, every store makes one) cost 1.7 us instead of 0.5.
+@dataclass(slots=True)
 class Entry:
     url: str                               # primary key (gateway.cache.key.url_key)
     variant: str                           # secondary key (gateway.cache.key.variant_id)
