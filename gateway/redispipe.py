@@ -229,6 +229,7 @@ class Pipe:
             self._resend(future, command)
         elif isinstance(reply, Exception):
             future.set_exception(ErrorReply(reply))
+            future.exception()  # marked retrieved: see _fail
         else:
             future.set_result(reply)
 
@@ -295,3 +296,8 @@ def _fail(futures: list[asyncio.Future[Any]], why: str) -> None:
     for future in futures:
         if not future.done():
             future.set_exception(RedisUnavailable(why))
+            # Marked retrieved (whoever awaits it still gets it): a read asked ahead may
+            # never be awaited, its request refused meanwhile, and the pipe has counted
+            # the failure already. Here it costs nothing while Redis answers; a done
+            # callback on every future cost each L2 lookup a loop step.
+            future.exception()

@@ -108,9 +108,7 @@ class RedisStore:
             key = self.url_key(url)
             known = self._reads[url] = (self.gen, Command(pack_command(b"HGETALL",
                                                                        key.encode()), key))
-        future = self._pipe.submit(known[1])
-        future.add_done_callback(_quiet)
-        return future
+        return self._pipe.submit(known[1])  # a failure nobody awaits stays quiet (Pipe)
 
     async def variants(self, url: str, ahead: asyncio.Future[Any] | None = None
                        ) -> list[bytes]:
@@ -265,12 +263,6 @@ def store_command(head: bytes, key: str, variant: str, data: bytes, keep: int,
     raw_key, raw_variant = key.encode("utf-8", "surrogateescape"), variant.encode()
     return Command(head % (len(raw_key), raw_key, len(raw_variant), raw_variant, len(data),
                            data, len(b"%d" % keep), keep), key, reload)
-
-
-def _quiet(future: asyncio.Future[Any]) -> None:
-    """Retrieve the failure of a read nobody may await, so asyncio does not report it."""
-    if not future.cancelled():
-        future.exception()
 
 
 def _skipped_store(future: asyncio.Future[Any]) -> None:

@@ -4,6 +4,7 @@ batch, against a real redis-server: what the limiter and the L2 cache send toget
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 
 import pytest
@@ -69,4 +70,35 @@ async def test_an_error_reply_fails_its_command_alone(redis_server: RedisServer)
         assert await fine == b"abc"
         assert not link.breaker.is_open and link.breaker.failures == 0
     finally:
+        await link.close()
+
+
+async def test_a_failed_command_nobody_awaits_is_not_reported_and_one_awaited_still_fails(
+        redis_server: RedisServer) -> None:
+    """A read asked ahead whose request was refused meanwhile is never awaited: neither an
+    error reply nor a lost connection may leave asyncio's "exception was never retrieved"
+    behind, while a caller that does await still gets the failure."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+    link = RedisLink(RedisSettings(url=redis_server.url, timeout=0.5))
+    pipe = link.pipe
+    assert pipe is not None
+    try:
+        redis_server.cli("SET", "text", "abc")
+        pipe.submit(Command(pack_command(b"HGETALL", b"text"), "text"))  # WRONGTYPE, dropped
+        assert await pipe.submit(Command(pack_command(b"GET", b"text"), "text")) == b"abc"
+        redis_server.pause()  # no reply: the pipe's deadline breaks the connection
+        try:
+            pipe.submit(Command(pack_command(b"GET", b"text"), "text"))  # dropped
+            awaited = pipe.submit(Command(pack_command(b"GET", b"text"), "text"))
+            with pytest.raises(RedisUnavailable):
+                await awaited
+        finally:
+            redis_server.resume()
+        gc.collect()  # a dropped future reports an unretrieved exception when collected
+        await asyncio.sleep(0)
+        assert reported == []
+    finally:
+        loop.set_exception_handler(None)
         await link.close()
