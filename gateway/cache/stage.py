@@ -132,7 +132,7 @@ class ResponseCache:
             # Hit-for-miss with nothing stored anywhere: what `_read` would conclude after
             # its lookups, without them (and without the collapsing machinery).
             return self._hit_for_miss(p, key, out, fetch)
-        return self._read(p, key, out, fetch, stored, ahead)
+        return self._read(p, key, out, fetch, stored, ahead, plain)
 
     async def _hit_for_miss(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch
                             ) -> Exchange:
@@ -168,11 +168,11 @@ class ResponseCache:
 
     # ------------------------------------------------------------ GET / HEAD
     async def _read(self, p: RoutePolicy, key: str, out: Outgoing, fetch: Fetch,
-                    in_memory: Entry | None, ahead: asyncio.Future[Any] | None = None
-                    ) -> Exchange:
+                    in_memory: Entry | None, ahead: asyncio.Future[Any] | None = None,
+                    plain: bool = False) -> Exchange:
         """Everything but a fresh L1 hit; `in_memory` is what `serve` found in L1 (stale, or
         not fresh enough for this request), looked up again only after waiting; `ahead`:
-        the L2 read of the first lookup, already asked for."""
+        the L2 read of the first lookup, already asked for; `plain`: as for `_hit`."""
         svc = self.service
         stale: Entry | None = None
         for attempt in range(ATTEMPTS):
@@ -186,7 +186,7 @@ class ResponseCache:
                 ttl = stale.fresh.lifetime - age  # Entry.ttl(now), the age computed once
                 use = rfc.evaluate(stale.fresh, age, out.asked)
                 if use is rfc.Use.FRESH:
-                    return self._hit(p, stale, out, age)
+                    return self._hit(p, stale, out, age, plain)
                 if use is rfc.Use.STALE_WHILE_REVALIDATE:
                     self._refresh_later(p, key, stale, out, fetch)
                     p.count("stale")
