@@ -128,7 +128,7 @@ class RedisLink:
         """The pipelined connection every request-path command shares (the rate limiter's
         decisions, the cache's L2 reads and writes), so what one request needs of Redis
         leaves in one write; None for a cluster client, which has no single connection."""
-        if self._pipe is None and hasattr(self.client, "connection_pool"):
+        if self._pipe is None and not self.settings.cluster:
             from gateway.redispipe import Pipe  # built on this module: imported when first used
 
             self._pipe = Pipe(self)
