@@ -54,8 +54,16 @@ async def readyz(request: web.Request) -> web.Response:
                              status=status)
 
 
+# The supervisor's ask before it renders a scrape itself: apply, answer nothing. Rendering
+# reads and merges every worker's files, work the supervisor would throw away, done on the
+# worker's event loop between requests.
+APPLY_ONLY = "X-Gateway-Apply-Only"
+
+
 async def metrics_text(request: web.Request) -> web.Response:
     TALLY.apply_all()  # this worker's figures up to now, held-back counter groups included
+    if APPLY_ONLY in request.headers:
+        return web.Response(status=204)
     return web.Response(body=metrics.render(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

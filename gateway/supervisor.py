@@ -103,12 +103,13 @@ class Supervisor:
                 worker.proc.send_signal(sig)
 
     # ------------------------------------------------------------------ admin front
-    async def _ask(self, worker: Worker, request: web.Request, body: bytes
-                   ) -> tuple[int, bytes, dict[str, str]]:
+    async def _ask(self, worker: Worker, request: web.Request, body: bytes,
+                   extra: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
         assert worker.session is not None
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() in ("authorization", "content-type", "accept",
                                     "if-none-match")}
+        headers.update(extra or {})
         async with worker.session.request(request.method, f"http://worker{request.path_qs}",
                                           data=body or None, headers=headers) as resp:
             payload = await resp.read()
@@ -152,13 +153,14 @@ class Supervisor:
     async def _metrics(self, request: web.Request) -> web.Response:
         """The sum of the workers' files, once every worker has applied what it holds (a
         worker applies its request metrics at most once a second otherwise,
-        gateway/metrictally.py): asking a worker for its /metrics makes it do that."""
-        from gateway.admin import metrics_text
+        gateway/metrictally.py): asking a worker for its /metrics makes it do that, and
+        only that with APPLY_ONLY."""
+        from gateway.admin import APPLY_ONLY, metrics_text
 
         # A worker that does not answer (restarting) holds nothing a scrape could miss
         # for long: the rest is still worth serving.
-        await asyncio.gather(*(self._ask(w, request, b"") for w in self.workers),
-                             return_exceptions=True)
+        await asyncio.gather(*(self._ask(w, request, b"", {APPLY_ONLY: "1"})
+                               for w in self.workers), return_exceptions=True)
         return await metrics_text(request)
 
     async def _readyz(self, request: web.Request) -> web.Response:

@@ -191,6 +191,31 @@ async def test_metrics_sum_over_workers(process_factory: Callable[..., GatewayPr
     assert upstream.count() == 1000
 
 
+async def test_an_apply_only_ask_applies_the_figures_and_renders_nothing(
+        gateway: InProcessGateway) -> None:
+    """What the supervisor sends each worker before a scrape: the worker's held request
+    figures reach the registry, and the answer is empty (the supervisor renders itself)."""
+    from prometheus_client import REGISTRY
+
+    from gateway.admin import APPLY_ONLY
+    from gateway.metrictally import TALLY
+
+    def served() -> float:
+        return REGISTRY.get_sample_value("gateway_requests_total", {
+            "route": "default", "method": "GET", "status": "200"}) or 0.0
+
+    async with client_session() as s:
+        TALLY.apply_all()
+        before = served()
+        async with s.get(f"{gateway.url}/m/1") as r:
+            assert r.status == 200
+        async with s.get(f"{gateway.admin_url}/metrics", headers={APPLY_ONLY: "1"}) as r:
+            assert r.status == 204 and await r.read() == b""
+        assert served() == before + 1
+        async with s.get(f"{gateway.admin_url}/metrics") as r:  # a plain scrape renders
+            assert r.status == 200 and "gateway_requests_total" in await r.text()
+
+
 async def test_access_log_lines(process_factory: Callable[..., GatewayProcessHandle],
                                 upstream: Upstream) -> None:
     config = base_config(upstream.url)
