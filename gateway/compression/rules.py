@@ -134,17 +134,17 @@ def type_listed(content_type: str | None, ranges: tuple[str, ...]) -> bool:
     return False
 
 
-def skip_reason(method: str, status: int, response: Mapping[str, str],
-                request: Mapping[str, str], settings: Compression, secrets_allowed: bool,
-                length: int | None) -> str | None:
+def skip_reason(status: int, response: Mapping[str, str], request: Mapping[str, str],
+                settings: Compression, secrets_allowed: bool, length: int | None
+                ) -> str | None:
     """Why this response must go out as it is (None: it may be compressed).
 
-    `length` is the body's size when known; a body of unknown length is compressed (it is
-    usually large: a stream). Already-encoded bodies are handled by the caller (decoded
-    for a client that cannot read them, else passed on).
+    `length` is the body's size when known (for a HEAD, the size the upstream or the cache
+    names); a body of unknown length is compressed (it is usually large: a stream).
+    Already-encoded bodies are handled by the caller (decoded for a client that cannot read
+    them, else passed on). The method plays no part: a HEAD answer gets the decision its
+    GET would (RFC 9110 §9.3.2), and the stage sends its fields without coding anything.
     """
-    if method == "HEAD":
-        return "head"  # no body; its fields must match what a GET gets, see stage
     if status in NO_CONTENT or status < 200:
         return "status"
     if "Content-Encoding" in response and \

@@ -11,6 +11,10 @@ and before the relay. It asks gateway.compression.rules what to do and does it.
 - A body the upstream coded in a way the client does not accept is decoded (and coded again
   if the client accepts one of ours). The first decoded bytes are read before the head goes
   out, so a corrupt body is a 502, not a 200 with garbage; later corruption cuts the response.
+- A HEAD answer gets the fields the GET for the same request would get (RFC 9110 §9.3.2: a
+  cache after us freshens its stored GET answer with them, RFC 9111 §4.3.5), and nothing is
+  coded for it: its Content-Length is the coded length when that variant is kept with the
+  entry already, else absent, as a streamed coded GET's is.
 """
 
 from __future__ import annotations
@@ -106,8 +110,10 @@ class Compressor:
             # (README): the usual API client pays two lookups here, nothing more.
             return exchange
         secrets_allowed = self.routes.get(route)
-        if secrets_allowed is None or method == "HEAD":
+        if secrets_allowed is None:
             return exchange
+        if method == "HEAD":
+            return self._head_only(exchange, asked, accept, secrets_allowed, record)
         entry: Entry | None = exchange.origin  # type: ignore[assignment]
         if entry is not None and stored is not None:
             # A hit: what this kind of request gets was worked out by an earlier one.
@@ -133,12 +139,49 @@ class Compressor:
                     headers[_CACHE_STATUS] = f"{status}; encoding={label}"
                 return exchange
             prefs, target = self._negotiate(accept)
-            return self._stored(entry, exchange, key, method, asked, prefs, target,
-                                secrets_allowed, record)
+            return self._stored(entry, exchange, key, asked, prefs, target, secrets_allowed,
+                                record)
         prefs, target = self._negotiate(accept)
         if exchange.status == 304:
             return self._not_modified(exchange, asked, target)
-        return self._passing(exchange, method, asked, prefs, target, secrets_allowed, record)
+        return self._passing(exchange, asked, prefs, target, secrets_allowed, record)
+
+    def _head_only(self, exchange: Exchange, asked: Mapping[str, str], accept: str | None,
+                   secrets_allowed: bool, record: AccessRecord
+                   ) -> Exchange | Awaitable[Exchange]:
+        """A HEAD answer: the head the GET would get (module docstring), no body coded, and
+        nothing counted in gateway_compression_bytes (no bytes were coded)."""
+        stored = exchange.stored
+        entry: Entry | None = exchange.origin  # type: ignore[assignment]
+        prefs, target = self._negotiate(accept)
+        if entry is not None and stored is not None:
+            # The key of `shape`'s hits (written out there: it is every coded hit's path),
+            # so a HEAD finds the answer its GET worked out, and the reverse.
+            key = (id(stored), accept, accept is not None and not secrets_allowed and (
+                asked.get(_COOKIE) is not None or asked.get(_AUTHORIZATION) is not None))
+            known = entry.coded_heads.get(key)
+            if known is None:
+                return self._stored(entry, exchange, key, asked, prefs, target,
+                                    secrets_allowed, record, head_only=True)
+            exchange.stored, exchange.body = known[0], b""
+            self._label(exchange, known[2], record)
+            return exchange
+        if exchange.status == 304:
+            return self._not_modified(exchange, asked, target)
+        headers = exchange.headers
+        # Not the body's size: an upstream's HEAD answer has none, and names the GET's.
+        text = headers.get("Content-Length", "")
+        plan = self._plan(exchange.status, headers, asked, prefs, target, secrets_allowed,
+                          int(text) if text.isdigit() else None)
+        if plan.unchanged:
+            if plan.label is not None:
+                record.encoding = plan.label
+            return exchange
+        _apply(headers, plan, None)
+        if plan.decode is not None or plan.output is not None:
+            headers.popall("Content-Length", None)  # the coded length: known by coding only
+        self._label(exchange, plan.label, record)
+        return exchange
 
     def _not_modified(self, exchange: Exchange, asked: Mapping[str, str],
                       target: Encoding | None) -> Exchange:
@@ -155,16 +198,18 @@ class Compressor:
         return exchange
 
     # ------------------------------------------------------------ stored responses
-    def _stored(self, entry: Entry, exchange: Exchange, key: tuple[Any, ...], method: str,
+    def _stored(self, entry: Entry, exchange: Exchange, key: tuple[Any, ...],
                 asked: Mapping[str, str], prefs: rfc.Preferences, target: Encoding | None,
-                secrets_allowed: bool, record: AccessRecord) -> Exchange | Awaitable[Exchange]:
+                secrets_allowed: bool, record: AccessRecord, head_only: bool = False
+                ) -> Exchange | Awaitable[Exchange]:
         """The first hit of its kind (base head, Accept-Encoding value, secrets) on `entry`:
-        decide, code if needed, and keep the answer for the next ones."""
+        decide, code if needed, and keep the answer for the next ones. `head_only`: a HEAD,
+        which codes nothing and keeps only an answer a GET would keep too."""
         stored = exchange.stored
         assert stored is not None
         if len(entry.coded_heads) >= HEADS_PER_ENTRY:
             entry.coded_heads.clear()  # Accept-Encoding values are many only when forged
-        plan = self._plan(method, exchange.status, stored.fields, asked, prefs, target,
+        plan = self._plan(exchange.status, stored.fields, asked, prefs, target,
                           secrets_allowed, len(entry.body))
         name = str(plan.output) if plan.output else IDENTITY
         if plan.unchanged:
@@ -176,12 +221,22 @@ class Compressor:
             known = entry.coded_heads[key] = (
                 _head(stored, plan, len(entry.encoded[name])), entry.encoded[name],
                 plan.label)
+        elif head_only:
+            # Coding the body to learn its length would be all of a GET's work for none of
+            # its bytes: the head goes without a length, as a streamed coded GET's does.
+            exchange.stored, exchange.body = _head(stored, plan, None), b""
+            self._label(exchange, plan.label, record)
+            return exchange
         elif len(entry.body) >= OFFLOAD_AT:
             return self._stored_later(entry, exchange, key, plan, record)
         else:
             known = self._keep(entry, key, stored, plan,
                                self._code_whole(plan, entry.body))
         head, body, label = known
+        if head_only:
+            exchange.stored, exchange.body = head, b""
+            self._label(exchange, label, record)
+            return exchange
         exchange.stored, exchange.body = head, body
         return self._served(exchange, label, len(entry.body), len(body), record)
 
@@ -217,7 +272,7 @@ class Compressor:
         return known
 
     # ------------------------------------------------------------ passing responses
-    def _passing(self, exchange: Exchange, method: str, asked: Mapping[str, str],
+    def _passing(self, exchange: Exchange, asked: Mapping[str, str],
                  prefs: rfc.Preferences, target: Encoding | None, secrets_allowed: bool,
                  record: AccessRecord) -> Exchange | Awaitable[Exchange]:
         headers = exchange.headers
@@ -228,8 +283,8 @@ class Compressor:
         else:
             text = headers.get("Content-Length", "")
             length = int(text) if text.isdigit() else None
-        plan = self._plan(method, exchange.status, headers, asked, prefs, target,
-                          secrets_allowed, length)
+        plan = self._plan(exchange.status, headers, asked, prefs, target, secrets_allowed,
+                          length)
         if plan.unchanged:
             if plan.label is not None:
                 record.encoding = plan.label
@@ -306,7 +361,7 @@ class Compressor:
                                 f"{exc}") from None
 
     # ------------------------------------------------------------ shared
-    def _plan(self, method: str, status: int, fields: Mapping[str, str],
+    def _plan(self, status: int, fields: Mapping[str, str],
               asked: Mapping[str, str], prefs: rfc.Preferences, target: Encoding | None,
               secrets_allowed: bool, length: int | None) -> Plan:
         source = rfc.upstream_coding(fields)
@@ -319,8 +374,8 @@ class Compressor:
                 return Plan(label=source)  # a coding we cannot undo: it goes as it came
             fields = _without_coding(fields)
             length = None
-        reason = rfc.skip_reason(method, status, fields, asked, self.settings,
-                                 secrets_allowed, length)
+        reason = rfc.skip_reason(status, fields, asked, self.settings, secrets_allowed,
+                                 length)
         # The answer depends on Accept-Encoding whenever it could have been coded for
         # some client: say so (RFC 9110 §12.5.5) so no cache after us mixes them up.
         vary = reason is None or reason == "credentials"
@@ -382,9 +437,12 @@ def _apply(headers: CIMultiDict[str], plan: Plan, length: int | None) -> None:
         headers["Content-Length"] = str(length)
 
 
-def _head(stored: StoredHead, plan: Plan, length: int) -> StoredHead:
+def _head(stored: StoredHead, plan: Plan, length: int | None) -> StoredHead:
+    """The stored head as `plan` makes it; `length` None: the coded length is not known."""
     fields = stored.fields.copy()
     _apply(fields, plan, length)
+    if length is None:
+        fields.popall("Content-Length", None)
     raw = None
     if stored.raw is not None:
         try:

@@ -134,7 +134,6 @@ async def test_no_accept_encoding_field_gets_identity(gateway_factory: Factory,
     ("/a/cookie", answering(Set_Cookie="sid=1"), "GET", {}),                 # BREACH
     ("/a/doc", answering(), "GET", {"Cookie": "sid=1"}),                     # BREACH
     ("/a/doc", answering(), "GET", {"Authorization": "Bearer x"}),           # BREACH
-    ("/a/doc", answering(), "HEAD", {}),
     ("/a/none", answering(status=204), "GET", {}),
     ("/p/doc", answering(), "GET", {}),                                       # route off
 ])
@@ -367,3 +366,203 @@ async def _in_l2(gw: InProcessGateway, url: str) -> Any:
                 return entry
         await asyncio.sleep(0.05)
     return None
+
+
+# ---------------------------------------------------------------- HEAD (RFC 9110 §9.3.2)
+# A HEAD answer carries the fields the GET for the same request would: a cache after us
+# freshens its stored GET answer with them (RFC 9111 §4.3.5). Only Content-Length may be
+# missing: the coded length is known once that coding was made (README).
+
+# Fields that differ between any two answers (clock, id, framing) or say how this one was
+# answered (a miss, a hit) rather than what it represents.
+_PER_ANSWER = frozenset({"date", "age", "x-request-id", "content-length", "transfer-encoding",
+                         "connection", "keep-alive", "cache-status", "x-cache"})
+
+
+async def answer(url: str, method: str, headers: dict[str, str]
+                 ) -> tuple[int, CIMultiDict[str], bytes]:
+    """One request with exactly `headers` (no Accept-Encoding unless they name one)."""
+    async with client_session(skip_auto_headers=("Accept-Encoding",)) as s, \
+            s.request(method, url, headers=headers) as r:
+        return r.status, CIMultiDict(r.headers), await r.read()
+
+
+def representation(headers: CIMultiDict[str]) -> list[tuple[str, str]]:
+    return sorted((k.lower(), v) for k, v in headers.items() if k.lower() not in _PER_ANSWER)
+
+
+def coding_said(headers: CIMultiDict[str]) -> str | None:
+    """The `encoding` parameter of Cache-Status (the coding named to logs and caches)."""
+    for member in headers.get("Cache-Status", "").split(";"):
+        name, _, value = member.strip().partition("=")
+        if name == "encoding":
+            return value
+    return None
+
+
+async def coded_bytes(gw: InProcessGateway) -> dict[str, float]:
+    """gateway_compression_bytes_total from the admin listener's /metrics."""
+    async with client_session() as s, s.get(f"{gw.admin_url}/metrics") as r:
+        text = await r.text()
+    return {line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+            for line in text.splitlines()
+            if line.startswith("gateway_compression_bytes_total{")}
+
+
+def assert_same_fields(head: CIMultiDict[str], get: CIMultiDict[str]) -> None:
+    assert representation(head) == representation(get)
+    assert coding_said(head) == coding_said(get)
+
+
+GZ_DOC = gzip.compress(DOC)
+
+# path, upstream answer, request fields, whether the GET's length is the HEAD's: absent
+# where the GET's body is coded or decoded here (its coded length is known only by coding).
+HEAD_CASES = [
+    ("/a/doc", answering(ETag='"v1"'), {"Accept-Encoding": "br"}, False),
+    ("/a/doc", answering(ETag='"v1"'), {"Accept-Encoding": "gzip;q=0.5, zstd"}, False),
+    ("/a/doc", answering(ETag='"v1"'), {}, True),                     # no field: as it came
+    ("/a/doc", answering(ETag='"v1"'), {"Accept-Encoding": "identity"}, True),  # Vary only
+    ("/a/small", answering(b'{"tiny": true}'), {"Accept-Encoding": "br"}, True),
+    ("/a/png", answering(content_type="image/png"), {"Accept-Encoding": "br"}, True),
+    ("/a/nt", answering(Cache_Control="no-transform"), {"Accept-Encoding": "br"}, True),
+    ("/a/cookie", answering(Set_Cookie="sid=1"), {"Accept-Encoding": "br"}, True),
+    ("/a/doc", answering(), {"Accept-Encoding": "br", "Cookie": "sid=1"}, True),
+    ("/a/doc", answering(), {"Accept-Encoding": "br", "Authorization": "Bearer x"}, True),
+    ("/a/none", answering(status=204), {"Accept-Encoding": "br"}, True),
+    ("/p/doc", answering(), {"Accept-Encoding": "br"}, True),          # route off
+    ("/a/gz", answering(GZ_DOC, Content_Encoding="gzip", ETag='"u1"'),
+     {"Accept-Encoding": "gzip, br"}, True),                            # accepted: as it came
+    ("/a/gz", answering(GZ_DOC, Content_Encoding="gzip", ETag='"u1"'),
+     {"Accept-Encoding": "identity"}, False),                           # decoded
+    ("/a/gz", answering(GZ_DOC, Content_Encoding="gzip", ETag='"u1"'),
+     {"Accept-Encoding": "br"}, False),                                 # decoded, coded br
+    ("/a/gz", answering(GZ_DOC, Content_Encoding="gzip", ETag='"u1"'), {}, False),
+]
+
+
+@pytest.mark.parametrize(("path", "handler", "asked", "same_length"), HEAD_CASES, ids=[
+    "coded", "coded-by-q", "no-accept-encoding", "identity", "small", "type", "no-transform",
+    "set-cookie", "cookie", "authorization", "204", "route-off", "upstream-coded-accepted",
+    "upstream-coded-decoded", "upstream-coded-recoded", "upstream-coded-no-field"])
+async def test_9_3_2_a_forwarded_head_answer_has_the_fields_of_the_get(
+        gateway_factory: Factory, upstream: Upstream, path: str, handler: Any,
+        asked: dict[str, str], same_length: bool) -> None:
+    upstream.on(path, handler)
+    gw = await gateway_factory(compressing_config(upstream.url))
+    status, get, _ = await answer(f"{gw.url}{path}", "GET", asked)
+    before = await coded_bytes(gw)
+    head_status, head, body = await answer(f"{gw.url}{path}", "HEAD", asked)
+    assert upstream.hits[-1].method == "HEAD"  # asked upstream as it came
+    assert (head_status, body) == (status, b"")
+    assert_same_fields(head, get)
+    if same_length:
+        assert head.get("Content-Length") == get.get("Content-Length")
+    else:
+        assert "Content-Length" not in head
+    assert await coded_bytes(gw) == before  # nothing coded for a HEAD
+
+
+async def test_9_3_2_head_from_the_cache_names_the_coding_and_its_length_once_stored(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    upstream.on("/a/doc", answering(ETag='"v1"', Cache_Control="max-age=60"))
+    gw = await gateway_factory(compressing_config(upstream.url, cached=True))
+    url = f"{gw.url}/a/doc"
+    br = {"Accept-Encoding": "br"}
+    # A HEAD miss goes upstream as a HEAD and stores nothing; the GET miss after it stores
+    # the identity copy (coding as it streams).
+    _, head, _ = await answer(url, "HEAD", br)
+    assert (head["X-Cache"], upstream.hits[-1].method) == ("MISS", "HEAD")
+    _, get, _ = await answer(url, "GET", br)
+    assert get["X-Cache"] == "MISS" and get["Content-Encoding"] == "br"
+    assert_same_fields(head, get)
+    assert "Content-Length" not in head
+    assert gw.process.services is not None and gw.process.services.cache is not None
+    [entry] = [e for variants in gw.process.services.cache.memory.by_url.values()
+               for e in variants.values()]
+    assert entry.encoded == {}
+
+    # A hit whose coding is not stored yet: the GET's fields, no length, nothing coded.
+    before = await coded_bytes(gw)
+    _, head, body = await answer(url, "HEAD", br)
+    assert (head["X-Cache"], body) == ("HIT", b"")
+    assert (head["Content-Encoding"], head["ETag"]) == ("br", '"v1-br"')
+    assert "accept-encoding" in head["Vary"].lower()
+    assert "Content-Length" not in head
+    assert entry.encoded == {}  # no coding work to learn the length
+    assert await coded_bytes(gw) == before
+    _, get, body = await answer(url, "GET", br)  # codes and keeps the br copy
+    assert get["X-Cache"] == "HIT" and decode("br", body) == DOC
+    assert_same_fields(head, get)
+    assert await coded_bytes(gw) != before  # the GET's coding counted, where the HEAD's was not
+
+    # The coded copy stored: the HEAD gives its length, for this Accept-Encoding value and
+    # for another that chooses the same coding.
+    for accept in ("br", "br;q=1, gzip;q=0.5"):
+        _, head, body = await answer(url, "HEAD", {"Accept-Encoding": accept})
+        _, get, _ = await answer(url, "GET", {"Accept-Encoding": accept})
+        assert body == b""
+        assert_same_fields(head, get)
+        assert head["Content-Length"] == get["Content-Length"] == str(len(entry.encoded["br"]))
+    before = await coded_bytes(gw)
+    await answer(url, "HEAD", br)
+    assert await coded_bytes(gw) == before  # a GET of the stored copy counts; a HEAD not
+
+    # No Accept-Encoding, or identity: the identity answer, its length, Vary as for the GET.
+    for asked in ({}, {"Accept-Encoding": "identity"}):
+        _, head, _ = await answer(url, "HEAD", asked)
+        _, get, _ = await answer(url, "GET", asked)
+        assert_same_fields(head, get)
+        assert head["Content-Length"] == get["Content-Length"] == str(len(DOC))
+    _, head, _ = await answer(url, "HEAD", {})
+    assert "Content-Encoding" not in head and "Vary" not in head
+
+    # §15.4.5: a 304 to a HEAD names the coded tag the client holds, as a GET's does.
+    asked = {"Accept-Encoding": "br", "If-None-Match": '"v1-br"'}
+    status, head, _ = await answer(url, "HEAD", asked)
+    assert (status, head["ETag"]) == (304, '"v1-br"')
+    assert sorted(entry.encoded) == ["br"]
+    assert upstream.count("/a/doc") == 2  # the HEAD miss and the GET miss
+
+
+async def test_9_3_2_head_of_a_stored_upstream_coded_body_the_client_cannot_read(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    upstream.on("/a/gz", answering(GZ_DOC, Content_Encoding="gzip", ETag='"u1"',
+                                   Cache_Control="max-age=60"))
+    gw = await gateway_factory(compressing_config(upstream.url, cached=True))
+    url = f"{gw.url}/a/gz"
+    await answer(url, "GET", {"Accept-Encoding": "gzip"})  # stores the gzip bytes
+    # Decoded for the GET (and coded again as the client reads): the HEAD says so, without
+    # the upstream's strong tag (it names the gzip bytes) and, until a GET made that copy,
+    # without a length. The identity copy made for one client serves the next.
+    for asked, coding, made in (({"Accept-Encoding": "br"}, "br", False),
+                                ({"Accept-Encoding": "identity"}, None, False),
+                                ({}, None, True)):
+        _, head, body = await answer(url, "HEAD", asked)
+        assert (head["X-Cache"], body) == ("HIT", b"")
+        assert head.get("Content-Encoding") == coding
+        assert "ETag" not in head
+        assert head.get("Content-Length") == (str(len(DOC)) if made else None)
+        _, get, body = await answer(url, "GET", asked)
+        assert decode(coding, body) == DOC
+        assert_same_fields(head, get)
+        _, head, _ = await answer(url, "HEAD", asked)  # the GET kept its copy
+        assert_same_fields(head, get)
+        assert head["Content-Length"] == get["Content-Length"]
+    _, head, _ = await answer(url, "HEAD", {"Accept-Encoding": "gzip"})
+    _, get, body = await answer(url, "GET", {"Accept-Encoding": "gzip"})
+    assert body == GZ_DOC and head["ETag"] == '"u1"'
+    assert_same_fields(head, get)
+    assert head["Content-Length"] == get["Content-Length"] == str(len(GZ_DOC))
+    assert upstream.count("/a/gz") == 1
+
+
+async def test_9_3_2_head_on_a_route_that_compresses_beside_credentials(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    upstream.on("/a/doc", answering(Set_Cookie="sid=1"))
+    gw = await gateway_factory(compressing_config(upstream.url, compression="always"))
+    asked = {"Accept-Encoding": "br", "Cookie": "a=b"}
+    _, head, _ = await answer(f"{gw.url}/a/doc", "HEAD", asked)
+    _, get, _ = await answer(f"{gw.url}/a/doc", "GET", asked)
+    assert head["Content-Encoding"] == get["Content-Encoding"] == "br"
+    assert_same_fields(head, get)
