@@ -330,6 +330,26 @@ class ResponseCache:
                                         status)
 
             return whole_then_answer()
+        if out.method == "HEAD" and not isinstance(body, bytes):
+            # The HEAD went upstream as a GET to refresh its stale entry (_conditional), and
+            # nobody reads this body for the client: read it here and store it (nginx's
+            # proxy_cache_convert_head does the same), then answer the HEAD.
+            async def whole_then_head() -> Exchange:
+                try:
+                    whole = await _read_all(body, limit)
+                finally:
+                    exchange.release()
+                exchange.body = b""
+                exchange.headers = rfc.client_headers(exchange.headers.items(), p.cache,
+                                                      stored=True)
+                if whole is None:
+                    abandon()
+                    return _mark(exchange, "MISS", rfc.unstored_status(
+                        fwd, exchange.status, "too-large"))
+                complete(whole)
+                return _mark(exchange, "MISS", status)
+
+            return whole_then_head()
         if isinstance(body, bytes):
             complete(body)
         else:

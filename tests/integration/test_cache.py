@@ -204,6 +204,39 @@ async def test_head_is_served_from_a_stored_get(gateway_factory: Factory,
     assert upstream.count("/market/h") == 1
 
 
+async def test_a_head_on_a_stale_entry_stores_the_new_streamed_body_its_get_brought(
+        gateway_factory: Factory, upstream: Upstream) -> None:
+    """A HEAD finding a stale entry revalidates it upstream as a GET (RFC 9110 §9.3.2 lets
+    a cache use a HEAD to do so only with a GET). When the answer is a new 200 whose body
+    streams (larger than one read), nobody reads it for the HEAD client: the gateway reads
+    it whole and stores it, so the GET that follows is a hit on the new body."""
+    version = {"n": 0}
+    seen: list[str] = []
+    big = 200_000  # streamed: not whole in the upstream connection's first read
+
+    async def changing(request: web.Request) -> web.StreamResponse:
+        seen.append(request.method)
+        version["n"] += 1
+        body = str(version["n"]).encode() * big
+        return web.Response(body=body, headers={"Cache-Control": "max-age=1",
+                                                "ETag": f'"v{version["n"]}"'})
+
+    upstream.on("/market/s", changing)
+    config = cached_config(upstream.url)
+    config["cache"]["max_object_size"] = "1MiB"
+    gw = await gateway_factory(config)
+    status, _, body = await get(f"{gw.url}/market/s")
+    assert status == 200 and body == b"1" * big
+    await asyncio.sleep(1.2)
+    async with client_session() as s, s.head(f"{gw.url}/market/s") as r:
+        assert r.status == 200 and await r.read() == b""
+        assert r.headers["ETag"] == '"v2"' and r.headers["Content-Length"] == str(big)
+        assert "stored" in r.headers["Cache-Status"]
+    status, headers, body = await get(f"{gw.url}/market/s")
+    assert status == 200 and headers["X-Cache"] == "HIT" and body == b"2" * big
+    assert seen == ["GET", "GET"]
+
+
 async def test_rfc9111_4_3_2_client_conditional_gets_304_from_a_fresh_entry(
         gateway_factory: Factory, upstream: Upstream) -> None:
     upstream.on("/market/e", counting(Cache_Control="max-age=60", ETag='"v1"'))
