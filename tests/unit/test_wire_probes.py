@@ -35,6 +35,7 @@ def test_every_wire_module_registers_probes_of_the_packages_it_reaches_into() ->
     assert by_module["gateway.wire.h1client"] == {"aiohttp"}
     assert by_module["gateway.wire.prometheus"] == {"prometheus-client"}
     assert by_module["gateway.wire.redis_pipe"] == {"redis", "hiredis"}
+    assert by_module["gateway.wire.request"] == {"aiohttp"}
 
 
 def test_a_failed_probe_refuses_with_package_version_and_need(
@@ -107,6 +108,10 @@ BREAKAGES: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
         framing, "HttpResponseParser", _parser_without("read_until_eof")), "aiohttp"),
     "no StreamReader.read_nowait": (lambda mp: mp.delattr(
         aiohttp.streams.StreamReader, "read_nowait"), "aiohttp"),
+    "BaseRequest computes keep_alive another way": (lambda mp: mp.setattr(
+        web.BaseRequest, "keep_alive", property(lambda self: True)), "aiohttp"),
+    "BaseRequest.remote is a plain attribute": (lambda mp: mp.setattr(
+        web.BaseRequest, "remote", None), "aiohttp"),
     "histogram child without _sum": (lambda mp: mp.setattr(
         prometheus_client.metrics.Histogram, "_metric_init",
         _without_sum(prometheus_client.metrics.Histogram._metric_init)), "prometheus-client"),
