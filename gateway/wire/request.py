@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -89,12 +90,7 @@ def request_factory(loop: asyncio.AbstractEventLoop) -> Callable[
          asyncio.Task[None]], GatewayRequest]:
     """A `web.Server(request_factory=)` making GatewayRequests, as Server's own makes
     BaseRequests (without the server's extra keyword arguments: the proxy's has none)."""
-
-    def make(message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
-             writer: AbstractStreamWriter, task: asyncio.Task[None]) -> GatewayRequest:
-        return GatewayRequest(message, payload, protocol, writer, task, loop)
-
-    return make
+    return partial(GatewayRequest, loop=loop)  # made in C: no Python call of its own
 
 
 # ---------------------------------------------------------------- probe

@@ -13,8 +13,8 @@
 What it relies on in aiohttp beyond its documented API, each checked by a probe at start:
 the protocol's hook methods (data_received, log_access, handle_error) and when aiohttp
 calls them; `Server.request_factory` and `Server.request_handler`, read by every new
-connection; RawRequestMessage._replace; LineTooLong's limit in args[1]; and the text llhttp
-gives an unsupported HTTP version.
+connection; RawRequestMessage._replace; LineTooLong's limit in args[1]; the text llhttp
+gives an unsupported HTTP version; and what finish_response does once a response is sent.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import asyncio
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -184,7 +184,9 @@ class GuardedHandler(web.RequestHandler):
             elif self._head_at is None:
                 self._head_at = now = self._loop.time()
                 if not self._busy and not self._fresh:  # sooner than the idle deadline
-                    self._arm(now + self._guard.rules.header_timeout)
+                    when = now + self._guard.rules.header_timeout
+                    if when < self._timer_at:  # _arm's own test, without its call
+                        self._arm(when)
         super().data_received(data)
         if self._busy and self._messages:
             self._fail_body_on_parser_error()
@@ -198,6 +200,18 @@ class GuardedHandler(web.RequestHandler):
         if payload is not None and not payload.is_eof() and isinstance(failed, _ErrInfo):
             payload.set_exception(web.RequestPayloadError(failed.message))
 
+    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        """aiohttp's finish_response, without its two awaits when the handler has written
+        the whole response already (the proxy's every answer but an error): prepare and
+        write_eof of a response whose EOF is sent return at once. What else aiohttp does
+        there, parsing what followed a declined upgrade, waits for `_upgraded`."""
+        if getattr(resp, "_eof_sent", False) and not self._upgraded:
+            request._finish()
+            self.log_access(request, resp, start_time)
+            return resp, False
+        return await super().finish_response(request, resp, start_time)
+
     def log_access(self, request: web.BaseRequest, response: web.StreamResponse,
                    time: float | None) -> None:
         """aiohttp calls this once the response is written (or the client is gone): the
@@ -206,7 +220,8 @@ class GuardedHandler(web.RequestHandler):
         request went from +9.5 to +1.9 us CPU against the plain protocol (tests/perf/ab.py,
         7 rounds each; the method resolves ~4 us)."""
         self._exchange_ended()
-        super().log_access(request, response, time)
+        if self._logging_enabled:  # the gateway's own listeners have no aiohttp access log
+            super().log_access(request, response, time)
 
     def handle_error(self, request: web.BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
@@ -260,8 +275,9 @@ class GuardedHandler(web.RequestHandler):
         if self.transport is not None:
             # waiting_deadline for a kept-alive connection, with head_at <= now
             rules = self._guard.rules
-            self._arm(now + (rules.idle_timeout if self._head_at is None
-                             else rules.header_timeout))
+            when = now + (rules.idle_timeout if self._head_at is None else rules.header_timeout)
+            if when < self._timer_at:  # _arm's own test, without its call
+                self._arm(when)
 
     # -- deadlines
     def _waiting_deadline(self) -> tuple[float, Expiry]:
@@ -404,6 +420,39 @@ def _probe_hooks() -> bool:
         if found != params:
             return False
     return "self.log_access(" in inspect.getsource(web.RequestHandler.finish_response)
+
+
+@need("aiohttp", "RequestHandler.finish_response's steps (request._finish(), the tail of a "
+                 "declined upgrade behind _upgraded, prepare and write_eof, log_access), "
+                 "StreamResponse._eof_sent making prepare and write_eof return at once, and "
+                 "log_access logging only when _logging_enabled")
+def _probe_finish() -> bool:
+    finish = inspect.getsource(web.RequestHandler.finish_response)
+    if not all(step in finish for step in ("request._finish()", "self._upgraded",
+                                           "await prepare_meth(request)",
+                                           "await resp.write_eof()")):
+        return False
+    slots = {name for kind in web.RequestHandler.__mro__
+             for name in getattr(kind, "__slots__", ())}
+    if not {"_upgraded", "_logging_enabled"} <= slots or \
+            "if self._logging_enabled" not in inspect.getsource(web.RequestHandler.log_access):
+        return False
+    written = web.StreamResponse()
+    written._eof_sent = True
+    nobody: Any = None  # neither call may look at the request or a writer
+    steps: tuple[Callable[[], Coroutine[Any, Any, Any]], ...] = (
+        lambda: written.prepare(nobody), written.write_eof)
+    for call in steps:
+        step = call()
+        try:
+            step.send(None)
+        except StopIteration as done:
+            if done.value is not None:
+                return False
+        else:
+            step.close()
+            return False
+    return True
 
 
 @need("aiohttp", "RequestHandler._messages, where a parser error waits as an _ErrInfo")

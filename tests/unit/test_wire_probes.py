@@ -95,6 +95,14 @@ def _reader_without_not_enough_data(**kwargs: Any) -> Any:
     return hiredis.Reader(**kwargs)
 
 
+async def _prepare_again(self: Any, request: Any) -> Any:
+    return object()
+
+
+def _log_always(self: Any, request: Any, response: Any, time: Any) -> None:
+    self.access_logger.log(request, response, time)
+
+
 # (what changes, how, the package the refusal must name)
 BREAKAGES: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
     "serializer writes other bytes": (lambda mp: mp.setattr(
@@ -112,6 +120,10 @@ BREAKAGES: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
         web.BaseRequest, "keep_alive", property(lambda self: True)), "aiohttp"),
     "BaseRequest.remote is a plain attribute": (lambda mp: mp.setattr(
         web.BaseRequest, "remote", None), "aiohttp"),
+    "prepare of a finished response does something": (lambda mp: mp.setattr(
+        web.StreamResponse, "prepare", _prepare_again), "aiohttp"),
+    "log_access logs whatever _logging_enabled says": (lambda mp: mp.setattr(
+        web.RequestHandler, "log_access", _log_always), "aiohttp"),
     "histogram child without _sum": (lambda mp: mp.setattr(
         prometheus_client.metrics.Histogram, "_metric_init",
         _without_sum(prometheus_client.metrics.Histogram._metric_init)), "prometheus-client"),
