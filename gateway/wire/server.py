@@ -39,7 +39,7 @@ from aiohttp.http_exceptions import (
     PayloadEncodingError,
 )
 from aiohttp.http_parser import HttpRequestParser
-from aiohttp.streams import StreamReader
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import _ErrInfo
 
 from gateway.edge import (
@@ -261,9 +261,12 @@ class GuardedHandler(web.RequestHandler):
         self._busy = True
         self._fresh = False
         self._head_at = None
-        self._payload = payload
         self._writer = writer
         self._refusal = refusal
+        if payload is EMPTY_PAYLOAD:  # no body (the parser's shared one): nothing to time
+            self._payload = None
+            return
+        self._payload = payload
         if not payload.is_eof():
             self._body_at = self._loop.time()
             self._expect = message.headers.get("Expect", "").lower() == "100-continue"
