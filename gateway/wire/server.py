@@ -400,8 +400,9 @@ def run_handlers_inline(loop: asyncio.AbstractEventLoop) -> None:
     On Python 3.11 RequestHandler.start hands every request's `_handle_request` coroutine
     to loop.create_task and awaits the task (3.12 and later make it with eager_start,
     past the loop's task factory: nothing changes there). Making the task, registering it
-    in asyncio's set of tasks and the loop iteration that first runs it cost 17k
-    instructions per request (in-process server leg, callgrind: 147.7k -> 130.5k).
+    in asyncio's set of tasks and the loop iteration that first runs it cost 14k
+    instructions per request in-process (a fake transport, callgrind: 147.7k -> 133.8k),
+    6.6k of a fresh L1 cache hit over sockets (tests/perf/count_cache_hit.py).
     start() only awaits what create_task returns, so this loop's task factory gives that
     coroutine back as it is. What the task was for: a copy of the context variables per
     request (the gateway sets none), and something to cancel, which the connection's task
