@@ -44,7 +44,8 @@ from gateway.wire.listener import (
     files_reserved,
     raise_open_file_limit,
 )
-from gateway.wire.server import Guard
+from gateway.wire.request import request_factory
+from gateway.wire.server import Guard, run_handlers_inline
 
 log = logging.getLogger("gateway")
 
@@ -162,7 +163,10 @@ class GatewayProcess:
         await self._swap(build_runtime(config, self.services))
         BAD_REQUEST_LOG.configure(config.logging.bad_request_lines_per_second)
         # a client that goes away cancels its upstream exchange
-        server = web.Server(self.pipeline.handle, handler_cancellation=True)
+        loop = asyncio.get_running_loop()
+        run_handlers_inline(loop)
+        server = web.Server(self.pipeline.handle, handler_cancellation=True,
+                            request_factory=request_factory(loop))
         proxy_runner = web.ServerRunner(server, shutdown_timeout=config.drain_timeout,
                                         handle_signals=False)
         await proxy_runner.setup()

@@ -13,8 +13,8 @@
 What it relies on in aiohttp beyond its documented API, each checked by a probe at start:
 the protocol's hook methods (data_received, log_access, handle_error) and when aiohttp
 calls them; `Server.request_factory` and `Server.request_handler`, read by every new
-connection; RawRequestMessage._replace; LineTooLong's limit in args[1]; and the text llhttp
-gives an unsupported HTTP version.
+connection; RawRequestMessage._replace; LineTooLong's limit in args[1]; the text llhttp
+gives an unsupported HTTP version; and what finish_response does once a response is sent.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import asyncio
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -38,7 +39,7 @@ from aiohttp.http_exceptions import (
     PayloadEncodingError,
 )
 from aiohttp.http_parser import HttpRequestParser
-from aiohttp.streams import StreamReader
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import _ErrInfo
 
 from gateway.edge import (
@@ -184,7 +185,9 @@ class GuardedHandler(web.RequestHandler):
             elif self._head_at is None:
                 self._head_at = now = self._loop.time()
                 if not self._busy and not self._fresh:  # sooner than the idle deadline
-                    self._arm(now + self._guard.rules.header_timeout)
+                    when = now + self._guard.rules.header_timeout
+                    if when < self._timer_at:  # _arm's own test, without its call
+                        self._arm(when)
         super().data_received(data)
         if self._busy and self._messages:
             self._fail_body_on_parser_error()
@@ -198,6 +201,18 @@ class GuardedHandler(web.RequestHandler):
         if payload is not None and not payload.is_eof() and isinstance(failed, _ErrInfo):
             payload.set_exception(web.RequestPayloadError(failed.message))
 
+    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        """aiohttp's finish_response, without its two awaits when the handler has written
+        the whole response already (the proxy's every answer but an error): prepare and
+        write_eof of a response whose EOF is sent return at once. What else aiohttp does
+        there, parsing what followed a declined upgrade, waits for `_upgraded`."""
+        if getattr(resp, "_eof_sent", False) and not self._upgraded:
+            request._finish()
+            self.log_access(request, resp, start_time)
+            return resp, False
+        return await super().finish_response(request, resp, start_time)
+
     def log_access(self, request: web.BaseRequest, response: web.StreamResponse,
                    time: float | None) -> None:
         """aiohttp calls this once the response is written (or the client is gone): the
@@ -206,7 +221,8 @@ class GuardedHandler(web.RequestHandler):
         request went from +9.5 to +1.9 us CPU against the plain protocol (tests/perf/ab.py,
         7 rounds each; the method resolves ~4 us)."""
         self._exchange_ended()
-        super().log_access(request, response, time)
+        if self._logging_enabled:  # the gateway's own listeners have no aiohttp access log
+            super().log_access(request, response, time)
 
     def handle_error(self, request: web.BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
@@ -245,9 +261,12 @@ class GuardedHandler(web.RequestHandler):
         self._busy = True
         self._fresh = False
         self._head_at = None
-        self._payload = payload
         self._writer = writer
         self._refusal = refusal
+        if payload is EMPTY_PAYLOAD:  # no body (the parser's shared one): nothing to time
+            self._payload = None
+            return
+        self._payload = payload
         if not payload.is_eof():
             self._body_at = self._loop.time()
             self._expect = message.headers.get("Expect", "").lower() == "100-continue"
@@ -260,8 +279,9 @@ class GuardedHandler(web.RequestHandler):
         if self.transport is not None:
             # waiting_deadline for a kept-alive connection, with head_at <= now
             rules = self._guard.rules
-            self._arm(now + (rules.idle_timeout if self._head_at is None
-                             else rules.header_timeout))
+            when = now + (rules.idle_timeout if self._head_at is None else rules.header_timeout)
+            if when < self._timer_at:  # _arm's own test, without its call
+                self._arm(when)
 
     # -- deadlines
     def _waiting_deadline(self) -> tuple[float, Expiry]:
@@ -370,6 +390,42 @@ async def _refuse(protocol: GuardedHandler, refusal: Refusal) -> web.StreamRespo
     return refusal_response(refusal)
 
 
+_HANDLE_REQUEST = web.RequestHandler._handle_request.__code__
+TaskFactory = Callable[..., "asyncio.Future[Any]"]
+
+
+def run_handlers_inline(loop: asyncio.AbstractEventLoop) -> None:
+    """Run each request's handler inside its connection's task, not in a task of its own.
+
+    On Python 3.11 RequestHandler.start hands every request's `_handle_request` coroutine
+    to loop.create_task and awaits the task (3.12 and later make it with eager_start,
+    past the loop's task factory: nothing changes there). Making the task, registering it
+    in asyncio's set of tasks and the loop iteration that first runs it cost 14k
+    instructions per request in-process (a fake transport, callgrind: 147.7k -> 133.8k),
+    6.6k of a fresh L1 cache hit over sockets (tests/perf/count_cache_hit.py).
+    start() only awaits what create_task returns, so this loop's task factory gives that
+    coroutine back as it is. What the task was for: a copy of the context variables per
+    request (the gateway sets none), and something to cancel, which the connection's task
+    is as well: a client that goes away cancels it (handler_cancellation), and a deadline
+    cancels the current task, whichever it is, and takes its cancellation back.
+    """
+    if sys.version_info >= (3, 12):
+        return
+    previous: TaskFactory | None = loop.get_task_factory()
+    if getattr(previous, "runs_handlers_inline", False):
+        return
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        if getattr(coro, "cr_code", None) is _HANDLE_REQUEST:
+            return coro
+        if previous is not None:
+            return previous(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    factory.runs_handlers_inline = True  # type: ignore[attr-defined]
+    loop.set_task_factory(factory)
+
+
 def protocol_factory(server: web.Server, guard: Guard, **handler_kwargs: Any
                      ) -> Callable[[Callable[[], None] | None, float], GuardedHandler]:
     """A maker of this server's connections, for a site that accepts them itself."""
@@ -404,6 +460,73 @@ def _probe_hooks() -> bool:
         if found != params:
             return False
     return "self.log_access(" in inspect.getsource(web.RequestHandler.finish_response)
+
+
+@need("aiohttp", "RequestHandler.finish_response's steps (request._finish(), the tail of a "
+                 "declined upgrade behind _upgraded, prepare and write_eof, log_access), "
+                 "StreamResponse._eof_sent making prepare and write_eof return at once, and "
+                 "log_access logging only when _logging_enabled")
+def _probe_finish() -> bool:
+    finish = inspect.getsource(web.RequestHandler.finish_response)
+    if not all(step in finish for step in ("request._finish()", "self._upgraded",
+                                           "await prepare_meth(request)",
+                                           "await resp.write_eof()")):
+        return False
+    slots = {name for kind in web.RequestHandler.__mro__
+             for name in getattr(kind, "__slots__", ())}
+    if not {"_upgraded", "_logging_enabled"} <= slots or \
+            "if self._logging_enabled" not in inspect.getsource(web.RequestHandler.log_access):
+        return False
+    written = web.StreamResponse()
+    written._eof_sent = True
+    nobody: Any = None  # neither call may look at the request or a writer
+    steps: tuple[Callable[[], Coroutine[Any, Any, Any]], ...] = (
+        lambda: written.prepare(nobody), written.write_eof)
+    for call in steps:
+        step = call()
+        try:
+            step.send(None)
+        except StopIteration as done:
+            if done.value is not None:
+                return False
+        else:
+            step.close()
+            return False
+    return True
+
+
+# What RequestHandler.start does with a request's task: make it (one line per Python
+# release), await it, drop it. Nothing else may hold or use it (run_handlers_inline).
+_TASK_LINES = frozenset({
+    "task = asyncio.create_task(coro, eager_start=True)",
+    "task = asyncio.Task(coro, loop=loop, eager_start=True)",
+    "task = loop.create_task(coro)",
+    "resp, reset = await task",
+    "del task",
+})
+
+
+@need("aiohttp", "on Python 3.11, RequestHandler.start giving each request's _handle_request "
+                 "coroutine to loop.create_task and only awaiting what it returns")
+def _probe_handler_task() -> bool:
+    if sys.version_info >= (3, 12):
+        return True
+    code = [line.split("#")[0].strip()
+            for line in inspect.getsource(web.RequestHandler.start).splitlines()]
+    uses = {line for line in code if re.search(r"\btask\b", line)}
+    if "task = loop.create_task(coro)" not in uses or not uses <= _TASK_LINES:
+        return False
+    loop = asyncio.new_event_loop()
+    try:
+        run_handlers_inline(loop)
+        handling: Any = web.RequestHandler._handle_request(None, None, None, None)  # type: ignore
+        try:
+            made: Any = loop.create_task(handling)
+            return made is handling
+        finally:
+            handling.close()
+    finally:
+        loop.close()
 
 
 @need("aiohttp", "RequestHandler._messages, where a parser error waits as an _ErrInfo")
@@ -468,4 +591,5 @@ def _errors_classified(refusal: Callable[[bytes], Refusal | None]) -> bool:
     return isinstance(LineTooLong("x", 5), BadHttpMessage)
 
 
-__all__ = ["Guard", "GuardedHandler", "classify", "guard_server", "protocol_factory"]
+__all__ = ["Guard", "GuardedHandler", "classify", "guard_server", "protocol_factory",
+           "run_handlers_inline"]

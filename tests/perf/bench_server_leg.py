@@ -9,6 +9,9 @@ the server process, user space, best of 2):
 
 - `aiohttp`: aiohttp's low-level `web.Server` with a handler returning a `web.Response`,
   what the gateway's server leg is built on (gateway/wire/server.py);
+- `gateway`: the same handler behind the gateway's server leg: GuardedHandler connections
+  (gateway/wire/server.py) accepted by GuardedSite, GatewayRequests
+  (gateway/wire/request.py), handlers run in their connection's task;
 - `parser`: an asyncio protocol feeding aiohttp's C `HttpRequestParser` and answering each
   request from a task of its own with one write: no request or response objects, no
   keep-alive timer, no per-connection task.
@@ -44,6 +47,34 @@ async def main(port):
     runner = web.ServerRunner(web.Server(handler, access_log=None))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+uvloop.install()
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+GATEWAY_SERVER = """
+import asyncio, sys, uvloop
+sys.path.insert(0, sys.argv[2])
+from aiohttp import web
+from gateway.edge import ConnectionRules
+from gateway.wire.listener import GuardedSite
+from gateway.wire.request import request_factory
+from gateway.wire.server import Guard, run_handlers_inline
+
+BODY = b"hello from the upstream\\n"
+
+async def handler(request):
+    return web.Response(body=BODY, content_type="text/plain")
+
+async def main(port):
+    loop = asyncio.get_running_loop()
+    run_handlers_inline(loop)
+    server = web.Server(handler, request_factory=request_factory(loop))
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    await GuardedSite(runner, "127.0.0.1", port, guard=Guard(ConnectionRules()),
+                      access_log=None).start()
     await asyncio.Event().wait()
 
 uvloop.install()
@@ -92,8 +123,8 @@ def count(source: str, label: str, requests: int, tmp: Path) -> float:
     port = free_port()
     drive = partial(lambda port, _label, n, first: drive_keepalive(port, _request, n, first),
                     port)
-    return instructions_of_command([PYTHON, str(script), str(port)], port, drive, (label,),
-                                   requests)[label]
+    return instructions_of_command([PYTHON, str(script), str(port), str(REPO)], port, drive,
+                                   (label,), requests)[label]
 
 
 def main() -> int:
@@ -102,9 +133,12 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         aiohttp = count(AIOHTTP_SERVER, "aiohttp", args.requests, Path(tmp))
+        gateway = count(GATEWAY_SERVER, "gateway", args.requests, Path(tmp))
         lean = count(PARSER_SERVER, "parser", args.requests, Path(tmp))
     print(f"instructions per request (callgrind, {args.requests} requests, best of 2):")
     print(f"  aiohttp web.Server + web.Response   {aiohttp:>9,.0f}")
+    print(f"  the gateway's server leg, same answer {gateway:>9,.0f}   "
+          f"({gateway - aiohttp:+,.0f} against aiohttp's)")
     print(f"  C parser + a task per request        {lean:>9,.0f}   "
           f"(aiohttp's server costs {aiohttp - lean:+,.0f})")
     return 0

@@ -35,6 +35,7 @@ def test_every_wire_module_registers_probes_of_the_packages_it_reaches_into() ->
     assert by_module["gateway.wire.h1client"] == {"aiohttp"}
     assert by_module["gateway.wire.prometheus"] == {"prometheus-client"}
     assert by_module["gateway.wire.redis_pipe"] == {"redis", "hiredis"}
+    assert by_module["gateway.wire.request"] == {"aiohttp"}
 
 
 def test_a_failed_probe_refuses_with_package_version_and_need(
@@ -94,6 +95,22 @@ def _reader_without_not_enough_data(**kwargs: Any) -> Any:
     return hiredis.Reader(**kwargs)
 
 
+async def _prepare_again(self: Any, request: Any) -> Any:
+    return object()
+
+
+def _log_always(self: Any, request: Any, response: Any, time: Any) -> None:
+    self.access_logger.log(request, response, time)
+
+
+async def _start_keeping_the_task(self: Any) -> None:
+    """RequestHandler.start as a release that kept the handler's task would have it."""
+    loop, coro = self._loop, self._handle_request(None, None, None)
+    task = loop.create_task(coro)
+    self._handler_task = task
+    resp, reset = await task  # noqa: RUF059 - the line the probe looks for
+
+
 # (what changes, how, the package the refusal must name)
 BREAKAGES: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
     "serializer writes other bytes": (lambda mp: mp.setattr(
@@ -107,6 +124,16 @@ BREAKAGES: dict[str, tuple[Callable[[pytest.MonkeyPatch], None], str]] = {
         framing, "HttpResponseParser", _parser_without("read_until_eof")), "aiohttp"),
     "no StreamReader.read_nowait": (lambda mp: mp.delattr(
         aiohttp.streams.StreamReader, "read_nowait"), "aiohttp"),
+    "BaseRequest computes keep_alive another way": (lambda mp: mp.setattr(
+        web.BaseRequest, "keep_alive", property(lambda self: True)), "aiohttp"),
+    "BaseRequest.remote is a plain attribute": (lambda mp: mp.setattr(
+        web.BaseRequest, "remote", None), "aiohttp"),
+    "prepare of a finished response does something": (lambda mp: mp.setattr(
+        web.StreamResponse, "prepare", _prepare_again), "aiohttp"),
+    "log_access logs whatever _logging_enabled says": (lambda mp: mp.setattr(
+        web.RequestHandler, "log_access", _log_always), "aiohttp"),
+    "start() keeps the request's task": (lambda mp: mp.setattr(
+        web.RequestHandler, "start", _start_keeping_the_task), "aiohttp"),
     "histogram child without _sum": (lambda mp: mp.setattr(
         prometheus_client.metrics.Histogram, "_metric_init",
         _without_sum(prometheus_client.metrics.Histogram._metric_init)), "prometheus-client"),
