@@ -330,6 +330,7 @@ class ResponseCache:
                                         status)
 
             return whole_then_answer()
+        exchange.headers = rfc.client_headers(exchange.headers.items(), p.cache, stored=True)
         if out.method == "HEAD" and not isinstance(body, bytes):
             # The HEAD went upstream as a GET to refresh its stale entry (_conditional), and
             # nobody reads this body for the client: read it here and store it (nginx's
@@ -340,8 +341,6 @@ class ResponseCache:
                 finally:
                     exchange.release()
                 exchange.body = b""
-                exchange.headers = rfc.client_headers(exchange.headers.items(), p.cache,
-                                                      stored=True)
                 if whole is None:
                     abandon()
                     return _mark(exchange, "MISS", rfc.unstored_status(
@@ -361,7 +360,6 @@ class ResponseCache:
                 finish(False)  # the client left before the end: let the waiters go
 
             exchange.release = release_and_finish
-        exchange.headers = rfc.client_headers(exchange.headers.items(), p.cache, stored=True)
         return _mark(exchange, "MISS", status)
 
     async def _partial(self, p: RoutePolicy, out: Outgoing, fetch: Fetch,
