@@ -44,8 +44,7 @@ from gateway.wire.listener import (
     files_reserved,
     raise_open_file_limit,
 )
-from gateway.wire.request import request_factory
-from gateway.wire.server import Guard, run_handlers_inline
+from gateway.wire.server import Guard, proxy_server
 
 log = logging.getLogger("gateway")
 
@@ -162,11 +161,7 @@ class GatewayProcess:
         self.services = await Services.create(config, self.workers, self.ledger)
         await self._swap(build_runtime(config, self.services))
         BAD_REQUEST_LOG.configure(config.logging.bad_request_lines_per_second)
-        # a client that goes away cancels its upstream exchange
-        loop = asyncio.get_running_loop()
-        run_handlers_inline(loop)
-        server = web.Server(self.pipeline.handle, handler_cancellation=True,
-                            request_factory=request_factory(loop))
+        server = proxy_server(self.pipeline.handle)
         proxy_runner = web.ServerRunner(server, shutdown_timeout=config.drain_timeout,
                                         handle_signals=False)
         await proxy_runner.setup()

@@ -57,6 +57,7 @@ from gateway.edge import (
 )
 from gateway.problem import problem
 from gateway.wire import need
+from gateway.wire.request import request_factory
 
 log = logging.getLogger("gateway.edge")
 
@@ -426,6 +427,16 @@ def run_handlers_inline(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_task_factory(factory)
 
 
+def proxy_server(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+                 ) -> web.Server:
+    """The proxy listener's low-level server, as the gateway runs it: GatewayRequests,
+    handlers in their connection's task, and a client that goes away cancelling its
+    handler (and so its upstream exchange). Must be made in the loop that serves it."""
+    loop = asyncio.get_running_loop()
+    run_handlers_inline(loop)
+    return web.Server(handler, handler_cancellation=True, request_factory=request_factory(loop))
+
+
 def protocol_factory(server: web.Server, guard: Guard, **handler_kwargs: Any
                      ) -> Callable[[Callable[[], None] | None, float], GuardedHandler]:
     """A maker of this server's connections, for a site that accepts them itself."""
@@ -592,4 +603,4 @@ def _errors_classified(refusal: Callable[[bytes], Refusal | None]) -> bool:
 
 
 __all__ = ["Guard", "GuardedHandler", "classify", "guard_server", "protocol_factory",
-           "run_handlers_inline"]
+           "proxy_server", "run_handlers_inline"]

@@ -59,8 +59,7 @@ sys.path.insert(0, sys.argv[2])
 from aiohttp import web
 from gateway.edge import ConnectionRules
 from gateway.wire.listener import GuardedSite
-from gateway.wire.request import request_factory
-from gateway.wire.server import Guard, run_handlers_inline
+from gateway.wire.server import Guard, proxy_server
 
 BODY = b"hello from the upstream\\n"
 
@@ -68,10 +67,7 @@ async def handler(request):
     return web.Response(body=BODY, content_type="text/plain")
 
 async def main(port):
-    loop = asyncio.get_running_loop()
-    run_handlers_inline(loop)
-    server = web.Server(handler, request_factory=request_factory(loop))
-    runner = web.ServerRunner(server)
+    runner = web.ServerRunner(proxy_server(handler))
     await runner.setup()
     await GuardedSite(runner, "127.0.0.1", port, guard=Guard(ConnectionRules()),
                       access_log=None).start()
