@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import TYPE_CHECKING
 
-from aiohttp import HttpVersion10, hdrs, web
+from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway import metrics
@@ -34,10 +34,12 @@ from gateway.context import (
     client_address,
     identity_headers,
 )
+from gateway.hitlane import HitLane, Seen
 from gateway.hygiene import drop_underscored, first_values_only
 from gateway.metrictally import TALLY
 from gateway.problem import problem
 from gateway.proxy import (
+    BODILESS_STATUSES,
     Exchange,
     Fetch,
     LimitedBody,
@@ -59,6 +61,7 @@ from gateway.stages import (
 )
 from gateway.target import BadTarget, Target, TargetReader, TargetRules, without_params
 from gateway.wire.h1client import BodyTooLarge, UpstreamError
+from gateway.wire.server import repeated_bytes
 
 if TYPE_CHECKING:
     from gateway.cache.assets import AssetRules
@@ -201,6 +204,7 @@ class Pipeline:
     def __init__(self, runtime: Runtime, access_log: AccessLog | None = None) -> None:
         self.runtime = runtime
         self.access_log = access_log
+        self.lane = HitLane(self, new_request_id)  # repeated fresh hits (gateway.hitlane)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         rt = self.runtime  # one config for the whole request, whatever a reload does meanwhile
@@ -389,6 +393,10 @@ class Pipeline:
         except UpstreamError as exc:
             return problem(exc.status, exc.detail, request_id)
         record.cache = exchange.cache_status
+        if exchange.cache_status == "HIT" and not (limited or flagged or websocket or expect) \
+                and rt.experiments is None and (compressor is None
+                                                or route.name not in compressor.routes):
+            self._remember(rt, request, exchange, record, client_url, headers)
         try:
             return await relay(request, exchange, response_headers)
         except UpstreamError as exc:
@@ -397,6 +405,28 @@ class Pipeline:
             log.warning("request %s: %s", request_id, exc.detail)
             record.error = exc.detail
             raise
+
+    def _remember(self, rt: Runtime, request: web.BaseRequest, exchange: Exchange,
+                  record: AccessRecord, client_url: str, headers: CIMultiDictProxy[str]
+                  ) -> None:
+        """Hand a hit to the lane (gateway.hitlane) if it is one the lane can repeat: a
+        plain GET answered whole from a serialized stored head, as relay writes it, whose
+        bytes came alone on an idle connection. The caller has checked that no stage but
+        the cache had a part in the answer."""
+        stored, body = exchange.stored, exchange.body
+        if stored is None or stored.raw is None or not isinstance(body, bytes) or not body \
+                or exchange.status in BODILESS_STATUSES or request.method != "GET" \
+                or request.version != HttpVersion11 or not request.keep_alive \
+                or request.body_exists:
+            return
+        data = repeated_bytes(request)
+        if data is None:
+            return
+        sent_id = request.headers.get("X-Request-Id")
+        self.lane.remember(data, Seen(
+            runtime=rt, scheme=request.scheme, route=record.route or "", client_url=client_url,
+            asked=headers, request_id=sent_id if sent_id == record.request_id else None,
+            path=record.path, upstream=record.upstream, ratelimit=record.ratelimit))
 
     def _upstream_headers(self, rt: Runtime, request: web.BaseRequest,
                           received: CIMultiDictProxy[str], target: Target, trusted: bool,

@@ -388,6 +388,17 @@ async def _write_whole(request: web.BaseRequest, prebuilt: Prebuilt, exchange: E
     return prebuilt
 
 
+def stored_head(exchange: Exchange, raw: bytes, extra: Iterable[tuple[str, str]]) -> bytes:
+    """The head of a stored answer whose fixed fields are serialized already (`raw`): the
+    status line and the fields that vary from hit to hit (Age, Cache-Status, X-Cache, the
+    request id, rate-limit fields) in one C call, then the stored part. Distinct names:
+    their relative order means nothing (RFC 9110 §5.3)."""
+    reason = exchange.reason or _REASONS.get(exchange.status, "")
+    varying = exchange.headers
+    varying.extend(extra)
+    return with_fields(serialize_head(f"HTTP/1.1 {exchange.status} {reason}", varying), raw)
+
+
 async def relay(request: web.BaseRequest, exchange: Exchange,
                 extra: Iterable[tuple[str, str]] = ()) -> web.StreamResponse:
     """Write an exchange to the client, streaming the body; returns the prepared response."""
@@ -397,14 +408,7 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
         if stored.raw is not None and isinstance(body, bytes) and body and \
                 request.version == HttpVersion11 and request.keep_alive and \
                 request.method == "GET" and exchange.status not in BODILESS_STATUSES:
-            reason = exchange.reason or _REASONS.get(exchange.status, "")
-            # Status line and the fields that vary from hit to hit (Age, Cache-Status,
-            # X-Cache, the request id, rate-limit fields) in one C call, then the stored
-            # part. Distinct names: their relative order means nothing (RFC 9110 §5.3).
-            varying = exchange.headers
-            varying.extend(extra)
-            head = serialize_head(f"HTTP/1.1 {exchange.status} {reason}", varying)
-            head = with_fields(head, stored.raw)
+            head = stored_head(exchange, stored.raw, extra)
             return await _write_whole(request, Prebuilt(exchange.status, exchange.reason, head,
                                                         len(body)), exchange)
         headers = stored.fields.copy()

@@ -136,7 +136,7 @@ class GatewayProcess:
                                  access_log(config.logging.access_log))
         self._initial = config
         rules = ConnectionRules.from_listen(config.listen)
-        self.guard = Guard(rules)
+        self.guard = Guard(rules, lane=self.pipeline.lane)
         self.admin_guard = Guard(rules)
         self._runners: list[web.BaseRunner] = []
         self.stopping = asyncio.Event()

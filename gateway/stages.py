@@ -49,6 +49,10 @@ class CacheStage(Protocol):
     def serve(self, route: Route, out: Outgoing, fetch: Fetch,
               ahead: asyncio.Future[Any] | None = None) -> Exchange | Awaitable[Exchange]: ...
 
+    def repeat_hit(self, route: str, client_url: str, asked: Mapping[str, str]) -> Exchange | None:
+        """`serve`'s fresh whole hit for a plain GET of `client_url`, or None (and
+        nothing counted): for a repeat of a request it answered so (gateway.hitlane)."""
+
 
 class FlagResult(NamedTuple):
     """What the flag stage decided for one request: the fields the upstream gets, the
@@ -93,6 +97,9 @@ class NoCache:
     def serve(self, route: Route, out: Outgoing, fetch: Fetch,
               ahead: asyncio.Future[Any] | None = None) -> Exchange | Awaitable[Exchange]:
         return fetch(out)
+
+    def repeat_hit(self, route: str, client_url: str, asked: Mapping[str, str]) -> Exchange | None:
+        return None
 
 
 class NoFlags:

@@ -422,15 +422,36 @@ class ResponseCache:
         svc.spawn(refresh())
 
     # ------------------------------------------------------------ answers
+    def repeat_hit(self, route: str, client_url: str, asked: Mapping[str, str]) -> Exchange | None:
+        """The answer `serve` gives a plain GET of `client_url` when L1 holds it fresh,
+        counted as `serve` counts it; None, with nothing counted, in every other case and
+        when the URL has a variant with a Vary (what it varies on may be the peer's). For
+        the lane of repeated requests (gateway.hitlane)."""
+        p = self.policies.get(route)
+        if p is None:
+            return None
+        key = p.keys.get(client_url) or p.key(client_url)
+        svc = self.service
+        if key not in svc.memory.by_url:
+            return None
+        now = time.time()
+        try:
+            stored = svc.lookup_memory(key, _no_vary, now)
+        except _Varies:
+            return None
+        if stored is None:
+            return None
+        age = stored.age(now)
+        if rfc.evaluate(stored.fresh, age, asked) is not rfc.Use.FRESH:
+            return None
+        p.count("hit")
+        return _plain(p, stored, age, "HIT", rfc.hit_status(stored.fresh.lifetime - age))
+
     def _from_entry(self, p: RoutePolicy, entry: Entry, out: Outgoing, age: float | None,
                     x_cache: str, status: str, plain: bool = False) -> Exchange:
         """The entry as the client gets it; `age` None: no Age field (a fresh store)."""
         if age is not None and (plain or not _any_field(out.asked, rfc.NOT_PLAIN)):
-            stored, varying = _hit_head(p, entry, age)
-            return _mark(Exchange(status=entry.status, reason=entry.reason or None,
-                                  headers=varying, body=entry.body, stored=stored,
-                                  origin=entry),
-                         x_cache, status)
+            return _plain(p, entry, age, x_cache, status)
         headers = rfc.client_headers(entry.headers.items(), p.cache, stored=True, age=age)
         # RFC 9110 §13.2.2: the client's validators first (a 304), then its range.
         if rfc.not_modified(out.asked, entry.headers):
@@ -461,6 +482,21 @@ class ResponseCache:
         if p is None:
             return exchange
         return self._pass(p, exchange, "BYPASS", rfc.cache_status(hit=False, fwd="bypass"))
+
+
+class _Varies(Exception):
+    """A stored variant asked for the request's fields: the lane does not answer."""
+
+
+def _no_vary() -> CIMultiDict[str]:
+    raise _Varies
+
+
+def _plain(p: RoutePolicy, entry: Entry, age: float, x_cache: str, status: str) -> Exchange:
+    """The entry whole, as a request without validators or range gets it."""
+    stored, varying = _hit_head(p, entry, age)
+    return _mark(Exchange(status=entry.status, reason=entry.reason or None, headers=varying,
+                          body=entry.body, stored=stored, origin=entry), x_cache, status)
 
 
 def _hit_head(p: RoutePolicy, entry: Entry, age: float) -> tuple[StoredHead, CIMultiDict[str]]:

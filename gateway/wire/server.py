@@ -25,7 +25,7 @@ import logging
 import re
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http import HttpVersion10, HttpVersion11, RawRequestMessage
@@ -65,11 +65,25 @@ _VERSION_IN_LINE = re.compile(r"HTTP/(\d+)\.(\d+)")
 _INF = float("inf")
 
 
-class Guard:
-    """The rules every connection of one listener follows; replaced whole on reload."""
+class Lane(Protocol):
+    """What answers a repeated request from the connection's protocol (gateway.hitlane)."""
 
-    def __init__(self, rules: ConnectionRules) -> None:
+    max_bytes: int
+
+    def answer(self, data: bytes, peer: str, scheme: str, write: Callable[[bytes], None]
+               ) -> bool:
+        """Answer `data` (one whole request head, nothing after it) with one `write`, and
+        say so; False (nothing written, nothing counted) leaves it to the usual path."""
+        ...
+
+
+class Guard:
+    """The rules every connection of one listener follows (replaced whole on reload), and
+    the listener's lane for repeated requests, if it has one."""
+
+    def __init__(self, rules: ConnectionRules, lane: Lane | None = None) -> None:
         self.rules = rules
+        self.lane = lane
 
 
 # ---------------------------------------------------------------- parser errors
@@ -136,8 +150,9 @@ def refusal_response(refusal: Refusal) -> web.Response:
 class GuardedHandler(web.RequestHandler):
     """aiohttp's per-connection protocol, with the deadlines of `gateway.edge`."""
 
-    __slots__ = ("_body_at", "_busy", "_expect", "_fresh", "_guard", "_head_at", "_on_close",
-                 "_payload", "_refusal", "_since", "_timer", "_timer_at", "_writer")
+    __slots__ = ("_body_at", "_busy", "_clean", "_expect", "_fresh", "_guard", "_head_at",
+                 "_on_close", "_payload", "_peer", "_refusal", "_repeat", "_repeated", "_since",
+                 "_timer", "_timer_at", "_writer")
 
     def __init__(self, manager: web.Server, *, guard: Guard,
                  on_close: Callable[[], None] | None = None, accepted_at: float = 0.0,
@@ -160,6 +175,10 @@ class GuardedHandler(web.RequestHandler):
         self._refusal: Refusal | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = _INF
+        self._peer: tuple[str, str] | None = None  # (address, scheme), once asked
+        self._clean = True  # every byte so far made whole bodiless requests, one per read
+        self._repeat: bytes | None = None  # the lane's candidate: the bytes of a whole head
+        self._repeated: bytes | None = None  # that head, once its exchange began
 
     # -- aiohttp's hooks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -179,19 +198,83 @@ class GuardedHandler(web.RequestHandler):
             on_close()
 
     def data_received(self, data: bytes) -> None:
+        shaped = idle = False
         if data:
             payload = self._payload
             if payload is not None and not payload.is_eof():
                 self._body_at = self._loop.time()
             elif self._head_at is None:
+                lane = self._guard.lane
+                # The lane's candidates: one whole head and nothing after it ("\r\n\r\n"
+                # once, at the end) on a connection whose parser is between messages.
+                shaped = self._clean and lane is not None and len(data) <= lane.max_bytes \
+                    and data.find(b"\r\n\r\n") == len(data) - 4
+                if shaped and lane is not None:
+                    idle = self._idle()
+                    if idle and self._answer(lane, data):
+                        return
                 self._head_at = now = self._loop.time()
                 if not self._busy and not self._fresh:  # sooner than the idle deadline
                     when = now + self._guard.rules.header_timeout
                     if when < self._timer_at:  # _arm's own test, without its call
                         self._arm(when)
-        super().data_received(data)
+            queued = len(self._messages)
+            super().data_received(data)
+            if self._clean:
+                # Still between messages only if these bytes made exactly one request, with
+                # no body: after anything else (a head in pieces, pipelined requests, a
+                # body, an upgrade, an error) the parser may hold part of a request, and
+                # this connection is never answered by the lane again.
+                messages = self._messages
+                one = shaped and len(messages) == queued + 1 and \
+                    messages[-1][1] is EMPTY_PAYLOAD and \
+                    not isinstance(messages[-1][0], _ErrInfo) and not self._upgraded
+                self._clean = one
+                if one and idle:  # the request's exchange begins next: the pipeline may
+                    self._repeat = data  # hand it to the lane (repeated())
+        else:
+            super().data_received(data)
         if self._busy and self._messages:
             self._fail_body_on_parser_error()
+
+    def _idle(self) -> bool:
+        """aiohttp's start() waits for the next request, none is queued, nothing is
+        being closed, and what was written has left: the lane may answer in its place."""
+        waiter = self._waiter
+        transport = self.transport
+        return (waiter is not None and not waiter.done() and not self._messages
+                and not self._force_close and not self._close and not self._upgraded
+                and transport is not None and transport.get_write_buffer_size() == 0)
+
+    def _answer(self, lane: Lane, data: bytes) -> bool:
+        """The lane's answer to `data`, if it has one, written, with the exchange's end
+        kept as the usual path keeps it: the idle deadline and aiohttp's keep-alive
+        backstop both count from now."""
+        peer = self._peer
+        if peer is None:
+            transport = self.transport
+            assert transport is not None
+            name = transport.get_extra_info("peername")
+            # As GatewayRequest's remote and scheme (gateway/wire/request.py).
+            peer = self._peer = (
+                "" if name is None else str(name[0]) if isinstance(name, (list, tuple))
+                else str(name),
+                "https" if transport.get_extra_info("sslcontext") else "http")
+        assert self.transport is not None
+        if not lane.answer(data, peer[0], peer[1], self.transport.write):
+            return False
+        self._fresh = False
+        self._since = now = self._loop.time()
+        self._next_keepalive_close_time = now + self._keepalive_timeout
+        when = now + self._guard.rules.idle_timeout
+        if when < self._timer_at:
+            self._arm(when)
+        return True
+
+    def repeated(self) -> bytes | None:
+        """The bytes of the exchange in progress if they were one whole head that came
+        alone, for the lane to remember (gateway.hitlane)."""
+        return self._repeated
 
     def _fail_body_on_parser_error(self) -> None:
         """A framing error in a body (a bad chunk size) is queued by aiohttp as the error of
@@ -262,6 +345,7 @@ class GuardedHandler(web.RequestHandler):
         self._busy = True
         self._fresh = False
         self._head_at = None
+        self._repeated, self._repeat = self._repeat, None
         self._writer = writer
         self._refusal = refusal
         if payload is EMPTY_PAYLOAD:  # no body (the parser's shared one): nothing to time
@@ -384,6 +468,13 @@ def guard_server(server: web.Server) -> None:
 
     server.request_factory = factory
     server.request_handler = handler
+
+
+def repeated_bytes(request: web.BaseRequest) -> bytes | None:
+    """The request's whole head as it came, if it came alone in one read on an idle
+    connection (GuardedHandler.repeated); None otherwise."""
+    protocol = request.protocol
+    return protocol.repeated() if isinstance(protocol, GuardedHandler) else None
 
 
 async def _refuse(protocol: GuardedHandler, refusal: Refusal) -> web.StreamResponse:
@@ -540,6 +631,23 @@ def _probe_handler_task() -> bool:
         loop.close()
 
 
+@need("aiohttp", "RequestHandler's state the lane reads: start() waiting on _waiter for "
+                 "_messages, data_received ignoring data once _force_close or _close, "
+                 "_upgraded, and _process_keepalive closing at _next_keepalive_close_time")
+def _probe_lane_state() -> bool:
+    slots = {name for kind in web.RequestHandler.__mro__
+             for name in getattr(kind, "__slots__", ())}
+    if not {"_waiter", "_messages", "_force_close", "_close", "_upgraded",
+            "_next_keepalive_close_time", "_keepalive_timeout"} <= slots:
+        return False
+    start = inspect.getsource(web.RequestHandler.start)
+    received = inspect.getsource(web.RequestHandler.data_received)
+    keepalive = inspect.getsource(web.RequestHandler._process_keepalive)
+    return ("self._waiter = loop.create_future()" in start and "await self._waiter" in start
+            and "if self._force_close or self._close:" in received
+            and "close_time = self._next_keepalive_close_time" in keepalive)
+
+
 @need("aiohttp", "RequestHandler._messages, where a parser error waits as an _ErrInfo")
 def _probe_messages() -> bool:
     made = _ErrInfo(status=400, exc=BadHttpMessage("probe"), message="probe")
@@ -602,5 +710,5 @@ def _errors_classified(refusal: Callable[[bytes], Refusal | None]) -> bool:
     return isinstance(LineTooLong("x", 5), BadHttpMessage)
 
 
-__all__ = ["Guard", "GuardedHandler", "classify", "guard_server", "protocol_factory",
-           "proxy_server", "run_handlers_inline"]
+__all__ = ["Guard", "GuardedHandler", "Lane", "classify", "guard_server", "protocol_factory",
+           "proxy_server", "repeated_bytes", "run_handlers_inline"]

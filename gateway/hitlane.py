@@ -1,0 +1,124 @@
+"""Repeated requests for a fresh cached answer, answered from the connection's protocol.
+
+A client that asks for a cached URL again mostly sends the very same bytes again: the same
+request line and fields (a poller, an API client, a CDN's edge, a load balancer's check).
+When the pipeline answers such a request with a fresh L1 hit written whole, it remembers
+the request's bytes with what it learnt from them: the route, the cache key, the fields
+the freshness check reads, the client's own request id if it sent one, the log's fields.
+When the same bytes come again, alone in one read on a connection whose protocol waits for
+a request (gateway.wire.server.GuardedHandler), the protocol hands them here before aiohttp
+parses them, and the answer is made from the cache entry: no parse, no request object, no
+task, no pass through the stages. The hit itself is the cache stage's own (its lookup,
+freshness, Age, Cache-Status and counting: ResponseCache.repeat_hit) and the rest is what
+Pipeline.handle does for it: a request id, the request metrics, the access log line.
+
+What the answer depends on, and why a remembered one stays right:
+- the bytes: only the same bytes are answered, so everything the pipeline derived from
+  them (the normalised target, the route, the refusals of gateway.hygiene, the key) holds;
+- the configuration: what a reload builds is a new runtime, and what was remembered under
+  the old one is dropped when met;
+- the cache: looked up anew every time, so a purge, an expiry, a new variant or an entry
+  that varies on something (a Vary may name a field made from the peer) sends the request
+  down the usual path;
+- the peer: the access log's client address is worked out again for each request. Routes
+  whose answer depends on more (rate limits, flags, experiments, compression) are never
+  remembered, nor are HEAD, bodies, upgrades, Expect, HTTP/1.0 or Connection: close;
+- the connection: only a whole head with nothing after it, while nothing is queued,
+  closing or left unwritten (else the usual path, which waits for the client to read).
+
+Bounded: at most MEMO requests of at most MAX_BYTES each, emptied whole when full, as the
+pipeline's other memos: a client sending ever new requests makes it forget, nothing more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from multidict import CIMultiDictProxy
+
+from gateway.accesslog import AccessRecord
+from gateway.context import client_address, remember
+from gateway.metrictally import TALLY
+from gateway.proxy import stored_head
+
+if TYPE_CHECKING:
+    from gateway.pipeline import Pipeline, Runtime
+
+MEMO = 1024
+MAX_BYTES = 4096  # a request head longer than this is parsed every time
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What the pipeline learnt from one request's bytes that a repeat of them needs."""
+
+    runtime: Runtime
+    scheme: str  # the connection's: part of the cache key
+    route: str
+    client_url: str  # what the cache keys on
+    asked: CIMultiDictProxy[str]  # the request's fields as the stages read them
+    request_id: str | None  # the client's own, when it sent a usable one
+    path: str  # the normalised target's path, for the log
+    upstream: str | None
+    ratelimit: str | None
+
+
+class HitLane:
+    """The lane of one gateway process (its proxy listener's GuardedHandlers call it)."""
+
+    max_bytes = MAX_BYTES
+
+    def __init__(self, pipeline: Pipeline, new_request_id: Callable[[], str]) -> None:
+        self.pipeline = pipeline
+        self.new_request_id = new_request_id  # the pipeline's own
+        self.seen: dict[bytes, Seen] = {}
+
+    def remember(self, data: bytes, seen: Seen) -> None:
+        if len(data) <= MAX_BYTES:
+            remember(self.seen, data, seen, MEMO)
+
+    def answer(self, data: bytes, peer: str, scheme: str, write: Callable[[bytes], None]
+               ) -> bool:
+        seen = self.seen.get(data)
+        if seen is None:
+            return False
+        pipeline = self.pipeline
+        rt = seen.runtime
+        if rt is not pipeline.runtime:  # configuration reloaded since
+            del self.seen[data]
+            return False
+        if scheme != seen.scheme:
+            return False
+        started = time.perf_counter()
+        exchange = rt.cache.repeat_hit(seen.route, seen.client_url, seen.asked)
+        if exchange is None:
+            return False
+        stored, body = exchange.stored, exchange.body
+        if stored is None or stored.raw is None or not isinstance(body, bytes) or not body:
+            return False  # nothing is counted until a lookup finds a hit, which has these
+        TALLY.started()
+        request_id = seen.request_id or self.new_request_id()
+        head = stored_head(exchange, stored.raw, (("X-Request-Id", request_id),))
+        write(head + body)
+        exchange.release()
+        duration = time.perf_counter() - started
+        TALLY.finished(seen.route, "GET", str(exchange.status), duration)
+        log = pipeline.access_log
+        if log is not None:
+            record = AccessRecord(request_id, "GET", seen.path,
+                                  client_address(rt.config.context, peer, seen.asked)[0])
+            record.route = seen.route
+            record.upstream = seen.upstream
+            record.ratelimit = seen.ratelimit
+            record.cache = exchange.cache_status
+            record.status = exchange.status
+            record.bytes = len(head) + len(body)  # as aiohttp's writer counts (head and body)
+            record.duration = duration
+            log.write(record)
+        return True
+
+
+__all__ = ["MAX_BYTES", "MEMO", "HitLane", "Seen"]

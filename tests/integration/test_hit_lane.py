@@ -1,0 +1,379 @@
+"""The lane of repeated requests (gateway/hitlane.py) through the real gateway, over raw
+sockets: a repeat is answered as the pipeline answers it, and nothing is repeated that a
+stage, the cache, the configuration or the connection would answer differently.
+
+Which path answered is told by counting the lane's answers (a wrapper around the lane the
+listener's connections call), never by the answer itself: that must be the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from gateway import hitlane
+from gateway.accesslog import AccessLog
+from tests.harness import InProcessGateway, Upstream, base_config, client_session
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+GET = b"GET /lane/a HTTP/1.1\r\nHost: gw.test\r\nAccept: */*\r\n\r\n"
+
+
+def lane_config(upstream_url: str, **route: Any) -> dict[str, Any]:
+    config = base_config(upstream_url)
+    config["cache"] = {"memory_max": "4MiB", "max_object_size": "64KiB"}
+    config["routes"] = [{"name": "lane", "match": {"path_prefix": "/lane/"},
+                         "upstream": "api", "cache": {"ttl": "30s"}, **route}]
+    return config
+
+
+def counting(cache_control: str = "max-age=60", **headers: str) -> Callable[..., Any]:
+    """Answers "payload-N" for the N-th request."""
+    state = {"n": 0}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        state["n"] += 1
+        return web.Response(body=b"payload-%d" % state["n"],
+                            headers={"Cache-Control": cache_control, **headers})
+
+    return handler
+
+
+class Counted:
+    """The listener's lane, with its answers counted."""
+
+    def __init__(self, gateway: InProcessGateway) -> None:
+        guard = gateway.process.guard
+        self.lane = guard.lane
+        assert self.lane is not None
+        self.max_bytes = self.lane.max_bytes
+        self.answered = 0
+        guard.lane = self
+
+    def answer(self, data: bytes, peer: str, scheme: str, write: Callable[[bytes], None]
+               ) -> bool:
+        assert self.lane is not None
+        done = self.lane.answer(data, peer, scheme, write)
+        self.answered += done
+        return done
+
+
+async def started(factory: Callable[..., Any], upstream: Upstream,
+                  config: dict[str, Any] | None = None) -> tuple[InProcessGateway, Counted]:
+    """A gateway on `config` (lane_config's by default) with its lane's answers counted;
+    the upstream answers /lane/a with `counting()` unless the test set it already."""
+    if "/lane/a" not in upstream.handlers:
+        upstream.on("/lane/a", counting())
+    gw = await factory(config or lane_config(upstream.url))
+    return gw, Counted(gw)
+
+
+async def connect(gateway: InProcessGateway) -> Conn:
+    return await asyncio.open_connection("127.0.0.1", gateway.config.listen.port)
+
+
+async def response(reader: asyncio.StreamReader, head_only: bool = False) -> bytes:
+    """One whole final response as it came (head and Content-Length body), after any
+    interim ones."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    while head.startswith(b"HTTP/1.1 1"):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    found = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+    length = int(found[1]) if found and not head_only else 0
+    return head + await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def ask(conn: Conn, data: bytes = GET) -> bytes:
+    reader, writer = conn
+    writer.write(data)
+    await writer.drain()
+    return await response(reader, head_only=data.startswith(b"HEAD "))
+
+
+def normalised(answer: bytes) -> bytes:
+    """The answer without what differs between any two hits: the request id and Age."""
+    answer = re.sub(rb"\r\nX-Request-Id: [0-9a-f]{32}", b"\r\nX-Request-Id: *", answer)
+    answer = re.sub(rb"\r\nAge: \d+", b"\r\nAge: *", answer)
+    return re.sub(rb"; ttl=\d+", b"; ttl=*", answer)
+
+
+def field(answer: bytes, name: str) -> str | None:
+    found = re.search(rb"\r\n" + name.encode() + rb": ([^\r]*)", answer, re.IGNORECASE)
+    return found[1].decode() if found else None
+
+
+async def metric_lines(gateway: InProcessGateway, route: str) -> list[str]:
+    async with client_session() as s, s.get(f"{gateway.admin_url}/metrics") as r:
+        text = await r.text()
+    return sorted(line for line in text.splitlines()
+                  if f'route="{route}"' in line and not line.startswith("#")
+                  and ("_total" in line or "_count" in line))
+
+
+def logged_to(gateway: InProcessGateway, path: Path) -> Path:
+    """The gateway's access log, to a file of the test's."""
+    gateway.process.pipeline.access_log = AccessLog(os.open(path, os.O_WRONLY | os.O_CREAT))
+    return path
+
+
+def log_lines(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+# ---------------------------------------------------------------- the same answer
+
+async def test_a_repeat_is_answered_by_the_lane_as_the_pipeline_answers_it(
+        gateway_factory: Callable[..., Any], upstream: Upstream, tmp_path: Path) -> None:
+    gw, counted = await started(gateway_factory, upstream)
+    log = logged_to(gw, tmp_path / "access.log")
+    conn = await connect(gw)
+    first = await ask(conn)  # a miss: stored
+    assert field(first, "X-Cache") == "MISS"
+    by_pipeline = await ask(conn)  # a hit through the pipeline, which remembers the bytes
+    assert counted.answered == 0
+    before = await metric_lines(gw, "lane")
+    by_lane = await ask(conn)
+    assert counted.answered == 1
+    after = await metric_lines(gw, "lane")
+
+    assert field(by_lane, "X-Cache") == "HIT"
+    assert normalised(by_lane) == normalised(by_pipeline)
+    assert field(by_lane, "X-Request-Id") != field(by_pipeline, "X-Request-Id")
+    assert upstream.count("/lane/a") == 1
+    # Counted as a hit and as a request, as the pipeline counts one.
+    changed = [line for line in after if line not in before]
+    assert any('gateway_cache_lookups_total{result="hit",route="lane"}' in line
+               or ('gateway_cache_lookups_total' in line and 'result="hit"' in line)
+               for line in changed), changed
+    assert any(line.startswith("gateway_requests_total") and 'status="200"' in line
+               for line in changed), changed
+    assert any(line.startswith("gateway_request_duration_seconds_count") for line in changed)
+
+    await asyncio.sleep(0.05)  # the log is written once per loop turn
+    lines = log_lines(log)
+    assert len(lines) == 3
+    pipeline_line, lane_line = lines[1], lines[2]
+    assert lane_line["request_id"] == field(by_lane, "X-Request-Id")
+    for line in (pipeline_line, lane_line):
+        del line["request_id"], line["duration"], line["time"]
+    assert lane_line == pipeline_line
+    conn[1].close()
+
+
+async def test_a_request_id_the_client_sends_is_kept_by_the_lane(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    gw, counted = await started(gateway_factory, upstream)
+    sent = GET.replace(b"\r\n\r\n", b"\r\nX-Request-Id: trace-17\r\n\r\n")
+    conn = await connect(gw)
+    answers = [await ask(conn, sent) for _ in range(4)]
+    assert counted.answered == 2
+    assert [field(a, "X-Request-Id") for a in answers] == ["trace-17"] * 4
+    conn[1].close()
+
+
+async def test_the_lane_serves_every_connection_that_sends_the_same_bytes(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    gw, counted = await started(gateway_factory, upstream)
+    conn = await connect(gw)
+    await ask(conn)
+    by_pipeline = await ask(conn)
+    conn[1].close()
+    others = [await connect(gw) for _ in range(3)]
+    answers = [await ask(c) for c in others]
+    assert counted.answered == 3
+    assert {normalised(a) for a in answers} == {normalised(by_pipeline)}
+    for c in others:
+        c[1].close()
+
+
+# ---------------------------------------------------------------- what is never repeated
+
+async def test_a_purge_an_expiry_and_a_reload_end_what_the_lane_repeats(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    config = lane_config(upstream.url)
+    config["routes"][0]["cache"] = {"ttl": "1s"}
+    upstream.on("/lane/a", counting("max-age=1"))
+    gw, counted = await started(gateway_factory, upstream, config)
+    conn = await connect(gw)
+    for _ in range(3):
+        await ask(conn)
+    assert counted.answered == 1
+
+    async with client_session() as s, s.post(f"{gw.admin_url}/admin/cache/purge",
+                                             json={"all": True}) as r:
+        assert r.status == 200, await r.text()
+    purged = await ask(conn)
+    assert field(purged, "X-Cache") == "MISS" and purged.endswith(b"payload-2")
+    assert counted.answered == 1
+    # What the lane remembered is the request, not the entry: the new one is repeated.
+    assert field(await ask(conn), "X-Cache") == "HIT"
+    assert counted.answered == 2
+
+    await asyncio.sleep(1.3)  # the entry is stale now: the usual path goes upstream
+    stale = await ask(conn)
+    assert field(stale, "X-Cache") != "HIT" and stale.endswith(b"payload-3")
+    assert counted.answered == 2
+    assert (await ask(conn)).endswith(b"payload-3")
+    assert counted.answered == 3
+
+    async with client_session() as s, s.post(f"{gw.admin_url}/admin/reload") as r:
+        assert r.status == 200, await r.text()
+    await ask(conn)  # a new runtime: the pipeline answers, and remembers anew
+    assert counted.answered == 3
+    await ask(conn)
+    assert counted.answered == 4
+    assert upstream.count("/lane/a") == 3
+    conn[1].close()
+
+
+@pytest.mark.parametrize("route", [
+    {"rate_limits": ["few"]},
+    {"flags": ["lane_flag"]},
+], ids=["rate-limited", "flagged"])
+async def test_a_route_with_limits_or_flags_is_never_repeated(
+        gateway_factory: Callable[..., Any], upstream: Upstream, route: dict[str, Any]
+        ) -> None:
+    upstream.on("/lane/a", counting())
+    config = lane_config(upstream.url, **route)
+    config["rate_limits"] = {"few": {"algorithm": "fixed_window", "scope": "ip", "limit": 3,
+                                     "window": "60s"}}
+    config["flags"] = {"lane_flag": {"type": "boolean", "default": True, "status": "active"}}
+    gw, counted = await started(gateway_factory, upstream, config)
+    conn = await connect(gw)
+    statuses = [int((await ask(conn)).split(b" ", 2)[1]) for _ in range(5)]
+    assert counted.answered == 0
+    if "rate_limits" in route:  # every request counted against the limit
+        assert statuses == [200, 200, 200, 429, 429]
+    else:
+        assert statuses == [200] * 5
+    conn[1].close()
+
+
+@pytest.mark.parametrize("data", [
+    b"HEAD /lane/a HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+    b"GET /lane/a HTTP/1.1\r\nHost: gw.test\r\nRange: bytes=0-2\r\n\r\n",
+    b"GET /lane/a HTTP/1.1\r\nHost: gw.test\r\nCache-Control: no-cache\r\n\r\n",
+    b"GET /lane/a HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 2\r\n\r\nab",
+    b"GET /lane/a HTTP/1.1\r\nHost: gw.test\r\nExpect: 100-continue\r\n\r\n",
+], ids=["head", "range", "no-cache", "body", "expect"])
+async def test_requests_other_than_a_plain_bodiless_get_are_never_repeated(
+        gateway_factory: Callable[..., Any], upstream: Upstream, data: bytes) -> None:
+    gw, counted = await started(gateway_factory, upstream)
+    conn = await connect(gw)
+    await ask(conn)  # stored by a plain GET
+    answers = [await ask(conn, data) for _ in range(3)]
+    assert counted.answered == 0
+    assert {a.split(b" ", 2)[1] for a in answers} == {b"206" if b"Range" in data else b"200"}
+    conn[1].close()
+
+
+async def test_a_url_whose_answer_varies_is_not_repeated(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    # What the cache matches a Vary against is what the upstream would get, which holds
+    # fields made from the peer (X-Forwarded-For): the same bytes from another address
+    # are another variant, which the lane must not answer with this one.
+    upstream.on("/lane/a", counting(Vary="X-Forwarded-For"))
+    gw, counted = await started(gateway_factory, upstream)
+    conn = await connect(gw)
+    answers = [await ask(conn) for _ in range(3)]
+    assert [field(a, "X-Cache") for a in answers] == ["MISS", "HIT", "HIT"]
+    other = await asyncio.open_connection("127.0.0.1", gw.config.listen.port,
+                                          local_addr=("127.0.0.2", 0))
+    answer = await ask(other)
+    assert field(answer, "X-Cache") == "MISS" and answer.endswith(b"payload-2")
+    assert counted.answered == 0
+    conn[1].close()
+    other[1].close()
+
+
+async def test_the_lane_forgets_what_does_not_fit(
+        gateway_factory: Callable[..., Any], upstream: Upstream,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hitlane, "MEMO", 4)
+    upstream.on("/lane/*", counting())
+    gw = await gateway_factory(lane_config(upstream.url))
+    lane = gw.process.pipeline.lane
+    conn = await connect(gw)
+    for n in range(10):
+        data = GET.replace(b"/lane/a", b"/lane/%d" % n)
+        await ask(conn, data)
+        await ask(conn, data)
+        assert len(lane.seen) <= 4
+    long = GET.replace(b"Accept: */*", b"Accept: " + b"a" * hitlane.MAX_BYTES)
+    for _ in range(3):
+        await ask(conn, long)
+    assert long not in lane.seen
+    conn[1].close()
+
+
+# ---------------------------------------------------------------- the connection
+
+async def test_only_a_whole_head_alone_on_an_idle_connection_is_repeated(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    gw, counted = await started(gateway_factory, upstream)
+    reader, writer = conn = await connect(gw)
+    await ask(conn)
+    by_pipeline = await ask(conn)
+    assert counted.answered == 0
+
+    writer.write(GET + GET)  # pipelined: parsed, answered in order
+    assert [normalised(await response(reader)) for _ in range(2)] == \
+        [normalised(by_pipeline)] * 2
+    writer.write(GET[:20])  # a head in two reads
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(GET[20:])
+    assert normalised(await response(reader)) == normalised(by_pipeline)
+    # A head and the start of the next, twice: never remembered, so never answered as
+    # one request with the rest dropped.
+    for _ in range(2):
+        writer.write(GET + b"GET /lane/a HT")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(GET[len(b"GET /lane/a HT"):])
+        assert [normalised(await response(reader)) for _ in range(2)] == \
+            [normalised(by_pipeline)] * 2
+    # After any of those the parser may hold part of a request: this connection is
+    # answered by the usual path from now on, another one by the lane.
+    assert normalised(await ask(conn)) == normalised(by_pipeline)
+    assert counted.answered == 0
+    other = await connect(gw)
+    assert normalised(await ask(other)) == normalised(by_pipeline)
+    assert counted.answered == 1
+    writer.close()
+    other[1].close()
+
+
+async def test_lane_answers_keep_the_connection_alive_and_its_idle_deadline(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    # aiohttp's own keep-alive timer is a backstop set past the header and idle deadlines
+    # (here 0.4 + 0.4 + 1 s) from the last request it saw: the lane's answers count as
+    # requests for it too, else it would close a connection the lane keeps busy.
+    upstream.on("/lane/a", counting())
+    config = lane_config(upstream.url)
+    config["listen"].update({"header_timeout": "0.4s", "idle_timeout": "0.4s"})
+    gw, counted = await started(gateway_factory, upstream, config)
+    reader, writer = conn = await connect(gw)
+    await ask(conn)
+    await ask(conn)
+    began = time.monotonic()
+    while True:
+        assert field(await ask(conn), "X-Cache") == "HIT"
+        answered = time.monotonic()
+        if answered - began > 3.0:
+            break
+        await asyncio.sleep(0.25)
+    assert counted.answered >= 10
+    # Then idle: closed by the idle deadline, counted from the last answer.
+    assert await asyncio.wait_for(reader.read(), 3) == b""
+    assert 0.3 < time.monotonic() - answered < 1.2
+    writer.close()
