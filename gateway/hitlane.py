@@ -2,15 +2,17 @@
 
 A client that asks for a cached URL again mostly sends the very same bytes again: the same
 request line and fields (a poller, an API client, a CDN's edge, a load balancer's check).
-When the pipeline answers such a request with a fresh L1 hit written whole, it remembers
-the request's bytes with what it learnt from them: the route, the cache key, the fields
-the freshness check reads, the client's own request id if it sent one, the log's fields.
-When the same bytes come again, alone in one read on a connection whose protocol waits for
-a request (gateway.wire.server.GuardedHandler), the protocol hands them here before aiohttp
-parses them, and the answer is made from the cache entry: no parse, no request object, no
-task, no pass through the stages. The hit itself is the cache stage's own (its lookup,
-freshness, Age, Cache-Status and counting: ResponseCache.repeat_hit) and the rest is what
-Pipeline.handle does for it: a request id, the request metrics, the access log line.
+When the pipeline answers such a request with a fresh L1 hit written whole for the second
+time (most requests never repeat: the first time only its bytes are noted, as nginx's
+proxy_cache_min_uses 2 would), it remembers the bytes with what it learnt from them: the
+route, the cache URL, the fields the freshness check reads, the client's own request id
+if it sent one, the log's fields. When the same bytes come again, alone in one read on a
+connection whose protocol waits for a request (gateway.wire.server.GuardedHandler), the
+protocol hands them here before aiohttp parses them, and the answer is made from the
+cache entry: no parse, no request object, no task, no pass through the stages. The hit
+itself is the cache stage's own (its lookup, freshness, Age, Cache-Status and counting:
+ResponseCache.repeat_hit) and the rest is what Pipeline.handle does for it: a request id,
+the request metrics, the access log line.
 
 What the answer depends on, and why a remembered one stays right:
 - the bytes: only the same bytes are answered, so everything the pipeline derived from
@@ -26,8 +28,9 @@ What the answer depends on, and why a remembered one stays right:
 - the connection: only a whole head with nothing after it, while nothing is queued,
   closing or left unwritten (else the usual path, which waits for the client to read).
 
-Bounded: at most MEMO requests of at most MAX_BYTES each, emptied whole when full, as the
-pipeline's other memos: a client sending ever new requests makes it forget, nothing more.
+Bounded: at most MEMO requests of at most MAX_BYTES each (and as many noted once), emptied
+whole when full as the pipeline's other memos: a client sending ever new requests makes it
+forget, nothing more.
 """
 
 from __future__ import annotations
@@ -51,9 +54,11 @@ MEMO = 1024
 MAX_BYTES = 4096  # a request head longer than this is parsed every time
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Seen:
-    """What the pipeline learnt from one request's bytes that a repeat of them needs."""
+    """What the pipeline learnt from one request's bytes that a repeat of them needs.
+    (Not frozen: a frozen dataclass sets each field through object.__setattr__, ~1k
+    instructions per field, and nothing assigns to a Seen once made.)"""
 
     runtime: Runtime
     scheme: str  # the connection's: part of the cache key
@@ -75,6 +80,19 @@ class HitLane:
         self.pipeline = pipeline
         self.new_request_id = new_request_id  # the pipeline's own
         self.seen: dict[bytes, Seen] = {}
+        self.once: dict[bytes, None] = {}  # answered once: remembered if they come again
+
+    def again(self, data: bytes) -> bool:
+        """Whether these bytes were answered (with a hit the lane could repeat) before: a
+        request is remembered the second time it comes, as nginx's proxy_cache_min_uses 2,
+        so a stream of requests that never repeat costs one dict look and store each."""
+        once = self.once
+        if data in once:
+            return True
+        if len(once) >= MEMO:  # context.remember's bound, without its call
+            once.clear()
+        once[data] = None
+        return False
 
     def remember(self, data: bytes, seen: Seen) -> None:
         if len(data) <= MAX_BYTES:

@@ -395,8 +395,9 @@ class Pipeline:
         record.cache = exchange.cache_status
         if exchange.cache_status == "HIT" and not (limited or flagged or websocket or expect) \
                 and rt.experiments is None and (compressor is None
-                                                or route.name not in compressor.routes):
-            self._remember(rt, request, exchange, record, client_url, headers)
+                                                or route.name not in compressor.routes) \
+                and (data := repeated_bytes(request)) is not None and self.lane.again(data):
+            self._remember(rt, request, exchange, record, client_url, headers, data)
         try:
             return await relay(request, exchange, response_headers)
         except UpstreamError as exc:
@@ -407,20 +408,18 @@ class Pipeline:
             raise
 
     def _remember(self, rt: Runtime, request: web.BaseRequest, exchange: Exchange,
-                  record: AccessRecord, client_url: str, headers: CIMultiDictProxy[str]
-                  ) -> None:
+                  record: AccessRecord, client_url: str, headers: CIMultiDictProxy[str],
+                  data: bytes) -> None:
         """Hand a hit to the lane (gateway.hitlane) if it is one the lane can repeat: a
-        plain GET answered whole from a serialized stored head, as relay writes it, whose
-        bytes came alone on an idle connection. The caller has checked that no stage but
-        the cache had a part in the answer."""
+        plain GET answered whole from a serialized stored head, as relay writes it. The
+        caller has checked that no stage but the cache had a part in the answer, and that
+        the request's bytes (`data`) came alone, on a connection between messages, and
+        came before."""
         stored, body = exchange.stored, exchange.body
         if stored is None or stored.raw is None or not isinstance(body, bytes) or not body \
                 or exchange.status in BODILESS_STATUSES or request.method != "GET" \
                 or request.version != HttpVersion11 or not request.keep_alive \
                 or request.body_exists:
-            return
-        data = repeated_bytes(request)
-        if data is None:
             return
         sent_id = request.headers.get("X-Request-Id")
         self.lane.remember(data, Seen(

@@ -24,7 +24,7 @@ import inspect
 import logging
 import re
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Container, Coroutine
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -68,7 +68,12 @@ _INF = float("inf")
 class Lane(Protocol):
     """What answers a repeated request from the connection's protocol (gateway.hitlane)."""
 
-    max_bytes: int
+    max_bytes: int  # longer requests are neither answered nor offered
+
+    @property
+    def seen(self) -> Container[bytes]:
+        """The requests it may answer: one look, before any call."""
+        ...
 
     def answer(self, data: bytes, peer: str, scheme: str, write: Callable[[bytes], None]
                ) -> bool:
@@ -151,8 +156,8 @@ class GuardedHandler(web.RequestHandler):
     """aiohttp's per-connection protocol, with the deadlines of `gateway.edge`."""
 
     __slots__ = ("_body_at", "_busy", "_clean", "_expect", "_fresh", "_guard", "_head_at",
-                 "_on_close", "_payload", "_peer", "_refusal", "_repeat", "_repeated", "_since",
-                 "_timer", "_timer_at", "_writer")
+                 "_on_close", "_payload", "_peer", "_refusal", "_repeat", "_since",
+                 "_timer", "_timer_at", "_writer", "repeated")
 
     def __init__(self, manager: web.Server, *, guard: Guard,
                  on_close: Callable[[], None] | None = None, accepted_at: float = 0.0,
@@ -178,7 +183,9 @@ class GuardedHandler(web.RequestHandler):
         self._peer: tuple[str, str] | None = None  # (address, scheme), once asked
         self._clean = True  # every byte so far made whole bodiless requests, one per read
         self._repeat: bytes | None = None  # the lane's candidate: the bytes of a whole head
-        self._repeated: bytes | None = None  # that head, once its exchange began
+        # The bytes of the exchange in progress if they were one whole head that came alone
+        # on a connection between messages, for the lane to remember (gateway.hitlane).
+        self.repeated: bytes | None = None
 
     # -- aiohttp's hooks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -198,42 +205,42 @@ class GuardedHandler(web.RequestHandler):
             on_close()
 
     def data_received(self, data: bytes) -> None:
-        shaped = idle = False
+        lane = None
         if data:
             payload = self._payload
             if payload is not None and not payload.is_eof():
                 self._body_at = self._loop.time()
             elif self._head_at is None:
-                lane = self._guard.lane
-                # The lane's candidates: one whole head and nothing after it ("\r\n\r\n"
-                # once, at the end) on a connection whose parser is between messages.
-                shaped = self._clean and lane is not None and len(data) <= lane.max_bytes \
-                    and data.find(b"\r\n\r\n") == len(data) - 4
-                if shaped and lane is not None:
-                    idle = self._idle()
-                    if idle and self._answer(lane, data):
-                        return
+                # A new request's first bytes, on a connection whose parser is between
+                # messages (_clean): the lane may know them.
+                lane = self._guard.lane if self._clean else None
+                if lane is not None and len(data) <= lane.max_bytes and data in lane.seen \
+                        and self._idle() and self._answer(lane, data):
+                    return
                 self._head_at = now = self._loop.time()
                 if not self._busy and not self._fresh:  # sooner than the idle deadline
                     when = now + self._guard.rules.header_timeout
                     if when < self._timer_at:  # _arm's own test, without its call
                         self._arm(when)
-            queued = len(self._messages)
+        if lane is None:
             super().data_received(data)
-            if self._clean:
-                # Still between messages only if these bytes made exactly one request, with
-                # no body: after anything else (a head in pieces, pipelined requests, a
-                # body, an upgrade, an error) the parser may hold part of a request, and
-                # this connection is never answered by the lane again.
-                messages = self._messages
-                one = shaped and len(messages) == queued + 1 and \
-                    messages[-1][1] is EMPTY_PAYLOAD and \
-                    not isinstance(messages[-1][0], _ErrInfo) and not self._upgraded
-                self._clean = one
-                if one and idle:  # the request's exchange begins next: the pipeline may
-                    self._repeat = data  # hand it to the lane (repeated())
         else:
+            messages = self._messages
+            queued = len(messages)
             super().data_received(data)
+            # Still between messages only if these bytes made exactly one request without a
+            # body, ending with them: after anything else (a head in pieces, pipelined
+            # requests, a body, an upgrade, an error) the parser may hold part of a
+            # request, and the lane never answers this connection again. (Bytes past the
+            # one request's head that end in "\r\n\r\n" would be a second request, or
+            # empty lines, which the parser skips between requests.)
+            if len(messages) == queued + 1 and messages[-1][1] is EMPTY_PAYLOAD and \
+                    data.endswith(b"\r\n\r\n") and not self._upgraded and \
+                    not isinstance(messages[-1][0], _ErrInfo):
+                if queued == 0 and len(data) <= lane.max_bytes:
+                    self._repeat = data  # the next exchange to begin is this request's
+            else:
+                self._clean = False
         if self._busy and self._messages:
             self._fail_body_on_parser_error()
 
@@ -244,7 +251,8 @@ class GuardedHandler(web.RequestHandler):
         transport = self.transport
         return (waiter is not None and not waiter.done() and not self._messages
                 and not self._force_close and not self._close and not self._upgraded
-                and transport is not None and transport.get_write_buffer_size() == 0)
+                and transport is not None and not transport.is_closing()
+                and transport.get_write_buffer_size() == 0)
 
     def _answer(self, lane: Lane, data: bytes) -> bool:
         """The lane's answer to `data`, if it has one, written, with the exchange's end
@@ -271,10 +279,6 @@ class GuardedHandler(web.RequestHandler):
             self._arm(when)
         return True
 
-    def repeated(self) -> bytes | None:
-        """The bytes of the exchange in progress if they were one whole head that came
-        alone, for the lane to remember (gateway.hitlane)."""
-        return self._repeated
 
     def _fail_body_on_parser_error(self) -> None:
         """A framing error in a body (a bad chunk size) is queued by aiohttp as the error of
@@ -345,7 +349,7 @@ class GuardedHandler(web.RequestHandler):
         self._busy = True
         self._fresh = False
         self._head_at = None
-        self._repeated, self._repeat = self._repeat, None
+        self.repeated, self._repeat = self._repeat, None
         self._writer = writer
         self._refusal = refusal
         if payload is EMPTY_PAYLOAD:  # no body (the parser's shared one): nothing to time
@@ -471,10 +475,9 @@ def guard_server(server: web.Server) -> None:
 
 
 def repeated_bytes(request: web.BaseRequest) -> bytes | None:
-    """The request's whole head as it came, if it came alone in one read on an idle
-    connection (GuardedHandler.repeated); None otherwise."""
-    protocol = request.protocol
-    return protocol.repeated() if isinstance(protocol, GuardedHandler) else None
+    """The request's whole head as it came, if it came alone in one read on a connection
+    between messages (GuardedHandler.repeated); None otherwise."""
+    return getattr(request.protocol, "repeated", None)
 
 
 async def _refuse(protocol: GuardedHandler, refusal: Refusal) -> web.StreamResponse:

@@ -1,7 +1,7 @@
 """Instructions per fresh L1 cache hit, this working tree against a git revision (callgrind).
 
     .venv/bin/python tests/perf/count_cache_hit.py [--baseline REV] [--candidate REV]
-        [--requests 2000] [--range]
+        [--requests 2000] [--range] [--varied]
 
 wrk's figures on the shared 2-core machine moved by +-30% between rounds (bench_cache.py's
 rps ranges), more than a change to the hit path can; an instruction count does not move
@@ -11,6 +11,9 @@ plain GET fills the entry, 400 hits warm it, then the hits counted are driven on
 time over 4 keep-alive connections, twice; the lower count of the two is printed. It
 leaves out the kernel and cache misses: a guide to the hit path's own work, not a
 throughput. `--range` also counts this tree's hits that ask for `Range: bytes=0-99` (206).
+The hits repeat the same bytes, which the lane of repeated requests answers
+(gateway/hitlane.py) where the revision has one; `--varied` also counts hits whose bytes
+differ every time (an `X-Seq: n` field), which go through the whole pipeline.
 Not collected by pytest.
 """
 
@@ -39,7 +42,8 @@ from tests.perf.perfkit import (
 BODY = b"x" * 512
 
 
-def _count(source: Path, upstream_url: str, requests: int, extra: bytes) -> float:
+def _count(source: Path, upstream_url: str, requests: int, extra: bytes,
+           varied: bool = False) -> float:
     config = gateway_config(upstream_url)
     config["listen"]["port"] = port = free_port()
     config["cache"] = {"memory_max": "16MiB"}
@@ -51,7 +55,8 @@ def _count(source: Path, upstream_url: str, requests: int, extra: bytes) -> floa
     def drive(_label: str, count: int, first: int) -> None:
         if first == 0:  # the fill: a plain GET (a Range miss stores nothing)
             drive_keepalive(port, lambda _n: plain, 4, 0)
-        drive_keepalive(port, lambda _n: hit, count, first, statuses=(b"200", b"206"))
+        ask = (lambda n: hit[:-2] + b"X-Seq: %d\r\n\r\n" % n) if varied else (lambda _n: hit)
+        drive_keepalive(port, ask, count, first, statuses=(b"200", b"206"))
 
     return instructions_per_request(config, drive, ("hit",), requests, source=source)["hit"]
 
@@ -65,6 +70,8 @@ def main() -> int:
                              "of the same code read +0.65%%)")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--range", action="store_true", help="also count 206 hits")
+    parser.add_argument("--varied", action="store_true",
+                        help="also count hits whose bytes differ every request")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (apt-get install valgrind)")
@@ -90,6 +97,12 @@ def main() -> int:
             print(f"hit: instructions per request (callgrind, best of 2 x {args.requests}): "
                   f"candidate {found['candidate']:,.0f}, {args.baseline} {base:,.0f} "
                   f"({found['candidate'] / base - 1:+.2%})")
+            if args.varied:
+                varied = {name: _count(source, url, args.requests, b"", varied=True)
+                          for name, source in sources.items()}
+                print(f"hit with bytes never repeated: candidate {varied['candidate']:,.0f}, "
+                      f"{args.baseline} {varied[args.baseline]:,.0f} "
+                      f"({varied['candidate'] / varied[args.baseline] - 1:+.2%})")
             if args.range:  # the baseline may forward Range upstream: the candidate alone
                 ranged = _count(sources["candidate"], url, args.requests,
                                 b"Range: bytes=0-99\r\n")
