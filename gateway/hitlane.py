@@ -17,16 +17,19 @@ the request metrics, the access log line.
 What the answer depends on, and why a remembered one stays right:
 - the bytes: only the same bytes are answered, so everything the pipeline derived from
   them (the normalised target, the route, the refusals of gateway.hygiene, the key) holds;
-- the configuration: what a reload builds is a new runtime, and what was remembered under
-  the old one is dropped when met;
+- the configuration: a reload forgets everything (GatewayProcess._swap), and a request
+  remembered under another runtime than the one serving is dropped when met;
 - the cache: looked up anew every time, so a purge, an expiry, a new variant or an entry
   that varies on something (a Vary may name a field made from the peer) sends the request
   down the usual path;
 - the peer: the access log's client address is worked out again for each request. Routes
-  whose answer depends on more (rate limits, flags, experiments, compression) are never
-  remembered, nor are HEAD, bodies, upgrades, Expect, HTTP/1.0 or Connection: close;
-- the connection: only a whole head with nothing after it, while nothing is queued,
-  closing or left unwritten (else the usual path, which waits for the client to read).
+  whose answer depends on more (rate limits, flags, compression, an experiment metric
+  counted on the route) are never remembered, nor are HEAD, bodies, upgrades, Expect,
+  HTTP/1.0 or Connection: close;
+- the connection: only a whole head alone in one read, while aiohttp waits for a request
+  with nothing queued, closing or left unwritten (else the usual path, which waits for the
+  client to read), on a connection that never sent anything else (else its parser may
+  hold part of a request).
 
 Bounded: at most MEMO requests of at most MAX_BYTES each (and as many noted once), emptied
 whole when full as the pipeline's other memos: a client sending ever new requests makes it
@@ -98,6 +101,12 @@ class HitLane:
         if len(data) <= MAX_BYTES:
             remember(self.seen, data, seen, MEMO)
 
+    def forget(self) -> None:
+        """Everything remembered: a reload's new runtime starts afresh (and the old one is
+        not kept alive by what was remembered under it)."""
+        self.seen.clear()
+        self.once.clear()
+
     def answer(self, data: bytes, peer: str, scheme: str, write: Callable[[bytes], None]
                ) -> bool:
         seen = self.seen.get(data)
@@ -115,14 +124,13 @@ class HitLane:
         if exchange is None:
             return False
         stored, body = exchange.stored, exchange.body
-        if stored is None or stored.raw is None or not isinstance(body, bytes) or not body:
-            return False  # nothing is counted until a lookup finds a hit, which has these
-        TALLY.started()
+        assert stored is not None and stored.raw is not None and isinstance(body, bytes)
         request_id = seen.request_id or self.new_request_id()
         head = stored_head(exchange, stored.raw, (("X-Request-Id", request_id),))
         write(head + body)
         exchange.release()
         duration = time.perf_counter() - started
+        TALLY.started()  # in flight for no time at all: nothing was awaited
         TALLY.finished(seen.route, "GET", str(exchange.status), duration)
         log = pipeline.access_log
         if log is not None:

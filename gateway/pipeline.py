@@ -394,9 +394,10 @@ class Pipeline:
             return problem(exc.status, exc.detail, request_id)
         record.cache = exchange.cache_status
         if exchange.cache_status == "HIT" and not (limited or flagged or websocket or expect) \
-                and rt.experiments is None and (compressor is None
-                                                or route.name not in compressor.routes) \
-                and (data := repeated_bytes(request)) is not None and self.lane.again(data):
+                and (rt.experiments is None or not rt.experiments.observes(route.name)) \
+                and (compressor is None or route.name not in compressor.routes) \
+                and (data := repeated_bytes(request)) is not None and self.lane.again(data) \
+                and data not in self.lane.seen:  # (remembered, but its entry left L1)
             self._remember(rt, request, exchange, record, client_url, headers, data)
         try:
             return await relay(request, exchange, response_headers)

@@ -150,6 +150,7 @@ class GatewayProcess:
         """Serve `runtime` from now on; its background work starts, the old one's stops."""
         old = self.pipeline.runtime.experiments
         self.pipeline.runtime = runtime
+        self.pipeline.lane.forget()
         if runtime.experiments is not None:
             runtime.experiments.start()
         if old is not None:

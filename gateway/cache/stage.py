@@ -424,9 +424,10 @@ class ResponseCache:
     # ------------------------------------------------------------ answers
     def repeat_hit(self, route: str, client_url: str, asked: Mapping[str, str]) -> Exchange | None:
         """The answer `serve` gives a plain GET of `client_url` when L1 holds it fresh,
-        counted as `serve` counts it; None, with nothing counted, in every other case and
-        when the URL has a variant with a Vary (what it varies on may be the peer's). For
-        the lane of repeated requests (gateway.hitlane)."""
+        with a body and a head serialized whole, counted as `serve` counts it; None, with
+        nothing counted, in every other case and when the URL has a variant with a Vary
+        (what it varies on may be the peer's). For the lane of repeated requests
+        (gateway.hitlane), which writes what relay writes for such a hit."""
         p = self.policies.get(route)
         if p is None:
             return None
@@ -442,10 +443,14 @@ class ResponseCache:
         if stored is None:
             return None
         age = stored.age(now)
-        if rfc.evaluate(stored.fresh, age, asked) is not rfc.Use.FRESH:
+        if not stored.body or rfc.evaluate(stored.fresh, age, asked) is not rfc.Use.FRESH:
+            return None
+        exchange = _plain(p, stored, age, "HIT", rfc.hit_status(stored.fresh.lifetime - age))
+        assert exchange.stored is not None
+        if exchange.stored.raw is None:  # a head aiohttp must still complete (no Date)
             return None
         p.count("hit")
-        return _plain(p, stored, age, "HIT", rfc.hit_status(stored.fresh.lifetime - age))
+        return exchange
 
     def _from_entry(self, p: RoutePolicy, entry: Entry, out: Outgoing, age: float | None,
                     x_cache: str, status: str, plain: bool = False) -> Exchange:

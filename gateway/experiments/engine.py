@@ -112,6 +112,12 @@ class Experiments:
         self._recordings: dict[tuple[tuple[str, str, int], ...], Recording] = {}
 
     # ------------------------------------------------------------------ request path
+    def observes(self, route: str) -> bool:
+        """Whether a request on `route` may be recorded without any flag of its own (a
+        metric counted on that route); a route without flags and without such a metric
+        is none of the experiments' business (on_request gives None, records nothing)."""
+        return route in self.route_metrics
+
     def on_request(self, route: str, flags: FlagResult | None, ctx: RequestContext | None,
                    headers: MultiMapping[str], peer: str) -> Pending | None:
         """Record the exposures of this request; what observes it once it is answered.

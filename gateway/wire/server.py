@@ -223,6 +223,11 @@ class GuardedHandler(web.RequestHandler):
                     if when < self._timer_at:  # _arm's own test, without its call
                         self._arm(when)
         if lane is None:
+            # Bytes that were not looked at above (a body, the rest of a head, a request
+            # behind one still queued) may leave the parser inside a request: the lane
+            # never answers this connection again.
+            if data:
+                self._clean = False
             super().data_received(data)
         else:
             messages = self._messages
