@@ -24,6 +24,7 @@ from aiohttp import web
 from gateway import hitlane
 from gateway.accesslog import AccessLog
 from tests.harness import InProcessGateway, Upstream, base_config, client_session
+from tests.integration.test_experiments import experiment_config
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 GET = b"GET /lane/a HTTP/1.1\r\nHost: gw.test\r\nAccept: */*\r\n\r\n"
@@ -77,6 +78,12 @@ async def started(factory: Callable[..., Any], upstream: Upstream,
         upstream.on("/lane/a", counting())
     gw = await factory(config or lane_config(upstream.url))
     return gw, Counted(gw)
+
+
+async def slow(request: web.Request) -> web.StreamResponse:
+    """An upstream answer that keeps its request in progress for a while."""
+    await asyncio.sleep(0.3)
+    return web.Response(body=b"slow", headers={"Cache-Control": "no-store"})
 
 
 async def connect(gateway: InProcessGateway) -> Conn:
@@ -325,18 +332,11 @@ async def test_an_experiment_that_counts_on_the_route_keeps_it_out_of_the_lane(
         gateway_factory: Callable[..., Any], upstream: Upstream, metric_route: str,
         repeated: bool) -> None:
     # A metric counted on the route observes every request there: the lane would skip it.
-    config = lane_config(upstream.url)
-    config["flags"] = {"checkout": {
-        "type": "multivariate", "default": "control",
-        "variants": [{"name": "control", "value": "control", "weight": 50},
-                     {"name": "treatment", "value": "treatment", "weight": 50}]}}
-    config["experiments"] = {"checkout_test": {
-        "flag": "checkout", "control": "control", "status": "running",
-        "metrics": [{"name": "purchase", "primary": True, "baseline_rate": 0.1,
-                     "minimum_detectable_effect": 0.05},
-                    {"name": "paid", "route": metric_route, "status": "2xx"}]}}
-    config["routes"].append({"name": "other", "match": {"path_prefix": "/"},
-                             "upstream": "api", "flags": ["checkout"]})
+    config = experiment_config(upstream)
+    config["experiments"]["checkout_test"]["metrics"][2]["route"] = metric_route
+    config["cache"] = lane_config(upstream.url)["cache"]
+    config["routes"] = [*lane_config(upstream.url)["routes"],
+                        {**config["routes"][1], "name": "other"}]
     gw, counted = await started(gateway_factory, upstream, config)
     conn = await connect(gw)
     await warmed(conn)
@@ -454,10 +454,6 @@ async def test_a_head_begun_behind_a_queued_request_is_finished_by_the_parser(
     # The start of a head that arrives while a request is queued stays in the parser; a
     # read that then equals a remembered request is the rest of that head, not a request
     # of its own. Answering it from the lane would add a response to the stream.
-    async def slow(request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(0.3)
-        return web.Response(body=b"slow", headers={"Cache-Control": "no-store"})
-
     upstream.on("/lane/slow", slow)
     upstream.on("/lane/b", counting())
     gw, counted = await started(gateway_factory, upstream)
@@ -481,10 +477,6 @@ async def test_a_head_begun_behind_a_queued_request_is_finished_by_the_parser(
 
 async def test_a_repeat_sent_while_a_request_is_in_progress_waits_its_turn(
         gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
-    async def slow(request: web.Request) -> web.StreamResponse:
-        await asyncio.sleep(0.3)
-        return web.Response(body=b"slow", headers={"Cache-Control": "no-store"})
-
     upstream.on("/lane/slow", slow)
     gw, counted = await started(gateway_factory, upstream)
     reader, writer = conn = await connect(gw)
