@@ -35,12 +35,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class ExitedBeforeListening(RuntimeError):
+    """A server process ended before its port accepted connections."""
+
+
 def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[Any] | None = None
                   ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+            raise ExitedBeforeListening(
+                f"process exited with {proc.returncode} before listening")
         with socket.socket() as s:
             s.settimeout(0.2)
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -72,11 +77,28 @@ def redis_server_binary() -> str:
     return str(binary)
 
 
+def start_moving(launch: Callable[[], None], move: Callable[[], None], movable: bool,
+                 attempts: int = 3) -> None:
+    """`launch()` a server that listens on ports free_port chose; if it exits before
+    listening (a port taken meanwhile) and may `move()` to others, again, a few times."""
+    for attempt in range(attempts):
+        try:
+            launch()
+            return
+        except ExitedBeforeListening:
+            if not movable or attempt == attempts - 1:
+                raise
+            move()
+
+
 class RedisServer:
     """A private redis-server on a free port, in a temporary directory, persisting nothing."""
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
+        # A port of free_port's may be taken before the server binds it (a client's
+        # ephemeral port): the first start then moves to another. A restart keeps it.
+        self._movable = port is None
         self.dir = tempfile.mkdtemp(prefix="gw-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -85,13 +107,20 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir,
-             "--protected-mode", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, proc=self.proc)
+        def launch() -> None:
+            self.proc = subprocess.Popen(
+                [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--dir", self.dir,
+                 "--protected-mode", "no", "--loglevel", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            wait_for_port(self.port, proc=self.proc)
+
+        def move() -> None:
+            self.port = free_port()
+
+        start_moving(launch, move, self._movable)
+        self._movable = False
         return self
 
     def stop(self) -> None:

@@ -21,7 +21,13 @@ import redis
 from redis.cluster import RedisCluster as SyncClusterClient
 
 from gateway.config.model import RedisSettings
-from tests.harness import RedisServer, free_port, redis_server_binary, wait_for_port
+from tests.harness import (
+    RedisServer,
+    free_port,
+    redis_server_binary,
+    start_moving,
+    wait_for_port,
+)
 
 NODE_TIMEOUT_MS = 1000  # how long a silent master takes to be failed over
 
@@ -39,12 +45,20 @@ class ClusterNode:
     bus_port: int
     dir: str
     proc: subprocess.Popen[bytes] | None = None
+    started: bool = False  # once it has, a restart keeps its ports
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        def move() -> None:
+            self.port, self.bus_port = free_port(), free_port()
+
+        start_moving(self._launch, move, not self.started)
+        self.started = True
+
+    def _launch(self) -> None:
         self.proc = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
              "--cluster-enabled", "yes", "--cluster-port", str(self.bus_port),
