@@ -397,7 +397,8 @@ class Pipeline:
                 and (rt.experiments is None or not rt.experiments.observes(route.name)) \
                 and (compressor is None or route.name not in compressor.routes) \
                 and (data := repeated_bytes(request)) is not None and self.lane.again(data) \
-                and data not in self.lane.seen:  # (remembered, but its entry left L1)
+                and data not in self.lane.seen:  # else remembered already (its entry had
+            # left L1 and came back from L2): what it would make anew is the same
             self._remember(rt, request, exchange, record, client_url, headers, data)
         try:
             return await relay(request, exchange, response_headers)

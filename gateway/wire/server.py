@@ -284,7 +284,6 @@ class GuardedHandler(web.RequestHandler):
             self._arm(when)
         return True
 
-
     def _fail_body_on_parser_error(self) -> None:
         """A framing error in a body (a bad chunk size) is queued by aiohttp as the error of
         a next request, and the body being read would wait for bytes that never come: the
