@@ -270,12 +270,12 @@ async def test_a_resharding_under_load_is_followed_without_errors(
     await asyncio.to_thread(subprocess.run, [
         redis_cli_binary(), "--cluster", "reshard", source.address,
         "--cluster-from", ids[source.port], "--cluster-to", ids[target.port],
-        "--cluster-slots", "3000", "--cluster-yes", "--cluster-pipeline", "10"],
+        "--cluster-slots", "1200", "--cluster-yes", "--cluster-pipeline", "10"],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
     await asyncio.to_thread(cluster.wait_ok, 30)
     stop.set()
     statuses, slowest = await running
-    print(f"resharding 3000 slots under load: {statuses}, slowest answer {slowest * 1000:.0f} ms")
+    print(f"resharding 1200 slots under load: {statuses}, slowest answer {slowest * 1000:.0f} ms")
     assert set(statuses) == {200}
     assert redis_errors() == errors  # every MOVED and ASK followed
 

@@ -242,7 +242,7 @@ async def test_slots_resharded_under_load_are_followed_without_an_error(
         redis_cli_binary(), "--cluster", "reshard", source.address,
         "--cluster-from", str(source.command("CLUSTER", "MYID")),
         "--cluster-to", str(target.command("CLUSTER", "MYID")),
-        "--cluster-slots", "2000", "--cluster-yes"],
+        "--cluster-slots", "800", "--cluster-yes"],
         capture_output=True, timeout=120, check=True)
     assert b"Moving slot" in moved.stdout
     cluster.wait_ok()
