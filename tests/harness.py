@@ -77,6 +77,24 @@ def redis_server_binary() -> str:
     return str(binary)
 
 
+def listening_is(proc: subprocess.Popen[bytes], port: int) -> None:
+    """Raise ExitedBeforeListening unless the redis-server answering on `port` is `proc`: a
+    port of free_port's may be another server's by the time ours binds it, and then ours
+    exits while the other answers (wait_for_port alone would take it for ours)."""
+    import redis as redis_py
+
+    client = redis_py.Redis(port=port, socket_timeout=5)
+    try:
+        found = client.info("server").get("process_id")
+    except redis_py.RedisError:  # not a redis-server that answers: not ours either
+        found = None
+    finally:
+        client.close()
+    if found != proc.pid:
+        proc.wait(timeout=10)
+        raise ExitedBeforeListening(f"port {port} is another process's ({found})")
+
+
 def start_moving(launch: Callable[[], None], move: Callable[[], None], movable: bool,
                  attempts: int = 3) -> None:
     """`launch()` a server that listens on ports free_port chose; if it exits before
@@ -115,6 +133,7 @@ class RedisServer:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             wait_for_port(self.port, proc=self.proc)
+            listening_is(self.proc, self.port)
 
         def move() -> None:
             self.port = free_port()

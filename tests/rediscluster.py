@@ -24,6 +24,7 @@ from gateway.config.model import RedisSettings
 from tests.harness import (
     RedisServer,
     free_port,
+    listening_is,
     redis_server_binary,
     start_moving,
     wait_for_port,
@@ -72,6 +73,7 @@ class ClusterNode:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, proc=self.proc)
+        listening_is(self.proc, self.port)
 
     @property
     def alive(self) -> bool:
