@@ -82,7 +82,7 @@ async def started(factory: Callable[..., Any], upstream: Upstream,
 
 async def slow(request: web.Request) -> web.StreamResponse:
     """An upstream answer that keeps its request in progress for a while."""
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.5)
     return web.Response(body=b"slow", headers={"Cache-Control": "no-store"})
 
 
@@ -431,10 +431,10 @@ async def test_a_connection_that_sent_anything_but_whole_heads_is_never_repeated
     gw, counted = await started(gateway_factory, upstream)
     by_pipeline = await warmed(await connect(gw))  # remembered: a whole GET is the lane's
     reader, writer = await connect(gw)
-    for part in mix:
+    for part in mix:  # apart enough to be read apart, even on a loaded machine
         writer.write(part)
         await writer.drain()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
     for _ in range(answers):
         await response(reader)
     writer.write(GET)
@@ -511,8 +511,8 @@ async def test_lane_answers_keep_the_connection_alive_and_its_idle_deadline(
         if answered - began > 3.0:
             break
         await asyncio.sleep(0.25)
-    assert counted.answered >= 10
+    assert counted.answered >= 5
     # Then idle: closed by the idle deadline, counted from the last answer.
     assert await asyncio.wait_for(reader.read(), 3) == b""
-    assert 0.3 < time.monotonic() - answered < 1.2
+    assert 0.2 < time.monotonic() - answered < 1.5
     writer.close()
