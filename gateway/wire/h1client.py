@@ -329,7 +329,10 @@ class H1Pool:
         client's own when it sent one, else the upstream's authority."""
         hosts = headers.getall("Host", ())
         ordered: CIMultiDict[str] = CIMultiDict(Host=hosts[0] if hosts else self.target.authority)
-        ordered.extend((k, v) for k, v in headers.items() if k.lower() != "host")
+        if hosts:  # a copy without them, in C: a pass in Python cost ~1.4 us more per request
+            headers = headers.copy()
+            del headers["Host"]
+        ordered.extend(headers)
         return ordered
 
     async def _exchange(self, conn: Connection, method: str, head: bytes,

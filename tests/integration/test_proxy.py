@@ -104,11 +104,13 @@ async def test_upstream_gets_fields_in_order_with_repeats_and_host_first(
     await _raw_get(gateway.url, head)
     assert names(head)[:5] == ["host", "x-b", "x-a", "x-b", "x-forwarded-for"]
     assert upstream.hits[-1].headers.getall("X-B") == ["1", "3"]
-    # Host not first: it still leaves first (RFC 9110 §7.2).
-    head = "GET /echo HTTP/1.1\r\nX-B: 1\r\nHost: shop.example\r\nConnection: close\r\n"
+    # Host not first: it still leaves first (RFC 9110 §7.2), the rest in their order.
+    head = ("GET /echo HTTP/1.1\r\nX-B: 1\r\nHost: shop.example\r\nX-A: 2\r\nX-B: 3\r\n"
+            "Connection: close\r\n")
     await _raw_get(gateway.url, head)
-    assert names(head)[:3] == ["host", "x-b", "x-forwarded-for"]
+    assert names(head)[:5] == ["host", "x-b", "x-a", "x-b", "x-forwarded-for"]
     assert upstream.hits[-1].headers["Host"] == "shop.example"
+    assert upstream.hits[-1].headers.getall("X-B") == ["1", "3"]
     # No Host at all (HTTP/1.0): the upstream's own authority.
     await _raw_get(gateway.url, "GET /echo HTTP/1.0\r\nX-B: 1\r\n")
     assert upstream.hits[-1].headers["Host"] == f"127.0.0.1:{upstream.port}"
