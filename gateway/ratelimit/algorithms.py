@@ -2,8 +2,9 @@
 `lua/ratelimit.lua` (same integer microseconds, same float divisions, same rounding), so
 both stores reach the same decision; a shared test suite proves it.
 
-Each algorithm looks at the state of its key and returns an `Outcome` with a `write` that
-consumes the cost; the store runs the writes only when every blocking rule admitted.
+Each algorithm looks at the state of its key and returns an `Outcome`: the rule's result and,
+when it admits, the key's new state, which the store writes only when every blocking rule
+admitted. Nothing is written here, so a refused request changes nothing.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from gateway.ratelimit.decision import NEVER, RuleResult
 from gateway.ratelimit.rules import Check
 
 SLACK_US = 1_000_000  # a key outlives the moment it stops mattering by this much (as in Lua)
-# The tuples of every rule of every decision are made with tuple.__new__: a NamedTuple's own
-# __new__ is a Python function, a frame each.
+# The tuples of every rule of every decision are made with tuple.__new__ (every field given:
+# it knows no defaults): a NamedTuple's own __new__ is a Python function, a frame each.
 _new = tuple.__new__
 
 
@@ -72,100 +73,83 @@ class SlidingLog:
         return self.entries[-2] if len(self.entries) > self.head else None
 
 
-Write = Callable[[dict[str, Slot]], None]
-
-
 class Outcome(NamedTuple):  # a tuple: one per rule of every decision, and a frozen
     # dataclass's __init__ sets each field through object.__setattr__
     result: RuleResult
-    write: Write | None = None
+    # What an admitting rule writes once every blocking rule has admitted: the key's new
+    # value and the instant it is forgotten; None when the rule refuses. A sliding window's
+    # value is the key's log itself, which takes in `logged` units then.
+    value: Any = None
+    expires_us: int = 0
+    logged: int = 0
 
 
 def _ttl_us(us: int) -> int:
     return math.ceil(us / 1000) * 1000 + SLACK_US
 
 
-def _put(data: dict[str, Slot], key: str, value: Any, expires_us: int) -> None:
-    """The key's slot updated in place when it has one: no new object per admitted rule."""
-    slot = data.get(key)
-    if slot is None:
-        data[key] = Slot(value, expires_us)
-    else:
-        slot.value, slot.expires_us = value, expires_us
+# Each algorithm reads its key's slot as the store found it: None when the key is absent or
+# has expired (as for the Lua script, an expired key is a new one).
 
-
-def _gcra(units: int, check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
-    key = check.keys[0]
+def _gcra(units: int, check: Check, now: int, slot: Slot | None) -> Outcome:
     interval = math.ceil(check.window_us / check.limit)
-    slot = slots.get(key)
     tat = max(int(slot.value) if slot is not None else now, now)
     capacity = units * interval
     new_tat = tat + check.cost * interval
     diff = new_tat - now
     if check.cost <= units and diff <= capacity:
-        def write(data: dict[str, Slot]) -> None:
-            _put(data, key, new_tat, now + _ttl_us(diff))
-
         return _new(Outcome, (_new(RuleResult, (True, math.floor((capacity - diff) / interval),
-                                                diff, 0)), write))
+                                                diff, 0)), new_tat, now + _ttl_us(diff), 0))
     retry = diff - capacity if check.cost <= units else NEVER
     remaining = max(0, math.floor((capacity - (tat - now)) / interval))
-    return _new(Outcome, (_new(RuleResult, (False, remaining, tat - now, retry)), None))
+    return _new(Outcome, (_new(RuleResult, (False, remaining, tat - now, retry)), None, 0, 0))
 
 
-def token_bucket(check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
+def token_bucket(check: Check, now: int, slot: Slot | None) -> Outcome:
     """Capacity limit+burst refilled at limit/window: a GCRA allowing limit+burst at once."""
-    return _gcra(check.limit + check.burst, check, now, slots)
+    return _gcra(check.limit + check.burst, check, now, slot)
 
 
-def leaky_bucket(check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
+def leaky_bucket(check: Check, now: int, slot: Slot | None) -> Outcome:
     """GCRA, one unit every window/limit, burst+1 units may arrive at once."""
-    return _gcra(check.burst + 1, check, now, slots)
+    return _gcra(check.burst + 1, check, now, slot)
 
 
-def sliding_window(check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
-    """Exact: an entry counts while its time is > now - window."""
-    key = check.keys[0]
+def sliding_window(check: Check, now: int, slot: Slot | None) -> Outcome:
+    """Exact: an entry counts while its time is > now - window. The admitting outcome's
+    value is the key's log, which the store appends the request to."""
     units = check.quota
-    edge = now - check.window_us
-    slot = slots.get(key)
     log: SlidingLog = slot.value if slot is not None else SlidingLog()
-    log.expire(edge)
+    log.expire(now - check.window_us)
     total = log.total
     if check.cost <= units and total + check.cost <= units:
-        def write(data: dict[str, Slot]) -> None:
-            log.add(now, check.cost)
-            _put(data, key, log, now + _ttl_us(check.window_us))
-
         return _new(Outcome, (_new(RuleResult, (True, units - total - check.cost,
-                                                check.window_us, 0)), write))
+                                                check.window_us, 0)),
+                              log, now + _ttl_us(check.window_us), check.cost))
     retry = NEVER
     if check.cost <= units:
         retry = log.retry_us(total + check.cost - units, check.window_us, now)
     newest = log.newest()
     reset = newest + check.window_us - now if newest is not None else 0
-    return _new(Outcome, (_new(RuleResult, (False, max(0, units - total), reset, retry)), None))
+    return _new(Outcome, (_new(RuleResult, (False, max(0, units - total), reset, retry)),
+                          None, 0, 0))
 
 
-def fixed_window(check: Check, now: int, slots: dict[str, Slot]) -> Outcome:
+def fixed_window(check: Check, now: int, slot: Slot | None) -> Outcome:
     """Windows aligned to the epoch: window n covers [n*window, (n+1)*window)."""
-    key = check.keys[0]
     units = check.quota
     index = now // check.window_us
     reset = (index + 1) * check.window_us - now
-    slot = slots.get(key)
     used = slot.value[1] if slot is not None and slot.value[0] == index else 0
     if check.cost <= units and used + check.cost <= units:
-        def write(data: dict[str, Slot]) -> None:
-            _put(data, key, (index, used + check.cost), now + _ttl_us(reset))
-
         return _new(Outcome, (_new(RuleResult, (True, units - used - check.cost, reset, 0)),
-                              write))
+                              (index, used + check.cost), now + _ttl_us(reset), 0))
     retry = reset if check.cost <= units else NEVER
-    return _new(Outcome, (_new(RuleResult, (False, max(0, units - used), reset, retry)), None))
+    return _new(Outcome, (_new(RuleResult, (False, max(0, units - used), reset, retry)),
+                          None, 0, 0))
 
 
-ALGORITHMS: dict[Algorithm, Callable[[Check, int, dict[str, Slot]], Outcome]] = {
+ALGORITHMS: dict[Algorithm, Callable[[Check, int, Slot | None], Outcome]] = {
     Algorithm.TOKEN_BUCKET: token_bucket,
     Algorithm.LEAKY_BUCKET: leaky_bucket,
     Algorithm.SLIDING_WINDOW: sliding_window,

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from gateway import metrics
-from gateway.ratelimit.algorithms import ALGORITHMS, Slot
+from gateway.ratelimit.algorithms import ALGORITHMS, Outcome, Slot
 from gateway.ratelimit.decision import Decision, RuleResult
 from gateway.ratelimit.plan import Prepared
 from gateway.ratelimit.rules import Check
@@ -55,27 +55,30 @@ class LocalStore:
         if self._decisions % SWEEP_EVERY == 0:
             self.sweep(now)
         slots = self.slots
-        live = {}
-        for check in checks:
-            key = check.keys[0]
-            slot = slots.get(key)
-            if slot is not None:
-                slots.move_to_end(key)  # recently used; a new key is written at the end
-                if slot.expires_us > now:
-                    live[key] = slot
         admitted = True
         results: list[RuleResult] = []
-        writes = []
+        writes: list[tuple[str, Slot | None, Outcome]] = []
         for check in checks:
-            outcome = ALGORITHMS[check.rule.algorithm](check, now, live)
+            key = check.keys[0]
+            slot = found = slots.get(key)
+            if found is not None:
+                slots.move_to_end(key)  # recently used; a new key is written at the end
+                if found.expires_us <= now:
+                    slot = None  # expired: a new key, as for the Lua script
+            outcome = ALGORITHMS[check.rule.algorithm](check, now, slot)
             results.append(outcome.result)
-            if outcome.write is not None:
-                writes.append(outcome.write)
+            if outcome.value is not None:
+                writes.append((key, found, outcome))
             elif not check.soft:
                 admitted = False
         if admitted and commit:
-            for write in writes:
-                write(slots)
+            for key, found, (_, value, expires_us, logged) in writes:
+                if logged:
+                    value.add(now, logged)
+                if found is None:
+                    slots[key] = Slot(value, expires_us)
+                else:  # in place: no new object per admitted rule
+                    found.value, found.expires_us = value, expires_us
             if len(slots) > self.max_keys:
                 self._evict()
         return _new(Decision, (admitted, tuple(results)))  # no __new__ frame

@@ -11,6 +11,7 @@ from gateway.ratelimit.local import LocalStore
 from gateway.ratelimit.rules import Check, make_check
 
 T0 = 1_700_000_000_000_000
+S = 1_000_000  # one second in microseconds
 
 
 def check(user: str, limit: int = 1, algorithm: Algorithm = Algorithm.FIXED_WINDOW,
@@ -109,3 +110,18 @@ def test_a_sliding_log_stays_compact_and_exact_over_a_long_run() -> None:
         assert len(log.entries) <= 4 * 5 * 2  # live pairs plus at most as many dead ones
         live = [t for t, ok in admitted if ok and t > now - 1_000_000]
         assert log.total == len(live) <= 5
+
+
+def test_a_key_past_its_expiry_is_a_new_one_as_redis_would_have_forgotten_it() -> None:
+    """The store forgets a key when its slot expires, as Redis does with the script's keys:
+    a window lengthened on reload must not count entries the key outlived (Redis would have
+    dropped them with the key), and the fresh state is written over the expired slot."""
+    store = LocalStore(max_keys=10)
+    short = check("a", limit=1, algorithm=Algorithm.SLIDING_WINDOW)._replace(window_us=S)
+    long = short._replace(window_us=60 * S)
+    assert store.decide_now([short], T0).admitted
+    expires = store.slots[short.keys[0]].expires_us
+    assert not store.decide_now([long], expires - 1).admitted  # still there: counted
+    assert store.decide_now([long], expires).admitted  # expired: a fresh key
+    assert store.slots[short.keys[0]].expires_us > expires
+    assert not store.decide_now([long], expires + S).admitted  # the new entry is kept
