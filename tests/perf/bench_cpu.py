@@ -30,7 +30,8 @@ rate-limit store is a private redis-server on the load core, or the in-process s
 
 Targets (printed MET / NOT MET): bare >= 1.3x the naive proxy's rps and the access log
 <= 30k instructions; full >= 1.0x naive's rps and <= its instructions; added p50 at c=1 bare
-<= 0.25 ms, full <= 0.45 ms. The exit status is 0 either way: on a shared machine a
+<= 0.25 ms, full <= 0.45 ms. The full route's figures on the in-process store are held to the
+same numbers as a goal, printed as such: the issue's full route has its limits in Redis. The exit status is 0 either way: on a shared machine a
 benchmark informs, it does not gate.
 """
 
@@ -95,6 +96,12 @@ request = function()
     ["X-App-Version"] = "2." .. (user % 12) .. ".0", ["Accept"] = "*/*"})
 end
 """
+
+
+def kind(label: str) -> str:
+    """The issue's targets are the full route's with its limits in Redis; the same figures
+    for the in-process store are a goal of ours, printed beside them."""
+    return "goal (in-process store, not an issue target)" if "local" in label else "target"
 
 
 def upstream_block(port: int) -> str:
@@ -282,7 +289,7 @@ def main() -> int:
             print(f"target: the access log <= 30k instructions/request: {log_cost:,.0f} "
                   f"{verdict(log_cost <= 30_000)}")
             for label in ("full, log on", "full, local store"):
-                print(f"target: {label} <= naive's instructions/request: "
+                print(f"{kind(label)}: {label} <= naive's instructions/request: "
                       f"{mine[label] / naive:.2f}x {verdict(mine[label] <= naive)}")
             if args.only_instructions:
                 return 0
@@ -337,9 +344,10 @@ def measure_load(lab: Lab, up: Service, redis_url: str, duration: float,
     naive = rows["naive"].rps
     for name, want in (("bare", 1.3), ("full", 1.0), ("full-local", 1.0)):
         ratio = rows[name].rps / naive
-        print(f"target: {name} >= {want:.1f}x naive rps: {ratio:.2f}x {verdict(ratio >= want)}")
+        print(f"{kind(name)}: {name} >= {want:.1f}x naive rps: {ratio:.2f}x "
+              f"{verdict(ratio >= want)}")
     for name, most in (("bare", 0.25), ("full", 0.45), ("full-local", 0.45)):
-        print(f"target: {name} adds <= {most:.2f} ms p50 at c=1: {added[name]:.3f} ms "
+        print(f"{kind(name)}: {name} adds <= {most:.2f} ms p50 at c=1: {added[name]:.3f} ms "
               f"{verdict(added[name] <= most)}")
 
 
