@@ -311,7 +311,8 @@ class Pipeline:
                     flags = decide(ctx, time.time())
             else:
                 peer = request.remote or ""
-                trusted = classify(peer, config.context.trusted_proxies)[1]
+                if trusted is None:  # else the access log's client address asked already
+                    trusted = classify(peer, config.context.trusted_proxies)[1]
                 from_headers = rt.flags.by_headers.get(route.name)
                 if from_headers is not None:
                     flags = from_headers(headers, peer, trusted, time.time())
