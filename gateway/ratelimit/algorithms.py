@@ -4,7 +4,8 @@ both stores reach the same decision; a shared test suite proves it.
 
 Each algorithm looks at the state of its key and returns an `Outcome`: the rule's result and,
 when it admits, the key's new state, which the store writes only when every blocking rule
-admitted. Nothing is written here, so a refused request changes nothing.
+admitted. Nothing that counts is written here (a sliding window's log only drops entries
+that have left its window), so a refused request changes no later decision.
 """
 
 from __future__ import annotations
