@@ -22,10 +22,14 @@ What the answer depends on, and why a remembered one stays right:
 - the cache: looked up anew every time, so a purge, an expiry, a new variant or an entry
   that varies on something (a Vary may name a field made from the peer) sends the request
   down the usual path;
+- the coding: on a route that compresses, the answer is the one the compression stage
+  worked out for an earlier request of the same kind (the entry's head, Accept-Encoding,
+  a secret), reused as the stage reuses it (Compressor.known); when it has none yet, the
+  request goes down the usual path, which works it out;
 - the peer: the access log's client address is worked out again for each request. Routes
-  whose answer depends on more (rate limits, flags, compression, an experiment metric
-  counted on the route) are never remembered, nor are HEAD, bodies, upgrades, Expect,
-  HTTP/1.0 or Connection: close;
+  whose answer depends on more (rate limits, flags, an experiment metric counted on the
+  route) are never remembered, nor are HEAD, bodies, upgrades, Expect, HTTP/1.0 or
+  Connection: close;
 - the connection: only a whole head alone in one read, while aiohttp waits for a request
   with nothing queued, closing or left unwritten (else the usual path, which waits for the
   client to read), on a connection that never sent anything else (else its parser may
@@ -43,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDictProxy, istr
 
 from gateway.accesslog import AccessRecord
 from gateway.context import client_address, remember
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
     from gateway.pipeline import Pipeline, Runtime
 
 MEMO = 1024
+CONTENT_ENCODING = istr("Content-Encoding")
 MAX_BYTES = 4096  # a request head longer than this is parsed every time
 
 
@@ -68,6 +73,8 @@ class Seen:
     route: str
     client_url: str  # what the cache keys on
     asked: CIMultiDictProxy[str]  # the request's fields as the stages read them
+    compresses: bool  # whether the route compresses (under `runtime`)
+    accept: str | None  # the request's Accept-Encoding, read every time if it does
     request_id: str | None  # the client's own, when it sent a usable one
     path: str  # the normalised target's path, for the log
     upstream: str | None
@@ -123,8 +130,21 @@ class HitLane:
         exchange = rt.cache.repeat_hit(seen.route, seen.client_url, seen.asked)
         if exchange is None:
             return False
+        encoding = None
+        compressor = rt.compressor
+        # Compressor.known's own first test, without its call, for the usual client that
+        # sends no Accept-Encoding: an entry not coded upstream goes out as it is.
+        if seen.compresses and compressor is not None and exchange.stored is not None and (
+                seen.accept is not None or
+                exchange.stored.fields.get(CONTENT_ENCODING) is not None):
+            shaped = compressor.known(seen.route, seen.accept, seen.asked, exchange)
+            if shaped is None:  # coding work left: the pipeline's
+                return False
+            exchange, encoding = shaped
         stored, body = exchange.stored, exchange.body
-        assert stored is not None and stored.raw is not None and isinstance(body, bytes)
+        if stored is None or stored.raw is None or not isinstance(body, bytes):
+            return False  # a head aiohttp must still complete (no Date)
+        rt.cache.count_hit(seen.route)
         request_id = seen.request_id or self.new_request_id()
         head = stored_head(exchange, stored.raw, (("X-Request-Id", request_id),))
         write(head + body)
@@ -140,6 +160,7 @@ class HitLane:
             record.upstream = seen.upstream
             record.ratelimit = seen.ratelimit
             record.cache = exchange.cache_status
+            record.encoding = encoding
             record.status = exchange.status
             record.bytes = len(head) + len(body)  # as aiohttp's writer counts (head and body)
             record.duration = duration

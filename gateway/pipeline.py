@@ -396,7 +396,6 @@ class Pipeline:
         record.cache = exchange.cache_status
         if exchange.cache_status == "HIT" and not (limited or flagged or websocket or expect) \
                 and (rt.experiments is None or not rt.experiments.observes(route.name)) \
-                and (compressor is None or route.name not in compressor.routes) \
                 and (data := repeated_bytes(request)) is not None and self.lane.again(data) \
                 and data not in self.lane.seen:  # else remembered already (its entry had
             # left L1 and came back from L2): what it would make anew is the same
@@ -425,9 +424,12 @@ class Pipeline:
                 or request.body_exists:
             return
         sent_id = request.headers.get("X-Request-Id")
+        route = record.route or ""
         self.lane.remember(data, Seen(
-            runtime=rt, scheme=request.scheme, route=record.route or "", client_url=client_url,
-            asked=headers, request_id=sent_id if sent_id == record.request_id else None,
+            runtime=rt, scheme=request.scheme, route=route, client_url=client_url,
+            asked=headers, accept=headers.get("Accept-Encoding"),
+            compresses=rt.compressor is not None and route in rt.compressor.routes,
+            request_id=sent_id if sent_id == record.request_id else None,
             path=record.path, upstream=record.upstream, ratelimit=record.ratelimit))
 
     def _upstream_headers(self, rt: Runtime, request: web.BaseRequest,

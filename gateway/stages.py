@@ -50,8 +50,12 @@ class CacheStage(Protocol):
               ahead: asyncio.Future[Any] | None = None) -> Exchange | Awaitable[Exchange]: ...
 
     def repeat_hit(self, route: str, client_url: str, asked: Mapping[str, str]) -> Exchange | None:
-        """`serve`'s fresh whole hit for a plain GET of `client_url`, or None (and
-        nothing counted): for a repeat of a request it answered so (gateway.hitlane)."""
+        """`serve`'s fresh hit for a plain GET of `client_url`, or None; not counted: for a
+        repeat of a request it answered so (gateway.hitlane), which counts it with
+        `count_hit` once it answers it."""
+
+    def count_hit(self, route: str) -> None:
+        """A hit answered outside `serve`, counted as `serve` counts one."""
 
 
 class FlagResult(NamedTuple):
@@ -100,6 +104,9 @@ class NoCache:
 
     def repeat_hit(self, route: str, client_url: str, asked: Mapping[str, str]) -> Exchange | None:
         return None
+
+    def count_hit(self, route: str) -> None:
+        raise AssertionError("no cache: repeat_hit answers nothing to count")
 
 
 class NoFlags:

@@ -423,11 +423,11 @@ class ResponseCache:
 
     # ------------------------------------------------------------ answers
     def repeat_hit(self, route: str, client_url: str, asked: Mapping[str, str]) -> Exchange | None:
-        """The answer `serve` gives a plain GET of `client_url` when L1 holds it fresh,
-        with a body and a head serialized whole, counted as `serve` counts it; None, with
-        nothing counted, in every other case and when the URL has a variant with a Vary
-        (what it varies on may be the peer's). For the lane of repeated requests
-        (gateway.hitlane), which writes what relay writes for such a hit."""
+        """The answer `serve` gives a plain GET of `client_url` when L1 holds it fresh with
+        a body; None in every other case and when the URL has a variant with a Vary (what
+        it varies on may be the peer's). Not counted: the lane of repeated requests
+        (gateway.hitlane), which writes what relay writes for such a hit, counts it with
+        `count_hit` once it knows it answers it."""
         p = self.policies.get(route)
         if p is None:
             return None
@@ -445,12 +445,11 @@ class ResponseCache:
         age = stored.age(now)
         if not stored.body or rfc.evaluate(stored.fresh, age, asked) is not rfc.Use.FRESH:
             return None
-        exchange = _plain(p, stored, age, "HIT", rfc.hit_status(stored.fresh.lifetime - age))
-        assert exchange.stored is not None
-        if exchange.stored.raw is None:  # a head aiohttp must still complete (no Date)
-            return None
-        p.count("hit")
-        return exchange
+        return _plain(p, stored, age, "HIT", rfc.hit_status(stored.fresh.lifetime - age))
+
+    def count_hit(self, route: str) -> None:
+        """A hit answered outside `serve` (repeat_hit's), counted as `serve` counts one."""
+        self.policies[route].count("hit")
 
     def _from_entry(self, p: RoutePolicy, entry: Entry, out: Outgoing, age: float | None,
                     x_cache: str, status: str, plain: bool = False) -> Exchange:

@@ -117,26 +117,12 @@ class Compressor:
         entry: Entry | None = exchange.origin  # type: ignore[assignment]
         if entry is not None and stored is not None:
             # A hit: what this kind of request gets was worked out by an earlier one.
-            # Without Accept-Encoding secrets change nothing (identity either way).
-            key = (id(stored), accept, accept is not None and not secrets_allowed and (
-                asked.get(_COOKIE) is not None or asked.get(_AUTHORIZATION) is not None))
+            key = _coded_key(stored, accept, secrets_allowed, asked)
             known = entry.coded_heads.get(key)
             if known is not None:
-                head, body, label = known
-                exchange.stored, exchange.body = head, body
-                if label is None:
-                    return exchange
-                # _served, inlined: this is every coded hit (tests/perf/bench_compression.py)
-                record.encoding = label
-                pair = self._pairs.get(label)
-                if pair is not None and body is not entry.body:
-                    sums = TALLY.sums  # applied by the flush this request schedules anyway
-                    sums[pair[0]] = sums.get(pair[0], 0) + len(entry.body)
-                    sums[pair[1]] = sums.get(pair[1], 0) + len(body)
-                headers = exchange.headers
-                status = headers.get(_CACHE_STATUS)
-                if status is not None:
-                    headers[_CACHE_STATUS] = f"{status}; encoding={label}"
+                label = self._reuse(entry, exchange, known)
+                if label is not None:
+                    record.encoding = label
                 return exchange
             prefs, target = self._negotiate(accept)
             return self._stored(entry, exchange, key, asked, prefs, target, secrets_allowed,
@@ -145,6 +131,51 @@ class Compressor:
         if exchange.status == 304:
             return self._not_modified(exchange, asked, target)
         return self._passing(exchange, asked, prefs, target, secrets_allowed, record)
+
+    def known(self, route: str, accept: str | None, asked: Mapping[str, str],
+              exchange: Exchange) -> tuple[Exchange, str | None] | None:
+        """`shape`'s answer to a GET answered with a plain hit (`exchange`), when it needs no
+        work that an earlier request has not done: the hit as it is (nothing to code or
+        decode), or the hit with the head and body an earlier request of the same kind
+        got; with the coding that went out (None: as stored). None when `shape` would
+        still have something to work out, or when the head it would reuse is not
+        serialized whole. For the lane of repeated requests (gateway.hitlane), which
+        answers such a request without the pipeline; `accept`: the request's
+        Accept-Encoding, which it reads once per request it remembers."""
+        stored = exchange.stored
+        if stored is None:
+            return None
+        if accept is None and stored.fields.get(_CONTENT_ENCODING) is None:
+            return exchange, None  # as `shape`'s first test
+        secrets_allowed = self.routes.get(route)
+        if secrets_allowed is None:
+            return exchange, None
+        entry: Entry | None = exchange.origin  # type: ignore[assignment]
+        known = entry.coded_heads.get(_coded_key(stored, accept, secrets_allowed, asked)) \
+            if entry is not None else None
+        if known is None or known[0].raw is None:  # the latter: aiohttp completes its head
+            return None
+        return exchange, self._reuse(entry, exchange, known)  # type: ignore[arg-type]
+
+    def _reuse(self, entry: Entry, exchange: Exchange,
+               known: tuple[StoredHead, bytes, str | None]) -> str | None:
+        """The hit with the head and body worked out for its kind of request, counted and
+        marked as `_served` does (this is every coded hit: tests/perf/bench_compression.py);
+        the coding that went out."""
+        head, body, label = known
+        exchange.stored, exchange.body = head, body
+        if label is None:
+            return None
+        pair = self._pairs.get(label)
+        if pair is not None and body is not entry.body:
+            sums = TALLY.sums  # applied by the flush this request schedules anyway
+            sums[pair[0]] = sums.get(pair[0], 0) + len(entry.body)
+            sums[pair[1]] = sums.get(pair[1], 0) + len(body)
+        headers = exchange.headers
+        status = headers.get(_CACHE_STATUS)
+        if status is not None:
+            headers[_CACHE_STATUS] = f"{status}; encoding={label}"
+        return label
 
     def _head_only(self, exchange: Exchange, asked: Mapping[str, str], accept: str | None,
                    secrets_allowed: bool, record: AccessRecord
@@ -155,10 +186,9 @@ class Compressor:
         entry: Entry | None = exchange.origin  # type: ignore[assignment]
         prefs, target = self._negotiate(accept)
         if entry is not None and stored is not None:
-            # The key of `shape`'s hits (written out there: it is every coded hit's path),
-            # so a HEAD finds the answer its GET worked out, and the reverse.
-            key = (id(stored), accept, accept is not None and not secrets_allowed and (
-                asked.get(_COOKIE) is not None or asked.get(_AUTHORIZATION) is not None))
+            # The key of `shape`'s hits, so a HEAD finds the answer its GET worked out, and
+            # the reverse.
+            key = _coded_key(stored, accept, secrets_allowed, asked)
             known = entry.coded_heads.get(key)
             if known is None:
                 return self._stored(entry, exchange, key, asked, prefs, target,
@@ -403,6 +433,15 @@ class Compressor:
         status = exchange.headers.get("Cache-Status")
         if status is not None:
             exchange.headers["Cache-Status"] = f"{status}; encoding={label}"
+
+
+def _coded_key(stored: StoredHead, accept: str | None, secrets_allowed: bool,
+               asked: Mapping[str, str]) -> tuple[Any, ...]:
+    """What a stored entry's answer to a request depends on: its head, the request's
+    Accept-Encoding, and whether a secret rules coding out (without Accept-Encoding secrets
+    change nothing: identity either way)."""
+    return (id(stored), accept, accept is not None and not secrets_allowed and (
+        asked.get(_COOKIE) is not None or asked.get(_AUTHORIZATION) is not None))
 
 
 class Plan:

@@ -9,6 +9,7 @@ listener's connections call), never by the answer itself: that must be the same.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import re
 import time
@@ -302,6 +303,117 @@ async def test_a_new_entry_the_lane_cannot_write_is_counted_once(
         conn[1].close()
     finally:
         server.close()
+
+
+# ---------------------------------------------------------------- a compressing route
+
+DOCUMENT = b"".join(b'{"item": %d, "name": "a repeated document"}\n' % i for i in range(80))
+
+
+async def document(request: web.Request) -> web.StreamResponse:
+    return web.Response(body=DOCUMENT, headers={"Cache-Control": "max-age=60",
+                                                "Content-Type": "application/json"})
+
+
+def compressing(upstream_url: str) -> dict[str, Any]:
+    config = lane_config(upstream_url)
+    config["compression"] = {"encodings": ["br", "gzip"], "min_size": "256B"}
+    return config
+
+
+def coded_hits(lines: list[str]) -> tuple[float, float]:
+    """(cache hits, gzip bytes out) on the lane route from metric_lines and /metrics."""
+    hits = sum(float(line.rsplit(" ", 1)[1]) for line in lines
+               if line.startswith("gateway_cache_lookups_total") and 'result="hit"' in line)
+    out = sum(float(line.rsplit(" ", 1)[1]) for line in lines
+              if line.startswith("gateway_compression_bytes_total")
+              and 'encoding="gzip"' in line and 'stage="out"' in line)
+    return hits, out
+
+
+async def lines_of(gw: InProcessGateway) -> list[str]:
+    async with client_session() as s, s.get(f"{gw.admin_url}/metrics") as r:
+        text = await r.text()
+    return [line for line in text.splitlines() if not line.startswith("#") and (
+        'route="lane"' in line or line.startswith("gateway_compression_bytes_total"))]
+
+
+async def ask_counted(gw: InProcessGateway, conn: Conn, sent: bytes
+                      ) -> tuple[bytes, tuple[float, float]]:
+    """One answer, and coded_hits once it is in."""
+    answer = await ask(conn, sent)
+    return answer, coded_hits(await lines_of(gw))
+
+
+@pytest.mark.parametrize("accept", [b"gzip, br;q=0.5", None], ids=["gzip", "identity"])
+async def test_a_compressing_route_repeats_what_its_stage_worked_out(
+        gateway_factory: Callable[..., Any], upstream: Upstream, tmp_path: Path,
+        accept: bytes | None) -> None:
+    upstream.on("/lane/a", document)
+    gw, counted = await started(gateway_factory, upstream, compressing(upstream.url))
+    log = logged_to(gw, tmp_path / "access.log")
+    sent = GET if accept is None else GET.replace(
+        b"\r\n\r\n", b"\r\nAccept-Encoding: " + accept + b"\r\n\r\n")
+    conn = await connect(gw)
+    await ask(conn, sent)
+    await ask(conn, sent)
+    metrics_0 = coded_hits(await lines_of(gw))
+    by_pipeline, metrics_1 = await ask_counted(gw, conn, sent)
+    assert counted.answered == 0
+    by_lane, metrics_2 = await ask_counted(gw, conn, sent)
+    assert counted.answered == 1
+
+    assert normalised(by_lane) == normalised(by_pipeline)
+    if accept is None:
+        assert field(by_lane, "Content-Encoding") is None
+        assert by_lane.endswith(DOCUMENT)
+    else:
+        assert field(by_lane, "Content-Encoding") == "gzip"
+        assert "encoding=gzip" in (field(by_lane, "Cache-Status") or "")
+        assert gzip.decompress(by_lane.split(b"\r\n\r\n", 1)[1]) == DOCUMENT
+    # A hit counted, and the coded bytes, as the pipeline counts them for its hit.
+    assert metrics_2[0] - metrics_1[0] == metrics_1[0] - metrics_0[0] == 1
+    assert metrics_2[1] - metrics_1[1] == metrics_1[1] - metrics_0[1]
+    assert (metrics_2[1] > metrics_1[1]) == (accept is not None)
+    assert upstream.count("/lane/a") == 1
+
+    await asyncio.sleep(0.05)  # the log is written once per loop turn
+    pipeline_line, lane_line = log_lines(log)[2:4]
+    for line in (pipeline_line, lane_line):
+        del line["request_id"], line["duration"], line["time"]
+    assert lane_line == pipeline_line
+    assert lane_line.get("encoding") == (None if accept is None else "gzip")
+    conn[1].close()
+
+
+async def test_a_coding_not_worked_out_for_a_new_entry_goes_down_the_usual_path(
+        gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
+    # A purge, then the new entry fetched by a request of another kind (no
+    # Accept-Encoding): the remembered gzip request finds no gzip answer worked out for
+    # it; the pipeline works it out (one hit counted, not two), then the lane repeats it.
+    upstream.on("/lane/a", document)
+    gw, counted = await started(gateway_factory, upstream, compressing(upstream.url))
+    sent = GET.replace(b"\r\n\r\n", b"\r\nAccept-Encoding: gzip\r\n\r\n")
+    conn = await connect(gw)
+    await warmed(conn, sent)
+    by_lane = await ask(conn, sent)
+    assert counted.answered == 1
+    async with client_session() as s:
+        async with s.post(f"{gw.admin_url}/admin/cache/purge", json={"all": True}) as r:
+            assert r.status == 200, await r.text()
+        other = await connect(gw)
+        assert field(await ask(other), "X-Cache") == "MISS"  # stored, identity
+        other[1].close()
+    before = coded_hits(await lines_of(gw))
+    worked_out, middle = await ask_counted(gw, conn, sent)
+    assert counted.answered == 1
+    again, after = await ask_counted(gw, conn, sent)
+    assert counted.answered == 2
+    for answer in (worked_out, again):
+        assert normalised(answer) == normalised(by_lane)
+    assert middle[0] - before[0] == after[0] - middle[0] == 1
+    assert middle[1] - before[1] == after[1] - middle[1] > 0
+    conn[1].close()
 
 
 @pytest.mark.parametrize("route", [
