@@ -73,8 +73,7 @@ class Seen:
     route: str
     client_url: str  # what the cache keys on
     asked: CIMultiDictProxy[str]  # the request's fields as the stages read them
-    compresses: bool  # whether the route compresses (under `runtime`)
-    accept: str | None  # the request's Accept-Encoding, read every time if it does
+    accept: str | None  # its Accept-Encoding, read on every repeat if the route compresses
     request_id: str | None  # the client's own, when it sent a usable one
     path: str  # the normalised target's path, for the log
     upstream: str | None
@@ -132,11 +131,13 @@ class HitLane:
             return False
         encoding = None
         compressor = rt.compressor
-        # Compressor.known's own first test, without its call, for the usual client that
-        # sends no Accept-Encoding: an entry not coded upstream goes out as it is.
-        if seen.compresses and compressor is not None and exchange.stored is not None and (
-                seen.accept is not None or
-                exchange.stored.fields.get(CONTENT_ENCODING) is not None):
+        stored = exchange.stored
+        # On a route that compresses, an entry not coded upstream goes out as it is to the
+        # usual client, which sends no Accept-Encoding (Compressor.shape's first test);
+        # else the compression stage's answer, if it has worked one out.
+        if compressor is not None and seen.route in compressor.routes and stored is not None \
+                and (seen.accept is not None
+                     or stored.fields.get(CONTENT_ENCODING) is not None):
             shaped = compressor.known(seen.route, seen.accept, seen.asked, exchange)
             if shaped is None:  # coding work left: the pipeline's
                 return False

@@ -424,11 +424,9 @@ class Pipeline:
                 or request.body_exists:
             return
         sent_id = request.headers.get("X-Request-Id")
-        route = record.route or ""
         self.lane.remember(data, Seen(
-            runtime=rt, scheme=request.scheme, route=route, client_url=client_url,
+            runtime=rt, scheme=request.scheme, route=record.route or "", client_url=client_url,
             asked=headers, accept=headers.get("Accept-Encoding"),
-            compresses=rt.compressor is not None and route in rt.compressor.routes,
             request_id=sent_id if sent_id == record.request_id else None,
             path=record.path, upstream=record.upstream, ratelimit=record.ratelimit))
 

@@ -134,28 +134,23 @@ class Compressor:
 
     def known(self, route: str, accept: str | None, asked: Mapping[str, str],
               exchange: Exchange) -> tuple[Exchange, str | None] | None:
-        """`shape`'s answer to a GET answered with a plain hit (`exchange`), when it needs no
-        work that an earlier request has not done: the hit as it is (nothing to code or
-        decode), or the hit with the head and body an earlier request of the same kind
-        got; with the coding that went out (None: as stored). None when `shape` would
-        still have something to work out, or when the head it would reuse is not
-        serialized whole. For the lane of repeated requests (gateway.hitlane), which
-        answers such a request without the pipeline; `accept`: the request's
-        Accept-Encoding, which it reads once per request it remembers."""
+        """`shape`'s answer to a GET on a route that compresses, answered with a plain hit
+        (`exchange`), for a request that sent Accept-Encoding or an entry coded upstream
+        (without either `shape` leaves the hit as it is, which the caller tells itself):
+        the hit with the head and body an earlier request of the same kind got, and the
+        coding that went out (None: as stored). None when `shape` would still have that
+        to work out, or when the head it would reuse is not serialized whole. For the lane
+        of repeated requests (gateway.hitlane), which answers such a request without the
+        pipeline; `accept`: the request's Accept-Encoding, which it reads once per request
+        it remembers."""
         stored = exchange.stored
-        if stored is None:
-            return None
-        if accept is None and stored.fields.get(_CONTENT_ENCODING) is None:
-            return exchange, None  # as `shape`'s first test
-        secrets_allowed = self.routes.get(route)
-        if secrets_allowed is None:
-            return exchange, None
         entry: Entry | None = exchange.origin  # type: ignore[assignment]
-        known = entry.coded_heads.get(_coded_key(stored, accept, secrets_allowed, asked)) \
-            if entry is not None else None
+        if stored is None or entry is None:
+            return None
+        known = entry.coded_heads.get(_coded_key(stored, accept, self.routes[route], asked))
         if known is None or known[0].raw is None:  # the latter: aiohttp completes its head
             return None
-        return exchange, self._reuse(entry, exchange, known)  # type: ignore[arg-type]
+        return exchange, self._reuse(entry, exchange, known)
 
     def _reuse(self, entry: Entry, exchange: Exchange,
                known: tuple[StoredHead, bytes, str | None]) -> str | None:

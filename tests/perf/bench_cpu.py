@@ -31,8 +31,8 @@ rate-limit store is a private redis-server on the load core, or the in-process s
 Targets (printed MET / NOT MET): bare >= 1.3x the naive proxy's rps and the access log
 <= 30k instructions; full >= 1.0x naive's rps and <= its instructions; added p50 at c=1 bare
 <= 0.25 ms, full <= 0.45 ms. The full route's figures on the in-process store are held to the
-same numbers as a goal, printed as such: the issue's full route has its limits in Redis. The exit status is 0 either way: on a shared machine a
-benchmark informs, it does not gate.
+same numbers as a goal, printed as such: the issue's full route has its limits in Redis. The
+exit status is 0 either way: on a shared machine a benchmark informs, it does not gate.
 """
 
 from __future__ import annotations
