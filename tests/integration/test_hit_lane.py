@@ -138,6 +138,12 @@ async def metric_lines(gateway: InProcessGateway, route: str) -> list[str]:
                   and ("_total" in line or "_count" in line))
 
 
+def cache_hits(lines: list[str]) -> float:
+    """The cache's hits counted in metric lines (metric_lines')."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines
+               if line.startswith("gateway_cache_lookups_total") and 'result="hit"' in line)
+
+
 def logged_to(gateway: InProcessGateway, path: Path) -> Path:
     """The gateway's access log, to a file of the test's."""
     gateway.process.pipeline.access_log = AccessLog(os.open(path, os.O_WRONLY | os.O_CREAT))
@@ -293,13 +299,7 @@ async def test_a_new_entry_the_lane_cannot_write_is_counted_once(
             assert field(await ask(conn), "X-Cache") == "HIT"
         after = await metric_lines(gw, "lane")
         assert counted.answered == 1
-
-        def hits(lines: list[str]) -> float:
-            return sum(float(line.rsplit(" ", 1)[1]) for line in lines
-                       if line.startswith("gateway_cache_lookups_total")
-                       and 'result="hit"' in line)
-
-        assert hits(after) - hits(before) == 3
+        assert cache_hits(after) - cache_hits(before) == 3
         conn[1].close()
     finally:
         server.close()
@@ -322,13 +322,11 @@ def compressing(upstream_url: str) -> dict[str, Any]:
 
 
 def coded_hits(lines: list[str]) -> tuple[float, float]:
-    """(cache hits, gzip bytes out) on the lane route from metric_lines and /metrics."""
-    hits = sum(float(line.rsplit(" ", 1)[1]) for line in lines
-               if line.startswith("gateway_cache_lookups_total") and 'result="hit"' in line)
+    """(cache hits, gzip bytes out) from lines_of's lines."""
     out = sum(float(line.rsplit(" ", 1)[1]) for line in lines
               if line.startswith("gateway_compression_bytes_total")
               and 'encoding="gzip"' in line and 'stage="out"' in line)
-    return hits, out
+    return cache_hits(lines), out
 
 
 async def lines_of(gw: InProcessGateway) -> list[str]:
