@@ -29,10 +29,68 @@ REPO = Path(__file__).resolve().parent.parent
 SPEC_DIR = REPO.parent / "shared" / "spec"
 
 
+class _PortBlock:
+    """Ports for this process's servers, from a block no other test process uses.
+
+    A port the kernel hands out for port 0 lies in its ephemeral range, which it also hands
+    to every client connection's local end and to every other process asking for port 0: two
+    suites run side by side (CI runs two) or a test's own clients could take it between the
+    moment it is chosen and the moment our server binds it. The blocks lie below the
+    ephemeral range, which the kernel never hands out by itself, and a process owns its block
+    through a lock the kernel drops when the process ends, however it ends. Within its blocks
+    a process takes the ports in turn, skipping any still bound (a server that kept it) or
+    lingering, and claims one more block when none is free."""
+
+    SIZE = 500
+    LOWEST = 10_000
+
+    def __init__(self) -> None:
+        self.locks: list[int] = []
+        self.ports: list[int] = []
+        self.next = 0
+
+    def take(self) -> int:
+        for _ in range(len(self.ports)):
+            port = self.ports[self.next]
+            self.next = (self.next + 1) % len(self.ports)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:  # bound, or lingering in TIME_WAIT: the next one
+                    continue
+            return port
+        self.next = len(self.ports)
+        self.ports.extend(self._claim())  # none yet, or all busy: one more block
+        return self.take()
+
+    def _claim(self) -> range:
+        import fcntl
+
+        try:
+            with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+                ephemeral = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            ephemeral = 32_768
+        directory = Path(tempfile.gettempdir()) / "gateway-test-ports"
+        directory.mkdir(exist_ok=True)
+        for start in range(self.LOWEST, ephemeral - self.SIZE + 1, self.SIZE):
+            fd = os.open(directory / str(start), os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # another process's, or already ours
+                os.close(fd)
+                continue
+            self.locks.append(fd)
+            return range(start, start + self.SIZE)
+        raise RuntimeError(f"every block of test ports below {ephemeral} is taken "
+                           f"(locks in {directory})")
+
+
+_ports = _PortBlock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return _ports.take()
 
 
 class ExitedBeforeListening(RuntimeError):
