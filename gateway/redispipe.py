@@ -112,13 +112,17 @@ class Pipe:
         self._sent: deque[Sent] = deque()
         self._conn: Any = None
         self._writer: asyncio.StreamWriter | None = None
+        # The loop the connection lives on, kept with it: on Python 3.11 every
+        # get_running_loop() is a getpid system call, and submit runs once per request.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._reloading: set[bytes] = set()  # SCRIPT LOADs on the wire, not yet answered
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, command: Command) -> asyncio.Future[Any]:
         """The future of `command`'s reply; RedisUnavailable if Redis cannot answer it."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop if self._writer is not None else asyncio.get_running_loop()
+        assert loop is not None
         future: asyncio.Future[Any] = loop.create_future()
         if not self._waiting:
             loop.call_soon(self._flush)
@@ -143,8 +147,8 @@ class Pipe:
             self._spawn(self._connect())
 
     def _write(self, batch: Batch) -> None:
-        assert self._writer is not None
-        loop = asyncio.get_running_loop()
+        assert self._writer is not None and self._loop is not None
+        loop = self._loop
         deadline = loop.time() + self.timeout
         sent = self._sent
         for command, future in batch:
@@ -173,6 +177,7 @@ class Pipe:
             async with asyncio.timeout(self.timeout):
                 conn = await checkout(pool)
             self._writer = take_over(conn, _Replies(self, conn))
+            self._loop = asyncio.get_running_loop()
         except BaseException as exc:
             self._connect_failed(exc)
             if conn is not None:

@@ -183,6 +183,10 @@ class H1Pool:
         self.busy = 0  # connections lent out or being opened
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
+        # The loop its requests run on, as last seen: on Python 3.11 get_running_loop() and
+        # current_task() without a loop each make a getpid system call (their fork check),
+        # two per request that asking current_task(loop) spares.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ connections
     def _idle(self) -> Connection | None:
@@ -272,7 +276,12 @@ class H1Pool:
         transparent proxy); framing fields are set here from what `body` is. `added`:
         further fields, already serialized (CRLF after each), sent after `headers`.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        task = asyncio.current_task(loop) if loop is not None else None
+        if loop is None or task is None:  # the first request, or on another loop (tests)
+            loop = self._loop = asyncio.get_running_loop()
+            task = asyncio.current_task(loop)
+            assert task is not None
         deadline = loop.time() + self.upstream.timeout
         chunked = False
         first = next(iter(headers), "")
@@ -294,8 +303,6 @@ class H1Pool:
         if added:
             head = with_fields(head, added)
         retry = method in _IDEMPOTENT and not isinstance(body, StreamedBody)
-        task = asyncio.current_task()
-        assert task is not None
         expiry = _Expiry(task)
         timer = loop.call_at(deadline, expiry.fire)
         try:
