@@ -19,9 +19,12 @@ What the answer depends on, and why a remembered one stays right:
   them (the normalised target, the route, the refusals of gateway.hygiene, the key) holds;
 - the configuration: a reload forgets everything (GatewayProcess._swap), and a request
   remembered under another runtime than the one serving is dropped when met;
-- the cache: looked up anew every time, so a purge, an expiry, a new variant or an entry
-  that varies on something (a Vary may name a field made from the peer) sends the request
-  down the usual path;
+- the cache: looked up anew every time, so a purge, an expiry or a new variant sends the
+  request down the usual path. A variant's Vary is compared with what the upstream would
+  have got for the first of these bytes (the fields the pipeline built then), which a
+  repeat's would equal but for the fields made from the peer (X-Forwarded-For, identity
+  fields kept only from a trusted proxy, the request id...): a Vary naming one of those
+  sends the request down the usual path;
 - the coding: on a route that compresses, the answer is the one the compression stage
   worked out for an earlier request of the same kind (the entry's head, Accept-Encoding,
   a secret), reused as the stage reuses it (Compressor.known); when it has none yet, the
@@ -47,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from multidict import CIMultiDictProxy, istr
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway.accesslog import AccessRecord
 from gateway.context import client_address, remember
@@ -73,6 +76,8 @@ class Seen:
     route: str
     client_url: str  # what the cache keys on
     asked: CIMultiDictProxy[str]  # the request's fields as the stages read them
+    # What the upstream would have got, if the cache built it to compare a Vary with.
+    sent: CIMultiDict[str] | None
     accept: str | None  # its Accept-Encoding, read on every repeat if the route compresses
     request_id: str | None  # the client's own, when it sent a usable one
     path: str  # the normalised target's path, for the log
@@ -126,7 +131,8 @@ class HitLane:
         if scheme != seen.scheme:
             return False
         started = time.perf_counter()
-        exchange = rt.cache.repeat_hit(seen.route, seen.client_url, seen.asked)
+        exchange = rt.cache.repeat_hit(seen.route, seen.client_url, seen.asked, seen.sent,
+                                       rt.peer_made)
         if exchange is None:
             return False
         encoding = None

@@ -119,10 +119,17 @@ class Runtime:
     # saves a coroutine (and the cache's fetch closure) per request on a bare route.
     limited: bool = field(init=False)
     cached: bool = field(init=False)
+    # The fields of a request to the upstream made from the peer, lower case: the same
+    # request bytes from another peer differ in them (what a repeat must not vary on).
+    peer_made: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.limited = not isinstance(self.limiter, NoLimits)
         self.cached = not isinstance(self.cache, NoCache)
+        self.peer_made = frozenset({
+            *(name.lower() for name in self.identity),  # dropped unless the peer is trusted
+            self.config.context.client_ip.header.lower(), "x-forwarded-proto",
+            "x-forwarded-host", "x-request-id"})
 
     @classmethod
     def build(cls, config: Config, upstreams: UpstreamPool, **stages: object) -> Runtime:
@@ -399,7 +406,8 @@ class Pipeline:
                 and (data := repeated_bytes(request)) is not None and self.lane.again(data) \
                 and data not in self.lane.seen:  # else remembered already (its entry had
             # left L1 and came back from L2): what it would make anew is the same
-            self._remember(rt, request, exchange, record, client_url, headers, data)
+            self._remember(rt, request, exchange, record, client_url, headers, out.built,
+                           data)
         try:
             return await relay(request, exchange, response_headers)
         except UpstreamError as exc:
@@ -411,12 +419,13 @@ class Pipeline:
 
     def _remember(self, rt: Runtime, request: web.BaseRequest, exchange: Exchange,
                   record: AccessRecord, client_url: str, headers: CIMultiDictProxy[str],
-                  data: bytes) -> None:
+                  sent: CIMultiDict[str] | None, data: bytes) -> None:
         """Hand a hit to the lane (gateway.hitlane) if it is one the lane can repeat: a
         plain GET answered whole from a serialized stored head, as relay writes it. The
         caller has checked that no stage but the cache had a part in the answer, and that
         the request's bytes (`data`) came alone, on a connection between messages, and
-        came before."""
+        came before. `sent`: what the upstream would have got, if the cache built it to
+        compare a Vary."""
         stored, body = exchange.stored, exchange.body
         if stored is None or stored.raw is None or not isinstance(body, bytes) or not body \
                 or exchange.status in BODILESS_STATUSES or request.method != "GET" \
@@ -426,7 +435,7 @@ class Pipeline:
         sent_id = request.headers.get("X-Request-Id")
         self.lane.remember(data, Seen(
             runtime=rt, scheme=request.scheme, route=record.route or "", client_url=client_url,
-            asked=headers, accept=headers.get("Accept-Encoding"),
+            asked=headers, sent=sent, accept=headers.get("Accept-Encoding"),
             request_id=sent_id if sent_id == record.request_id else None,
             path=record.path, upstream=record.upstream, ratelimit=record.ratelimit))
 

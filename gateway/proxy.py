@@ -184,6 +184,11 @@ class Outgoing:
             self._added = None
         return headers
 
+    @property
+    def built(self) -> CIMultiDict[str] | None:
+        """`headers` if somebody asked for them (the cache, to compare a Vary), else None."""
+        return self._headers
+
     def wire(self) -> tuple[CIMultiDict[str], bytes]:
         """The header section to send, and serialized fields to send after it."""
         added = self._added

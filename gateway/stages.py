@@ -8,7 +8,7 @@ pass-through implementation used when a config has nothing for that stage.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from typing import Any, NamedTuple, Protocol
 
 from aiohttp import web
@@ -49,10 +49,15 @@ class CacheStage(Protocol):
     def serve(self, route: Route, out: Outgoing, fetch: Fetch,
               ahead: asyncio.Future[Any] | None = None) -> Exchange | Awaitable[Exchange]: ...
 
-    def repeat_hit(self, route: str, client_url: str, asked: Mapping[str, str]) -> Exchange | None:
+    def repeat_hit(self, route: str, client_url: str, asked: Mapping[str, str],
+                   sent: Mapping[str, str] | None = None,
+                   peer_made: Container[str] = ()) -> Exchange | None:
         """`serve`'s fresh hit for a plain GET of `client_url`, or None; not counted: for a
         repeat of a request it answered so (gateway.hitlane), which counts it with
-        `count_hit` once it answers it."""
+        `count_hit` once it answers it. `sent`: what the upstream would have got for it,
+        for a variant's Vary to be compared with, unless the Vary names a field in
+        `peer_made` (lower case; one made from the peer); None: no variant with a Vary
+        is answered."""
 
     def count_hit(self, route: str) -> None:
         """A hit answered outside `serve`, counted as `serve` counts one."""
@@ -102,7 +107,9 @@ class NoCache:
               ahead: asyncio.Future[Any] | None = None) -> Exchange | Awaitable[Exchange]:
         return fetch(out)
 
-    def repeat_hit(self, route: str, client_url: str, asked: Mapping[str, str]) -> Exchange | None:
+    def repeat_hit(self, route: str, client_url: str, asked: Mapping[str, str],
+                   sent: Mapping[str, str] | None = None,
+                   peer_made: Container[str] = ()) -> Exchange | None:
         return None
 
     def count_hit(self, route: str) -> None:

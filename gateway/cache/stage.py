@@ -15,7 +15,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Container,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -422,12 +430,16 @@ class ResponseCache:
         svc.spawn(refresh())
 
     # ------------------------------------------------------------ answers
-    def repeat_hit(self, route: str, client_url: str, asked: Mapping[str, str]) -> Exchange | None:
+    def repeat_hit(self, route: str, client_url: str, asked: Mapping[str, str],
+                   sent: Mapping[str, str] | None = None,
+                   peer_made: Container[str] = ()) -> Exchange | None:
         """The answer `serve` gives a plain GET of `client_url` when L1 holds it fresh with
-        a body; None in every other case and when the URL has a variant with a Vary (what
-        it varies on may be the peer's). Not counted: the lane of repeated requests
-        (gateway.hitlane), which writes what relay writes for such a hit, counts it with
-        `count_hit` once it knows it answers it."""
+        a body; None in every other case. A variant's Vary is compared with `sent`, what
+        the upstream would have got for the request: None, or a Vary that names a field
+        made from the peer (`peer_made`, lower case: the same bytes from another peer
+        would be another variant), answers None. Not counted: the lane of repeated
+        requests (gateway.hitlane), which writes what relay writes for such a hit, counts
+        it with `count_hit` once it knows it answers it."""
         p = self.policies.get(route)
         if p is None:
             return None
@@ -437,7 +449,8 @@ class ResponseCache:
             return None
         now = time.time()
         try:
-            stored = svc.lookup_memory(key, _no_vary, now)
+            stored = svc.lookup_memory(
+                key, _no_vary if sent is None else _PeerFree(sent, peer_made).itself, now)
         except _Varies:
             return None
         if stored is None:
@@ -494,6 +507,35 @@ class _Varies(Exception):
 
 def _no_vary() -> CIMultiDict[str]:
     raise _Varies
+
+
+class _PeerFree(Mapping[str, str]):
+    """A request's fields as the Vary of a stored variant reads them (field_values calls
+    `getall`), refusing those made from the peer."""
+
+    __slots__ = ("_fields", "_peer_made")
+
+    def __init__(self, fields: Mapping[str, str], peer_made: Container[str]) -> None:
+        self._fields, self._peer_made = fields, peer_made
+
+    def itself(self) -> _PeerFree:
+        return self
+
+    def getall(self, name: str, default: Sequence[str]) -> Sequence[str]:
+        if name.lower() in self._peer_made:
+            raise _Varies
+        return field_values(self._fields, name) or default
+
+    def __getitem__(self, name: str) -> str:
+        if name.lower() in self._peer_made:
+            raise _Varies
+        return self._fields[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
 
 
 def _plain(p: RoutePolicy, entry: Entry, age: float, x_cache: str, status: str) -> Exchange:

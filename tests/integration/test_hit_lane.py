@@ -479,19 +479,52 @@ async def test_requests_other_than_a_plain_bodiless_get_are_never_repeated(
     assert {a.split(b" ", 2)[1] for a in answers} == {b"206" if b"Range" in data else b"200"}
 
 
-async def test_a_url_whose_answer_varies_is_not_repeated(
+async def test_a_variant_is_repeated_as_the_pipeline_picks_it(
         gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
-    # What the cache matches a Vary against is what the upstream would get, which holds
-    # fields made from the peer (X-Forwarded-For): the same bytes from another address
-    # are another variant, which the lane must not answer with this one.
-    upstream.on("/lane/a", counting(Vary="X-Forwarded-For"))
+    # A Vary on a field the client sends as it is: the same bytes pick the same variant,
+    # whichever peer sends them; other bytes are other requests (noted, then remembered).
+    upstream.on("/lane/a", counting(Vary="Accept-Encoding, Accept-Language"))
     gw, counted = await started(gateway_factory, upstream)
     conn = await connect(gw)
-    answers = [await ask(conn) for _ in range(3)]
+    english = GET.replace(b"\r\n\r\n", b"\r\nAccept-Language: en\r\n\r\n")
+    by_pipeline = await warmed(conn, english)
+    assert counted.answered == 0
+    by_lane = await ask(conn, english)
+    assert counted.answered == 1
+    assert normalised(by_lane) == normalised(by_pipeline) and by_lane.endswith(b"payload-1")
+    other = await asyncio.open_connection("127.0.0.1", gw.config.listen.port,
+                                          local_addr=("127.0.0.2", 0))
+    assert (await ask(other, english)).endswith(b"payload-1") and counted.answered == 2
+
+    german = GET.replace(b"\r\n\r\n", b"\r\naccept-language:  de\r\n\r\n")
+    answers = [await ask(conn, german) for _ in range(4)]
+    assert [field(a, "X-Cache") for a in answers] == ["MISS", "HIT", "HIT", "HIT"]
+    assert {a[-9:] for a in answers} == {b"payload-2"} and counted.answered == 3
+    # The URL's newer variant is not the English one's: the lane picks as the cache does.
+    assert (await ask(conn, english)).endswith(b"payload-1") and counted.answered == 4
+    assert upstream.count("/lane/a") == 2
+    conn[1].close()
+    other[1].close()
+
+
+@pytest.mark.parametrize("vary", ["X-Forwarded-For", "X-User-Id"])
+async def test_a_url_whose_answer_varies_on_the_peer_is_not_repeated(
+        gateway_factory: Callable[..., Any], upstream: Upstream, vary: str) -> None:
+    # What the cache matches a Vary against is what the upstream would get, which holds
+    # fields made from the peer: its address (X-Forwarded-For), and identity fields, kept
+    # only from a trusted proxy. The same bytes from another address are another variant,
+    # which the lane must not answer with this one.
+    upstream.on("/lane/a", counting(Vary=vary))
+    config = lane_config(upstream.url)
+    config["context"]["trusted_proxies"] = ["127.0.0.1/32"]
+    gw, counted = await started(gateway_factory, upstream, config)
+    sent = GET.replace(b"\r\n\r\n", b"\r\nX-User-Id: u1\r\n\r\n")
+    conn = await connect(gw)
+    answers = [await ask(conn, sent) for _ in range(3)]
     assert [field(a, "X-Cache") for a in answers] == ["MISS", "HIT", "HIT"]
     other = await asyncio.open_connection("127.0.0.1", gw.config.listen.port,
                                           local_addr=("127.0.0.2", 0))
-    answer = await ask(other)
+    answer = await ask(other, sent)
     assert field(answer, "X-Cache") == "MISS" and answer.endswith(b"payload-2")
     assert counted.answered == 0
     conn[1].close()
