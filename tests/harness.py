@@ -59,11 +59,16 @@ class _PortBlock:
                 except OSError:  # bound, or lingering in TIME_WAIT: the next one
                     continue
             return port
+        block = self._claim()  # none yet, or all busy: one more block
+        if block is None:  # an ephemeral range that starts too low to leave room below it
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return int(s.getsockname()[1])
         self.next = len(self.ports)
-        self.ports.extend(self._claim())  # none yet, or all busy: one more block
+        self.ports.extend(block)
         return self.take()
 
-    def _claim(self) -> range:
+    def _claim(self) -> range | None:
         import fcntl
 
         try:
@@ -71,9 +76,12 @@ class _PortBlock:
                 ephemeral = int(f.read().split()[0])
         except (OSError, ValueError, IndexError):
             ephemeral = 32_768
+        starts = range(self.LOWEST, ephemeral - self.SIZE + 1, self.SIZE)
+        if not starts:
+            return None
         directory = Path(tempfile.gettempdir()) / "gateway-test-ports"
         directory.mkdir(exist_ok=True)
-        for start in range(self.LOWEST, ephemeral - self.SIZE + 1, self.SIZE):
+        for start in starts:
             fd = os.open(directory / str(start), os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -449,8 +449,8 @@ class ResponseCache:
             return None
         now = time.time()
         try:
-            stored = svc.lookup_memory(
-                key, _no_vary if sent is None else _PeerFree(sent, peer_made).itself, now)
+            stored = svc.lookup_memory(key, _no_vary if sent is None else (
+                lambda: _PeerFree(sent, peer_made)), now)
         except _Varies:
             return None
         if stored is None:
@@ -517,9 +517,6 @@ class _PeerFree(Mapping[str, str]):
 
     def __init__(self, fields: Mapping[str, str], peer_made: Container[str]) -> None:
         self._fields, self._peer_made = fields, peer_made
-
-    def itself(self) -> _PeerFree:
-        return self
 
     def getall(self, name: str, default: Sequence[str]) -> Sequence[str]:
         if name.lower() in self._peer_made:
