@@ -31,7 +31,8 @@ What the answer depends on, and why a remembered one stays right:
   request goes down the usual path, which works it out;
 - the peer: the access log's client address is worked out again for each request. Routes
   whose answer depends on more (rate limits, flags, an experiment metric counted on the
-  route) are never remembered, nor are HEAD, bodies, upgrades, Expect, HTTP/1.0 or
+  route) are never remembered, nor are methods but GET and HEAD (answered with a GET's
+  head alone, as relay answers it), bodies, upgrades, Expect, HTTP/1.0 or
   Connection: close;
 - the connection: only a whole head alone in one read, while aiohttp waits for a request
   with nothing queued, closing or left unwritten (else the usual path, which waits for the
@@ -72,6 +73,7 @@ class Seen:
     instructions per field, and nothing assigns to a Seen once made.)"""
 
     runtime: Runtime
+    method: str  # GET, or HEAD: the head alone
     scheme: str  # the connection's: part of the cache key
     route: str
     client_url: str  # what the cache keys on
@@ -144,6 +146,8 @@ class HitLane:
         if compressor is not None and seen.route in compressor.routes and stored is not None \
                 and (seen.accept is not None
                      or stored.fields.get(CONTENT_ENCODING) is not None):
+            if seen.method != "GET":  # a HEAD's is the stage's own (no bytes coded, counted)
+                return False
             shaped = compressor.known(seen.route, seen.accept, seen.asked, exchange)
             if shaped is None:  # coding work left: the pipeline's
                 return False
@@ -154,14 +158,16 @@ class HitLane:
         rt.cache.count_hit(seen.route)
         request_id = seen.request_id or self.new_request_id()
         head = stored_head(exchange, stored.raw, (("X-Request-Id", request_id),))
-        write(head + body)
+        method = seen.method
+        sent = head + body if method == "GET" else head  # a HEAD: a GET's head (relay's)
+        write(sent)
         exchange.release()
         duration = time.perf_counter() - started
         TALLY.started()  # in flight for no time at all: nothing was awaited
-        TALLY.finished(seen.route, "GET", str(exchange.status), duration)
+        TALLY.finished(seen.route, method, str(exchange.status), duration)
         log = pipeline.access_log
         if log is not None:
-            record = AccessRecord(request_id, "GET", seen.path,
+            record = AccessRecord(request_id, method, seen.path,
                                   client_address(rt.config.context, peer, seen.asked)[0])
             record.route = seen.route
             record.upstream = seen.upstream
@@ -169,7 +175,7 @@ class HitLane:
             record.cache = exchange.cache_status
             record.encoding = encoding
             record.status = exchange.status
-            record.bytes = len(head) + len(body)  # as aiohttp's writer counts (head and body)
+            record.bytes = len(sent)  # as aiohttp's writer counts (head and body)
             record.duration = duration
             log.write(record)
         return True

@@ -421,20 +421,22 @@ class Pipeline:
                   record: AccessRecord, client_url: str, headers: CIMultiDictProxy[str],
                   sent: CIMultiDict[str] | None, data: bytes) -> None:
         """Hand a hit to the lane (gateway.hitlane) if it is one the lane can repeat: a
-        plain GET answered whole from a serialized stored head, as relay writes it. The
+        plain GET or HEAD answered whole from a serialized stored head, as relay writes it. The
         caller has checked that no stage but the cache had a part in the answer, and that
         the request's bytes (`data`) came alone, on a connection between messages, and
         came before. `sent`: what the upstream would have got, if the cache built it to
         compare a Vary."""
         stored, body = exchange.stored, exchange.body
+        method = request.method
         if stored is None or stored.raw is None or not isinstance(body, bytes) or not body \
-                or exchange.status in BODILESS_STATUSES or request.method != "GET" \
+                or exchange.status in BODILESS_STATUSES or method not in ("GET", "HEAD") \
                 or request.version != HttpVersion11 or not request.keep_alive \
                 or request.body_exists:
             return
         sent_id = request.headers.get("X-Request-Id")
         self.lane.remember(data, Seen(
-            runtime=rt, scheme=request.scheme, route=record.route or "", client_url=client_url,
+            runtime=rt, method=method, scheme=request.scheme, route=record.route or "",
+            client_url=client_url,
             asked=headers, sent=sent, accept=headers.get("Accept-Encoding"),
             request_id=sent_id if sent_id == record.request_id else None,
             path=record.path, upstream=record.upstream, ratelimit=record.ratelimit))

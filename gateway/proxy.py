@@ -380,12 +380,16 @@ BODILESS_STATUSES = frozenset({204, 304})
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 
+_GET_HEAD = ("GET", "HEAD")
+
+
 async def _write_whole(request: web.BaseRequest, prebuilt: Prebuilt, exchange: Exchange
                        ) -> Prebuilt:
     assert isinstance(exchange.body, bytes)
     try:
         await prebuilt.prepare(request)
-        await prebuilt.write_eof(exchange.body)
+        # A HEAD gets the head a GET gets (RFC 9110 §9.3.2), Content-Length included.
+        await prebuilt.write_eof(exchange.body if request.method != "HEAD" else b"")
     except ConnectionResetError:
         pass  # the client went away; nobody is left to answer
     finally:
@@ -412,7 +416,7 @@ async def relay(request: web.BaseRequest, exchange: Exchange,
         body = exchange.body
         if stored.raw is not None and isinstance(body, bytes) and body and \
                 request.version == HttpVersion11 and request.keep_alive and \
-                request.method == "GET" and exchange.status not in BODILESS_STATUSES:
+                request.method in _GET_HEAD and exchange.status not in BODILESS_STATUSES:
             head = stored_head(exchange, stored.raw, extra)
             return await _write_whole(request, Prebuilt(exchange.status, exchange.reason, head,
                                                         len(body)), exchange)

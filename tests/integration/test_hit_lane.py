@@ -456,14 +456,13 @@ async def test_an_experiment_that_counts_on_the_route_keeps_it_out_of_the_lane(
 
 
 @pytest.mark.parametrize("data", [
-    b"HEAD /lane/a HTTP/1.1\r\nHost: gw.test\r\n\r\n",
     b"GET /lane/a HTTP/1.1\r\nHost: gw.test\r\nRange: bytes=0-2\r\n\r\n",
     b"GET /lane/a HTTP/1.1\r\nHost: gw.test\r\nCache-Control: no-cache\r\n\r\n",
     b"GET /lane/a HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 2\r\n\r\nab",
     b"GET /lane/a HTTP/1.1\r\nHost: gw.test\r\nExpect: 100-continue\r\n\r\n",
     b"GET /lane/a HTTP/1.0\r\nHost: gw.test\r\n\r\n",
     b"GET /lane/a HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n",
-], ids=["head", "range", "no-cache", "body", "expect", "http/1.0", "connection-close"])
+], ids=["range", "no-cache", "body", "expect", "http/1.0", "connection-close"])
 async def test_requests_other_than_a_plain_bodiless_get_are_never_repeated(
         gateway_factory: Callable[..., Any], upstream: Upstream, data: bytes) -> None:
     gw, counted = await started(gateway_factory, upstream)
@@ -477,6 +476,40 @@ async def test_requests_other_than_a_plain_bodiless_get_are_never_repeated(
         conn[1].close()
     assert counted.answered == 0
     assert {a.split(b" ", 2)[1] for a in answers} == {b"206" if b"Range" in data else b"200"}
+
+
+async def test_a_head_is_repeated_with_the_head_a_get_gets(
+        gateway_factory: Callable[..., Any], upstream: Upstream, tmp_path: Path) -> None:
+    gw, counted = await started(gateway_factory, upstream)
+    log = logged_to(gw, tmp_path / "access.log")
+    conn = await connect(gw)
+    await ask(conn)  # stored (a HEAD answer has no body to store)
+    by_get = await ask(conn)  # a hit
+    head = GET.replace(b"GET ", b"HEAD ", 1)
+    by_pipeline = [await ask(conn, head) for _ in range(2)][-1]
+    assert counted.answered == 0
+    before = await metric_lines(gw, "lane")
+    by_lane = await ask(conn, head)
+    assert counted.answered == 1
+    after = await metric_lines(gw, "lane")
+    assert normalised(by_lane) == normalised(by_pipeline)
+    assert by_lane.endswith(b"\r\n\r\n") and field(by_lane, "Content-Length") == "9"
+    assert normalised(by_lane) == normalised(by_get[:by_get.index(b"\r\n\r\n") + 4])
+    # Nothing followed the head: the next answer on the connection is whole and right.
+    after_head = await ask(conn)
+    assert after_head.startswith(b"HTTP/1.1 200 OK\r\n") and after_head.endswith(b"payload-1")
+    assert upstream.count("/lane/a") == 1
+    changed = [line for line in after if line not in before]
+    assert any(line.startswith("gateway_requests_total") and 'method="HEAD"' in line
+               for line in changed), changed
+    await asyncio.sleep(0.05)
+    lines = log_lines(log)
+    pipeline_line, lane_line = lines[2], lines[3]
+    assert lane_line["method"] == "HEAD" and lane_line["bytes"] == len(by_lane)
+    for line in (pipeline_line, lane_line):
+        del line["request_id"], line["duration"], line["time"]
+    assert lane_line == pipeline_line
+    conn[1].close()
 
 
 async def test_a_variant_is_repeated_as_the_pipeline_picks_it(

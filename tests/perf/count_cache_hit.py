@@ -1,7 +1,7 @@
 """Instructions per fresh L1 cache hit, this working tree against a git revision (callgrind).
 
     .venv/bin/python tests/perf/count_cache_hit.py [--baseline REV] [--candidate REV]
-        [--requests 2000] [--range] [--varied] [--vary]
+        [--requests 2000] [--range] [--varied] [--vary] [--head]
 
 wrk's figures on the shared 2-core machine moved by +-30% between rounds (bench_cache.py's
 rps ranges), more than a change to the hit path can; an instruction count does not move
@@ -15,7 +15,7 @@ The hits repeat the same bytes, which the lane of repeated requests answers
 (gateway/hitlane.py) where the revision has one; `--varied` also counts hits whose bytes
 differ every time (an `X-Seq: n` field), which go through the whole pipeline. `--vary`:
 the upstream answers with `Vary: Accept-Encoding` (as most servers do for text), and the
-hits send an Accept-Encoding the route does not compress for.
+hits send an Accept-Encoding the route does not compress for. `--head`: the hits are HEADs.
 Not collected by pytest.
 """
 
@@ -55,14 +55,14 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), handler).serve_
 
 
 def _count(source: Path, upstream_url: str, requests: int, extra: bytes,
-           varied: bool = False, accept: bytes = b"") -> float:
+           varied: bool = False, accept: bytes = b"", method: bytes = b"GET") -> float:
     config = gateway_config(upstream_url)
     config["listen"]["port"] = port = free_port()
     config["cache"] = {"memory_max": "16MiB"}
     config["routes"] = [{"name": "hit", "match": {"path_prefix": "/"}, "upstream": "api",
                          "cache": {"ttl": "1h"}}]
     plain = b"GET /hit HTTP/1.1\r\nHost: 127.0.0.1\r\n" + accept + b"\r\n"
-    hit = b"GET /hit HTTP/1.1\r\nHost: 127.0.0.1\r\n" + accept + extra + b"\r\n"
+    hit = method + b" /hit HTTP/1.1\r\nHost: 127.0.0.1\r\n" + accept + extra + b"\r\n"
 
     def drive(_label: str, count: int, first: int) -> None:
         if first == 0:  # the fill: a plain GET (a Range miss stores nothing)
@@ -84,6 +84,7 @@ def main() -> int:
     parser.add_argument("--range", action="store_true", help="also count 206 hits")
     parser.add_argument("--varied", action="store_true",
                         help="also count hits whose bytes differ every request")
+    parser.add_argument("--head", action="store_true", help="the hits are HEADs")
     parser.add_argument("--vary", action="store_true",
                         help="an upstream that answers with Vary: Accept-Encoding")
     args = parser.parse_args()
@@ -108,7 +109,8 @@ def main() -> int:
             sources = {"candidate": (checkout(args.candidate, work) if args.candidate
                                      else snapshot(work)),
                        args.baseline: checkout(args.baseline, work)}
-            found = {name: _count(source, url, args.requests, b"", accept=accept)
+            method = b"HEAD" if args.head else b"GET"
+            found = {name: _count(source, url, args.requests, b"", accept=accept, method=method)
                      for name, source in sources.items()}
             base = found[args.baseline]
             print(f"hit: instructions per request (callgrind, best of 2 x {args.requests}): "
@@ -116,7 +118,7 @@ def main() -> int:
                   f"({found['candidate'] / base - 1:+.2%})")
             if args.varied:
                 varied = {name: _count(source, url, args.requests, b"", varied=True,
-                                       accept=accept)
+                                       accept=accept, method=method)
                           for name, source in sources.items()}
                 print(f"hit with bytes never repeated: candidate {varied['candidate']:,.0f}, "
                       f"{args.baseline} {varied[args.baseline]:,.0f} "

@@ -368,17 +368,20 @@ def drive_keepalive(port: int, make_request: Callable[[int], bytes], count: int,
                     connections: int = 4, statuses: tuple[bytes, ...] = (b"200",)) -> None:
     """`count` requests (the n-th is `make_request(n)`) over `connections` keep-alive
     sockets, one in flight on each; every answer must have a status in `statuses` and a
-    Content-Length."""
+    Content-Length (the answer to a HEAD ends with its head)."""
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
     for start in range(0, count, connections):
+        heads = []
         for i, sock in enumerate(socks):
-            sock.sendall(make_request(first + start + i))
-        for sock in socks:
+            sent = make_request(first + start + i)
+            heads.append(sent.startswith(b"HEAD "))
+            sock.sendall(sent)
+        for sock, head_only in zip(socks, heads, strict=True):
             data = b""
             while True:
                 head, _, body = data.partition(b"\r\n\r\n")
                 length = re.search(rb"(?i)content-length: *(\d+)", head) if _ else None
-                if length is not None and len(body) >= int(length.group(1)):
+                if length is not None and (head_only or len(body) >= int(length.group(1))):
                     break
                 data += sock.recv(65536)
             assert data[9:12] in statuses, data[:200]
