@@ -421,9 +421,9 @@ class Pipeline:
                   record: AccessRecord, client_url: str, headers: CIMultiDictProxy[str],
                   sent: CIMultiDict[str] | None, data: bytes) -> None:
         """Hand a hit to the lane (gateway.hitlane) if it is one the lane can repeat: a
-        plain GET or HEAD answered whole from a serialized stored head, as relay writes it. The
-        caller has checked that no stage but the cache had a part in the answer, and that
-        the request's bytes (`data`) came alone, on a connection between messages, and
+        plain GET or HEAD answered whole from a serialized stored head, as relay writes it.
+        The caller has checked that no stage but the cache had a part in the answer, and
+        that the request's bytes (`data`) came alone, on a connection between messages, and
         came before. `sent`: what the upstream would have got, if the cache built it to
         compare a Vary."""
         stored, body = exchange.stored, exchange.body
