@@ -126,10 +126,10 @@ class Runtime:
     def __post_init__(self) -> None:
         self.limited = not isinstance(self.limiter, NoLimits)
         self.cached = not isinstance(self.cache, NoCache)
-        self.peer_made = frozenset({
-            *(name.lower() for name in self.identity),  # dropped unless the peer is trusted
-            self.config.context.client_ip.header.lower(), "x-forwarded-proto",
-            "x-forwarded-host", "x-request-id"})
+        # The identity fields (lower case already) hold the client-IP header, appended to;
+        # the rest are dropped unless the peer is trusted.
+        self.peer_made = frozenset(
+            {*self.identity, "x-forwarded-proto", "x-forwarded-host", "x-request-id"})
 
     @classmethod
     def build(cls, config: Config, upstreams: UpstreamPool, **stages: object) -> Runtime:
