@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar
 
@@ -158,6 +158,10 @@ def identity_headers(settings: ContextSettings) -> tuple[str, ...]:
 class _Reader:
     """How one `ContextSettings` turns header values into a context, worked out once.
 
+    Values are taken as the HTTP parser gives them: without the whitespace around a field
+    value (SP and HTAB, RFC 9110 §5.5), and with nothing else removed, so the upstream,
+    which gets the same field, reads the same identity.
+
     `names` are the identity headers to read (each once, as `istr`, which multidict looks up
     without lower-casing it again); `fields` and `attributes` say where each context member
     takes its value from among them; `template` holds every member's default.
@@ -196,7 +200,7 @@ class _Reader:
         members[0], members[_ENVIRONMENT] = client_ip, environment
         for index, at, _ in self.fields:
             value = values[at]
-            if value is not None and (value := value.strip()):  # blank: the default
+            if value:  # blank or absent: the default
                 members[index] = value
         if members[_API_KEY]:
             members[_API_KEY] = hash_api_key(members[_API_KEY])
@@ -204,8 +208,9 @@ class _Reader:
             attributes = {}
             for name, at, default in self.attributes:
                 value = values[at]
-                value = value.strip() if value is not None else default
-                if value:
+                if value is None:
+                    value = default
+                if value:  # a blank one is no attribute
                     attributes[name] = value
             members[_ATTRIBUTES] = attributes
         # `_make` checks the length (the template fixes it) in a Python frame of its own.
@@ -283,9 +288,15 @@ class FieldSource(NamedTuple):
 _ARGUMENTS = ("client_ip", "environment")  # read by every entry point in its own way
 
 
-def field_source(settings: ContextSettings, names: Iterable[str]) -> FieldSource:
+def field_source(settings: ContextSettings, names: Iterable[str],
+                 loose: Container[str] = ()) -> FieldSource:
+    """`loose`: fields whose reader only asks whether they are set before it uses them (a
+    flag's targeting tests and bucketing): such a field may hold any false value (None or
+    "") where the context holds another, which spares normalising it to its default when
+    the default is itself false. Every other field reads exactly as in the context."""
     variables: dict[str, str] = {}
-    fields: list[str] = []  # from the header lookup `get`
+    reads: list[str] = []  # one header read per field, in `names` order
+    normalise: list[str] = []  # what each value read becomes in the context
     context: list[str] = []
     constants: dict[str, Any] = {"_hash_api_key": hash_api_key}
     for name in dict.fromkeys(names):
@@ -301,25 +312,29 @@ def field_source(settings: ContextSettings, names: Iterable[str]) -> FieldSource
             constants[f"_n_{v}"] = attribute
             context.append(f"{v} = ctx.attributes.get(_n_{v})")
             source = settings.attributes.get(attribute)
-            value = f"({v}.strip() if {v} is not None else _d_{v}) or None"
+            if source is not None:
+                if source.default:
+                    normalise.append(f"{v} = _d_{v} if {v} is None else {v}" if name in loose
+                                     else f"{v} = _d_{v} if {v} is None else ({v} or None)")
+                elif name not in loose:
+                    normalise.append(f"{v} = {v} or None")
         else:
             if name not in CONTEXT_FIELDS:  # never a name of the request's into the code
                 raise ValueError(f"not a context field: {name!r}")
             context.append(f"{v} = ctx.{name}")
             source = settings.fields.get(name)
-            value = f"({v}.strip() or _d_{v}) if {v} is not None else _d_{v}"
+            if source is not None and (source.default or name not in loose):
+                normalise.append(f"{v} = {v} or _d_{v}")
         if source is None:
-            fields.append(f"{v} = None")
+            normalise.append(f"{v} = None")
             continue
         constants[f"_h_{v}"], constants[f"_d_{v}"] = istr(source.header.lower()), source.default
-        fields += [f"{v} = get(_h_{v})", f"{v} = {value}"]
+        reads.append(v)
         if name == "api_key":
-            fields.append(f"{v} = _hash_api_key({v}) if {v} else {v}")
+            normalise.append(f"{v} = _hash_api_key({v}) if {v} else {v}")
     # Identity headers are believed only from a trusted peer (build_context).
-    trusted, untrusted = [], []
-    if any(name.startswith("_h_") for name in constants):  # some header is read
-        trusted.append("get = headers.get")
-        untrusted.append("get = _nothing")
+    trusted = [f"{v} = headers.get(_h_{v})" for v in reads]
+    untrusted = [f"{' = '.join(reads)} = None"] if reads else []
     if "client_ip" in variables:
         trusted += ["forwarded = headers.getall(_client_ip_header, ())",
                     "client_ip = _forwarded_client(peer, forwarded, _trusted_proxies) "
@@ -327,10 +342,10 @@ def field_source(settings: ContextSettings, names: Iterable[str]) -> FieldSource
         untrusted.append("client_ip = peer")
     headers = ["if trusted:", *("    " + line for line in trusted),
                "else:", *("    " + line for line in untrusted)] if trusted else []
-    headers += fields
+    headers += normalise
     if "environment" in variables:
         headers.append("environment = _environment")
-    constants.update(_nothing={}.get, _client_ip_header=istr(settings.client_ip.header.lower()),
+    constants.update(_client_ip_header=istr(settings.client_ip.header.lower()),
                      _forwarded_client=forwarded_client,
                      _trusted_proxies=settings.trusted_proxies)
     return FieldSource(variables, headers, context, constants)

@@ -20,6 +20,7 @@ supervisor asks every worker to apply its figures before it reads them
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,12 +47,16 @@ class Tally:
         self._requests: dict[tuple[str, str, str], int] = {}
         self._durations: dict[Any, list[float]] = {}  # histogram child -> observations
         self._counts: dict[Any, int] = {}  # counter child -> increments
-        # Counter group -> increments, counted by whoever decides one (the flags' generated
-        # code: `groups[g] = groups.get(g, 0) + 1`, no call), for a request between
-        # `started` and `finished` (whose own update sees that the flush is due); the same
-        # dict for the process's life, emptied in place. One update however many counters
-        # a group holds (a request's whole set of flag outcomes).
+        # Counter group -> increments, counted by whoever decides one (the limiter:
+        # `groups[g] = groups.get(g, 0) + 1`, no call), for a request between `started`
+        # and `finished` (whose own update sees that the flush is due); the same dict for
+        # the process's life, emptied in place. One update however many counters a group
+        # holds (a request's whole set of flag outcomes, say).
         self.groups: dict[CounterGroup, int] = {}
+        # Counter groups noted one per decision (the flags' generated code calls
+        # `noted.append`, the list's own C method: cheaper than the dict update above),
+        # counted when applied. The same list for the process's life, emptied in place.
+        self.noted: list[CounterGroup] = []
         self.sums: dict[Any, int] = {}  # counter child -> amount
         # The loop a flush is timed on; None when none is. A loop that closed with one
         # pending (tests run one loop each) is simply replaced by the next one.
@@ -119,7 +124,11 @@ class Tally:
         for key, n in requests.items():
             inc_value(metrics.REQUESTS_BY(*key), n)
         counts, self._counts = self._counts, {}
-        groups, sums = self.groups, self.sums
+        groups, sums, noted = self.groups, self.sums, self.noted
+        if noted:
+            for group, n in Counter(noted).items():  # counted in C
+                groups[group] = groups.get(group, 0) + n
+            noted.clear()
         for group, n in groups.items():  # groups share counters: one `inc` per counter
             for child in group.children:
                 counts[child] = counts.get(child, 0) + n

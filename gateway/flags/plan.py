@@ -23,7 +23,6 @@ the same evaluations, over generated flag sets, contexts and header sections.
 
 from __future__ import annotations
 
-import functools
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -34,13 +33,24 @@ from multidict import MultiMapping
 from gateway.config.model import ContextSettings
 from gateway.context import RequestContext, field_source, remember
 from gateway.flagd.operators import v3_shorthand_input
-from gateway.flags.evaluate import IN_PROGRESS, CompiledFlag, Evaluation, Reason, today_utc
+from gateway.flags.evaluate import (
+    HASH_SPACE,
+    IN_PROGRESS,
+    CompiledFlag,
+    Evaluation,
+    Reason,
+    today_utc,
+)
+from gateway.flags.operators import test_code
 from gateway.metrictally import TALLY, CounterGroup
 from gateway.proxy import AddedFields
 from gateway.stages import FlagResult
 
 COMBOS_MAX = 4096  # distinct outcome tuples remembered per plan before starting afresh
 INLINE_MAX = 400  # lines of code with every prerequisite inlined; beyond, one function each
+# Up to this many comparisons, a split's outcome is picked by comparisons written out in the
+# code (a rollout: one), cheaper than a call of bisect; past it, by bisect.
+_COMPARED_MAX = 3
 _DAY = 86400.0
 
 Outcome = tuple[Evaluation | None, ...]
@@ -121,11 +131,10 @@ class FlagPlan:
     def _settle(self, now: float, environment: str) -> None:
         today = today_utc(now)
         settled = tuple(flag.settled(today, environment) for flag in self.flags)
-        combos: dict[Outcome, FlagResult] = {}
+        combos = _Combos(self._combine)
         constants = {"_since": today * _DAY, "_until": (today + 1) * _DAY,
-                     "_environment": environment, "_combos": combos,
-                     "_combine": functools.partial(self._combine, combos),
-                     "_counts": TALLY.groups, "_overrides": self.overrides,
+                     "_environment": environment, "_found": combos.__getitem__,
+                     "_note": TALLY.noted.append, "_overrides": self.overrides,
                      "_version": self.version, "_stale_context": self.stale_context,
                      "_stale_headers": self.stale_headers}
         try:
@@ -142,7 +151,7 @@ class FlagPlan:
         if self.published is not None:
             self.published(self)
 
-    def _combine(self, combos: dict[Outcome, FlagResult], outcome: Outcome) -> FlagResult:
+    def _combine(self, combos: _Combos, outcome: Outcome) -> FlagResult:
         shown = outcome[:self.shown]
         pairs = [result.pair for result in shown if result is not None]
         members = [result.member for result in shown
@@ -159,6 +168,22 @@ class FlagPlan:
         return remember(combos, outcome,
                         FlagResult(AddedFields(pairs), CounterGroup(counters), split),
                         COMBOS_MAX)
+
+
+class _Combos(dict[Outcome, FlagResult]):
+    """The FlagResult of each combination of outcomes met so far; one not met yet is made
+    by `make(self, outcome)` from `__missing__`, so the generated code makes one call, of
+    the bound `__getitem__` (a subscript of a dict subclass would go through a slower,
+    generic slot)."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[_Combos, Outcome], FlagResult]) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, outcome: Outcome) -> FlagResult:
+        return self.make(self, outcome)
 
 
 class _TooLong(Exception):
@@ -196,6 +221,7 @@ class _Generator:
         self._names: dict[int, str] = {}  # id(value) -> constant name
         self.reads: dict[str, None] = {}  # context fields read, in first-read order
         self.functions: dict[int, list[str]] = {}  # list mode: prerequisite -> function
+        self.tested: set[str] = set()  # results the code asks `is None` (inline mode)
         self.lines = 0
 
     def const(self, value: Any) -> str:
@@ -218,11 +244,13 @@ class _Generator:
         return f"r{i}"
 
     # ------------------------------------------------------------------ one flag
-    def flag(self, i: int, stack: tuple[int, ...], decided: set[int], maybe: set[int]
-             ) -> list[str]:
+    def flag(self, i: int, stack: tuple[int, ...], decided: set[int], maybe: set[int],
+             sure: set[int] | None = None) -> list[str]:
         """Statements that set result i. `stack`: the flags being evaluated, outermost first;
         `decided`/`maybe`: results surely/possibly set before these statements run (`maybe`
-        grows by whatever these statements may set)."""
+        grows by whatever these statements may set); `sure`, if given, receives the
+        prerequisites these statements surely set (those evaluated before any step that
+        can end the flag: each sets its result whatever happens, its own errors included)."""
         plan, flag, r = self.plan, self.plan.flags[i], self.result(i)
         maybe.add(i)
         settled = self.settled[i]
@@ -241,6 +269,8 @@ class _Generator:
             if j < 0 or (self.inline and j in stack):
                 steps.extend([f"{r} = {self.const(flag.r_prereq)}", "break"])
                 return self._wrap(i, flag, steps)
+            if sure is not None and self.inline and not steps:
+                sure.add(j)  # evaluated first, or already
             if j not in decided:
                 guard = j in maybe or not self.inline
                 code = (self.flag(j, (*stack, j), decided, maybe) if self.inline
@@ -248,6 +278,7 @@ class _Generator:
                 if not self.inline:
                     self.prerequisite_function(j)
                 if guard:
+                    self.tested.add(self.result(j))
                     steps.append(f"if {self.result(j)} is None:")
                     code = ["    " + line for line in code]
                 steps.extend(code)
@@ -257,7 +288,7 @@ class _Generator:
             tests = []
             for attribute, test in flag.targets:
                 value = self.field(attribute)
-                tests.append(f"({value} and {self.const(test)}({value}))")
+                tests.append(f"({value} and {test_code(test, value, self.const)})")
             decisive(f"not ({' or '.join(tests)})", flag.r_targeting)
         if flag.cuts is None:
             steps.extend([f"{r} = {self.const(flag.static)}", "break"])
@@ -266,13 +297,21 @@ class _Generator:
         names = [flag.flag.bucket_by] if flag.flag.bucket_by else [
             "user_id", "tenant_id", "client_ip"]
         steps.append(f"b = {' or '.join(self.field(name) for name in names)}")
-        if self.inline and flag.key in plan.unit_positions:
-            steps.append(f"u{i} = b")  # the experiment's unit, handed out with the result
         # An explicit bucket_by the request does not carry: nothing to stick to.
         decisive("not b", flag.r_excluded)
+        if self.inline and flag.key in plan.unit_positions:
+            steps.append(f"u{i} = b")  # the experiment's unit, handed out with the result
         hashed = f"_v3({self.const(flag.key)}, b)" if flag.v3 else f"{self.const(flag.key)} + b"
-        steps.extend([f"{r} = {self.const(flag.outcomes)}[_bisect({self.const(flag.cuts)}, "
-                      f"_hash({hashed}, 0, False))]", "break"])
+        hash_ = f"_hash({hashed}, 0, False)"
+        cuts, outcomes = flag.cuts, flag.outcomes
+        if len(cuts) - 1 > _COMPARED_MAX or cuts[-1] != HASH_SPACE:
+            steps.append(f"{r} = {self.const(outcomes)}[_bisect({self.const(cuts)}, {hash_})]")
+        else:  # bisect_right written out: the outcome of the first cut above the hash (the
+            # last cut is above every hash)
+            picks = [f"{self.const(outcome)} if h < {cut} else "
+                     for outcome, cut in zip(outcomes[:-1], cuts[:-1], strict=True)]
+            steps.extend([f"h = {hash_}", f"{r} = {''.join(picks)}{self.const(outcomes[-1])}"])
+        steps.append("break")
         return self._wrap(i, flag, steps)
 
     def _wrap(self, i: int, flag: CompiledFlag, steps: list[str]) -> list[str]:
@@ -294,28 +333,31 @@ class _Generator:
         plan, settled = self.plan, self.settled
         count = len(plan.flags)
         outcome = [self.result(i) for i in range(count)]
-        if self.inline:
-            assigned = [r for r in outcome if r[0] == "r"]
-            body = [f"{' = '.join(assigned)} = None"] if assigned else []
-        else:
-            start = [s if i < plan.shown else None for i, s in enumerate(settled)]
-            body = [f"r = {self.const(start)}.copy()"]
+        body: list[str] = []
         decided = {i for i in range(plan.shown) if settled[i] is not None}
         maybe = set(decided)
         for i in range(plan.shown):
             if i in decided:
                 continue
             guard = i in maybe or not self.inline  # possibly decided as a prerequisite
-            code = self.flag(i, (i,), decided, maybe)
+            sure: set[int] = set()
+            code = self.flag(i, (i,), decided, maybe, None if guard else sure)
             if guard:
+                self.tested.add(self.result(i))
                 body.append(f"if {self.result(i)} is None:")
                 code = ["    " + line for line in code]
             body.extend(code)
             decided.add(i)
-        body += [f"outcome = ({', '.join(outcome)},)", "found = _combos.get(outcome)",
-                 "if found is None:", "    found = _combine(outcome)",
-                 "counted = found.counted",
-                 "_counts[counted] = _counts.get(counted, 0) + 1"]  # TALLY.groups
+            decided |= sure
+        if self.inline:  # None where a result may be left unset, or is tested before
+            unset = [r for i, r in enumerate(outcome)
+                     if r[0] == "r" and (i not in decided or r in self.tested)]
+            body[:0] = [f"{' = '.join(unset)} = None"] if unset else []
+        else:
+            start = [s if i < plan.shown else None for i, s in enumerate(settled)]
+            body[:0] = [f"r = {self.const(start)}.copy()"]
+        body += [f"found = _found(({', '.join(outcome)},))",
+                 "_note(found.counted)"]  # TALLY.noted
         measured = [i for i, flag in enumerate(plan.flags)
                     if flag.key in plan.unit_positions] if self.inline else []
         if measured:
@@ -332,7 +374,10 @@ class _Generator:
         body.append("return found")
         self.constants.update(constants)
 
-        source = field_source(plan.settings, self.reads)
+        # Every field is read loosely (context.field_source): the code above tests a field's
+        # truth before using it, but in a tier test, where None and "" are alike not among
+        # the tiers (non-empty strings, gateway/config/reader.py string_list).
+        source = field_source(plan.settings, self.reads, loose=self.reads)
         self.constants.update(source.constants)
         variables = source.variables
         arguments = ", ".join(variables[name] for name in self.reads)

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -93,6 +94,39 @@ async def test_identity_field_sent_twice_by_a_trusted_peer_is_forwarded_once(
     assert seen.getall("X-Api-Key") == ["k1"]
     # The client-IP header is a hop list: every hop is kept and the peer appended.
     assert seen.getall("X-Forwarded-For") == ["203.0.113.1, 203.0.113.2, 127.0.0.1"]
+
+
+@pytest.mark.parametrize("limited", [False, True], ids=["from-headers", "context"])
+async def test_identity_values_are_read_as_the_upstream_gets_them(
+        gateway_factory: Factory, upstream: Upstream, limited: bool) -> None:
+    """The parser removes the whitespace around a field value (SP and HTAB, RFC 9110 §5.5);
+    the context takes the value as it comes, nothing else removed, on a route that reads
+    its flags straight from the headers and on one that builds a context for its limits:
+    a flag for user `alice` is on for `  alice\t` and off for `alice` and a no-break space,
+    the value the upstream gets too."""
+    config = base_config(upstream.url)
+    config["flags"] = {"vip": {"type": "boolean", "status": "active", "default": False,
+                               "targeting": [{"attribute": "user_id", "operator": "in",
+                                              "values": ["alice"]}]}}
+    config["routes"][0]["flags"] = "all"
+    if limited:
+        config["rate_limits"] = {"per_user": {"algorithm": "fixed_window", "scope": "user",
+                                              "limit": 100, "window": "60s"}}
+        config["routes"][0]["rate_limits"] = ["per_user"]
+    gw = await gateway_factory(config)
+    port = gw.config.listen.port
+    for sent, value, flag in ((b" \t alice \t", "alice", "true"),
+                              ("alice\u00a0".encode(), "alice\u00a0", "false"),
+                              (b"", "", "false")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /who HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"X-User-Id:" + sent + b"\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        seen = upstream.hits[-1].headers
+        assert seen.getall("X-User-Id") == [value]
+        assert seen.getall("X-Flag-Vip") == [flag], sent
 
 
 async def test_ignore_query_parameters_never_reach_the_upstream(

@@ -189,7 +189,7 @@ def bench_gateway(seconds: int, repeat: int) -> None:
                   f"{statistics.median(rps_ratios(runs, on, off)):.1%}")
 
 
-def bench_simultaneous(seconds: int, rounds: int) -> None:
+def bench_simultaneous(seconds: int, rounds: int, log: bool) -> None:
     """The same comparison with both routes loaded at the same time: two gateway processes
     of the same config pinned to the same core, one loaded on /none/, the other on /all/
     (perfkit.simultaneous), so a neighbour's burst hits both alike."""
@@ -200,6 +200,7 @@ def bench_simultaneous(seconds: int, rounds: int) -> None:
     with Lab() as lab:
         up = lab.upstream()
         config = _config(up.url, reference)
+        config["logging"]["access_log"] = log
         services = {}
         for route in ("none", "all"):
             config["listen"]["port"], config["admin"]["port"] = free_port(), free_port()
@@ -207,12 +208,14 @@ def bench_simultaneous(seconds: int, rounds: int) -> None:
             services[route] = dataclasses.replace(gw, url=f"{gw.url}/{route}")
         runs = simultaneous(services, rounds=rounds, duration=seconds, path="/x",
                             lua=WRK_SCRIPT)
+        state = "on" if log else "off"
         print(table(medians(runs), ratios=[("all", "none")], runs=runs,
-                    title=f"simultaneous: two gateways sharing one core, wrk -c32 "
-                          f"-d{seconds}s on each, medians of {rounds}"))
+                    title=f"simultaneous: two gateways sharing one core, access log {state}, "
+                          f"wrk -c32 -d{seconds}s on each, medians of {rounds}"))
         ratios = rps_ratios(runs, "all", "none")
-        print(f"flags: all keeps {statistics.median(ratios):.1%} of the no-flag rps, median "
-              f"of the per-round ratios ({min(ratios):.1%}-{max(ratios):.1%}; target >= 95%)")
+        print(f"flags, simultaneous, access log {state}: all keeps "
+              f"{statistics.median(ratios):.1%} of the no-flag rps, median of the per-round "
+              f"ratios ({min(ratios):.1%}-{max(ratios):.1%}; target >= 95%)")
 
 
 def main() -> None:
@@ -232,7 +235,8 @@ def main() -> None:
     if not args.no_gateway:
         bench_gateway(args.seconds, args.repeat)
     if args.simultaneous:
-        bench_simultaneous(args.seconds, args.simultaneous)
+        for log in (False, True):
+            bench_simultaneous(args.seconds, args.simultaneous, log)
 
 
 if __name__ == "__main__":

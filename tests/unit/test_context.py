@@ -94,11 +94,15 @@ def test_context_follows_every_input() -> None:
     assert ctx_of("127.0.0.1", "", ("203.0.113.9",), X_User_Id="u1").client_ip == "203.0.113.9"
     # The same header values from an untrusted peer are not believed.
     assert ctx_of("198.51.100.1", X_User_Id="u1").user_id is None
-    # Blank values fall back to the default; values are trimmed.
-    assert ctx_of("127.0.0.1", X_Tier="  ").subscription_tier == "free"
-    assert ctx_of("127.0.0.1", X_User_Id=" u3 ", X_App_Version=" 2.1.0 ") == RequestContext(
-        client_ip="127.0.0.1", user_id="u3", subscription_tier="free",
-        attributes={"app_version": "2.1.0"})
+    # Values come as the HTTP parser gives them, the whitespace around them removed (RFC
+    # 9110 §5.5; tests/integration/test_identity_values.py): a blank one is "", which
+    # falls back to the default, and nothing more is removed, so the context reads what
+    # the upstream gets.
+    assert ctx_of("127.0.0.1", X_Tier="").subscription_tier == "free"
+    assert ctx_of("127.0.0.1", X_User_Id="u3\u00a0", X_App_Version="\u30002.1.0") == \
+        RequestContext(client_ip="127.0.0.1", user_id="u3\u00a0", subscription_tier="free",
+                       attributes={"app_version": "\u30002.1.0"})
+    assert ctx_of("127.0.0.1", X_App_Version="").attributes == {}  # blank: no attribute
     assert ctx_of("127.0.0.1", X_Api_Key="k2").api_key == hash_api_key("k2")
 
 
@@ -119,17 +123,18 @@ def test_forwarded_for_read_from_the_headers_only_for_a_trusted_peer() -> None:
 
 
 def random_headers(rng: random.Random) -> CIMultiDict[str]:
-    """Identity headers present, absent, blank or padded; sometimes a forwarding chain."""
+    """Identity headers present, absent, blank or holding spaces that are not the ones
+    around a field value (the parser removes those); sometimes a forwarding chain."""
     headers: CIMultiDict[str] = CIMultiDict()
-    for name, values in (("X-User-Id", ["u1", " u2 ", "user-3"]), ("X-Tenant-Id", ["acme"]),
-                         ("X-Tier", ["gold", " business"]), ("X-Api-Key", ["k1", " k2"]),
-                         ("X-App-Version", ["2.7.0", "3.0.0 "]), ("X-Seats", ["12"]),
+    for name, values in (("X-User-Id", ["u1", "u2\u00a0", "user-3"]), ("X-Tenant-Id", ["acme"]),
+                         ("X-Tier", ["gold", "\u2003business"]), ("X-Api-Key", ["k1", "k 2"]),
+                         ("X-App-Version", ["2.7.0", "3.0.0\u3000"]), ("X-Seats", ["12"]),
                          ("X-Forwarded-For", ["203.0.113.5", "10.0.0.2, 198.51.100.7"])):
         roll = rng.random()
         if roll < 0.5:
             headers[name] = rng.choice(values)
         elif roll < 0.65:
-            headers[name] = rng.choice(["", "   "])
+            headers[name] = ""  # blank (the parser removed what surrounded nothing)
     return headers
 
 

@@ -257,10 +257,11 @@ SETTINGS = ContextSettings(
 
 def random_headers(rng: random.Random) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
-    for name, values in (("X-User-Id", [f"user-{rng.randint(0, 300)}", " user-7 ", ""]),
-                         ("X-Tenant-Id", ["acme", "globex", "t3", "  "]),
-                         ("X-Tier", ["free", "business", "enterprise", " "]),
-                         ("X-App-Version", [f"2.{rng.randint(0, 12)}.0", " 2.9.0 ", "x", ""]),
+    for name, values in (("X-User-Id", [f"user-{rng.randint(0, 300)}", "user-7\u00a0", ""]),
+                         ("X-Tenant-Id", ["acme", "globex", "t3", ""]),
+                         ("X-Tier", ["free", "business", "enterprise", "", "\u2003free"]),
+                         ("X-App-Version", [f"2.{rng.randint(0, 12)}.0", "2.9.0\u3000", "x",
+                                            ""]),
                          ("X-Seats", [str(rng.randint(0, 20)), ""]),
                          ("X-Forwarded-For", ["10.20.3.4", "192.0.2.9, 10.1.1.1"])):
         if rng.random() < 0.7:
