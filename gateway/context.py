@@ -159,7 +159,8 @@ class _Reader:
     """How one `ContextSettings` turns header values into a context, worked out once.
 
     Values are taken as the HTTP parser gives them: without the whitespace around a field
-    value (SP and HTAB, RFC 9110 §5.5), and with nothing else removed, so the upstream,
+    value (SP and HTAB, RFC 9110 §5.5; aiohttp's C parser removes the trailing ones since
+    3.14.4, the floor in pyproject.toml), and with nothing else removed, so the upstream,
     which gets the same field, reads the same identity.
 
     `names` are the identity headers to read (each once, as `istr`, which multidict looks up

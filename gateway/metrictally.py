@@ -51,11 +51,13 @@ class Tally:
         # `groups[g] = groups.get(g, 0) + 1`, no call), for a request between `started`
         # and `finished` (whose own update sees that the flush is due); the same dict for
         # the process's life, emptied in place. One update however many counters a group
-        # holds (a request's whole set of flag outcomes, say).
+        # holds (all of a request's rules).
         self.groups: dict[CounterGroup, int] = {}
-        # Counter groups noted one per decision (the flags' generated code calls
-        # `noted.append`, the list's own C method: cheaper than the dict update above),
-        # counted when applied. The same list for the process's life, emptied in place.
+        # Counter groups noted one per decision, by a request between `started` and
+        # `finished` as for `groups` (the flags' generated code calls `noted.append`, the
+        # list's own C method: cheaper than the dict update above), so at most a flush
+        # interval's worth; counted when applied. The same list for the process's life,
+        # emptied in place.
         self.noted: list[CounterGroup] = []
         self.sums: dict[Any, int] = {}  # counter child -> amount
         # The loop a flush is timed on; None when none is. A loop that closed with one
