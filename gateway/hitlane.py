@@ -51,9 +51,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.accesslog import AccessRecord
+from gateway.compression import CONTENT_ENCODING
 from gateway.context import client_address, remember
 from gateway.metrictally import TALLY
 from gateway.proxy import stored_head
@@ -62,7 +63,6 @@ if TYPE_CHECKING:
     from gateway.pipeline import Pipeline, Runtime
 
 MEMO = 1024
-CONTENT_ENCODING = istr("Content-Encoding")
 MAX_BYTES = 4096  # a request head longer than this is parsed every time
 
 

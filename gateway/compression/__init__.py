@@ -1,6 +1,6 @@
 """Response compression: content codings negotiated per client (rules), coded as the body
 streams (codecs), applied between the cache and the relay (stage)."""
 
-from gateway.compression.stage import IF_NONE_MATCH, IF_RANGE, Compressor
+from gateway.compression.stage import CONTENT_ENCODING, IF_NONE_MATCH, IF_RANGE, Compressor
 
-__all__ = ["IF_NONE_MATCH", "IF_RANGE", "Compressor"]
+__all__ = ["CONTENT_ENCODING", "IF_NONE_MATCH", "IF_RANGE", "Compressor"]
