@@ -103,6 +103,22 @@ def remember(memo: dict[K, V], key: K, value: V, limit: int = MEMO_MAX) -> V:
     return value
 
 
+class Memo(dict[K, V]):
+    """`make(key)` per key, remembered (bounded as `remember` bounds): a key met before is
+    found by dict's own C code, a new one made by `__missing__`. Callers on a hot path call
+    the bound `__getitem__`: a subscript of a dict subclass goes through CPython's generic
+    slot, ~500 instructions where the call is ~100 (callgrind)."""
+
+    __slots__ = ("limit", "make")
+
+    def __init__(self, make: Callable[[K], V], limit: int = MEMO_MAX) -> None:
+        super().__init__()
+        self.make, self.limit = make, limit
+
+    def __missing__(self, key: K) -> V:
+        return remember(self, key, self.make(key), self.limit)
+
+
 # (address as text) -> (normalised address or None when unparsable, trusted?), per trusted set.
 Verdict = tuple[str | None, bool]
 _VERDICTS: dict[int, tuple[Any, dict[str, Verdict]]] = {}

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config.model import IPNetwork, Operator, TargetRule
-from gateway.context import RequestContext, remember
+from gateway.context import Memo, RequestContext
 from gateway.semver import SemVer, parse_semver
 
 Predicate = Callable[[RequestContext], bool]
@@ -59,25 +59,11 @@ def _ip_int(text: str) -> tuple[int, int] | None:
         return None
 
 
-class _Verdicts(dict[str, bool]):
-    """A test's verdict per value, looked up by dict's own C code; a value not seen yet is
-    tested (and remembered, bounded: `remember`) by `__missing__`."""
-
-    __slots__ = ("test",)
-
-    def __init__(self, test: Test) -> None:
-        super().__init__()
-        self.test = test
-
-    def __missing__(self, value: str) -> bool:
-        return remember(self, value, self.test(value))
-
-
 def _memoised(test: Test) -> Test:
     """`test` remembered per value: for operators that parse the value (versions, numbers,
     addresses) or run regexes, whose values repeat across requests. A remembered verdict
     costs one C-level dict lookup, no Python frame."""
-    return _Verdicts(test).__getitem__
+    return Memo(test).__getitem__
 
 
 def _cidr(networks: tuple[IPNetwork, ...]) -> Test:
@@ -145,8 +131,7 @@ def test_code(test: Test, value: str, const: Callable[[Any], str]) -> str:
     """A Python expression applying `test` to the expression `value` (a non-empty string),
     for generated code (gateway/flags/plan.py); `const(x)` names a constant holding x.
     A set membership is written as `in`, which spares the call of the bound method. (A
-    remembered verdict stays a call of its dict's bound `__getitem__`: a subscript of a
-    dict subclass goes through a generic slot, ~500 instructions where the call is ~100.)"""
+    remembered verdict stays a call of its Memo's bound `__getitem__`.)"""
     if type(getattr(test, "__self__", None)) is frozenset and \
             getattr(test, "__name__", "") == "__contains__":
         return f"{value} in {const(test.__self__)}"  # type: ignore[attr-defined]

@@ -33,7 +33,7 @@ import mmh3
 from multidict import MultiMapping
 
 from gateway.config.model import ContextSettings
-from gateway.context import RequestContext, field_source, remember
+from gateway.context import Memo, RequestContext, field_source
 from gateway.flagd.operators import v3_shorthand_input
 from gateway.flags.evaluate import (
     HASH_SPACE,
@@ -133,7 +133,8 @@ class FlagPlan:
     def _settle(self, now: float, environment: str) -> None:
         today = today_utc(now)
         settled = tuple(flag.settled(today, environment) for flag in self.flags)
-        combos = _Combos(self._combine)
+        # The FlagResult of each combination of outcomes met so far, by outcome tuple.
+        combos = Memo(self._combine, COMBOS_MAX)
         constants = {"_since": today * _DAY, "_until": (today + 1) * _DAY,
                      "_environment": environment, "_found": combos.__getitem__,
                      "_note": TALLY.noted.append, "_overrides": self.overrides,
@@ -153,7 +154,7 @@ class FlagPlan:
         if self.published is not None:
             self.published(self)
 
-    def _combine(self, combos: _Combos, outcome: Outcome) -> FlagResult:
+    def _combine(self, outcome: Outcome) -> FlagResult:
         shown = outcome[:self.shown]
         pairs = [result.pair for result in shown if result is not None]
         members = [result.member for result in shown
@@ -167,25 +168,7 @@ class FlagPlan:
                       for result in outcome
                       if result is not None and result.reason is Reason.SPLIT
                       and result.flag in positions)
-        return remember(combos, outcome,
-                        FlagResult(AddedFields(pairs), CounterGroup(counters), split),
-                        COMBOS_MAX)
-
-
-class _Combos(dict[Outcome, FlagResult]):
-    """The FlagResult of each combination of outcomes met so far; one not met yet is made
-    by `make(self, outcome)` from `__missing__`, so the generated code makes one call, of
-    the bound `__getitem__` (a subscript of a dict subclass would go through a slower,
-    generic slot)."""
-
-    __slots__ = ("make",)
-
-    def __init__(self, make: Callable[[_Combos, Outcome], FlagResult]) -> None:
-        super().__init__()
-        self.make = make
-
-    def __missing__(self, outcome: Outcome) -> FlagResult:
-        return self.make(self, outcome)
+        return FlagResult(AddedFields(pairs), CounterGroup(counters), split)
 
 
 class _TooLong(Exception):
