@@ -125,6 +125,10 @@ def normalised(answer: bytes) -> bytes:
     return re.sub(rb"; ttl=\d+", b"; ttl=*", answer)
 
 
+def undated(answer: bytes) -> bytes:
+    return re.sub(rb"\r\nDate: [^\r]*", b"\r\nDate: *", answer)
+
+
 def field(answer: bytes, name: str) -> str | None:
     found = re.search(rb"\r\n" + name.encode() + rb": ([^\r]*)", answer, re.IGNORECASE)
     return found[1].decode() if found else None
@@ -407,8 +411,10 @@ async def test_a_coding_not_worked_out_for_a_new_entry_goes_down_the_usual_path(
     assert counted.answered == 1
     again, after = await ask_counted(gw, conn, sent)
     assert counted.answered == 2
-    for answer in (worked_out, again):
-        assert normalised(answer) == normalised(by_lane)
+    # The new entry is the upstream's second answer: its Date may be a second past the
+    # first entry's, so that one field is compared between the two hits on the new entry.
+    assert normalised(again) == normalised(worked_out)
+    assert undated(normalised(worked_out)) == undated(normalised(by_lane))
     assert middle[0] - before[0] == after[0] - middle[0] == 1
     assert middle[1] - before[1] == after[1] - middle[1] > 0
     conn[1].close()
