@@ -363,7 +363,7 @@ async def test_a_rate_limit_refusal_never_waits_for_admission(
     service = await service_factory(capacity=1)
     config = admission_config(service, {"max_concurrency": 1, "target_delay": "10s",
                                         "max_wait": {"normal": "10s"}})
-    config["rate_limits"] = {"one": {"algorithm": "fixed_window", "scope": "global",
+    config["rate_limits"] = {"one": {"algorithm": "sliding_window", "scope": "global",
                                      "limit": 1, "window": "60s"}}
     config["routes"].insert(0, {"name": "limited", "match": {"path_prefix": "/limited"},
                                 "upstream": "api", "rate_limits": ["one"]})

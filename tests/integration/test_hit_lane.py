@@ -225,8 +225,10 @@ async def test_the_lane_serves_every_connection_that_sends_the_same_bytes(
 async def test_a_purge_or_an_expiry_sends_a_repeat_down_the_usual_path(
         gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
     config = lane_config(upstream.url)
-    config["routes"][0]["cache"] = {"ttl": "1s"}
-    upstream.on("/lane/a", counting("max-age=1"))
+    # Two seconds, not one: the upstream's Date has whole seconds, so an entry of one
+    # second can go stale at the next tick of the clock, between two asks below.
+    config["routes"][0]["cache"] = {"ttl": "2s"}
+    upstream.on("/lane/a", counting("max-age=2"))
     gw, counted = await started(gateway_factory, upstream, config)
     conn = await connect(gw)
     await warmed(conn)
@@ -243,7 +245,7 @@ async def test_a_purge_or_an_expiry_sends_a_repeat_down_the_usual_path(
     assert field(await ask(conn), "X-Cache") == "HIT"
     assert counted.answered == 2
 
-    await asyncio.sleep(1.3)  # the entry is stale now: the usual path goes upstream
+    await asyncio.sleep(2.3)  # the entry is stale now: the usual path goes upstream
     stale = await ask(conn)
     assert field(stale, "X-Cache") != "HIT" and stale.endswith(b"payload-3")
     assert counted.answered == 2
@@ -429,7 +431,7 @@ async def test_a_route_with_limits_or_flags_is_never_repeated(
         ) -> None:
     upstream.on("/lane/a", counting())
     config = lane_config(upstream.url, **route)
-    config["rate_limits"] = {"few": {"algorithm": "fixed_window", "scope": "ip", "limit": 3,
+    config["rate_limits"] = {"few": {"algorithm": "sliding_window", "scope": "ip", "limit": 3,
                                      "window": "60s"}}
     config["flags"] = {"lane_flag": {"type": "boolean", "default": True, "status": "active"}}
     gw, counted = await started(gateway_factory, upstream, config)
@@ -692,7 +694,7 @@ async def test_lane_answers_keep_the_connection_alive_and_its_idle_deadline(
         answered = time.monotonic()
         if answered - began > 3.0:
             break
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.1)  # well inside the 0.4 s idle deadline, even on a busy machine
     assert counted.answered >= 5
     # Then idle: closed by the idle deadline, counted from the last answer.
     assert await asyncio.wait_for(reader.read(), 3) == b""

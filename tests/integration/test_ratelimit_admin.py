@@ -20,7 +20,7 @@ from tests.harness import (
 def limited_config(upstream: Upstream, redis: RedisServer | None = None) -> dict[str, Any]:
     config = base_config(upstream.url)
     config["rate_limits"] = {
-        "per_user": {"algorithm": "fixed_window", "scope": "user", "limit": 3, "window": "60s"},
+        "per_user": {"algorithm": "sliding_window", "scope": "user", "limit": 3, "window": "60s"},
         "unused": {"algorithm": "token_bucket", "scope": "user", "limit": 3, "window": "60s"},
     }
     config["routes"][0]["rate_limits"] = ["per_user"]

@@ -27,7 +27,9 @@ def limited_config(upstream: Upstream, rules: dict[str, dict[str, Any]],
     return config
 
 
-def rule(limit: int, window: str = "60s", algorithm: str = "fixed_window", **kw: Any
+# A sliding window by default: a fixed one restarts at each whole minute of the clock, which
+# may fall between the requests a test counts.
+def rule(limit: int, window: str = "60s", algorithm: str = "sliding_window", **kw: Any
          ) -> dict[str, Any]:
     return {"algorithm": algorithm, "scope": "user", "limit": limit, "window": window, **kw}
 
@@ -192,7 +194,8 @@ async def test_delay_refuses_when_admission_is_beyond_max_wait(
 async def test_queue_admits_in_arrival_order_and_bounds_the_lane(
         gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
     gw = await gateway_factory(limited_config(upstream, {
-        "fifo": rule(1, "300ms", "leaky_bucket", action="queue", max_wait="3s",
+        # 600 ms a place: the fifth arrival (~0.15 s) comes long before the first frees one.
+        "fifo": rule(1, "600ms", "leaky_bucket", action="queue", max_wait="3s",
                      queue_size=3)}))
     order: list[int] = []
 
@@ -244,7 +247,7 @@ async def test_counters_survive_a_reload(gateway_factory: Callable[..., Any],
 async def test_admin_state_and_reset(gateway_factory: Callable[..., Any],
                                      upstream: Upstream) -> None:
     rules = {"per_user": rule(3, algorithm="token_bucket"),
-             "per_key": {"algorithm": "fixed_window", "scope": "api_key", "limit": 2,
+             "per_key": {"algorithm": "sliding_window", "scope": "api_key", "limit": 2,
                          "window": "60s"}}
     gw = await gateway_factory(limited_config(upstream, rules))
     limiter = gw.process.pipeline.runtime.limiter

@@ -20,7 +20,9 @@ def config_with(upstream: Upstream, rules: dict[str, dict[str, Any]], **extra: A
 
 
 def per_user(limit: int, **kw: Any) -> dict[str, Any]:
-    return {"algorithm": "fixed_window", "scope": "user", "limit": limit, "window": "60s", **kw}
+    # Sliding: a fixed window restarts at each whole minute, which may fall mid-test.
+    return {"algorithm": "sliding_window", "scope": "user", "limit": limit, "window": "60s",
+            **kw}
 
 
 async def get(url: str, **headers: str) -> tuple[int, dict[str, Any] | None]:
@@ -75,7 +77,7 @@ async def test_when_absent_ip_limits_anonymous_clients_per_address(
 async def test_when_absent_reject_is_403_problem_and_consumes_nothing(
         gateway_factory: Callable[..., Any], upstream: Upstream) -> None:
     rules = {"per_user": per_user(10, when_absent="reject"),
-             "per_ip": {"algorithm": "fixed_window", "scope": "ip", "limit": 2,
+             "per_ip": {"algorithm": "sliding_window", "scope": "ip", "limit": 2,
                         "window": "60s"}}
     gw: InProcessGateway = await gateway_factory(config_with(upstream, rules))
     for _ in range(3):

@@ -56,7 +56,7 @@ async def test_encoded_dot_segments_cannot_dodge_a_routes_rate_limit(
     config = routed(upstream.url,
                     {"name": "auth", "match": {"path_prefix": "/api/v1/auth/"},
                      "upstream": "api", "rate_limits": ["login"]}, DEFAULT)
-    config["rate_limits"] = {"login": {"algorithm": "fixed_window", "scope": "ip",
+    config["rate_limits"] = {"login": {"algorithm": "sliding_window", "scope": "ip",
                                        "limit": 1, "window": "1m"}}
     gw = await gateway_factory(config)
     port = gw.config.listen.port
