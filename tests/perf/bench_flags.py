@@ -12,7 +12,8 @@
 3. With --instructions N: the same two routes' instructions per request under callgrind,
    a count that does not move with the neighbours' load.
 4. With --simultaneous ROUNDS: the two routes loaded at the same time, on two gateways
-   sharing one core, compared round by round.
+   sharing one core, compared round by round; the gateways swap routes every other round
+   (ROUNDS: a multiple of 4).
 """
 
 from __future__ import annotations
@@ -192,22 +193,27 @@ def bench_gateway(seconds: int, repeat: int) -> None:
 def bench_simultaneous(seconds: int, rounds: int, log: bool) -> None:
     """The same comparison with both routes loaded at the same time: two gateway processes
     of the same config pinned to the same core, one loaded on /none/, the other on /all/
-    (perfkit.simultaneous), so a neighbour's burst hits both alike."""
+    (perfkit.simultaneous), so a neighbour's burst hits both alike; every other round the
+    two swap routes, so what differs between the processes themselves cancels out."""
     from tests.harness import free_port
-    from tests.perf.perfkit import Lab, medians, rps_ratios, simultaneous, table
+    from tests.perf.perfkit import Lab, Service, medians, rps_ratios, simultaneous, table
 
     reference = yaml.safe_load((SPEC_DIR / "gateway.yaml").read_text())
     with Lab() as lab:
         up = lab.upstream()
         config = _config(up.url, reference)
         config["logging"]["access_log"] = log
-        services = {}
-        for route in ("none", "all"):
+        gateways = []
+        for name in ("a", "b"):
             config["listen"]["port"], config["admin"]["port"] = free_port(), free_port()
-            gw = lab.gateway(config, name=f"gateway-{route}")
-            services[route] = dataclasses.replace(gw, url=f"{gw.url}/{route}")
-        runs = simultaneous(services, rounds=rounds, duration=seconds, path="/x",
-                            lua=WRK_SCRIPT)
+            gateways.append(lab.gateway(config, name=f"gateway-{name}"))
+
+        def serving(*routes: str) -> dict[str, Service]:
+            return {route: dataclasses.replace(gw, url=f"{gw.url}/{route}")
+                    for route, gw in zip(routes, gateways, strict=True)}
+
+        runs = simultaneous(serving("none", "all"), rounds=rounds, duration=seconds,
+                            path="/x", lua=WRK_SCRIPT, alternate=serving("all", "none"))
         state = "on" if log else "off"
         print(table(medians(runs), ratios=[("all", "none")], runs=runs,
                     title=f"simultaneous: two gateways sharing one core, access log {state}, "

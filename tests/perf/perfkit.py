@@ -609,7 +609,8 @@ def interleaved(runs: Mapping[str, Callable[[], LoadResult]], repeat: int = 3,
 
 
 def simultaneous(services: Mapping[str, Service], rounds: int = 7, duration: float = 3.0,
-                 connections: int = 32, path: str = "/bench", lua: str = ""
+                 connections: int = 32, path: str = "/bench", lua: str = "",
+                 alternate: Mapping[str, Service] | None = None
                  ) -> dict[str, list[LoadResult]]:
     """The simultaneous A/B: every service loaded by its own wrk at the same time, `rounds` times.
 
@@ -620,20 +621,29 @@ def simultaneous(services: Mapping[str, Service], rounds: int = 7, duration: flo
     it; compare the CPU microseconds per request (`with_cpu`) of the same round with
     `paired`. wrk processes start in alternating order each round. Each service gets a
     one-second warm-up first.
+
+    `alternate`: the same names served by other processes (two gateways of one config with
+    their routes swapped), loaded instead of `services` every other round. Two processes
+    of the same code pinned together are not alike (an A/A run here gave the second one
+    0.3-1.4% more rps); swapping cancels that. wrk's start order then flips every two
+    rounds, so each process starts first as often with either name: use a multiple of 4.
     """
-    for service in services.values():
+    for service in [*services.values(), *(alternate or {}).values()]:
         wrk(service.url + path, duration=1, connections=connections, lua=lua)
     results: dict[str, list[LoadResult]] = {name: [] for name in services}
     names = list(services)
     for round_no in range(rounds):
         done: dict[str, LoadResult] = {}
+        these = services if alternate is None or round_no % 2 == 0 else alternate
 
-        def run(name: str, done: dict[str, LoadResult] = done) -> None:
-            load = partial(wrk, services[name].url + path, duration=duration,
+        def run(name: str, done: dict[str, LoadResult] = done,
+                these: Mapping[str, Service] = these) -> None:
+            load = partial(wrk, these[name].url + path, duration=duration,
                            connections=connections, lua=lua)
-            done[name] = with_cpu(services[name].pid, load)
+            done[name] = with_cpu(these[name].pid, load)
 
-        order = names if round_no % 2 == 0 else names[::-1]
+        flip = round_no if alternate is None else round_no // 2
+        order = names if flip % 2 == 0 else names[::-1]
         threads = [threading.Thread(target=run, args=(name,)) for name in order]
         for thread in threads:
             thread.start()
