@@ -12,7 +12,9 @@ from:
 - bench_redis.py: round trips per request by concurrency, L2 miss and cold-L1 hit against
   the naive proxy, Redis CPU per 3-rule decision, instructions on the Redis routes;
 - bench_cache.py, bench_flags.py, bench_ratelimit.py: the ratios that must not get worse
-  (cache hit against miss, all flags against none, 3 rules against none).
+  (cache hit against miss, all flags against none, 3 rules against none); the flags also
+  with both routes loaded at the same time and by instructions, since on this machine the
+  interleaved rounds alone cannot resolve a few percent.
 
 `--quick`: shorter wrk runs and fewer rounds, for a first look (about half the time);
 the figures to quote come from a full run on a quiet machine. The exit status is 0 even
@@ -32,12 +34,14 @@ HERE = Path(__file__).resolve().parent
 
 def runs(quick: bool) -> list[tuple[str, list[str]]]:
     seconds, rounds = ("2", "2") if quick else ("4", "3")
+    together = "4" if quick else "8"  # bench_flags' simultaneous rounds (a multiple of 4)
     return [
         ("bench_cpu.py", ["--requests", "300", "--duration", seconds, "--repeat", rounds]),
         ("bench_redis.py", ["--duration", seconds, "--repeat", rounds,
                             "--instructions", "300"]),
         ("bench_cache.py", ["--duration", seconds, "--repeat", rounds]),
-        ("bench_flags.py", ["--seconds", seconds, "--repeat", rounds]),
+        ("bench_flags.py", ["--seconds", seconds, "--repeat", rounds, "--simultaneous",
+                            together, "--instructions", "300"]),
         ("bench_ratelimit.py", ["--seconds", seconds, "--rounds", rounds, "--only", "gateway"]),
     ]
 
