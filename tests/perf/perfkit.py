@@ -624,8 +624,9 @@ def simultaneous(services: Mapping[str, Service], rounds: int = 7, duration: flo
 
     `alternate`: the same names served by other processes (two gateways of one config with
     their routes swapped), loaded instead of `services` every other round. Two processes
-    of the same code pinned together are not alike (an A/A run here gave the second one
-    0.3-1.4% more rps); swapping cancels that. wrk's start order then flips every two
+    of the same code pinned together are not alike (two A/A runs here: one process served
+    1.4%, then 0.3% more than its twin, not the same one of the pair each time); swapping
+    cancels that. wrk's start order then flips every two
     rounds, so each process starts first as often with either name: use a multiple of 4.
     """
     for service in [*services.values(), *(alternate or {}).values()]:
