@@ -233,13 +233,6 @@ class RedisBackend:
                 found.extend(str(key) for key in node.scan_iter(match=pattern, count=1000))
         return sorted(found)
 
-    def dbsize(self) -> int:
-        total = 0
-        for make in self.nodes:
-            with make() as node:
-                total += int(node.dbsize())  # type: ignore[arg-type]
-        return total
-
 
 def single_backend(server: RedisServer) -> RedisBackend:
     return RedisBackend("redis", server.url, False,
