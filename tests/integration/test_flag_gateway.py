@@ -254,9 +254,13 @@ async def test_no_token_on_a_loopback_admin_listener_allows_changes(
 
 # ---------------------------------------------------------------- shared through Redis
 
-def redis_config(upstream: Upstream, redis: RedisServer | RedisBackend) -> dict[str, Any]:
+def redis_config(upstream: Upstream, redis: RedisServer | RedisBackend,
+                 timeout: str = "1s") -> dict[str, Any]:
+    """`timeout`: a second, so that a change lands however busy the machine (a fresh
+    gateway's first call opens a connection and loads the script); the test of a Redis
+    gone asks for a short one."""
     backend = redis if isinstance(redis, RedisBackend) else single_backend(redis)
-    return flag_config(upstream, redis=backend.config(timeout="250ms", key_prefix="flagtest:"))
+    return flag_config(upstream, redis=backend.config(timeout=timeout, key_prefix="flagtest:"))
 
 
 def stored(backend: RedisBackend, *command: str) -> Any:
@@ -322,7 +326,8 @@ async def test_runtime_changes_survive_a_restart_and_reach_later_gateways(
 async def test_redis_down_refuses_the_change_with_503_and_applies_nothing(
         gateway_factory: Callable[..., Any], upstream: Upstream,
         redis_server: RedisServer) -> None:
-    gw: InProcessGateway = await gateway_factory(redis_config(upstream, redis_server))
+    gw: InProcessGateway = await gateway_factory(redis_config(upstream, redis_server,
+                                                              timeout="250ms"))
     redis_server.kill()
     async with client_session() as s:
         status, body = await admin(s, "PATCH", f"{gw.admin_url}/admin/flags/maintenance_mode",

@@ -247,7 +247,8 @@ def test_readyz_follows_redis_with_failure_mode_closed(
 
     assert isinstance(redis_server, RedisServer)
     config = base_config("http://127.0.0.1:9")
-    config["redis"] = {"url": redis_server.url, "failure_mode": "closed", "timeout": "100ms"}
+    # A second for the first PING of a healthy Redis; a killed one refuses at once.
+    config["redis"] = {"url": redis_server.url, "failure_mode": "closed", "timeout": "1s"}
     gw = process_factory(config)
 
     def status() -> int:

@@ -157,7 +157,10 @@ def evalsha_calls(stats: dict[str, Any]) -> int:
 # ---------------------------------------------------------------- through the gateway
 
 def gateway_config(upstream: Upstream, cluster: RedisCluster, limit: int,
-                   failure_mode: str = "closed", timeout: str = "200ms") -> dict[str, Any]:
+                   failure_mode: str = "closed", timeout: str = "1s") -> dict[str, Any]:
+    """`timeout`: a second by default, so that no call to a healthy node (the first opens
+    its connection) turns into failure_mode on a busy machine; a killed node refuses at
+    once whatever the deadline."""
     # A fixed window (its counters are read back below) that no test outlives: one of an
     # hour restarts at each whole hour of the clock, which may fall mid-test.
     rules = {"per_user": {"algorithm": "fixed_window", "scope": "user", "limit": limit,

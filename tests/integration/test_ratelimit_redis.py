@@ -151,7 +151,9 @@ async def test_failure_mode_local_keeps_limiting_in_process(
         redis_server: RedisServer) -> None:
     rules = {"per_user": {"algorithm": "fixed_window", "scope": "user", "limit": 3,
                           "window": "1h"}}
-    gw = await gateway_factory(redis_config(upstream, redis_server, rules, "local", "150ms"))
+    # A second: a healthy Redis must decide every call outside the pause (one decided
+    # locally would split the counts); the paused calls still end at the deadline.
+    gw = await gateway_factory(redis_config(upstream, redis_server, rules, "local", "1s"))
     async with client_session() as s:
         assert [await hit(s, gw.url, "a") for _ in range(4)] == [200, 200, 200, 429]
         redis_server.pause()  # hung: every call runs into the deadline until the breaker opens
