@@ -100,9 +100,10 @@ async def test_one_gib_download_streams(process_factory: Callable[..., GatewayPr
 
 async def test_client_disconnect_cancels_upstream_exchange(
         gateway_factory: Callable[..., object], upstream: Upstream) -> None:
-    cancelled = asyncio.Event()
+    arrived, cancelled = asyncio.Event(), asyncio.Event()
 
     async def slow(request: web.Request) -> web.Response:
+        arrived.set()
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
@@ -114,7 +115,7 @@ async def test_client_disconnect_cancels_upstream_exchange(
     gw = await gateway_factory(base_config(upstream.url))  # type: ignore[misc]
     async with client_session() as s:
         task = asyncio.ensure_future(s.get(f"{gw.url}/slow"))  # type: ignore[attr-defined]
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(arrived.wait(), 5)  # upstream now, however busy the machine
         task.cancel()
     await asyncio.wait_for(cancelled.wait(), 5)
 
