@@ -47,15 +47,10 @@ class Tally:
         self._requests: dict[tuple[str, str, str], int] = {}
         self._durations: dict[Any, list[float]] = {}  # histogram child -> observations
         self._counts: dict[Any, int] = {}  # counter child -> increments
-        # Counter group -> increments, counted by whoever decides one (the limiter:
-        # `groups[g] = groups.get(g, 0) + 1`, no call), for a request between `started`
-        # and `finished` (whose own update sees that the flush is due); the same dict for
-        # the process's life, emptied in place. One update however many counters a group
-        # holds (all of a request's rules).
-        self.groups: dict[CounterGroup, int] = {}
-        # Counter groups noted one per decision, by a request between `started` and
-        # `finished` as for `groups` (the flags' generated code calls `noted.append`, the
-        # list's own C method: cheaper than the dict update above), so at most a flush
+        # Counter groups noted one per decision by whoever decides one (the limiter, the
+        # flags' generated code: `noted.append`, the list's own C method, no Python frame;
+        # one note however many counters a group holds), for a request between `started`
+        # and `finished` (whose own update sees that the flush is due), so at most a flush
         # interval's worth; counted when applied. The same list for the process's life,
         # emptied in place.
         self.noted: list[CounterGroup] = []
@@ -92,7 +87,7 @@ class Tally:
 
     def add(self, child: Any, amount: int) -> None:
         """`child.inc(amount)` within FLUSH_EVERY. A caller on the request path may update
-        `sums` itself, as the flags do `groups`: the request's own `finished` schedules the
+        `sums` itself, as deciders do `noted`: the request's own `finished` schedules the
         flush."""
         sums = self.sums
         sums[child] = sums.get(child, 0) + amount
@@ -126,15 +121,13 @@ class Tally:
         for key, n in requests.items():
             inc_value(metrics.REQUESTS_BY(*key), n)
         counts, self._counts = self._counts, {}
-        groups, sums, noted = self.groups, self.sums, self.noted
+        sums, noted = self.sums, self.noted
         if noted:
-            for group, n in Counter(noted).items():  # counted in C
-                groups[group] = groups.get(group, 0) + n
+            # Counted in C; groups share counters: one `inc` per counter.
+            for group, n in Counter(noted).items():
+                for child in group.children:
+                    counts[child] = counts.get(child, 0) + n
             noted.clear()
-        for group, n in groups.items():  # groups share counters: one `inc` per counter
-            for child in group.children:
-                counts[child] = counts.get(child, 0) + n
-        groups.clear()
         for child, n in sums.items():
             counts[child] = counts.get(child, 0) + n
         sums.clear()

@@ -77,7 +77,7 @@ class FlagPlan:
     directly (the engine does): each checks it is still current (same day, environment and,
     with `overrides`, the same run-time flag version) and otherwise calls `stale_context` /
     `stale_headers` (by default `decide` / `decide_headers`; the engine puts its own, which
-    rebuild the plans first when flags changed). Every decision is counted in TALLY.groups.
+    rebuild the plans first when flags changed). Every decision is noted in TALLY.noted.
     """
 
     def __init__(self, shown: Sequence[CompiledFlag], compiled: Mapping[str, CompiledFlag],

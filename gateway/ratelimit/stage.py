@@ -238,14 +238,13 @@ class RateLimiter:
                         r.remaining == best.remaining and r.reset_us > best.reset_us):
                     i, best = j, r
             else:
-                # Counted as the flags count theirs: one dict update for all the rules,
-                # applied with the request's other metrics (gateway/metrictally.py).
+                # Counted as the flags count theirs: one note for all the rules, applied
+                # with the request's other metrics (gateway/metrictally.py).
                 group = prepared.counted
                 if group is None:
                     group = prepared.counted = CounterGroup(
                         [self._allowed[c.rule.name] for c in checks])
-                groups = TALLY.groups
-                groups[group] = groups.get(group, 0) + 1
+                TALLY.noted.append(group)
                 # tuple.__new__ with every member: the quickest tuple to make (the
                 # NamedTuple's own __new__ is a Python function).
                 return _new(LimitVerdict, (None, prepared.fields(i, best.remaining,
