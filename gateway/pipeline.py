@@ -10,6 +10,7 @@ with them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import TYPE_CHECKING
 
-from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
+from aiohttp import HttpVersion10, hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway import metrics
@@ -39,7 +40,6 @@ from gateway.hygiene import drop_underscored, first_values_only
 from gateway.metrictally import TALLY
 from gateway.problem import problem
 from gateway.proxy import (
-    BODILESS_STATUSES,
     Exchange,
     Fetch,
     LimitedBody,
@@ -401,15 +401,16 @@ class Pipeline:
         except UpstreamError as exc:
             return problem(exc.status, exc.detail, request_id)
         record.cache = exchange.cache_status
+        remember = None
         if exchange.cache_status == "HIT" and not (limited or flagged or websocket or expect) \
                 and (rt.experiments is None or not rt.experiments.observes(route.name)) \
                 and (data := repeated_bytes(request)) is not None and self.lane.again(data) \
                 and data not in self.lane.seen:  # else remembered already (its entry had
             # left L1 and came back from L2): what it would make anew is the same
-            self._remember(rt, request, exchange, record, client_url, headers, out.built,
-                           data)
+            remember = functools.partial(self._remember, rt, request, exchange, record,
+                                         client_url, headers, out.built, data)
         try:
-            return await relay(request, exchange, response_headers)
+            return await relay(request, exchange, response_headers, remember)
         except UpstreamError as exc:
             # Headers are out already: all we can do is cut the connection, so the client
             # sees a truncated body rather than a complete-looking wrong one.
@@ -420,19 +421,15 @@ class Pipeline:
     def _remember(self, rt: Runtime, request: web.BaseRequest, exchange: Exchange,
                   record: AccessRecord, client_url: str, headers: CIMultiDictProxy[str],
                   sent: CIMultiDict[str] | None, data: bytes) -> None:
-        """Hand a hit to the lane (gateway.hitlane) if it is one the lane can repeat: a
-        plain GET or HEAD answered whole from a serialized stored head, as relay writes it.
-        The caller has checked that no stage but the cache had a part in the answer, and
-        that the request's bytes (`data`) came alone, on a connection between messages, and
-        came before. `sent`: what the upstream would have got, if the cache built it to
-        compare a Vary."""
-        stored, body = exchange.stored, exchange.body
-        method = request.method
-        if stored is None or stored.raw is None or not isinstance(body, bytes) or not body \
-                or exchange.status in BODILESS_STATUSES or method not in ("GET", "HEAD") \
-                or request.version != HttpVersion11 or not request.keep_alive \
-                or request.body_exists:
+        """Hand a hit to the lane (gateway.hitlane) if it is one the lane can repeat; called
+        by relay when it writes the answer whole from its serialized stored head (`whole`),
+        before it writes it. The caller has checked that no stage but the cache had a part
+        in the answer, and that the request's bytes (`data`) came alone, on a connection
+        between messages, and came before. `sent`: what the upstream would have got, if the
+        cache built it to compare a Vary."""
+        if request.body_exists:
             return
+        method = request.method
         sent_id = request.headers.get("X-Request-Id")
         self.lane.remember(data, Seen(
             runtime=rt, method=method, scheme=request.scheme, route=record.route or "",

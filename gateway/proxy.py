@@ -409,14 +409,21 @@ def stored_head(exchange: Exchange, raw: bytes, extra: Iterable[tuple[str, str]]
 
 
 async def relay(request: web.BaseRequest, exchange: Exchange,
-                extra: Iterable[tuple[str, str]] = ()) -> web.StreamResponse:
-    """Write an exchange to the client, streaming the body; returns the prepared response."""
+                extra: Iterable[tuple[str, str]] = (),
+                whole: Callable[[], None] | None = None) -> web.StreamResponse:
+    """Write an exchange to the client, streaming the body; returns the prepared response.
+
+    `whole` is called, before anything is written, when the answer leaves whole from its
+    stored serialized head (an HTTP/1.1 keep-alive GET or HEAD answered with a stored
+    body, in one write): what the lane of repeated requests may repeat."""
     stored = exchange.stored
     if stored is not None:
         body = exchange.body
         if stored.raw is not None and isinstance(body, bytes) and body and \
                 request.version == HttpVersion11 and request.keep_alive and \
                 request.method in _GET_HEAD and exchange.status not in BODILESS_STATUSES:
+            if whole is not None:
+                whole()
             head = stored_head(exchange, stored.raw, extra)
             return await _write_whole(request, Prebuilt(exchange.status, exchange.reason, head,
                                                         len(body)), exchange)
