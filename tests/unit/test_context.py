@@ -95,9 +95,9 @@ def test_context_follows_every_input() -> None:
     # The same header values from an untrusted peer are not believed.
     assert ctx_of("198.51.100.1", X_User_Id="u1").user_id is None
     # Values come as the HTTP parser gives them, the whitespace around them removed (RFC
-    # 9110 §5.5; tests/integration/test_identity_values.py): a blank one is "", which
-    # falls back to the default, and nothing more is removed, so the context reads what
-    # the upstream gets.
+    # 9110 §5.5; the parser's side: tests/integration/test_header_hygiene.py): a blank one
+    # is "", which falls back to the default, and nothing more is removed, so the context
+    # reads what the upstream gets.
     assert ctx_of("127.0.0.1", X_Tier="").subscription_tier == "free"
     assert ctx_of("127.0.0.1", X_User_Id="u3\u00a0", X_App_Version="\u30002.1.0") == \
         RequestContext(client_ip="127.0.0.1", user_id="u3\u00a0", subscription_tier="free",
