@@ -107,27 +107,34 @@ def _drive(port: int, route: str, count: int, first: int) -> None:
     drive_keepalive(port, lambda n: _request(route, n), count, first)
 
 
-def bench_instructions(requests: int) -> None:
-    """Instructions per request of the gateway process on both routes, under callgrind."""
-    from tests.perf.perfkit import Lab, instructions_per_request
+def bench_instructions(requests: int, baseline: str | None = None) -> None:
+    """Instructions per request of the gateway process on both routes, under callgrind;
+    with `baseline`, for that git revision too."""
+    import tempfile
+
+    from tests.perf.perfkit import Lab, checkout, instructions_per_request
 
     reference = yaml.safe_load((SPEC_DIR / "gateway.yaml").read_text())
-    with Lab() as lab:
+    with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
         up = lab.upstream()
         config = _config(up.url, reference)
         port = config["listen"]["port"]
-        try:
-            counts = instructions_per_request(
-                config, lambda route, count, first: _drive(port, route, count, first),
-                ("none", "all"), requests)
-        except RuntimeError as exc:
-            print(f"instructions: {exc}, skipped")
-            return
-    none, all_ = counts["none"], counts["all"]
-    print(f"instructions per request (callgrind, {requests} requests per route, best of 2): "
-          f"none {none:,.0f}, all {all_:,.0f}: flags add {all_ - none:,.0f} "
-          f"({all_ / none - 1:.1%}); none/all {none / all_:.1%} (the target, >= 95%, is "
-          f"for rps: a guide)")
+        sources: dict[str, Path | None] = {"this tree": None}
+        if baseline:
+            sources[baseline[:12]] = checkout(baseline, Path(tmp))
+        for name, source in sources.items():
+            try:
+                counts = instructions_per_request(
+                    config, lambda route, count, first: _drive(port, route, count, first),
+                    ("none", "all"), requests, source=source)
+            except RuntimeError as exc:
+                print(f"instructions: {exc}, skipped")
+                return
+            none, all_ = counts["none"], counts["all"]
+            print(f"instructions per request, {name} (callgrind, {requests} requests per "
+                  f"route, best of 2): none {none:,.0f}, all {all_:,.0f}: flags add "
+                  f"{all_ - none:,.0f} ({all_ / none - 1:.1%}); none/all {none / all_:.1%} "
+                  f"(the target, >= 95%, is for rps: a guide)")
 
 
 def _config(upstream_url: str, reference: dict[str, Any]) -> dict[str, Any]:
@@ -225,6 +232,58 @@ def bench_simultaneous(seconds: int, rounds: int, log: bool) -> None:
               f"ratios ({min(ratios):.1%}-{max(ratios):.1%}; target >= 95%)")
 
 
+def bench_baseline(seconds: int, repeat: int, rev: str) -> None:
+    """Item 5 of the module's docstring."""
+    import tempfile
+
+    from tests.harness import free_port
+    from tests.perf.perfkit import (
+        Lab,
+        LoadResult,
+        checkout,
+        interleaved,
+        medians,
+        say,
+        snapshot,
+        table,
+        with_cpu,
+        wrk,
+    )
+
+    reference = yaml.safe_load((SPEC_DIR / "gateway.yaml").read_text())
+    with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
+        up = lab.upstream()
+        gateways = {}
+        # Both started from a source directory, as perfkit.snapshot says they must be.
+        for name, source in ((rev[:12], checkout(rev, Path(tmp))),
+                             ("now", snapshot(Path(tmp)))):
+            config = _config(up.url, reference)
+            config["logging"]["access_log"] = True
+            config["listen"]["port"], config["admin"]["port"] = free_port(), free_port()
+            gateways[name] = lab.gateway(config, name=f"gateway-{name}", source=source)
+
+        def run(name: str, route: str) -> Callable[[], LoadResult]:
+            gw = gateways[name]
+            return lambda: with_cpu(gw.pid, lambda: wrk(
+                f"{gw.url}/{route}/x", duration=seconds, connections=32, lua=WRK_SCRIPT))
+
+        runs_of = {f"{name} {route}": run(name, route)
+                   for name in gateways for route in ("none", "all")}
+        runs = interleaved(runs_of, repeat=repeat, warmup=lambda label: say(
+            f"warm-up {label}: {runs_of[label]().rps:,.0f} rps"))
+        print(table(medians(runs), ratios=[(f"{name} all", f"{name} none") for name in gateways],
+                    runs=runs, title=f"{rev} and this tree, access log on, 1 worker each, "
+                                     f"wrk -c32 -d{seconds}s, medians of {repeat}"))
+        for name in gateways:
+            on, off = runs[f"{name} all"], runs[f"{name} none"]
+            added = [a.extra["cpu_us"] - b.extra["cpu_us"] for a, b in zip(on, off, strict=True)]
+            kept = [a.rps / b.rps for a, b in zip(on, off, strict=True)]
+            print(f"{name}: the flags add {statistics.median(added):.1f} us of gateway CPU per "
+                  f"request (median of the per-round differences, {min(added):.1f} to "
+                  f"{max(added):.1f}) to {statistics.median(b.extra['cpu_us'] for b in off):.0f};"
+                  f" all keeps {statistics.median(kept):.1%} of the no-flag rps")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=5)
@@ -235,15 +294,20 @@ def main() -> None:
     parser.add_argument("--instructions", type=int, default=0, metavar="N",
                         help="also count instructions per request under callgrind, N requests "
                              "per route (300 takes about a minute)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also the flags' added CPU per request at REV and now (item 5); "
+                             "with --instructions, REV's counts too")
     args = parser.parse_args()
     bench_evaluator()
     if args.instructions:
-        bench_instructions(args.instructions)
+        bench_instructions(args.instructions, args.baseline)
     if not args.no_gateway:
         bench_gateway(args.seconds, args.repeat)
     if args.simultaneous:
         for log in (False, True):
             bench_simultaneous(args.seconds, args.simultaneous, log)
+    if args.baseline:
+        bench_baseline(args.seconds, args.repeat, args.baseline)
 
 
 if __name__ == "__main__":
