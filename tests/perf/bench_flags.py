@@ -1,6 +1,6 @@
 """Flag engine speed. A script, not collected by pytest:
 
-    /work/main/.venv/bin/python tests/perf/bench_flags.py [--seconds 5] [--instructions 300]
+    /work/main/.venv/bin/python tests/perf/bench_flags.py [--seconds 5] [--instructions 300] [--baseline REV]
 
 1. The pure evaluator over the reference config's flags (../shared/spec/gateway.yaml) for
    varied contexts: microseconds per flag evaluation (target <= 3 us).
@@ -112,16 +112,18 @@ def bench_instructions(requests: int, baseline: str | None = None) -> None:
     with `baseline`, for that git revision too."""
     import tempfile
 
-    from tests.perf.perfkit import Lab, checkout, instructions_per_request
+    from tests.perf.perfkit import Lab, checkout, instructions_per_request, snapshot
 
     reference = yaml.safe_load((SPEC_DIR / "gateway.yaml").read_text())
     with Lab() as lab, tempfile.TemporaryDirectory() as tmp:
         up = lab.upstream()
         config = _config(up.url, reference)
         port = config["listen"]["port"]
+        # Beside a baseline, both run from a source directory (perfkit.snapshot says why).
         sources: dict[str, Path | None] = {"this tree": None}
         if baseline:
-            sources[baseline[:12]] = checkout(baseline, Path(tmp))
+            sources = {"this tree": snapshot(Path(tmp)),
+                       baseline[:12]: checkout(baseline, Path(tmp))}
         for name, source in sources.items():
             try:
                 counts = instructions_per_request(
