@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -38,6 +38,9 @@ from gateway.flags.engine import FlagEngine
 from gateway.flags.evaluate import evaluate, today_utc
 from gateway.metrictally import TALLY
 from tests.harness import SPEC_DIR
+
+if TYPE_CHECKING:
+    from tests.perf.perfkit import LoadResult, Service
 
 WRK_SCRIPT = """
 local n = 0
@@ -152,22 +155,20 @@ def _config(upstream_url: str, reference: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _load(gw: Service, route: str, seconds: int) -> Callable[[], LoadResult]:
+    """One wrk run on one of a gateway's two routes, with its CPU per request."""
+    from tests.perf.perfkit import with_cpu, wrk
+
+    return lambda: with_cpu(gw.pid, lambda: wrk(
+        f"{gw.url}/{route}/x", duration=seconds, connections=32, lua=WRK_SCRIPT))
+
+
 def bench_gateway(seconds: int, repeat: int) -> None:
     """`flags: all` vs no flags on two routes of one gateway, pinned, interleaved (perfkit):
     in a gateway with the access log off (the flags' share of a request at its largest) and
     in one with it on (as production runs, the performance issue's condition)."""
     from tests.harness import free_port
-    from tests.perf.perfkit import (
-        Lab,
-        LoadResult,
-        interleaved,
-        medians,
-        rps_ratios,
-        say,
-        table,
-        with_cpu,
-        wrk,
-    )
+    from tests.perf.perfkit import Lab, interleaved, medians, rps_ratios, say, table
 
     reference = yaml.safe_load((SPEC_DIR / "gateway.yaml").read_text())
     with Lab() as lab:
@@ -179,13 +180,10 @@ def bench_gateway(seconds: int, repeat: int) -> None:
             config["listen"]["port"], config["admin"]["port"] = free_port(), free_port()
             gateways[log] = lab.gateway(config, name=f"gateway-log-{'on' if log else 'off'}")
 
-        def run(route: str, log: bool) -> Callable[[], LoadResult]:
-            gw = gateways[log]
-            return lambda: with_cpu(gw.pid, lambda: wrk(
-                f"{gw.url}/{route}/x", duration=seconds, connections=32, lua=WRK_SCRIPT))
-
-        runs_of = {"none": run("none", False), "all": run("all", False),
-                   "none-log": run("none", True), "all-log": run("all", True)}
+        runs_of = {"none": _load(gateways[False], "none", seconds),
+                   "all": _load(gateways[False], "all", seconds),
+                   "none-log": _load(gateways[True], "none", seconds),
+                   "all-log": _load(gateways[True], "all", seconds)}
         runs = interleaved(runs_of, repeat=repeat, warmup=lambda name: say(
             f"warm-up {name}: {runs_of[name]().rps:,.0f} rps"))
         rows = medians(runs)
@@ -206,7 +204,7 @@ def bench_simultaneous(seconds: int, rounds: int, log: bool) -> None:
     (perfkit.simultaneous), so a neighbour's burst hits both alike; every other round the
     two swap routes, so what differs between the processes themselves cancels out."""
     from tests.harness import free_port
-    from tests.perf.perfkit import Lab, Service, medians, rps_ratios, simultaneous, table
+    from tests.perf.perfkit import Lab, medians, rps_ratios, simultaneous, table
 
     reference = yaml.safe_load((SPEC_DIR / "gateway.yaml").read_text())
     with Lab() as lab:
@@ -241,15 +239,14 @@ def bench_baseline(seconds: int, repeat: int, rev: str) -> None:
     from tests.harness import free_port
     from tests.perf.perfkit import (
         Lab,
-        LoadResult,
         checkout,
         interleaved,
         medians,
+        paired,
+        rps_ratios,
         say,
         snapshot,
         table,
-        with_cpu,
-        wrk,
     )
 
     reference = yaml.safe_load((SPEC_DIR / "gateway.yaml").read_text())
@@ -264,26 +261,21 @@ def bench_baseline(seconds: int, repeat: int, rev: str) -> None:
             config["listen"]["port"], config["admin"]["port"] = free_port(), free_port()
             gateways[name] = lab.gateway(config, name=f"gateway-{name}", source=source)
 
-        def run(name: str, route: str) -> Callable[[], LoadResult]:
-            gw = gateways[name]
-            return lambda: with_cpu(gw.pid, lambda: wrk(
-                f"{gw.url}/{route}/x", duration=seconds, connections=32, lua=WRK_SCRIPT))
-
-        runs_of = {f"{name} {route}": run(name, route)
-                   for name in gateways for route in ("none", "all")}
+        runs_of = {f"{name} {route}": _load(gw, route, seconds)
+                   for name, gw in gateways.items() for route in ("none", "all")}
         runs = interleaved(runs_of, repeat=repeat, warmup=lambda label: say(
             f"warm-up {label}: {runs_of[label]().rps:,.0f} rps"))
         print(table(medians(runs), ratios=[(f"{name} all", f"{name} none") for name in gateways],
                     runs=runs, title=f"{rev} and this tree, access log on, 1 worker each, "
                                      f"wrk -c32 -d{seconds}s, medians of {repeat}"))
         for name in gateways:
-            on, off = runs[f"{name} all"], runs[f"{name} none"]
-            added = [a.extra["cpu_us"] - b.extra["cpu_us"] for a, b in zip(on, off, strict=True)]
-            kept = [a.rps / b.rps for a, b in zip(on, off, strict=True)]
+            on, off = f"{name} all", f"{name} none"
+            added = paired(runs, on, off)
+            base = statistics.median(r.extra["cpu_us"] for r in runs[off])
             print(f"{name}: the flags add {statistics.median(added):.1f} us of gateway CPU per "
                   f"request (median of the per-round differences, {min(added):.1f} to "
-                  f"{max(added):.1f}) to {statistics.median(b.extra['cpu_us'] for b in off):.0f};"
-                  f" all keeps {statistics.median(kept):.1%} of the no-flag rps")
+                  f"{max(added):.1f}) to {base:.0f}; all keeps "
+                  f"{statistics.median(rps_ratios(runs, on, off)):.1%} of the no-flag rps")
 
 
 def main() -> None:

@@ -626,8 +626,8 @@ def simultaneous(services: Mapping[str, Service], rounds: int = 7, duration: flo
     their routes swapped), loaded instead of `services` every other round. Two processes
     of the same code pinned together are not alike (two A/A runs here: one process served
     1.4%, then 0.3% more than its twin, not the same one of the pair each time); swapping
-    cancels that. wrk's start order then flips every two
-    rounds, so each process starts first as often with either name: use a multiple of 4.
+    cancels that. wrk's start order then flips every two rounds, so each process starts
+    first as often with either name: use a multiple of 4.
     """
     for service in [*services.values(), *(alternate or {}).values()]:
         wrk(service.url + path, duration=1, connections=connections, lua=lua)
@@ -667,7 +667,7 @@ def rps_ratios(results: Mapping[str, Sequence[LoadResult]], a: str, b: str) -> l
 
 
 def paired(results: Mapping[str, Sequence[LoadResult]], a: str, b: str) -> list[float]:
-    """Per-round CPU us/req differences a - b of a `simultaneous` run."""
+    """Per-round CPU us/req differences a - b (of `interleaved` or `simultaneous` rounds)."""
     return [x.extra["cpu_us"] - y.extra["cpu_us"] for x, y in zip(results[a], results[b],
                                                                    strict=True)]
 
